@@ -1,0 +1,171 @@
+//! The child side: the loop a child process runs. It reads jobs from stdin, runs the
+//! registered task and writes the outcome. Frames go to a private copy of the original
+//! stdout; fd 1 is pointed at stderr so that a task's prints cannot corrupt the frames.
+
+use std::io::{BufReader, BufWriter};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use serde_json::{Map, Value};
+
+use super::ipc::{FromChild, Job, JobOutcome, ToChild, read_frame_blocking, write_frame_blocking};
+use crate::error::ChildError;
+use crate::task::{Args, Registry, TaskContext, TaskError};
+
+/// Runs the child loop until stdin closes. Returns the process exit code.
+pub fn run_child(registry: &Registry) -> i32 {
+    match child_loop(registry) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("celeryd child {}: {e}", std::process::id());
+            1
+        }
+    }
+}
+
+fn child_loop(registry: &Registry) -> Result<(), ChildError> {
+    // Die with the parent, whatever way it goes (kill -9 included).
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    if nix::unistd::getppid() == nix::unistd::Pid::from_raw(1) {
+        return Err(ChildError::Exited);
+    }
+    let ipc_out = nix::unistd::dup(std::io::stdout()).map_err(std::io::Error::from)?;
+    nix::unistd::dup2_stdout(std::io::stderr()).map_err(std::io::Error::from)?;
+    let mut out = BufWriter::new(std::fs::File::from(ipc_out));
+    let mut input = BufReader::new(std::io::stdin().lock());
+    let soft_limit = Arc::new(AtomicBool::new(false));
+
+    write_frame_blocking(
+        &mut out,
+        &FromChild::Ready {
+            pid: std::process::id(),
+        },
+    )?;
+    while let Some(msg) = read_frame_blocking::<ToChild>(&mut input)? {
+        match msg {
+            ToChild::Run(job) => {
+                soft_limit.store(false, std::sync::atomic::Ordering::Relaxed);
+                let outcome = run_job(registry, job, &soft_limit);
+                write_frame_blocking(&mut out, &FromChild::Done(outcome))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs one job and turns whatever happens (value, error, panic) into an outcome.
+pub fn run_job(registry: &Registry, job: Job, soft_limit: &Arc<AtomicBool>) -> JobOutcome {
+    let Some(task) = registry.get(&job.name) else {
+        return failure(
+            &TaskError::new("NotRegistered", job.name.clone()).with_module("celery.exceptions"),
+            String::new(),
+        );
+    };
+    let args = match parse_args(&job) {
+        Ok(a) => a,
+        Err(e) => return failure(&e, String::new()),
+    };
+    let ctx = TaskContext::new(
+        job.task_id,
+        job.name,
+        job.retries,
+        job.hostname,
+        soft_limit.clone(),
+    );
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| task.call(&ctx, args)));
+    match result {
+        Ok(Ok(value)) => JobOutcome::Success {
+            result_json: serde_json::to_string(&value).unwrap_or_else(|_| "null".into()),
+        },
+        Ok(Err(e)) => {
+            let tb = format!(
+                "Traceback (most recent call last):\n  celeryd task {}\n{e}\n",
+                ctx.name
+            );
+            failure(&e, tb)
+        }
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "task panicked".to_owned());
+            let e = TaskError::new("RuntimeError", format!("task panicked: {msg}"));
+            failure(&e, format!("task {} panicked: {msg}\n", ctx.name))
+        }
+    }
+}
+
+fn parse_args(job: &Job) -> Result<Args, TaskError> {
+    let args: Vec<Value> = serde_json::from_str(&job.args_json)
+        .map_err(|e| TaskError::type_error(format!("args must be a list: {e}")))?;
+    let kwargs: Map<String, Value> = serde_json::from_str(&job.kwargs_json)
+        .map_err(|e| TaskError::type_error(format!("kwargs must be a mapping: {e}")))?;
+    Ok(Args { args, kwargs })
+}
+
+fn failure(e: &TaskError, traceback: String) -> JobOutcome {
+    JobOutcome::Failure {
+        exc_type: e.exc_type.clone(),
+        exc_module: e.exc_module.clone(),
+        args_json: serde_json::to_string(&e.args).unwrap_or_else(|_| "[]".into()),
+        traceback,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(name: &str, args: &str) -> Job {
+        Job {
+            task_id: "t".into(),
+            name: name.into(),
+            args_json: args.into(),
+            kwargs_json: "{}".into(),
+            retries: 0,
+            hostname: "h".into(),
+        }
+    }
+
+    #[test]
+    fn runs_values_errors_and_panics() {
+        let mut r = Registry::new();
+        r.task("add", &["x", "y"], |_c, (x, y): (i64, i64)| Ok(x + y));
+        r.task("fail", &[], |_c, ()| -> Result<(), TaskError> {
+            Err(TaskError::new("ValueError", "boom"))
+        });
+        r.task("panic", &[], |_c, ()| -> Result<(), TaskError> {
+            panic!("oops")
+        });
+        let flag = Arc::default();
+        assert_eq!(
+            run_job(&r, job("add", "[2,3]"), &flag),
+            JobOutcome::Success {
+                result_json: "5".into()
+            }
+        );
+        match run_job(&r, job("fail", "[]"), &flag) {
+            JobOutcome::Failure {
+                exc_type,
+                exc_module,
+                args_json,
+                ..
+            } => {
+                assert_eq!(
+                    (exc_type.as_str(), exc_module.as_str()),
+                    ("ValueError", "builtins")
+                );
+                assert_eq!(args_json, r#"["boom"]"#);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(run_job(&r, job("panic", "[]"), &flag),
+            JobOutcome::Failure { exc_type, .. } if exc_type == "RuntimeError"));
+        assert!(matches!(run_job(&r, job("add", "[1]"), &flag),
+            JobOutcome::Failure { exc_type, .. } if exc_type == "TypeError"));
+        assert!(matches!(run_job(&r, job("nope", "[]"), &flag),
+            JobOutcome::Failure { exc_type, .. } if exc_type == "NotRegistered"));
+    }
+}

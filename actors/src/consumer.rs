@@ -1,0 +1,765 @@
+//! Consumes Celery task messages from AMQP and routes each delivery; acks, rejects and
+//! publishes rpc:// results.
+//!
+//! Supervised by [`Supervisor`](crate::supervisor::Supervisor). Talks to the
+//! [`Pool`](crate::pool::Pool) (work to run), the [`Scheduler`](crate::scheduler::Scheduler)
+//! (ETA tasks) and the [`RevokeRegistry`](crate::revoke::RevokeRegistry). Owns the broker
+//! connection; backpressure comes from `basic_qos` prefetch, not from the mailbox (ractor
+//! mailboxes are unbounded, so the broker must bound what is in flight).
+//!
+//! Connecting happens in the mailbox, not in `pre_start`, so the worker answers signals while
+//! the broker is unreachable: a failed attempt schedules the next one with backoff. A lost
+//! connection bumps a *generation*: acks for deliveries of an older generation are skipped
+//! (the broker has already requeued them), and the pool and scheduler forget those requests.
+
+pub mod amqp;
+pub mod decide;
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicRejectOptions};
+use lapin::{Channel, Connection};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde_json::json;
+use time::OffsetDateTime;
+use tracing::{debug, error, info, warn};
+
+use self::decide::{Decision, decide};
+use crate::child::AbortOnDrop;
+use crate::error::BrokerError;
+use crate::pool::{PoolMessage, Reserved, TaskOutcome};
+use crate::protocol::amqp_value::table_to_json;
+use crate::protocol::repr::{py_repr, truncate};
+use crate::protocol::{DeliveryInfo, ExceptionInfo, RawMessage, ResultState, decode, result_body};
+use crate::revoke::RevokeMessage;
+use crate::scheduler::SchedulerMessage;
+use crate::settings::Settings;
+
+/// Identifies a delivery on a given connection generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DeliveryRef {
+    /// AMQP delivery tag.
+    pub tag: u64,
+    /// Connection generation it arrived on.
+    pub generation: u64,
+}
+
+/// What the consumer needs when a child starts a task.
+#[derive(Debug, Clone)]
+pub struct StartedInfo {
+    /// The delivery (acked now unless acks_late).
+    pub delivery: DeliveryRef,
+    /// Task id.
+    pub task_id: String,
+    /// Where results go.
+    pub reply_to: Option<String>,
+    /// Result correlation id.
+    pub correlation_id: String,
+    /// Whether results are suppressed by the message.
+    pub ignore_result: Option<bool>,
+    /// The child's pid.
+    pub pid: u32,
+    /// The node name (for the STARTED result).
+    pub hostname: String,
+    /// Whether the scheduler held it (lowers the prefetch bump).
+    pub was_scheduled: bool,
+}
+
+impl StartedInfo {
+    /// Extracts the fields from a reserved request.
+    pub fn of(r: &Reserved, pid: u32, hostname: &str) -> Self {
+        StartedInfo {
+            delivery: r.delivery,
+            task_id: r.request.id.clone(),
+            reply_to: r.request.result_queue().map(str::to_owned),
+            correlation_id: r.request.correlation_id.clone(),
+            ignore_result: r.request.ignore_result,
+            pid,
+            hostname: hostname.to_owned(),
+            was_scheduled: r.was_scheduled,
+        }
+    }
+}
+
+/// The peers the consumer hands work to.
+#[derive(Debug, Clone)]
+pub struct ConsumerPeers {
+    /// The pool.
+    pub pool: ActorRef<PoolMessage>,
+    /// The ETA scheduler.
+    pub scheduler: ActorRef<SchedulerMessage>,
+    /// The revoked-id registry.
+    pub revoke: ActorRef<RevokeMessage>,
+}
+
+/// The consumer actor's configuration.
+#[derive(Debug)]
+pub struct Consumer {
+    settings: Arc<Settings>,
+    hostname: String,
+    registered: HashSet<String>,
+}
+
+impl Consumer {
+    /// A consumer for `settings`, knowing which task names are registered.
+    pub fn new(settings: Arc<Settings>, hostname: String, registered: HashSet<String>) -> Self {
+        Consumer {
+            settings,
+            hostname,
+            registered,
+        }
+    }
+}
+
+/// Messages to the consumer.
+#[derive(Debug)]
+pub enum ConsumerMessage {
+    /// Try to (re)connect; sent to itself.
+    Connect {
+        /// Attempts made so far.
+        attempt: u32,
+    },
+    /// A delivery arrived (sent by the actor's own stream task).
+    DeliveryReceived {
+        /// Connection generation.
+        generation: u64,
+        /// The delivery.
+        delivery: Box<lapin::message::Delivery>,
+    },
+    /// The delivery stream ended (cancelled, or the connection was lost).
+    StreamEnded {
+        /// Connection generation.
+        generation: u64,
+        /// The error, when the connection was lost.
+        error: Option<String>,
+    },
+    /// A child started a task (from the pool).
+    TaskStarted(Box<StartedInfo>),
+    /// A task ended, or will not run (from the pool).
+    TaskFinished {
+        /// The request and its delivery.
+        reserved: Box<Reserved>,
+        /// How it ended.
+        outcome: TaskOutcome,
+        /// How long it ran.
+        runtime: Duration,
+    },
+    /// Warm shutdown, step 1: cancel the consumers so no new deliveries arrive.
+    StopConsuming {
+        /// Answered when cancelled.
+        reply: RpcReplyPort<()>,
+    },
+    /// Warm shutdown: hand these unstarted deliveries back to the broker.
+    Requeue {
+        /// The requests to requeue.
+        reserved: Vec<Box<Reserved>>,
+        /// Answered when done.
+        reply: RpcReplyPort<()>,
+    },
+    /// Warm shutdown, last step: close the channel and the connection.
+    Close {
+        /// Answered when closed.
+        reply: RpcReplyPort<()>,
+    },
+}
+
+struct Link {
+    connection: Connection,
+    channel: Channel,
+    consumer_tags: Vec<String>,
+    _streams: Vec<AbortOnDrop>,
+}
+
+/// The consumer's state.
+pub struct ConsumerState {
+    peers: ConsumerPeers,
+    link: Option<Link>,
+    generation: u64,
+    /// Delivery tags of the current generation not yet acked or rejected.
+    unacked: HashSet<u64>,
+    consuming: bool,
+    closed: bool,
+    held_eta: u16,
+    pending_results: VecDeque<(String, String, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for ConsumerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerState")
+            .field("connected", &self.link.is_some())
+            .field("generation", &self.generation)
+            .field("unacked", &self.unacked.len())
+            .field("held_eta", &self.held_eta)
+            .finish()
+    }
+}
+
+impl Actor for Consumer {
+    type Msg = ConsumerMessage;
+    type State = ConsumerState;
+    type Arguments = ConsumerPeers;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        peers: ConsumerPeers,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        myself.cast(ConsumerMessage::Connect { attempt: 0 })?;
+        Ok(ConsumerState {
+            peers,
+            link: None,
+            generation: 0,
+            unacked: HashSet::new(),
+            consuming: true,
+            closed: false,
+            held_eta: 0,
+            pending_results: VecDeque::new(),
+        })
+    }
+
+    /// Per-task problems are handled here (reject, FAILURE result, log); only a broker
+    /// configuration clash or giving up on connecting returns an error.
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ConsumerMessage::Connect { attempt } => self.connect(&myself, state, attempt).await?,
+            ConsumerMessage::DeliveryReceived {
+                generation,
+                delivery,
+            } => {
+                if generation == state.generation {
+                    self.on_delivery(state, *delivery).await;
+                }
+            }
+            ConsumerMessage::StreamEnded { generation, error } => {
+                self.on_stream_end(&myself, state, generation, error);
+            }
+            ConsumerMessage::TaskStarted(info) => self.on_started(state, *info).await,
+            ConsumerMessage::TaskFinished {
+                reserved,
+                outcome,
+                runtime,
+            } => {
+                self.on_finished(state, *reserved, outcome, runtime).await;
+            }
+            ConsumerMessage::StopConsuming { reply } => {
+                state.stop_consuming().await;
+                let _ = reply.send(());
+            }
+            ConsumerMessage::Requeue { reserved, reply } => {
+                for r in reserved {
+                    state.reject(r.delivery, true).await;
+                }
+                let _ = reply.send(());
+            }
+            ConsumerMessage::Close { reply } => {
+                state.close().await;
+                let _ = reply.send(());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Consumer {
+    async fn connect(
+        &self,
+        myself: &ActorRef<ConsumerMessage>,
+        state: &mut ConsumerState,
+        attempt: u32,
+    ) -> Result<(), BrokerError> {
+        if state.closed || state.link.is_some() {
+            return Ok(());
+        }
+        let broker = &self.settings.broker;
+        match self.open_link(myself, state).await {
+            Ok(link) => {
+                if attempt > 0 {
+                    info!(broker = %broker.safe_url(), "Connected to the broker again.");
+                } else {
+                    info!(broker = %broker.safe_url(), "Connected to the broker.");
+                }
+                state.link = Some(link);
+                state.flush_pending_results().await;
+                Ok(())
+            }
+            Err(e @ BrokerError::Clash { .. }) => {
+                error!(error = %e, "Queue declaration clashes with the broker's; cannot consume.");
+                Err(e)
+            }
+            Err(e) => {
+                let attempts = attempt + 1;
+                let limit = broker.connection_max_retries;
+                let retry = state.generation > 0 || broker.connection_retry_on_startup;
+                if !retry || (limit > 0 && attempts >= limit) {
+                    return Err(BrokerError::Unreachable {
+                        url: broker.safe_url(),
+                        attempts,
+                        last: e.to_string(),
+                    });
+                }
+                let delay = connect_backoff(attempts);
+                error!(broker = %broker.safe_url(), error = %e,
+                    "Cannot connect to the broker; trying again in {:.1} seconds... ({attempts}/{})",
+                    delay.as_secs_f64(),
+                    if limit == 0 { "∞".to_owned() } else { limit.to_string() });
+                myself.send_after(delay, move || ConsumerMessage::Connect {
+                    attempt: attempts,
+                });
+                Ok(())
+            }
+        }
+    }
+
+    async fn open_link(
+        &self,
+        myself: &ActorRef<ConsumerMessage>,
+        state: &mut ConsumerState,
+    ) -> Result<Link, BrokerError> {
+        let (connection, channel) = amqp::connect(&self.settings.broker).await?;
+        for q in &self.settings.worker.queues {
+            amqp::declare_task_queue(&channel, q).await?;
+        }
+        state.generation += 1;
+        state.unacked.clear();
+        let prefetch = self.prefetch(state.held_eta);
+        amqp::set_prefetch(&channel, prefetch).await?;
+        let mut streams = Vec::new();
+        let mut consumer_tags = Vec::new();
+        if state.consuming {
+            for q in &self.settings.worker.queues {
+                let tag = format!("{}-{}-{q}", self.hostname, state.generation);
+                let stream = amqp::consume(&channel, q, &tag).await?;
+                streams.push(forward(stream, myself.clone(), state.generation));
+                consumer_tags.push(tag);
+                info!(queue = %q, "Consuming from queue.");
+            }
+        }
+        Ok(Link {
+            connection,
+            channel,
+            consumer_tags,
+            _streams: streams,
+        })
+    }
+
+    fn prefetch(&self, held_eta: u16) -> u16 {
+        match self.settings.prefetch_count() {
+            0 => 0,
+            n => n.saturating_add(held_eta),
+        }
+    }
+
+    fn on_stream_end(
+        &self,
+        myself: &ActorRef<ConsumerMessage>,
+        state: &mut ConsumerState,
+        generation: u64,
+        error: Option<String>,
+    ) {
+        if generation != state.generation || state.closed {
+            return;
+        }
+        if error.is_none() && !state.consuming {
+            return; // our own basic.cancel
+        }
+        warn!(
+            error = error
+                .as_deref()
+                .unwrap_or("consumer cancelled by the broker"),
+            "Connection to the broker lost; reconnecting. Unacked messages return to the queue."
+        );
+        state.link = None;
+        state.unacked.clear();
+        let _ = state.peers.pool.cast(PoolMessage::Forget { generation });
+        let _ = state
+            .peers
+            .scheduler
+            .cast(SchedulerMessage::Forget { generation });
+        state.held_eta = 0;
+        let _ = myself.cast(ConsumerMessage::Connect { attempt: 1 });
+    }
+
+    async fn on_delivery(&self, state: &mut ConsumerState, d: lapin::message::Delivery) {
+        let delivery = DeliveryRef {
+            tag: d.delivery_tag,
+            generation: state.generation,
+        };
+        state.unacked.insert(d.delivery_tag);
+        let headers = d
+            .properties
+            .headers()
+            .as_ref()
+            .map(table_to_json)
+            .unwrap_or_default();
+        let raw = RawMessage {
+            content_type: d.properties.content_type().as_ref().map(|s| s.as_str()),
+            content_encoding: d.properties.content_encoding().as_ref().map(|s| s.as_str()),
+            headers,
+            correlation_id: d.properties.correlation_id().as_ref().map(|s| s.as_str()),
+            reply_to: d.properties.reply_to().as_ref().map(|s| s.as_str()),
+            body: &d.data,
+            delivery_info: DeliveryInfo {
+                exchange: d.exchange.to_string(),
+                routing_key: d.routing_key.to_string(),
+                priority: d.properties.priority().unwrap_or(0),
+                redelivered: d.redelivered,
+            },
+        };
+        let request = match decode(&raw) {
+            Ok(r) => r,
+            Err(e) => {
+                if e == crate::error::ProtocolError::UnknownMessage {
+                    warn!(
+                        delivery_tag = d.delivery_tag,
+                        "Received and deleted unknown message. Wrong destination?!? ({e})"
+                    );
+                } else {
+                    error!(
+                        delivery_tag = d.delivery_tag,
+                        "Received invalid task message: {e}. Rejected."
+                    );
+                }
+                state.reject(delivery, false).await;
+                return;
+            }
+        };
+        let registered = self.registered.contains(&request.task);
+        let revoked = registered && state.is_revoked(&request.id).await;
+        let now = OffsetDateTime::now_utc();
+        let decision = decide(&request, registered, revoked, now);
+        let reserved = Box::new(Reserved {
+            request: Arc::new(request),
+            delivery,
+            was_scheduled: false,
+        });
+        match decision {
+            Decision::NotRegistered => {
+                let name = &reserved.request.task;
+                error!(task_id = %reserved.request.id,
+                    "Received unregistered task of type '{name}'. The message has been rejected.");
+                let exc =
+                    ExceptionInfo::new("NotRegistered", "celery.exceptions", vec![json!(name)]);
+                let st = ResultState::Failure {
+                    exc,
+                    traceback: None,
+                };
+                state
+                    .publish_state(&reserved, &st, self.settings.task.ignore_result, true)
+                    .await;
+                state.reject(delivery, false).await;
+            }
+            Decision::Revoke(reason) => {
+                info!(task_id = %reserved.request.id, "Discarding revoked task: {}[{}] ({reason}).",
+                    reserved.request.display_name(), reserved.request.id);
+                let st = ResultState::Revoked(reason.to_owned());
+                state
+                    .publish_state(&reserved, &st, self.settings.task.ignore_result, false)
+                    .await;
+                state.ack(delivery).await;
+            }
+            Decision::Schedule(eta) => {
+                info!(task_id = %reserved.request.id, "Task {}[{}] received (eta {})",
+                    reserved.request.display_name(), reserved.request.id,
+                    crate::protocol::time::format_iso(eta));
+                state.held_eta = state.held_eta.saturating_add(1);
+                self.update_prefetch(state).await;
+                let _ = state
+                    .peers
+                    .scheduler
+                    .cast(SchedulerMessage::Schedule(reserved));
+            }
+            Decision::Execute => {
+                info!(task_id = %reserved.request.id, "Task {}[{}] received",
+                    reserved.request.display_name(), reserved.request.id);
+                let _ = state.peers.pool.cast(PoolMessage::Reserve(reserved));
+            }
+        }
+    }
+
+    async fn update_prefetch(&self, state: &mut ConsumerState) {
+        let count = self.prefetch(state.held_eta);
+        if let Some(link) = &state.link {
+            if let Err(e) = amqp::set_prefetch(&link.channel, count).await {
+                warn!(error = %e, "Cannot change the prefetch count.");
+            }
+        }
+    }
+
+    async fn on_started(&self, state: &mut ConsumerState, info: StartedInfo) {
+        if info.was_scheduled {
+            state.held_eta = state.held_eta.saturating_sub(1);
+            self.update_prefetch(state).await;
+        }
+        if !self.settings.task.acks_late {
+            state.ack(info.delivery).await;
+        }
+        let ignore = info
+            .ignore_result
+            .unwrap_or(self.settings.task.ignore_result);
+        if self.settings.task.track_started && !ignore {
+            if let Some(q) = &info.reply_to {
+                let st = ResultState::Started {
+                    pid: info.pid,
+                    hostname: info.hostname.clone(),
+                };
+                let body = result_body(&info.task_id, &st, None, None, OffsetDateTime::now_utc());
+                state.publish(q, &info.correlation_id, body).await;
+            }
+        }
+    }
+
+    async fn on_finished(
+        &self,
+        state: &mut ConsumerState,
+        reserved: Reserved,
+        outcome: TaskOutcome,
+        runtime: Duration,
+    ) {
+        let task = &self.settings.task;
+        let req = &reserved.request;
+        let (name, id) = (req.display_name(), &req.id);
+        let secs = runtime.as_secs_f64();
+        let ignore = task.ignore_result;
+        match outcome {
+            TaskOutcome::Success(value) => {
+                info!(task_id = %id, runtime = secs,
+                    "Task {name}[{id}] succeeded in {secs:.6}s: {}", truncate(py_repr(&value), 1024));
+                state
+                    .publish_state(&reserved, &ResultState::Success(value), ignore, false)
+                    .await;
+                if task.acks_late {
+                    state.ack(reserved.delivery).await;
+                }
+            }
+            TaskOutcome::Failure { exc, traceback } => {
+                error!(task_id = %id, runtime = secs, "Task {name}[{id}] raised unexpected: {}", exc.repr());
+                let st = ResultState::Failure { exc, traceback };
+                state.publish_state(&reserved, &st, ignore, true).await;
+                if task.acks_late {
+                    state
+                        .settle(reserved.delivery, task.acks_on_failure_or_timeout)
+                        .await;
+                }
+            }
+            TaskOutcome::WorkerLost(how) => {
+                if task.acks_late && task.reject_on_worker_lost {
+                    error!(task_id = %id, "Task {name}[{id}] lost its child process ({how}); requeued.");
+                    state.reject(reserved.delivery, true).await;
+                    return;
+                }
+                let msg = format!("Worker exited prematurely: {how}.");
+                error!(task_id = %id, "Task handler raised error: WorkerLostError('{msg}') for {name}[{id}]");
+                let exc =
+                    ExceptionInfo::new("WorkerLostError", "billiard.exceptions", vec![json!(msg)]);
+                let st = ResultState::Failure {
+                    exc,
+                    traceback: None,
+                };
+                state.publish_state(&reserved, &st, ignore, true).await;
+                if task.acks_late {
+                    state.ack(reserved.delivery).await;
+                }
+            }
+            TaskOutcome::Revoked(reason) => {
+                info!(task_id = %id, "Discarding revoked task: {name}[{id}] ({reason}).");
+                if reserved.was_scheduled {
+                    state.held_eta = state.held_eta.saturating_sub(1);
+                    self.update_prefetch(state).await;
+                }
+                state
+                    .publish_state(&reserved, &ResultState::Revoked(reason), ignore, false)
+                    .await;
+                state.ack(reserved.delivery).await;
+            }
+        }
+    }
+}
+
+/// Delay before connection attempt `n` (1-based): 1 s, 2 s, 4 s … capped at 16 s.
+pub fn connect_backoff(attempt: u32) -> Duration {
+    Duration::from_secs(1u64 << attempt.saturating_sub(1).min(4))
+}
+
+fn forward(
+    mut stream: lapin::Consumer,
+    myself: ActorRef<ConsumerMessage>,
+    generation: u64,
+) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(delivery) => {
+                    let msg = ConsumerMessage::DeliveryReceived {
+                        generation,
+                        delivery: Box::new(delivery),
+                    };
+                    if myself.cast(msg).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = myself.cast(ConsumerMessage::StreamEnded {
+                        generation,
+                        error: Some(e.to_string()),
+                    });
+                    return;
+                }
+            }
+        }
+        let _ = myself.cast(ConsumerMessage::StreamEnded {
+            generation,
+            error: None,
+        });
+    }))
+}
+
+impl ConsumerState {
+    async fn is_revoked(&self, task_id: &str) -> bool {
+        let id = task_id.to_owned();
+        ractor::call_t!(self.peers.revoke, RevokeMessage::IsRevoked, 5000, id).unwrap_or(false)
+    }
+
+    async fn ack(&mut self, d: DeliveryRef) {
+        if d.generation != self.generation || !self.unacked.remove(&d.tag) {
+            return;
+        }
+        if let Some(link) = &self.link {
+            if let Err(e) = link
+                .channel
+                .basic_ack(d.tag, BasicAckOptions::default())
+                .await
+            {
+                warn!(delivery_tag = d.tag, error = %e, "Ack failed; the broker will redeliver.");
+            }
+        }
+    }
+
+    async fn reject(&mut self, d: DeliveryRef, requeue: bool) {
+        if d.generation != self.generation || !self.unacked.remove(&d.tag) {
+            return;
+        }
+        if let Some(link) = &self.link {
+            if let Err(e) = link
+                .channel
+                .basic_reject(d.tag, BasicRejectOptions { requeue })
+                .await
+            {
+                warn!(delivery_tag = d.tag, error = %e, "Reject failed.");
+            }
+        }
+    }
+
+    /// Ack, or requeue when `ack` is false.
+    async fn settle(&mut self, d: DeliveryRef, ack: bool) {
+        if ack {
+            self.ack(d).await
+        } else {
+            self.reject(d, true).await
+        }
+    }
+
+    async fn publish_state(
+        &mut self,
+        r: &Reserved,
+        st: &ResultState,
+        ignore_default: bool,
+        is_error: bool,
+    ) {
+        let ignore = r.request.ignore_result.unwrap_or(ignore_default);
+        if ignore && !is_error {
+            return;
+        }
+        let Some(queue) = r.request.result_queue() else {
+            return;
+        };
+        let body = result_body(
+            &r.request.id,
+            st,
+            r.request.parent_id.as_deref(),
+            r.request.group.as_deref(),
+            OffsetDateTime::now_utc(),
+        );
+        let queue = queue.to_owned();
+        let cid = r.request.correlation_id.clone();
+        self.publish(&queue, &cid, body).await;
+    }
+
+    async fn publish(&mut self, queue: &str, correlation_id: &str, body: Vec<u8>) {
+        if let Some(link) = &self.link {
+            match amqp::publish_result(&link.channel, queue, correlation_id, &body).await {
+                Ok(()) => return,
+                Err(e) => {
+                    warn!(error = %e, "Cannot publish a result now; it will be sent after reconnecting.")
+                }
+            }
+        }
+        self.pending_results
+            .push_back((queue.to_owned(), correlation_id.to_owned(), body));
+    }
+
+    async fn flush_pending_results(&mut self) {
+        while let Some((q, cid, body)) = self.pending_results.pop_front() {
+            let Some(link) = &self.link else {
+                self.pending_results.push_front((q, cid, body));
+                return;
+            };
+            if amqp::publish_result(&link.channel, &q, &cid, &body)
+                .await
+                .is_err()
+            {
+                self.pending_results.push_front((q, cid, body));
+                return;
+            }
+        }
+    }
+
+    async fn stop_consuming(&mut self) {
+        self.consuming = false;
+        if let Some(link) = &self.link {
+            for tag in &link.consumer_tags {
+                if let Err(e) = link
+                    .channel
+                    .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                    .await
+                {
+                    debug!(error = %e, "basic.cancel failed");
+                }
+            }
+        }
+    }
+
+    async fn close(&mut self) {
+        self.closed = true;
+        if let Some(link) = self.link.take() {
+            let _ = link.channel.close(200, "worker shutdown".into()).await;
+            let _ = link.connection.close(200, "worker shutdown".into()).await;
+        }
+        if !self.pending_results.is_empty() {
+            error!(
+                count = self.pending_results.len(),
+                "Results not published before shutdown."
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_backoff_doubles_and_caps() {
+        assert_eq!(connect_backoff(1), Duration::from_secs(1));
+        assert_eq!(connect_backoff(2), Duration::from_secs(2));
+        assert_eq!(connect_backoff(5), Duration::from_secs(16));
+        assert_eq!(connect_backoff(50), Duration::from_secs(16));
+    }
+}

@@ -1,0 +1,120 @@
+//! The lapin side of the consumer: connect, declare Celery's topology, qos, consume, publish.
+
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+
+use crate::error::BrokerError;
+use crate::settings::BrokerSettings;
+
+/// Opens a connection (with the configured heartbeat) and one channel.
+pub async fn connect(settings: &BrokerSettings) -> Result<(Connection, Channel), BrokerError> {
+    let mut uri: lapin::uri::AMQPUri = settings
+        .url
+        .parse()
+        .map_err(|e: String| BrokerError::Url(e))?;
+    uri.query.heartbeat = Some(settings.heartbeat);
+    let conn = Connection::connect_uri(uri, ConnectionProperties::default()).await?;
+    let channel = conn.create_channel().await?;
+    Ok((conn, channel))
+}
+
+/// Declares a task queue exactly as Celery 5.7 does for a plain queue name: a durable direct
+/// exchange and a durable queue of that name, bound with the name as routing key.
+pub async fn declare_task_queue(channel: &Channel, name: &str) -> Result<(), BrokerError> {
+    let clash = |e: lapin::Error| {
+        let text = e.to_string();
+        if text.contains("PRECONDITION_FAILED") {
+            BrokerError::Clash {
+                name: name.to_owned(),
+                reason: text,
+            }
+        } else {
+            BrokerError::Amqp(e)
+        }
+    };
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .exchange_declare(
+            name.into(),
+            ExchangeKind::Direct,
+            durable,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(clash)?;
+    let qopts = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(name.into(), qopts, FieldTable::default())
+        .await
+        .map_err(clash)?;
+    channel
+        .queue_bind(
+            name.into(),
+            name.into(),
+            name.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(clash)?;
+    Ok(())
+}
+
+/// Sets the per-consumer prefetch count (0 = unlimited).
+pub async fn set_prefetch(channel: &Channel, count: u16) -> Result<(), BrokerError> {
+    channel
+        .basic_qos(count, BasicQosOptions { global: false })
+        .await?;
+    Ok(())
+}
+
+/// Starts consuming `queue` with manual acks.
+pub async fn consume(
+    channel: &Channel,
+    queue: &str,
+    tag: &str,
+) -> Result<lapin::Consumer, BrokerError> {
+    Ok(channel
+        .basic_consume(
+            queue.into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?)
+}
+
+/// Publishes a JSON message (a result) to the default exchange, routed to `queue`.
+pub async fn publish_result(
+    channel: &Channel,
+    queue: &str,
+    correlation_id: &str,
+    body: &[u8],
+) -> Result<(), BrokerError> {
+    let props = BasicProperties::default()
+        .with_content_type(ShortString::from("application/json"))
+        .with_content_encoding(ShortString::from("utf-8"))
+        .with_correlation_id(ShortString::from(correlation_id))
+        .with_delivery_mode(1)
+        .with_priority(0);
+    channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            body,
+            props,
+        )
+        .await?;
+    Ok(())
+}

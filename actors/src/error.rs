@@ -1,0 +1,113 @@
+//! Errors, one enum per domain. Per-task failures are handled where they occur (the message is
+//! rejected or a FAILURE result is published); only infrastructure errors travel upwards.
+
+use thiserror::Error;
+
+/// A task message that cannot be turned into a request. The consumer rejects the message
+/// (without requeue), logs the reason and carries on.
+#[derive(Debug, Error, PartialEq)]
+pub enum ProtocolError {
+    /// The content type is not in the accepted list (only JSON is accepted).
+    #[error("refusing to deserialize content of type {0:?} (only application/json is accepted)")]
+    ContentType(String),
+    /// The `compression` header names a codec the worker does not implement.
+    #[error("unsupported compression {0:?}")]
+    Compression(String),
+    /// The body could not be decompressed.
+    #[error("cannot decompress message body: {0}")]
+    Decompress(String),
+    /// The body is not valid (UTF-8) JSON.
+    #[error("cannot decode message body: {0}")]
+    Json(String),
+    /// Neither a protocol v2 header `task` nor a protocol v1 body with `task`.
+    #[error("unknown message (no task header, body is not a protocol 1 task): wrong destination?")]
+    UnknownMessage,
+    /// A required header or body field is missing.
+    #[error("missing required field '{0}'")]
+    Missing(&'static str),
+    /// A header or body field has the wrong type or an unusable value.
+    #[error("invalid field '{field}': {reason}")]
+    Invalid {
+        /// The field's name.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Broker (AMQP) failures. Connection errors make the consumer reconnect with backoff.
+#[derive(Debug, Error)]
+pub enum BrokerError {
+    /// The broker URL cannot be parsed.
+    #[error("invalid broker url: {0}")]
+    Url(String),
+    /// Connecting, or an operation on the connection, failed.
+    #[error("broker error: {0}")]
+    Amqp(#[from] lapin::Error),
+    /// Gave up connecting after the configured number of attempts.
+    #[error("cannot reach the broker at {url} after {attempts} attempts: {last}")]
+    Unreachable {
+        /// The URL with the password masked.
+        url: String,
+        /// How many attempts were made.
+        attempts: u32,
+        /// The last error seen.
+        last: String,
+    },
+    /// A queue is declared with different arguments by someone else (406).
+    #[error("queue or exchange {name:?} clashes with an existing declaration: {reason}")]
+    Clash {
+        /// The queue or exchange.
+        name: String,
+        /// The broker's words.
+        reason: String,
+    },
+}
+
+impl BrokerError {
+    /// Whether reconnecting may help (as opposed to a configuration problem).
+    pub fn is_connection_error(&self) -> bool {
+        matches!(self, BrokerError::Amqp(_) | BrokerError::Unreachable { .. })
+    }
+}
+
+/// Failures talking to a child process. The child is replaced; its task (if any) fails with
+/// `WorkerLostError` or is requeued.
+#[derive(Debug, Error)]
+pub enum ChildError {
+    /// Spawning the process failed.
+    #[error("cannot start child process: {0}")]
+    Spawn(std::io::Error),
+    /// Reading or writing the pipe failed.
+    #[error("child pipe error: {0}")]
+    Io(#[from] std::io::Error),
+    /// A frame could not be encoded or decoded.
+    #[error("child frame error: {0}")]
+    Frame(String),
+    /// The child closed its pipe (it exited).
+    #[error("child process exited")]
+    Exited,
+}
+
+/// An invalid setting; names the key. The worker refuses to start.
+#[derive(Debug, Error, PartialEq)]
+pub enum ConfigError {
+    /// A key has a value outside its domain.
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid {
+        /// The dotted key, e.g. `worker.concurrency`.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    /// Shorthand for [`ConfigError::Invalid`].
+    pub fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! Node-name expansion (`-n`), as Celery does it: `celery@%h` by default; a name without `@`
+//! is the host part; `%h` full host, `%n` short host, `%d` domain, `%i`/`%I` pool index (the
+//! main process is index 0 / empty), `%%` a percent sign. Any other `%x` is an error.
+
+/// Expands a node name template against the machine's host name.
+///
+/// ```
+/// use celeryd_actors::hostname::expand_nodename;
+/// assert_eq!(expand_nodename("celery@%h", "box.example.com").unwrap(), "celery@box.example.com");
+/// assert_eq!(expand_nodename("w1.%n", "box.example.com").unwrap(), "celery@w1.box");
+/// assert_eq!(expand_nodename("w@%d", "box.example.com").unwrap(), "w@example.com");
+/// ```
+pub fn expand_nodename(template: &str, host: &str) -> Result<String, String> {
+    let full = if template.contains('@') {
+        template.to_owned()
+    } else {
+        format!("celery@{template}")
+    };
+    let (short, domain) = match host.split_once('.') {
+        Some((s, d)) => (s, d),
+        None => (host, ""),
+    };
+    let mut out = String::with_capacity(full.len() + host.len());
+    let mut chars = full.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('h') => out.push_str(host),
+            Some('n') => out.push_str(short),
+            Some('d') => out.push_str(domain),
+            Some('i') => out.push('0'),
+            Some('I') => {}
+            Some('%') => out.push('%'),
+            Some(other) => return Err(format!("unknown format key %{other} in {template:?}")),
+            None => return Err(format!("dangling % at the end of {template:?}")),
+        }
+    }
+    if out.ends_with('@') || out.starts_with('@') {
+        return Err(format!(
+            "{template:?} expands to {out:?}, which lacks a name or host part"
+        ));
+    }
+    Ok(out)
+}
+
+/// This machine's host name (as `gethostname(2)` reports it).
+pub fn this_host() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expands_every_key() {
+        let h = "node1.dc.example";
+        assert_eq!(
+            expand_nodename("celery@%h", h).unwrap(),
+            "celery@node1.dc.example"
+        );
+        assert_eq!(expand_nodename("%n@%d", h).unwrap(), "node1@dc.example");
+        assert_eq!(
+            expand_nodename("w%i%I@%h", h).unwrap(),
+            "w0@node1.dc.example"
+        );
+        assert_eq!(expand_nodename("a%%b@x", h).unwrap(), "a%b@x");
+        assert_eq!(expand_nodename("w1", h).unwrap(), "celery@w1");
+        assert_eq!(expand_nodename("w1@%n", "plain").unwrap(), "w1@plain");
+        assert_eq!(
+            expand_nodename("w@%d", "plain")
+                .unwrap_err()
+                .contains("lacks"),
+            true
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_keys() {
+        assert!(expand_nodename("celery@%x", "h").is_err());
+        assert!(expand_nodename("celery@h%", "h").is_err());
+    }
+}

@@ -1,0 +1,15 @@
+//! Celery's message protocol (v2 and v1) and rpc:// result bodies. Pure: no I/O.
+//!
+//! [`message::decode`] turns a delivery's parts into a [`message::TaskRequest`];
+//! [`result::result_body`] builds the JSON a Python `AsyncResult` waits for;
+//! [`encode::TaskMessage`] builds task messages the way `celery call` does.
+
+pub mod amqp_value;
+pub mod encode;
+pub mod message;
+pub mod repr;
+pub mod result;
+pub mod time;
+
+pub use message::{DeliveryInfo, RawMessage, TaskRequest, decode};
+pub use result::{ExceptionInfo, ResultState, result_body};

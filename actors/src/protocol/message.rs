@@ -1,0 +1,335 @@
+//! Decoding task messages (protocol v2, v1 and the v2-header/v1-body hybrid).
+
+use std::io::Read;
+
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+use super::repr::{args_repr, py_repr, truncate};
+use super::time::parse_iso;
+use crate::error::ProtocolError;
+
+/// Where a delivery came from (reported by `inspect active` and friends).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeliveryInfo {
+    /// The exchange it was published to (`""` for Celery's direct queues).
+    pub exchange: String,
+    /// Its routing key (the queue name for Celery's direct queues).
+    pub routing_key: String,
+    /// The message priority (0 when unset).
+    pub priority: u8,
+    /// Whether the broker delivered it before.
+    pub redelivered: bool,
+}
+
+/// The parts of a delivery that decoding needs, already taken out of the AMQP frame.
+#[derive(Debug, Clone, Default)]
+pub struct RawMessage<'a> {
+    /// `content_type` property.
+    pub content_type: Option<&'a str>,
+    /// `content_encoding` property.
+    pub content_encoding: Option<&'a str>,
+    /// Application headers as JSON.
+    pub headers: Map<String, Value>,
+    /// `correlation_id` property.
+    pub correlation_id: Option<&'a str>,
+    /// `reply_to` property.
+    pub reply_to: Option<&'a str>,
+    /// The body.
+    pub body: &'a [u8],
+    /// Delivery metadata.
+    pub delivery_info: DeliveryInfo,
+}
+
+/// A decoded task request: everything the worker needs to run a task and report on it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRequest {
+    /// Task id (header `id`).
+    pub id: String,
+    /// Registered task name (header `task`).
+    pub task: String,
+    /// Display name (`shadow` header), if any.
+    pub shadow: Option<String>,
+    /// Positional arguments.
+    pub args: Vec<Value>,
+    /// Keyword arguments.
+    pub kwargs: Map<String, Value>,
+    /// The embed object (`callbacks`, `errbacks`, `chain`, `chord`), kept as sent.
+    pub embed: Value,
+    /// Do not run before this time.
+    pub eta: Option<OffsetDateTime>,
+    /// Discard (REVOKED `expired`) if not started by then.
+    pub expires: Option<OffsetDateTime>,
+    /// Retry count.
+    pub retries: u32,
+    /// `timelimit` header: (hard, soft) seconds.
+    pub timelimit: (Option<f64>, Option<f64>),
+    /// Root of the workflow.
+    pub root_id: Option<String>,
+    /// The task that sent this one.
+    pub parent_id: Option<String>,
+    /// Group id.
+    pub group: Option<String>,
+    /// Position in the group.
+    pub group_index: Option<i64>,
+    /// repr of the args (for logs and events).
+    pub argsrepr: String,
+    /// repr of the kwargs.
+    pub kwargsrepr: String,
+    /// Sender node.
+    pub origin: Option<String>,
+    /// `ignore_result` header (None = use the task default).
+    pub ignore_result: Option<bool>,
+    /// Where results go (`reply_to` property); None or empty = nowhere.
+    pub reply_to: Option<String>,
+    /// `correlation_id` property (falls back to the id).
+    pub correlation_id: String,
+    /// Delivery metadata.
+    pub delivery_info: DeliveryInfo,
+    /// Every application header as received (unknown ones are kept, e.g. for retries).
+    pub headers: Map<String, Value>,
+}
+
+impl TaskRequest {
+    /// The name used in logs, events and `stats.total`: the shadow name or the task name.
+    pub fn display_name(&self) -> &str {
+        self.shadow
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .unwrap_or(&self.task)
+    }
+
+    /// The queue the results go to, if any.
+    pub fn result_queue(&self) -> Option<&str> {
+        self.reply_to.as_deref().filter(|r| !r.is_empty())
+    }
+}
+
+/// Decodes a delivery into a task request, or says why it is not one.
+pub fn decode(raw: &RawMessage<'_>) -> Result<TaskRequest, ProtocolError> {
+    check_content_type(raw.content_type)?;
+    let body = decompress(raw.headers.get("compression"), raw.body)?;
+    let body: Value =
+        serde_json::from_slice(&body).map_err(|e| ProtocolError::Json(e.to_string()))?;
+    if let Some(Value::String(task)) = raw.headers.get("task") {
+        let task = task.clone();
+        match body {
+            // Hybrid: a v2 header with a v1-style body; fields from the body, headers override.
+            Value::Object(map) if map.contains_key("args") => {
+                let mut fields = map;
+                for (k, v) in &raw.headers {
+                    fields.insert(k.clone(), v.clone());
+                }
+                from_v1_fields(raw, fields)
+            }
+            body => from_v2(raw, task, body),
+        }
+    } else {
+        match body {
+            Value::Object(map) if matches!(map.get("task"), Some(Value::String(_))) => {
+                from_v1_fields(raw, map)
+            }
+            _ => Err(ProtocolError::UnknownMessage),
+        }
+    }
+}
+
+fn check_content_type(content_type: Option<&str>) -> Result<(), ProtocolError> {
+    match content_type {
+        Some("application/json") | None => Ok(()),
+        Some(ct) if ct.trim().eq_ignore_ascii_case("application/json") => Ok(()),
+        Some(other) => Err(ProtocolError::ContentType(other.to_owned())),
+    }
+}
+
+fn decompress(compression: Option<&Value>, body: &[u8]) -> Result<Vec<u8>, ProtocolError> {
+    let Some(compression) = compression else {
+        return Ok(body.to_vec());
+    };
+    let Value::String(name) = compression else {
+        return Err(ProtocolError::Compression(compression.to_string()));
+    };
+    match name.as_str() {
+        // kombu's `zlib` and `gzip` both produce zlib-wrapped deflate.
+        "application/x-gzip" | "application/x-zlib" | "zlib" | "gzip" => {
+            let mut out = Vec::with_capacity(body.len() * 4);
+            flate2::read::ZlibDecoder::new(body)
+                .read_to_end(&mut out)
+                .map_err(|e| ProtocolError::Decompress(e.to_string()))?;
+            Ok(out)
+        }
+        other => Err(ProtocolError::Compression(other.to_owned())),
+    }
+}
+
+fn from_v2(raw: &RawMessage<'_>, task: String, body: Value) -> Result<TaskRequest, ProtocolError> {
+    let h = &raw.headers;
+    let id = required_str(h, "id")?;
+    let Value::Array(mut parts) = body else {
+        return Err(invalid(
+            "body",
+            "a protocol 2 body is [args, kwargs, embed]",
+        ));
+    };
+    if parts.len() != 3 && parts.len() != 2 {
+        return Err(invalid(
+            "body",
+            "a protocol 2 body is [args, kwargs, embed]",
+        ));
+    }
+    let embed = if parts.len() == 3 {
+        parts.pop().unwrap_or(Value::Null)
+    } else {
+        Value::Null
+    };
+    let kwargs = match parts.pop() {
+        Some(Value::Object(m)) => m,
+        Some(Value::Null) => Map::new(),
+        _ => return Err(invalid("kwargs", "must be a mapping")),
+    };
+    let args = match parts.pop() {
+        Some(Value::Array(a)) => a,
+        Some(Value::Null) => Vec::new(),
+        _ => return Err(invalid("args", "must be a list")),
+    };
+    let argsrepr = opt_str(h, "argsrepr").unwrap_or_else(|| truncate(args_repr(&args), 1024));
+    let kwargsrepr = opt_str(h, "kwargsrepr")
+        .unwrap_or_else(|| truncate(py_repr(&Value::Object(kwargs.clone())), 1024));
+    Ok(TaskRequest {
+        correlation_id: raw.correlation_id.map_or_else(|| id.clone(), str::to_owned),
+        root_id: opt_str(h, "root_id"),
+        parent_id: opt_str(h, "parent_id"),
+        group: opt_str(h, "group"),
+        group_index: h.get("group_index").and_then(Value::as_i64),
+        shadow: opt_str(h, "shadow"),
+        eta: opt_time(h, "eta")?,
+        expires: opt_time(h, "expires")?,
+        retries: opt_u32(h, "retries")?,
+        timelimit: timelimit(h.get("timelimit"))?,
+        origin: opt_str(h, "origin"),
+        ignore_result: h.get("ignore_result").and_then(Value::as_bool),
+        reply_to: raw.reply_to.map(str::to_owned),
+        delivery_info: raw.delivery_info.clone(),
+        headers: h.clone(),
+        id,
+        task,
+        args,
+        kwargs,
+        embed,
+        argsrepr,
+        kwargsrepr,
+    })
+}
+
+fn from_v1_fields(
+    raw: &RawMessage<'_>,
+    f: Map<String, Value>,
+) -> Result<TaskRequest, ProtocolError> {
+    let task = required_str(&f, "task")?;
+    let id = required_str(&f, "id")?;
+    let args = match f.get("args") {
+        Some(Value::Array(a)) => a.clone(),
+        None | Some(Value::Null) => Vec::new(),
+        _ => return Err(invalid("args", "must be a list")),
+    };
+    let kwargs = match f.get("kwargs") {
+        Some(Value::Object(m)) => m.clone(),
+        None | Some(Value::Null) => Map::new(),
+        _ => return Err(invalid("kwargs", "must be a mapping")),
+    };
+    let mut embed = Map::new();
+    for key in ["callbacks", "errbacks", "chord"] {
+        embed.insert(key.to_owned(), f.get(key).cloned().unwrap_or(Value::Null));
+    }
+    embed.insert("chain".to_owned(), Value::Null);
+    Ok(TaskRequest {
+        correlation_id: raw.correlation_id.map_or_else(|| id.clone(), str::to_owned),
+        root_id: opt_str(&f, "root_id"),
+        parent_id: opt_str(&f, "parent_id"),
+        group: opt_str(&f, "group").or_else(|| opt_str(&f, "taskset")),
+        group_index: f.get("group_index").and_then(Value::as_i64),
+        shadow: opt_str(&f, "shadow"),
+        eta: opt_time(&f, "eta")?,
+        expires: opt_time(&f, "expires")?,
+        retries: opt_u32(&f, "retries")?,
+        timelimit: timelimit(f.get("timelimit"))?,
+        origin: opt_str(&f, "origin"),
+        ignore_result: f.get("ignore_result").and_then(Value::as_bool),
+        reply_to: raw.reply_to.map(str::to_owned),
+        delivery_info: raw.delivery_info.clone(),
+        headers: raw.headers.clone(),
+        argsrepr: truncate(args_repr(&args), 1024),
+        kwargsrepr: truncate(py_repr(&Value::Object(kwargs.clone())), 1024),
+        embed: Value::Object(embed),
+        id,
+        task,
+        args,
+        kwargs,
+    })
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ProtocolError {
+    ProtocolError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+fn required_str(m: &Map<String, Value>, key: &'static str) -> Result<String, ProtocolError> {
+    match m.get(key) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        None | Some(Value::Null) => Err(ProtocolError::Missing(key)),
+        Some(_) => Err(invalid(key, "must be a non-empty string")),
+    }
+}
+
+fn opt_str(m: &Map<String, Value>, key: &str) -> Option<String> {
+    match m.get(key) {
+        Some(Value::String(s)) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn opt_u32(m: &Map<String, Value>, key: &'static str) -> Result<u32, ProtocolError> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(0),
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| invalid(key, format!("{v} is not a non-negative integer"))),
+    }
+}
+
+fn opt_time(
+    m: &Map<String, Value>,
+    key: &'static str,
+) -> Result<Option<OffsetDateTime>, ProtocolError> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => parse_iso(s).map(Some).map_err(|e| invalid(key, e)),
+        Some(other) => Err(invalid(key, format!("{other} is not an ISO-8601 string"))),
+    }
+}
+
+fn timelimit(v: Option<&Value>) -> Result<(Option<f64>, Option<f64>), ProtocolError> {
+    let limit = |v: Option<&Value>| -> Result<Option<f64>, ProtocolError> {
+        match v {
+            None | Some(Value::Null) => Ok(None),
+            Some(n) => match n.as_f64() {
+                Some(f) if f.is_finite() && f >= 0.0 => Ok(Some(f)),
+                _ => Err(invalid(
+                    "timelimit",
+                    format!("{n} is not a number of seconds"),
+                )),
+            },
+        }
+    };
+    match v {
+        None | Some(Value::Null) => Ok((None, None)),
+        Some(Value::Array(a)) if a.len() == 2 => Ok((limit(a.first())?, limit(a.get(1))?)),
+        Some(other) => Err(invalid("timelimit", format!("{other} is not [hard, soft]"))),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,184 @@
+//! rpc:// result bodies, as a Python `AsyncResult` expects them.
+
+use serde_json::{Map, Value, json};
+use time::OffsetDateTime;
+
+use super::time::format_iso;
+
+/// An exception in Celery's serialized form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExceptionInfo {
+    /// Class name, e.g. `ValueError`.
+    pub exc_type: String,
+    /// Module the client looks the class up in, e.g. `builtins`.
+    pub exc_module: String,
+    /// The exception's args.
+    pub exc_message: Vec<Value>,
+}
+
+impl ExceptionInfo {
+    /// An exception with the given type, module and args.
+    pub fn new(exc_type: &str, exc_module: &str, exc_message: Vec<Value>) -> Self {
+        ExceptionInfo {
+            exc_type: exc_type.to_owned(),
+            exc_module: exc_module.to_owned(),
+            exc_message,
+        }
+    }
+
+    /// Python-style repr, e.g. `ValueError('boom')`.
+    pub fn repr(&self) -> String {
+        let inner: Vec<String> = self.exc_message.iter().map(super::repr::py_repr).collect();
+        format!("{}({})", self.exc_type, inner.join(", "))
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "exc_type": self.exc_type,
+            "exc_message": self.exc_message,
+            "exc_module": self.exc_module,
+        })
+    }
+}
+
+/// The state reported in a result.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResultState {
+    /// A child started the task (`track_started`).
+    Started {
+        /// The child's pid.
+        pid: u32,
+        /// The worker's node name.
+        hostname: String,
+    },
+    /// The task returned this value.
+    Success(Value),
+    /// The task failed.
+    Failure {
+        /// The exception.
+        exc: ExceptionInfo,
+        /// A traceback text, if any.
+        traceback: Option<String>,
+    },
+    /// Revoked: reason is `revoked`, `expired` or `terminated`.
+    Revoked(String),
+}
+
+impl ResultState {
+    /// The Celery state name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ResultState::Started { .. } => "STARTED",
+            ResultState::Success(_) => "SUCCESS",
+            ResultState::Failure { .. } => "FAILURE",
+            ResultState::Revoked(_) => "REVOKED",
+        }
+    }
+
+    /// Whether `AsyncResult.get()` returns on it.
+    pub fn is_ready(&self) -> bool {
+        !matches!(self, ResultState::Started { .. })
+    }
+}
+
+/// Builds the JSON body of an rpc:// result message.
+pub fn result_body(
+    task_id: &str,
+    state: &ResultState,
+    parent_id: Option<&str>,
+    group_id: Option<&str>,
+    now: OffsetDateTime,
+) -> Vec<u8> {
+    let (result, traceback) = match state {
+        ResultState::Started { pid, hostname } => (json!({"pid": pid, "hostname": hostname}), None),
+        ResultState::Success(v) => (v.clone(), None),
+        ResultState::Failure { exc, traceback } => (exc.to_json(), traceback.clone()),
+        ResultState::Revoked(reason) => (
+            ExceptionInfo::new("TaskRevokedError", "celery.exceptions", vec![json!(reason)])
+                .to_json(),
+            None,
+        ),
+    };
+    let mut body = Map::new();
+    body.insert("status".into(), json!(state.name()));
+    body.insert("result".into(), result);
+    body.insert("traceback".into(), json!(traceback));
+    body.insert("children".into(), json!([]));
+    body.insert(
+        "date_done".into(),
+        if state.is_ready() {
+            json!(format_iso(now))
+        } else {
+            Value::Null
+        },
+    );
+    body.insert("task_id".into(), json!(task_id));
+    if let Some(p) = parent_id {
+        body.insert("parent_id".into(), json!(p));
+    }
+    if let Some(g) = group_id {
+        body.insert("group_id".into(), json!(g));
+    }
+    serde_json::to_vec(&Value::Object(body)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(b: &[u8]) -> Value {
+        serde_json::from_slice(b).unwrap()
+    }
+
+    #[test]
+    fn success_body_has_task_id_and_date() {
+        let now = super::super::time::parse_iso("2026-11-23T23:17:59.494388+00:00").unwrap();
+        let b = parse(&result_body(
+            "tid-1",
+            &ResultState::Success(json!(5)),
+            None,
+            None,
+            now,
+        ));
+        assert_eq!(
+            b,
+            json!({"status":"SUCCESS","result":5,"traceback":null,"children":[],
+                   "date_done":"2026-11-23T23:17:59.494388+00:00","task_id":"tid-1"})
+        );
+    }
+
+    #[test]
+    fn failure_and_revoked_shapes() {
+        let now = OffsetDateTime::now_utc();
+        let exc = ExceptionInfo::new("ValueError", "builtins", vec![json!("bad value"), json!(3)]);
+        assert_eq!(exc.repr(), "ValueError('bad value', 3)");
+        let st = ResultState::Failure {
+            exc,
+            traceback: Some("tb".into()),
+        };
+        let b = parse(&result_body("t", &st, Some("p"), Some("g"), now));
+        assert_eq!(b["status"], "FAILURE");
+        assert_eq!(
+            b["result"],
+            json!({"exc_type":"ValueError","exc_message":["bad value",3],"exc_module":"builtins"})
+        );
+        assert_eq!(b["parent_id"], "p");
+        assert_eq!(b["group_id"], "g");
+        let b = parse(&result_body(
+            "t",
+            &ResultState::Revoked("expired".into()),
+            None,
+            None,
+            now,
+        ));
+        assert_eq!(b["result"]["exc_type"], "TaskRevokedError");
+        assert_eq!(b["result"]["exc_message"], json!(["expired"]));
+        let st = ResultState::Started {
+            pid: 7,
+            hostname: "celery@h".into(),
+        };
+        let b = parse(&result_body("t", &st, None, None, now));
+        assert_eq!(b["date_done"], Value::Null);
+        assert_eq!(b["result"], json!({"pid": 7, "hostname": "celery@h"}));
+    }
+}

@@ -1,0 +1,281 @@
+//! Settings types, one section per concern. Keys reuse Celery's setting names minus the prefix
+//! that the section supplies (`[broker] url` is `broker_url`, `[task] acks_late` is
+//! `task_acks_late`). Loading (file, CLI) happens in the root crate; validation happens here.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ConfigError;
+
+/// Every setting of a worker.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// `[broker]`: where the messages come from.
+    pub broker: BrokerSettings,
+    /// `[worker]`: node name, pool size, queues, prefetch, logging.
+    pub worker: WorkerSettings,
+    /// `[task]`: acknowledgement and result behaviour of tasks.
+    pub task: TaskSettings,
+}
+
+/// `[broker]` section.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerSettings {
+    /// `broker_url`: `amqp://user:password@host:port/vhost` or `amqps://…`.
+    /// Default `amqp://guest:guest@127.0.0.1:5672//`.
+    pub url: String,
+    /// `broker_heartbeat`: AMQP heartbeat in seconds, 0 disables. Default 120.
+    pub heartbeat: u16,
+    /// `broker_connection_retry_on_startup`: keep retrying when the broker is unreachable at
+    /// start. Default true.
+    pub connection_retry_on_startup: bool,
+    /// `broker_connection_max_retries`: attempts before giving up (0 = forever). Default 100.
+    pub connection_max_retries: u32,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        BrokerSettings {
+            url: "amqp://guest:guest@127.0.0.1:5672//".to_owned(),
+            heartbeat: 120,
+            connection_retry_on_startup: true,
+            connection_max_retries: 100,
+        }
+    }
+}
+
+impl std::fmt::Debug for BrokerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerSettings")
+            .field("url", &self.safe_url())
+            .field("heartbeat", &self.heartbeat)
+            .field(
+                "connection_retry_on_startup",
+                &self.connection_retry_on_startup,
+            )
+            .field("connection_max_retries", &self.connection_max_retries)
+            .finish()
+    }
+}
+
+impl BrokerSettings {
+    /// The URL with the password replaced by `********`, for logs and replies.
+    pub fn safe_url(&self) -> String {
+        mask_password(&self.url)
+    }
+}
+
+/// Replaces the password of a `scheme://user:password@host…` URL with `********`.
+pub fn mask_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let Some(at) = rest.rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &rest[..at];
+    match userinfo.find(':') {
+        Some(colon) => format!(
+            "{}{}:********{}",
+            &url[..scheme_end + 3],
+            &userinfo[..colon],
+            &rest[at..]
+        ),
+        None => url.to_owned(),
+    }
+}
+
+/// `[worker]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Node name (`-n`); `%h` host, `%n` short host, `%d` domain, `%%` a percent sign.
+    /// A name without `@` is the host part (`w1` → `celery@w1`). Default `celery@%h`.
+    pub hostname: String,
+    /// `worker_concurrency`: number of child processes. 0 (the default) = number of CPUs.
+    pub concurrency: usize,
+    /// `worker_prefetch_multiplier`: prefetch = concurrency × this. Default 4; 0 = unlimited.
+    pub prefetch_multiplier: u16,
+    /// Queues to consume from (`-Q`). Default `["celery"]`. A queue is declared as Celery
+    /// does: durable, bound to a durable direct exchange of the same name.
+    pub queues: Vec<String>,
+    /// Log level: `debug`, `info`, `warning`, `error`, `critical`. Default `info`.
+    pub loglevel: String,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerSettings {
+            hostname: "celery@%h".to_owned(),
+            concurrency: 0,
+            prefetch_multiplier: 4,
+            queues: vec!["celery".to_owned()],
+            loglevel: "info".to_owned(),
+        }
+    }
+}
+
+/// `[task]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TaskSettings {
+    /// `task_acks_late`: ack after the task finished instead of when it starts. Default false.
+    pub acks_late: bool,
+    /// `task_track_started`: publish a STARTED result when a child starts the task.
+    /// Default false.
+    pub track_started: bool,
+    /// `task_ignore_result`: publish no results (unless the message asks). Default false.
+    pub ignore_result: bool,
+    /// `task_acks_on_failure_or_timeout`: with acks_late, ack failed and timed-out tasks
+    /// (else requeue them). Default true.
+    pub acks_on_failure_or_timeout: bool,
+    /// `task_reject_on_worker_lost`: with acks_late, requeue a task whose child died.
+    /// Default false.
+    pub reject_on_worker_lost: bool,
+}
+
+impl Default for TaskSettings {
+    fn default() -> Self {
+        TaskSettings {
+            acks_late: false,
+            track_started: false,
+            ignore_result: false,
+            acks_on_failure_or_timeout: true,
+            reject_on_worker_lost: false,
+        }
+    }
+}
+
+/// The log levels accepted for `worker.loglevel` (Celery's names, case-insensitive).
+pub const LOG_LEVELS: &[&str] = &[
+    "debug", "info", "warning", "warn", "error", "critical", "fatal",
+];
+
+impl Settings {
+    /// Checks every value and cross-field rule; the error names the offending key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let url = &self.broker.url;
+        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+            return Err(ConfigError::invalid(
+                "broker.url",
+                format!("{:?} is not an amqp:// or amqps:// URL", mask_password(url)),
+            ));
+        }
+        if url.parse::<lapin::uri::AMQPUri>().is_err() {
+            return Err(ConfigError::invalid(
+                "broker.url",
+                format!("cannot parse {:?}", mask_password(url)),
+            ));
+        }
+        if self.worker.concurrency > 1024 {
+            return Err(ConfigError::invalid(
+                "worker.concurrency",
+                "must be at most 1024",
+            ));
+        }
+        if self.worker.queues.is_empty() {
+            return Err(ConfigError::invalid(
+                "worker.queues",
+                "at least one queue is needed",
+            ));
+        }
+        for q in &self.worker.queues {
+            if q.is_empty() || q.len() > 255 {
+                return Err(ConfigError::invalid(
+                    "worker.queues",
+                    format!("queue name {q:?} must be 1 to 255 bytes"),
+                ));
+            }
+        }
+        if !LOG_LEVELS.contains(&self.worker.loglevel.to_ascii_lowercase().as_str()) {
+            return Err(ConfigError::invalid(
+                "worker.loglevel",
+                format!(
+                    "{:?} is not one of {}",
+                    self.worker.loglevel,
+                    LOG_LEVELS.join(", ")
+                ),
+            ));
+        }
+        crate::hostname::expand_nodename(&self.worker.hostname, "host.example")
+            .map_err(|reason| ConfigError::invalid("worker.hostname", reason))?;
+        Ok(())
+    }
+
+    /// The number of child processes: `worker.concurrency`, or the number of CPUs when 0.
+    pub fn effective_concurrency(&self) -> usize {
+        match self.worker.concurrency {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            n => n,
+        }
+    }
+
+    /// The basic.qos prefetch count (0 = unlimited), capped to what AMQP can carry.
+    pub fn prefetch_count(&self) -> u16 {
+        let n = self.effective_concurrency() * usize::from(self.worker.prefetch_multiplier);
+        u16::try_from(n).unwrap_or(u16::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Settings::default().validate().unwrap();
+    }
+
+    #[test]
+    fn masks_password() {
+        assert_eq!(
+            mask_password("amqp://guest:secret@h:5672//"),
+            "amqp://guest:********@h:5672//"
+        );
+        assert_eq!(mask_password("amqp://h:5672//"), "amqp://h:5672//");
+        assert_eq!(mask_password("amqp://user@h//"), "amqp://user@h//");
+        let b = BrokerSettings {
+            url: "amqp://u:pw@h//".into(),
+            ..Default::default()
+        };
+        assert!(!format!("{b:?}").contains("pw@"));
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let mut s = Settings::default();
+        s.broker.url = "redis://localhost".into();
+        assert!(
+            matches!(s.validate(), Err(ConfigError::Invalid { key, .. }) if key == "broker.url")
+        );
+        let mut s = Settings::default();
+        s.worker.loglevel = "loud".into();
+        assert!(
+            matches!(s.validate(), Err(ConfigError::Invalid { key, .. }) if key == "worker.loglevel")
+        );
+        let mut s = Settings::default();
+        s.worker.queues.clear();
+        assert!(
+            matches!(s.validate(), Err(ConfigError::Invalid { key, .. }) if key == "worker.queues")
+        );
+        let mut s = Settings::default();
+        s.worker.hostname = "celery@%q".into();
+        assert!(
+            matches!(s.validate(), Err(ConfigError::Invalid { key, .. }) if key == "worker.hostname")
+        );
+    }
+
+    #[test]
+    fn prefetch_is_concurrency_times_multiplier() {
+        let mut s = Settings::default();
+        s.worker.concurrency = 3;
+        s.worker.prefetch_multiplier = 4;
+        assert_eq!(s.prefetch_count(), 12);
+        s.worker.prefetch_multiplier = 0;
+        assert_eq!(s.prefetch_count(), 0);
+    }
+}

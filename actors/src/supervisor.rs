@@ -1,0 +1,238 @@
+//! The root of the tree. Starts the revoke registry, the pool (with its children), the
+//! scheduler and the consumer, in that order (the scheduler releases into the pool, so the
+//! pool comes first; the consumer comes last so nothing is delivered before there is
+//! somewhere to run it), and stops them in reverse.
+//!
+//! Warm shutdown: cancel consuming; take back what the pool and the scheduler hold but have
+//! not started and requeue it; wait for running tasks (their results are published and acked);
+//! close the connection. Cold shutdown: kill everything now (unacked messages return to the
+//! broker when the connection drops). An infrastructure child that fails (the consumer giving
+//! up on the broker, a queue clash) stops the supervisor with that reason: never a quiet loop.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::{error, info, warn};
+
+use crate::child::ChildCommand;
+use crate::consumer::{Consumer, ConsumerMessage, ConsumerPeers};
+use crate::pool::{Pool, PoolMessage};
+use crate::revoke::{RevokeMessage, RevokeRegistry};
+use crate::scheduler::{Scheduler, SchedulerMessage};
+use crate::settings::Settings;
+use crate::shutdown::ShutdownMode;
+
+/// Why the supervisor stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExitReason {
+    /// Warm shutdown completed.
+    Warm,
+    /// Cold shutdown.
+    Cold,
+    /// An infrastructure child failed; the text says which and why.
+    Failed(String),
+}
+
+/// Everything the tree is built from.
+#[derive(Debug)]
+pub struct SupervisorArgs {
+    /// Validated settings.
+    pub settings: Settings,
+    /// The expanded node name.
+    pub hostname: String,
+    /// Names of the registered tasks.
+    pub registered: HashSet<String>,
+    /// How to start a child process.
+    pub child_command: ChildCommand,
+    /// Receives the exit reason just before the supervisor stops.
+    pub exit: UnboundedSender<ExitReason>,
+}
+
+/// The supervisor actor.
+#[derive(Debug, Default)]
+pub struct Supervisor;
+
+/// Messages to the supervisor.
+#[derive(Debug)]
+pub enum SupervisorMessage {
+    /// Shut down (a signal arrived, or the `shutdown` control command).
+    Shutdown(ShutdownMode),
+    /// The warm shutdown sequence finished (sent by its own task).
+    Drained,
+}
+
+/// The supervisor's state: its children's handles.
+#[derive(Debug)]
+pub struct SupervisorState {
+    revoke: ActorRef<RevokeMessage>,
+    pool: ActorRef<PoolMessage>,
+    scheduler: ActorRef<SchedulerMessage>,
+    consumer: ActorRef<ConsumerMessage>,
+    exit: UnboundedSender<ExitReason>,
+    shutting_down: bool,
+}
+
+impl Actor for Supervisor {
+    type Msg = SupervisorMessage;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: SupervisorArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let cell = myself.get_cell();
+        let settings = Arc::new(args.settings);
+        let (revoke, _) = Actor::spawn_linked(None, RevokeRegistry, (), cell.clone()).await?;
+        let pool = Pool::new(
+            args.child_command,
+            settings.effective_concurrency(),
+            args.hostname.clone(),
+        );
+        let (pool, _) = Actor::spawn_linked(None, pool, (), cell.clone()).await?;
+        let (scheduler, _) =
+            Actor::spawn_linked(None, Scheduler::new(pool.clone()), (), cell.clone()).await?;
+        let peers = ConsumerPeers {
+            pool: pool.clone(),
+            scheduler: scheduler.clone(),
+            revoke: revoke.clone(),
+        };
+        let consumer = Consumer::new(settings.clone(), args.hostname.clone(), args.registered);
+        let (consumer, _) = Actor::spawn_linked(None, consumer, peers, cell).await?;
+        pool.cast(PoolMessage::SetConsumer(consumer.clone()))?;
+        info!(hostname = %args.hostname, concurrency = settings.effective_concurrency(),
+            "{} ready.", args.hostname);
+        Ok(SupervisorState {
+            revoke,
+            pool,
+            scheduler,
+            consumer,
+            exit: args.exit,
+            shutting_down: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupervisorMessage::Shutdown(ShutdownMode::Warm) if !state.shutting_down => {
+                state.shutting_down = true;
+                info!("worker: Warm shutdown (MainProcess)");
+                tokio::spawn(warm_shutdown(
+                    myself.clone(),
+                    state.consumer.clone(),
+                    state.pool.clone(),
+                    state.scheduler.clone(),
+                ));
+            }
+            SupervisorMessage::Shutdown(ShutdownMode::Warm) => {}
+            SupervisorMessage::Shutdown(ShutdownMode::Cold) => {
+                warn!("worker: Cold shutdown (MainProcess)");
+                state.stop_all(&myself, ExitReason::Cold, true);
+            }
+            SupervisorMessage::Drained => {
+                info!("Warm shutdown complete.");
+                state.stop_all(&myself, ExitReason::Warm, false);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, reason): (ActorCell, String) = match event {
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_default())
+            }
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+            _ => return Ok(()),
+        };
+        if state.shutting_down {
+            return Ok(());
+        }
+        let who = state.name_of(&cell);
+        error!(actor = who, reason = %reason, "A worker component stopped; shutting down.");
+        state.shutting_down = true;
+        state.stop_all(
+            &myself,
+            ExitReason::Failed(format!("{who}: {reason}")),
+            true,
+        );
+        Ok(())
+    }
+}
+
+impl SupervisorState {
+    fn name_of(&self, cell: &ActorCell) -> &'static str {
+        let id = cell.get_id();
+        if id == self.consumer.get_id() {
+            "consumer"
+        } else if id == self.pool.get_id() {
+            "pool"
+        } else if id == self.scheduler.get_id() {
+            "scheduler"
+        } else if id == self.revoke.get_id() {
+            "revoke-registry"
+        } else {
+            "unknown"
+        }
+    }
+
+    /// Stops the children in reverse start order, then the supervisor itself.
+    fn stop_all(&mut self, myself: &ActorRef<SupervisorMessage>, reason: ExitReason, kill: bool) {
+        self.shutting_down = true;
+        let cells = [
+            self.consumer.get_cell(),
+            self.scheduler.get_cell(),
+            self.pool.get_cell(),
+            self.revoke.get_cell(),
+        ];
+        for c in cells {
+            if kill {
+                c.kill()
+            } else {
+                c.stop(Some("warm_shutdown".into()))
+            }
+        }
+        let _ = self.exit.send(reason);
+        myself.stop(Some("shutdown".into()));
+    }
+}
+
+async fn warm_shutdown(
+    myself: ActorRef<SupervisorMessage>,
+    consumer: ActorRef<ConsumerMessage>,
+    pool: ActorRef<PoolMessage>,
+    scheduler: ActorRef<SchedulerMessage>,
+) {
+    let _ = ractor::call!(consumer, |reply| ConsumerMessage::StopConsuming { reply });
+    let mut unstarted =
+        ractor::call!(pool, |reply| PoolMessage::Drain { reply }).unwrap_or_default();
+    unstarted.extend(
+        ractor::call!(scheduler, |reply| SchedulerMessage::Drain { reply }).unwrap_or_default(),
+    );
+    if !unstarted.is_empty() {
+        info!(
+            count = unstarted.len(),
+            "Returning unstarted tasks to the broker."
+        );
+    }
+    let _ = ractor::call!(consumer, |reply| ConsumerMessage::Requeue {
+        reserved: unstarted,
+        reply
+    });
+    let _ = ractor::call!(pool, |reply| PoolMessage::WaitIdle { reply });
+    let _ = ractor::call!(consumer, |reply| ConsumerMessage::Close { reply });
+    let _ = myself.cast(SupervisorMessage::Drained);
+}

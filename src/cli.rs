@@ -1,0 +1,88 @@
+//! Command-line interface. Flags mirror Celery's `celery worker` names and override the
+//! config file.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// celeryd: a Celery worker written in Rust.
+#[derive(Debug, Parser)]
+#[command(
+    name = "worker",
+    version,
+    about,
+    args_conflicts_with_subcommands = false
+)]
+pub struct Cli {
+    /// TOML config file (see config/worker.toml for every key).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Worker options (when no subcommand is given, the worker runs).
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    /// What to do instead of running the worker.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Flags that override `[worker]` settings.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RunArgs {
+    /// Log level: debug, info, warning, error, critical.
+    #[arg(short = 'l', long)]
+    pub loglevel: Option<String>,
+    /// Number of child processes (default: number of CPUs).
+    #[arg(short = 'c', long)]
+    pub concurrency: Option<usize>,
+    /// Node name, e.g. `w1@%h` (default `celery@%h`).
+    #[arg(short = 'n', long)]
+    pub hostname: Option<String>,
+    /// Comma-separated queues to consume from (default `celery`).
+    #[arg(short = 'Q', long)]
+    pub queues: Option<String>,
+    /// Prefetch = concurrency × this (default 4).
+    #[arg(long)]
+    pub prefetch_multiplier: Option<u16>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Send a task the way `celery call` does, and optionally wait for its result.
+    Call(CallArgs),
+    /// Child-process mode (internal: the worker starts its pool processes this way).
+    #[command(hide = true)]
+    Child,
+}
+
+/// `worker call` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct CallArgs {
+    /// Task name, e.g. `tasks.add`.
+    pub name: String,
+    /// Positional arguments, each a JSON value (a word that is not JSON is taken as a string).
+    pub args: Vec<String>,
+    /// Keyword arguments as a JSON object.
+    #[arg(long, value_name = "JSON")]
+    pub kwargs: Option<String>,
+    /// Run no earlier than this many seconds from now.
+    #[arg(long, value_name = "SECONDS")]
+    pub countdown: Option<f64>,
+    /// Run no earlier than this ISO-8601 time.
+    #[arg(long, value_name = "ISO")]
+    pub eta: Option<String>,
+    /// Discard the task if not started within this many seconds (or by this ISO-8601 time).
+    #[arg(long, value_name = "SECONDS|ISO")]
+    pub expires: Option<String>,
+    /// Queue to send to (default: the first configured queue).
+    #[arg(short = 'Q', long)]
+    pub queue: Option<String>,
+    /// Wait for the result and print it; exit 1 if the task failed.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up after this many seconds (exit 2).
+    #[arg(long, default_value_t = 60.0)]
+    pub timeout: f64,
+}

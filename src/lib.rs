@@ -1,0 +1,144 @@
+//! celeryd: the Celery worker, in Rust. This crate is the thin top: command line, config
+//! loading, telemetry, OS signals and exit codes. The engine (actors, protocol, broker, child
+//! processes) is `celeryd_actors`.
+//!
+//! # Layout
+//! - [`cli`]: clap definitions (`worker`, `worker call`, the hidden child mode).
+//! - [`settings`]: defaults -> TOML file -> CLI flags, then validation.
+//! - [`signals`]: TERM/INT/QUIT -> warm/cold shutdown requests.
+//! - [`call`]: `worker call`, a `celery call` equivalent.
+//! - [`tasks`]: the example tasks of the stock binary.
+//!
+//! Your own worker binary builds a [`Registry`] and hands it to [`main_with`].
+
+pub mod call;
+pub mod cli;
+pub mod error;
+pub mod settings;
+pub mod signals;
+pub mod tasks;
+pub mod telemetry;
+
+use std::collections::HashSet;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio::sync::mpsc;
+
+use celeryd_actors::child::ChildCommand;
+use celeryd_actors::supervisor::{ExitReason, Supervisor, SupervisorArgs};
+pub use celeryd_actors::{Registry, Settings, ShutdownMode};
+
+use crate::cli::{Cli, Command};
+pub use crate::error::StartupError;
+
+/// Runs the worker until it is shut down through `shutdown` (or fails).
+pub async fn run(
+    settings: Settings,
+    registered: HashSet<String>,
+    child_command: ChildCommand,
+    mut shutdown: mpsc::UnboundedReceiver<ShutdownMode>,
+) -> Result<ExitReason, StartupError> {
+    let host = celeryd_actors::hostname::this_host();
+    let hostname = celeryd_actors::hostname::expand_nodename(&settings.worker.hostname, &host)
+        .map_err(|e| StartupError::Config(format!("worker.hostname: {e}")))?;
+    let (exit_tx, mut exit_rx) = mpsc::unbounded_channel();
+    let args = SupervisorArgs {
+        settings,
+        hostname,
+        registered,
+        child_command,
+        exit: exit_tx,
+    };
+    let (sup, handle) = ractor::Actor::spawn(None, Supervisor, args)
+        .await
+        .map_err(|e| StartupError::Runtime(e.to_string()))?;
+    let reason = loop {
+        tokio::select! {
+            Some(mode) = shutdown.recv() => {
+                let _ = sup.cast(celeryd_actors::SupervisorMessage::Shutdown(mode));
+            }
+            reason = exit_rx.recv() => break reason.unwrap_or(ExitReason::Cold),
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), handle).await;
+    match reason {
+        ExitReason::Failed(why) if why.contains("broker") || why.contains("clashes") => {
+            Err(StartupError::Broker(why))
+        }
+        ExitReason::Failed(why) => Err(StartupError::Runtime(why)),
+        other => Ok(other),
+    }
+}
+
+/// The whole program: parses the command line and runs the worker, `call`, or child mode,
+/// with `registry` as the task registry. Call it from your own `main`.
+pub fn main_with(registry: Registry) -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Child) => {
+            let code = celeryd_actors::child::runner::run_child(&registry);
+            return ExitCode::from(u8::try_from(code).unwrap_or(1));
+        }
+        Some(Command::Call(args)) => {
+            let settings = match settings::load(cli.config.as_deref(), &cli.run) {
+                Ok(s) => s,
+                Err(e) => return fail(&e),
+            };
+            return with_runtime(|| call::call(&settings, &args));
+        }
+        None => {}
+    }
+    let settings = match settings::load(cli.config.as_deref(), &cli.run) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    telemetry::init(&settings.worker.loglevel);
+    let child_command = match std::env::current_exe() {
+        Ok(program) => ChildCommand {
+            program,
+            args: vec!["child".to_owned()],
+        },
+        Err(e) => {
+            return fail(&StartupError::Runtime(format!(
+                "cannot find own executable: {e}"
+            )));
+        }
+    };
+    let registered: HashSet<String> = registry.names().map(str::to_owned).collect();
+    with_runtime(|| async move {
+        let shutdown = signals::listen().map_err(|e| StartupError::Runtime(e.to_string()))?;
+        match run(settings, registered, child_command, shutdown).await? {
+            ExitReason::Cold => Ok(ExitCode::from(1)),
+            _ => Ok(ExitCode::SUCCESS),
+        }
+    })
+}
+
+fn with_runtime<F, Fut>(f: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<ExitCode, StartupError>>,
+{
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            return fail(&StartupError::Runtime(format!(
+                "cannot start the runtime: {e}"
+            )));
+        }
+    };
+    match rt.block_on(f()) {
+        Ok(code) => code,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &StartupError) -> ExitCode {
+    eprintln!("worker: {e}");
+    ExitCode::from(e.exit_code())
+}

@@ -1,0 +1,126 @@
+//! The example tasks the stock `worker` binary registers (used by the tests and benchmarks).
+
+use std::time::{Duration, Instant};
+
+use celeryd_actors::{Args, Registry, TaskContext, TaskError};
+use serde_json::{Value, json};
+
+/// A registry with `tasks.noop`, `add`, `echo`, `sleep`, `spin`, `fail` and `crash`.
+pub fn example_registry() -> Registry {
+    let mut r = Registry::new();
+    r.task("tasks.noop", &[], |_ctx, ()| Ok(Value::Null));
+    r.task("tasks.add", &["x", "y"], |_ctx, (x, y): (Value, Value)| {
+        add(&x, &y)
+    });
+    r.register("tasks.echo", |_ctx: &TaskContext, a: Args| {
+        Ok(json!([a.args, a.kwargs]))
+    });
+    r.task("tasks.sleep", &["seconds"], |ctx, (seconds,): (f64,)| {
+        sleep(ctx, seconds)
+    });
+    r.task("tasks.spin", &["seconds"], |_ctx, (seconds,): (f64,)| {
+        Ok(spin(seconds))
+    });
+    r.task(
+        "tasks.fail",
+        &["message"],
+        |_ctx, (message,): (String,)| -> Result<(), TaskError> {
+            Err(TaskError::new("ValueError", message))
+        },
+    );
+    r.task("tasks.crash", &[], |_ctx, ()| -> Result<(), TaskError> {
+        std::process::abort()
+    });
+    r
+}
+
+/// x + y for integers (exact) or any numbers (as floats), like Python's `+`.
+fn add(x: &Value, y: &Value) -> Result<Value, TaskError> {
+    match (x.as_i64(), y.as_i64()) {
+        (Some(a), Some(b)) => a
+            .checked_add(b)
+            .map(Value::from)
+            .ok_or_else(|| TaskError::new("OverflowError", "integer overflow")),
+        _ => match (x.as_f64(), y.as_f64()) {
+            (Some(a), Some(b)) => Ok(json!(a + b)),
+            _ => match (x, y) {
+                (Value::String(a), Value::String(b)) => Ok(json!(format!("{a}{b}"))),
+                _ => Err(TaskError::type_error(format!(
+                    "unsupported operand type(s) for +: {x} and {y}"
+                ))),
+            },
+        },
+    }
+}
+
+/// Sleeps in small steps, giving up with `SoftTimeLimitExceeded` when the soft limit passes.
+fn sleep(ctx: &TaskContext, seconds: f64) -> Result<f64, TaskError> {
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(TaskError::new(
+            "ValueError",
+            "seconds must be a non-negative number",
+        ));
+    }
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    loop {
+        ctx.check_soft_time_limit()?;
+        let now = Instant::now();
+        if now >= end {
+            return Ok(seconds);
+        }
+        std::thread::sleep((end - now).min(Duration::from_millis(10)));
+    }
+}
+
+/// Burns CPU for `seconds`, ignoring soft limits; returns the number of loop iterations.
+fn spin(seconds: f64) -> u64 {
+    let end = Instant::now() + Duration::from_secs_f64(seconds.clamp(0.0, 1e6));
+    let mut n: u64 = 0;
+    while Instant::now() < end {
+        n = std::hint::black_box(n.wrapping_add(1));
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn call(name: &str, args: Value) -> Result<Value, TaskError> {
+        let r = example_registry();
+        let ctx = TaskContext::new("id".into(), name.into(), 0, "h".into(), Arc::default());
+        let args = Args {
+            args: args.as_array().cloned().unwrap_or_default(),
+            ..Default::default()
+        };
+        r.get(name).unwrap().call(&ctx, args)
+    }
+
+    #[test]
+    fn example_tasks_behave() {
+        assert_eq!(call("tasks.noop", json!([])), Ok(Value::Null));
+        assert_eq!(call("tasks.add", json!([2, 3])), Ok(json!(5)));
+        assert_eq!(call("tasks.add", json!([2.5, 3])), Ok(json!(5.5)));
+        assert_eq!(
+            call("tasks.echo", json!([1, "a"])),
+            Ok(json!([[1, "a"], {}]))
+        );
+        assert_eq!(call("tasks.sleep", json!([0.01])), Ok(json!(0.01)));
+        let e = call("tasks.fail", json!(["boom"])).unwrap_err();
+        assert_eq!(
+            (e.exc_type.as_str(), e.exc_module.as_str()),
+            ("ValueError", "builtins")
+        );
+        assert!(call("tasks.spin", json!([0.001])).is_ok());
+        assert!(call("tasks.add", json!([null, 1])).is_err());
+    }
+
+    #[test]
+    fn sleep_observes_the_soft_limit() {
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let ctx = TaskContext::new("id".into(), "tasks.sleep".into(), 0, "h".into(), flag);
+        let e = sleep(&ctx, 5.0).unwrap_err();
+        assert_eq!(e.exc_type, "SoftTimeLimitExceeded");
+    }
+}

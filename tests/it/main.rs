@@ -1,0 +1,18 @@
+//! Integration tests: the real `worker` binary against the real RabbitMQ, driven by the real
+//! Python Celery client (pinned, installed into a virtualenv by scripts/ensure-python.sh).
+#![allow(missing_docs, unreachable_pub)]
+
+mod cli;
+mod interop;
+mod malformed;
+mod shutdown;
+mod support;
+
+/// A small runtime for the tests' own AMQP calls.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}

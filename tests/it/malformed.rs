@@ -1,0 +1,112 @@
+//! Bad messages are rejected (not requeued) and logged; the worker keeps going.
+
+use lapin::BasicProperties;
+use lapin::options::BasicPublishOptions;
+use lapin::types::{AMQPValue, FieldTable};
+use serde_json::json;
+
+use crate::block_on;
+use crate::support::{Worker, celery_client, connect, delete_queue, queue_depth, unique_queue};
+
+async fn publish(queue: &str, headers: FieldTable, content_type: &str, body: &[u8]) {
+    let conn = connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    let props = BasicProperties::default()
+        .with_content_type(content_type.into())
+        .with_headers(headers)
+        .with_delivery_mode(2);
+    ch.basic_publish(
+        "".into(),
+        queue.into(),
+        BasicPublishOptions::default(),
+        body,
+        props,
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    conn.close(200, "bye".into()).await.unwrap();
+}
+
+fn task_headers(id: &str) -> FieldTable {
+    let mut h = FieldTable::default();
+    h.insert("task".into(), AMQPValue::LongString("tasks.add".into()));
+    h.insert("id".into(), AMQPValue::LongString(id.into()));
+    h
+}
+
+#[test]
+fn malformed_messages_are_rejected_and_the_next_valid_one_succeeds() {
+    let queue = unique_queue("malformed");
+    let worker = Worker::start(&queue, "", &["-c", "1"]);
+    block_on(async {
+        publish(
+            &queue,
+            task_headers("bad-json"),
+            "application/json",
+            b"{not json",
+        )
+        .await;
+        publish(
+            &queue,
+            task_headers("bad-shape"),
+            "application/json",
+            br#"{"a": 1}"#,
+        )
+        .await;
+        publish(
+            &queue,
+            task_headers("pickle"),
+            "application/x-python-serialize",
+            b"\x80\x04.",
+        )
+        .await;
+        publish(
+            &queue,
+            FieldTable::default(),
+            "application/json",
+            br#"[1, 2]"#,
+        )
+        .await;
+        let mut bad_eta = task_headers("bad-eta");
+        bad_eta.insert("eta".into(), AMQPValue::LongString("next tuesday".into()));
+        publish(&queue, bad_eta, "application/json", br#"[[1, 2], {}, {}]"#).await;
+        publish(
+            &queue,
+            task_headers("bad-utf8"),
+            "application/json",
+            b"[[\"\xff\"], {}, {}]",
+        )
+        .await;
+    });
+    let r = celery_client(&[
+        "call",
+        "tasks.add",
+        "--args",
+        "[2, 3]",
+        "--kwargs",
+        "{}",
+        "--queue",
+        &queue,
+    ]);
+    assert_eq!(r["result"], json!(5), "{r}");
+    let log = worker.log();
+    assert!(
+        log.matches("Received invalid task message").count() >= 5,
+        "{log}"
+    );
+    assert!(
+        log.contains("Received and deleted unknown message"),
+        "{log}"
+    );
+    assert!(
+        log.contains("pickle") || log.contains("python-serialize"),
+        "{log}"
+    );
+    // Rejected without requeue: nothing is left in the queue, nothing loops.
+    let depth = block_on(async { queue_depth(&connect().await, &queue).await });
+    assert_eq!(depth, 0);
+    drop(worker);
+    block_on(delete_queue(&queue));
+}

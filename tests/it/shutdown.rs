@@ -1,0 +1,89 @@
+//! Warm shutdown lets running tasks finish; acks_late + kill -9 loses nothing.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde_json::json;
+
+use crate::block_on;
+use crate::support::{
+    Worker, alive, celery_client_command, delete_queue, eventually, parse_client_output,
+    unique_queue,
+};
+
+#[test]
+fn term_lets_the_running_task_finish_and_exits_zero() {
+    let queue = unique_queue("warm");
+    let mut worker = Worker::start(&queue, "", &["-c", "1"]);
+    let client = celery_client_command(&[
+        "call",
+        "tasks.sleep",
+        "--args",
+        "[2]",
+        "--kwargs",
+        "{}",
+        "--queue",
+        &queue,
+    ])
+    .spawn()
+    .unwrap();
+    worker.wait_for_log("Task tasks.sleep[", Duration::from_secs(20));
+    let children = worker.children();
+    assert_eq!(children.len(), 1, "one child process with -c 1");
+    worker.signal(Signal::SIGTERM);
+    let status = worker.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "warm shutdown exits 0, got {status}");
+    let r = parse_client_output(&client.wait_with_output().unwrap());
+    assert_eq!(
+        r["state"], "SUCCESS",
+        "the task finished during warm shutdown: {r}"
+    );
+    assert_eq!(r["result"], json!(2.0));
+    assert!(worker.log().contains("Warm shutdown"));
+    eventually(Duration::from_secs(5), "children to be gone", || {
+        children.iter().all(|p| !alive(*p))
+    });
+    block_on(delete_queue(&queue));
+}
+
+#[test]
+fn acks_late_task_survives_kill_9_of_the_worker() {
+    let queue = unique_queue("killed");
+    let config = "[task]\nacks_late = true\n";
+    let worker = Worker::start(&queue, config, &["-c", "1"]);
+    let client = celery_client_command(&[
+        "call",
+        "tasks.sleep",
+        "--args",
+        "[1.5]",
+        "--kwargs",
+        "{}",
+        "--queue",
+        &queue,
+        "--timeout",
+        "60",
+    ])
+    .spawn()
+    .unwrap();
+    worker.wait_for_log("Task tasks.sleep[", Duration::from_secs(20));
+    let children = worker.children();
+    assert!(!children.is_empty());
+    worker.signal(Signal::SIGKILL);
+    // No orphans: the children die with the worker.
+    eventually(
+        Duration::from_secs(5),
+        "children to die with the worker",
+        || children.iter().all(|p| !alive(*p)),
+    );
+    drop(worker);
+    let again = Worker::start(&queue, config, &["-c", "1"]);
+    let r = parse_client_output(&client.wait_with_output().unwrap());
+    assert_eq!(
+        r["state"], "SUCCESS",
+        "redelivered and completed after restart: {r}"
+    );
+    assert_eq!(r["result"], json!(1.5));
+    assert!(again.log().contains("Task tasks.sleep["));
+    drop(again);
+    block_on(delete_queue(&queue));
+}

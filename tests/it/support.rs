@@ -1,0 +1,286 @@
+//! Helpers for the integration tests: the real broker, the real `worker` binary, the real
+//! Python Celery client.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+use serde_json::Value;
+
+/// The broker the tests use (`AMQP_URL`, default: guest on loopback).
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Connects, retrying for a few seconds; fails with a message naming the URL.
+pub async fn connect() -> Connection {
+    let url = amqp_url();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Connection::connect(&url, ConnectionProperties::default()).await {
+            Ok(c) => return c,
+            Err(e) if Instant::now() > deadline => {
+                panic!(
+                    "cannot reach RabbitMQ at {url} (set AMQP_URL; scripts/ensure-broker.sh starts it): {e}"
+                )
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// A queue name no other test uses.
+pub fn unique_queue(prefix: &str) -> String {
+    format!("it-{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Number of ready messages in `queue` (declared passively).
+pub async fn queue_depth(conn: &Connection, queue: &str) -> u32 {
+    let ch = conn.create_channel().await.unwrap();
+    let opts = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let q = ch
+        .queue_declare(queue.into(), opts, FieldTable::default())
+        .await
+        .unwrap();
+    q.message_count()
+}
+
+/// Deletes a test queue and its exchange (best effort).
+pub async fn delete_queue(queue: &str) {
+    let conn = connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    let _ = ch
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await;
+    let _ = ch.exchange_delete(queue.into(), Default::default()).await;
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+/// The Python interpreter of the virtualenv with the pinned Celery client.
+pub fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("CELERYD_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let out = Command::new(repo().join("scripts/ensure-python.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run scripts/ensure-python.sh");
+    assert!(out.status.success(), "scripts/ensure-python.sh failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    PathBuf::from(text.lines().last().expect("python path").trim())
+}
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs the Python Celery client helper (`tests/python/celery_client.py`) and parses the JSON
+/// line it prints.
+pub fn celery_client(args: &[&str]) -> Value {
+    let out = celery_client_command(args)
+        .output()
+        .expect("run the Python client");
+    parse_client_output(&out)
+}
+
+/// The command for the Python client helper, for tests that run it in the background.
+pub fn celery_client_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(python());
+    cmd.arg(repo().join("tests/python/celery_client.py"))
+        .args(args)
+        .env("AMQP_URL", python_amqp_url())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Parses the helper's output, failing with its stderr when it did not succeed.
+pub fn parse_client_output(out: &std::process::Output) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "python client failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("bad client output {line:?}: {e}\n{stderr}"))
+}
+
+/// kombu spells the default vhost `//`.
+fn python_amqp_url() -> String {
+    amqp_url().replace("/%2f", "//").replace("/%2F", "//")
+}
+
+/// A running `worker` binary with its log captured.
+pub struct Worker {
+    child: Option<Child>,
+    log: Arc<Mutex<String>>,
+    _dir: tempfile::TempDir,
+    /// The queue it consumes.
+    pub queue: String,
+    /// Its node name.
+    pub nodename: String,
+}
+
+impl Worker {
+    /// Starts the worker on `queue` with extra config TOML (appended) and extra flags.
+    pub fn start(queue: &str, extra_config: &str, flags: &[&str]) -> Worker {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("worker.toml");
+        let text = format!("[broker]\nurl = \"{}\"\n{extra_config}\n", amqp_url());
+        std::fs::write(&config, text).unwrap();
+        let nodename = format!("it-{}@%h", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        Self::start_with_config(&config, queue, &nodename, flags, dir)
+    }
+
+    fn start_with_config(
+        config: &Path,
+        queue: &str,
+        nodename: &str,
+        flags: &[&str],
+        dir: tempfile::TempDir,
+    ) -> Worker {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_worker"))
+            .arg("--config")
+            .arg(config)
+            .args(["-Q", queue, "-n", nodename, "-l", "debug"])
+            .args(flags)
+            .stdin(Stdio::null())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the worker binary");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[worker] {line}");
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let w = Worker {
+            child: Some(child),
+            log,
+            _dir: dir,
+            queue: queue.into(),
+            nodename: nodename.into(),
+        };
+        w.wait_for_log("Consuming from queue", Duration::from_secs(30));
+        w
+    }
+
+    /// The OS pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or_default()
+    }
+
+    /// Everything logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        let log = self.log.clone();
+        eventually(
+            timeout,
+            &format!("worker log to contain {needle:?}"),
+            || log.lock().unwrap().contains(needle),
+        );
+    }
+
+    /// Sends a signal to the worker process.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        nix::sys::signal::kill(pid, sig).unwrap();
+    }
+
+    /// Waits for the worker to exit; returns its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Pids of the worker's child processes (from /proc).
+    pub fn children(&self) -> Vec<i32> {
+        children_of(self.pid() as i32)
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Pids whose parent is `ppid`.
+pub fn children_of(ppid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // The field after the ")" that closes the command name: state, then ppid.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(1).and_then(|p| p.parse::<i32>().ok()) == Some(ppid) && fields[0] != "Z" {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// Polls `check` until it holds, or fails naming `what`.
+pub fn eventually(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
