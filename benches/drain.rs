@@ -4,6 +4,8 @@
 //! Run: `cargo bench --bench drain` (env: BENCH_TASKS=20000, BENCH_CONCURRENCY=2,
 //! AMQP_URL). Prints tasks/s from the first to the last result, and start -> first result.
 
+#![allow(clippy::unwrap_used)] // a benchmark: any failure should stop it loudly
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 

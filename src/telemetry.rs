@@ -22,7 +22,10 @@ pub fn filter_directive(loglevel: &str) -> &'static str {
 
 /// Logs to stderr at `loglevel` (RUST_LOG, when set, wins).
 pub fn init(loglevel: &str) {
-    let directive = format!("{},lapin=warn,amq_protocol=warn", filter_directive(loglevel));
+    let directive = format!(
+        "{},lapin=warn,amq_protocol=warn",
+        filter_directive(loglevel)
+    );
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(directive));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

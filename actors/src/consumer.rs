@@ -486,10 +486,10 @@ impl Consumer {
 
     async fn update_prefetch(&self, state: &mut ConsumerState) {
         let count = self.prefetch(state.held_eta);
-        if let Some(link) = &state.link {
-            if let Err(e) = amqp::set_prefetch(&link.channel, count).await {
-                warn!(error = %e, "Cannot change the prefetch count.");
-            }
+        if let Some(link) = &state.link
+            && let Err(e) = amqp::set_prefetch(&link.channel, count).await
+        {
+            warn!(error = %e, "Cannot change the prefetch count.");
         }
     }
 
@@ -504,15 +504,16 @@ impl Consumer {
         let ignore = info
             .ignore_result
             .unwrap_or(self.settings.task.ignore_result);
-        if self.settings.task.track_started && !ignore {
-            if let Some(q) = &info.reply_to {
-                let st = ResultState::Started {
-                    pid: info.pid,
-                    hostname: info.hostname.clone(),
-                };
-                let body = result_body(&info.task_id, &st, None, None, OffsetDateTime::now_utc());
-                state.publish(q, &info.correlation_id, body).await;
-            }
+        if self.settings.task.track_started
+            && !ignore
+            && let Some(q) = &info.reply_to
+        {
+            let st = ResultState::Started {
+                pid: info.pid,
+                hostname: info.hostname.clone(),
+            };
+            let body = result_body(&info.task_id, &st, None, None, OffsetDateTime::now_utc());
+            state.publish(q, &info.correlation_id, body).await;
         }
     }
 
@@ -631,14 +632,13 @@ impl ConsumerState {
         if d.generation != self.generation || !self.unacked.remove(&d.tag) {
             return;
         }
-        if let Some(link) = &self.link {
-            if let Err(e) = link
+        if let Some(link) = &self.link
+            && let Err(e) = link
                 .channel
                 .basic_ack(d.tag, BasicAckOptions::default())
                 .await
-            {
-                warn!(delivery_tag = d.tag, error = %e, "Ack failed; the broker will redeliver.");
-            }
+        {
+            warn!(delivery_tag = d.tag, error = %e, "Ack failed; the broker will redeliver.");
         }
     }
 
@@ -646,14 +646,13 @@ impl ConsumerState {
         if d.generation != self.generation || !self.unacked.remove(&d.tag) {
             return;
         }
-        if let Some(link) = &self.link {
-            if let Err(e) = link
+        if let Some(link) = &self.link
+            && let Err(e) = link
                 .channel
                 .basic_reject(d.tag, BasicRejectOptions { requeue })
                 .await
-            {
-                warn!(delivery_tag = d.tag, error = %e, "Reject failed.");
-            }
+        {
+            warn!(delivery_tag = d.tag, error = %e, "Reject failed.");
         }
     }
 

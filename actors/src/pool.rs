@@ -210,11 +210,11 @@ impl Actor for Pool {
             }
             PoolMessage::SpawnChild => {
                 state.pending_spawns = state.pending_spawns.saturating_sub(1);
-                if !state.draining {
-                    if let Err(e) = self.spawn_child(&myself, state).await {
-                        error!(error = %e, "Cannot start a child process; retrying.");
-                        self.schedule_spawn(&myself, state);
-                    }
+                if !state.draining
+                    && let Err(e) = self.spawn_child(&myself, state).await
+                {
+                    error!(error = %e, "Cannot start a child process; retrying.");
+                    self.schedule_spawn(&myself, state);
                 }
             }
             PoolMessage::Forget { generation } => {

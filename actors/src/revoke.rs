@@ -73,10 +73,10 @@ impl RevokedSet {
     }
 
     fn pop_oldest(&mut self) {
-        if let Some((t, id)) = self.order.pop_front() {
-            if self.ids.get(&id) == Some(&t) {
-                self.ids.remove(&id);
-            }
+        if let Some((t, id)) = self.order.pop_front()
+            && self.ids.get(&id) == Some(&t)
+        {
+            self.ids.remove(&id);
         }
     }
 }

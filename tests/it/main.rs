@@ -1,8 +1,9 @@
 //! Integration tests: the real `worker` binary against the real RabbitMQ, driven by the real
 //! Python Celery client (pinned, installed into a virtualenv by scripts/ensure-python.sh).
-#![allow(missing_docs, unreachable_pub)]
+#![allow(missing_docs, unreachable_pub, clippy::unwrap_used)]
 
 mod cli;
+mod fixtures;
 mod interop;
 mod malformed;
 mod shutdown;

@@ -127,10 +127,6 @@ pub struct Worker {
     child: Option<Child>,
     log: Arc<Mutex<String>>,
     _dir: tempfile::TempDir,
-    /// The queue it consumes.
-    pub queue: String,
-    /// Its node name.
-    pub nodename: String,
 }
 
 impl Worker {
@@ -176,8 +172,6 @@ impl Worker {
             child: Some(child),
             log,
             _dir: dir,
-            queue: queue.into(),
-            nodename: nodename.into(),
         };
         w.wait_for_log("Consuming from queue", Duration::from_secs(30));
         w

@@ -1,0 +1,79 @@
+"""Drive a worker through the real, unmodified Python Celery client (for celeryd's tests).
+
+Sends tasks by name with `send_task` (no task module is imported) to the broker in AMQP_URL,
+with the rpc:// result backend, waits for the results and prints one JSON line:
+
+    call NAME --args JSON --kwargs JSON [--queue Q] [--timeout S] [--countdown S]
+         [--expires S] [--count N] [--no-wait]
+
+For one task: {"id", "state", "result" | "exc_type", "exc_module", "exc_message", "exc_args"};
+with --count N a list of those; with --no-wait just {"id": ...}. Exit 3 on timeout.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+from celery import Celery
+from celery.exceptions import TimeoutError as CeleryTimeout
+
+
+def outcome(res, timeout):
+    value = res.get(timeout=timeout, propagate=False)
+    out = {"id": res.id, "state": res.state}
+    if isinstance(value, BaseException):
+        out.update(
+            exc_type=type(value).__name__,
+            exc_module=type(value).__module__,
+            exc_message=str(value),
+            exc_args=json.loads(json.dumps(list(value.args), default=repr)),
+        )
+    else:
+        out["result"] = value
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    call = sub.add_parser("call")
+    call.add_argument("name")
+    call.add_argument("--args", default="[]")
+    call.add_argument("--kwargs", default="{}")
+    call.add_argument("--queue")
+    call.add_argument("--timeout", type=float, default=30.0)
+    call.add_argument("--countdown", type=float)
+    call.add_argument("--expires", type=float)
+    call.add_argument("--count", type=int, default=1)
+    call.add_argument("--no-wait", action="store_true")
+    opts = parser.parse_args()
+
+    app = Celery(
+        "celeryd-tests",
+        broker=os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//"),
+        backend="rpc://",
+    )
+    options = {}
+    if opts.queue:
+        options["queue"] = opts.queue
+    if opts.countdown is not None:
+        options["countdown"] = opts.countdown
+    if opts.expires is not None:
+        options["expires"] = opts.expires
+    args, kwargs = json.loads(opts.args), json.loads(opts.kwargs)
+    sent = [app.send_task(opts.name, args, kwargs, **options) for _ in range(opts.count)]
+    if opts.no_wait:
+        print(json.dumps({"id": sent[0].id}))
+        return 0
+    try:
+        results = [outcome(r, opts.timeout) for r in sent]
+    except CeleryTimeout:
+        print(f"timed out after {opts.timeout}s waiting for {opts.name}", file=sys.stderr)
+        return 3
+    print(json.dumps(results[0] if opts.count == 1 else results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
