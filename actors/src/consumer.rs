@@ -323,7 +323,7 @@ impl Consumer {
         myself: &ActorRef<ConsumerMessage>,
         state: &mut ConsumerState,
     ) -> Result<Link, BrokerError> {
-        let (connection, channel) = amqp::connect(&self.settings.broker).await?;
+        let (connection, channel) = amqp::connect(&self.settings.broker, &self.hostname).await?;
         for q in &self.settings.worker.queues {
             amqp::declare_task_queue(&channel, q).await?;
         }

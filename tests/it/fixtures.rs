@@ -157,3 +157,81 @@ fn captured_python_messages_get_celery_results() {
     drop(worker);
     block_on(delete_queue(&queue));
 }
+
+#[test]
+fn track_started_publishes_started_then_success() {
+    use celeryd_actors::protocol::encode::{TaskCall, TaskMessage};
+    let queue = unique_queue("started");
+    let worker = Worker::start(&queue, "[task]\ntrack_started = true\n", &["-c", "1"]);
+    let states = block_on(async {
+        let conn = connect().await;
+        let ch = conn.create_channel().await.unwrap();
+        let reply = unique_queue("started-replies");
+        let ropts = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..Default::default()
+        };
+        ch.queue_declare(reply.as_str().into(), ropts, FieldTable::default())
+            .await
+            .unwrap();
+        let call = TaskCall {
+            name: "tasks.add".into(),
+            args: vec![json!(1), json!(1)],
+            reply_to: Some(reply.clone()),
+            origin: "test@localhost".into(),
+            ..Default::default()
+        };
+        let msg = TaskMessage::new(&call, time::OffsetDateTime::now_utc());
+        let props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_correlation_id(msg.id.as_str().into())
+            .with_reply_to(reply.as_str().into())
+            .with_headers(json_to_table(&msg.headers));
+        ch.basic_publish(
+            "".into(),
+            queue.as_str().into(),
+            BasicPublishOptions::default(),
+            &msg.body,
+            props,
+        )
+        .await
+        .unwrap();
+        let opts = BasicConsumeOptions {
+            no_ack: true,
+            ..Default::default()
+        };
+        let mut stream = ch
+            .basic_consume(
+                reply.as_str().into(),
+                "t".into(),
+                opts,
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let mut states = Vec::new();
+        while states.len() < 2 {
+            let d = tokio::time::timeout(Duration::from_secs(20), stream.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            states.push(serde_json::from_slice::<Value>(&d.data).unwrap());
+        }
+        states
+    });
+    assert_eq!(states[0]["status"], "STARTED", "{states:?}");
+    assert!(states[0]["result"]["pid"].as_u64().unwrap() > 0);
+    assert!(
+        states[0]["result"]["hostname"]
+            .as_str()
+            .unwrap()
+            .starts_with(&worker.name)
+    );
+    assert_eq!(states[0]["date_done"], Value::Null);
+    assert_eq!(states[1]["status"], "SUCCESS");
+    assert_eq!(states[1]["result"], json!(2));
+    drop(worker);
+    block_on(delete_queue(&queue));
+}

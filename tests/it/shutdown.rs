@@ -87,3 +87,67 @@ fn acks_late_task_survives_kill_9_of_the_worker() {
     drop(again);
     block_on(delete_queue(&queue));
 }
+
+#[test]
+fn warm_shutdown_hands_prefetched_tasks_back_to_the_broker() {
+    let queue = unique_queue("handback");
+    let mut worker = Worker::start(&queue, "", &["-c", "1"]);
+    crate::support::celery_client(&[
+        "call",
+        "tasks.sleep",
+        "--args",
+        "[2]",
+        "--queue",
+        &queue,
+        "--no-wait",
+    ]);
+    for _ in 0..3 {
+        crate::support::celery_client(&["call", "tasks.noop", "--queue", &queue, "--no-wait"]);
+    }
+    // All four are delivered (prefetch 4 with -c 1); one runs, three wait in the pool.
+    eventually(Duration::from_secs(20), "four deliveries", || {
+        worker.log().matches("] received").count() == 4
+    });
+    worker.signal(Signal::SIGTERM);
+    let status = worker.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "{status}");
+    assert!(
+        worker
+            .log()
+            .contains("Returning unstarted tasks to the broker. (count=3)"),
+        "{}",
+        worker.log()
+    );
+    let depth = block_on(async {
+        crate::support::queue_depth(&crate::support::connect().await, &queue).await
+    });
+    assert_eq!(depth, 3, "the three unstarted tasks are back in the queue");
+    block_on(delete_queue(&queue));
+}
+
+#[test]
+fn second_term_is_a_cold_shutdown() {
+    let queue = unique_queue("cold");
+    let mut worker = Worker::start(&queue, "", &["-c", "1"]);
+    crate::support::celery_client(&[
+        "call",
+        "tasks.sleep",
+        "--args",
+        "[30]",
+        "--queue",
+        &queue,
+        "--no-wait",
+    ]);
+    worker.wait_for_log("Task tasks.sleep[", Duration::from_secs(20));
+    let children = worker.children();
+    worker.signal(Signal::SIGTERM);
+    worker.wait_for_log("Warm shutdown", Duration::from_secs(5));
+    worker.signal(Signal::SIGTERM);
+    let status = worker.wait_exit(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(1), "cold shutdown exits 1 at once");
+    assert!(worker.log().contains("Cold shutdown"));
+    eventually(Duration::from_secs(5), "children killed", || {
+        children.iter().all(|p| !alive(*p))
+    });
+    block_on(delete_queue(&queue));
+}

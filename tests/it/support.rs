@@ -127,6 +127,8 @@ pub struct Worker {
     child: Option<Child>,
     log: Arc<Mutex<String>>,
     _dir: tempfile::TempDir,
+    /// The node name's part before `@` (unique per worker).
+    pub name: String,
 }
 
 impl Worker {
@@ -168,10 +170,12 @@ impl Worker {
                 l.push('\n');
             }
         });
+        let name = nodename.split('@').next().unwrap_or_default().to_owned();
         let w = Worker {
             child: Some(child),
             log,
             _dir: dir,
+            name,
         };
         w.wait_for_log("Consuming from queue", Duration::from_secs(30));
         w

@@ -10,14 +10,23 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 use crate::error::BrokerError;
 use crate::settings::BrokerSettings;
 
-/// Opens a connection (with the configured heartbeat) and one channel.
-pub async fn connect(settings: &BrokerSettings) -> Result<(Connection, Channel), BrokerError> {
+/// Opens a connection (with the configured heartbeat) and one channel. The connection is named
+/// after the node (`connection_name` client property), so operators can find it in
+/// `rabbitmqctl list_connections name client_properties`.
+pub async fn connect(
+    settings: &BrokerSettings,
+    nodename: &str,
+) -> Result<(Connection, Channel), BrokerError> {
     let mut uri: lapin::uri::AMQPUri = settings
         .url
         .parse()
         .map_err(|e: String| BrokerError::Url(e))?;
     uri.query.heartbeat = Some(settings.heartbeat);
-    let conn = Connection::connect_uri(uri, ConnectionProperties::default()).await?;
+    if uri.query.connection_timeout.is_none() {
+        uri.query.connection_timeout = Some(5_000);
+    }
+    let props = ConnectionProperties::default().with_connection_name(nodename.into());
+    let conn = Connection::connect_uri(uri, props).await?;
     let channel = conn.create_channel().await?;
     Ok((conn, channel))
 }
