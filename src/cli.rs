@@ -45,6 +45,18 @@ pub struct RunArgs {
     /// Prefetch = concurrency × this (default 4).
     #[arg(long)]
     pub prefetch_multiplier: Option<u16>,
+    /// Hard time limit in seconds for every task (`task_time_limit`).
+    #[arg(long, value_name = "SECONDS")]
+    pub time_limit: Option<f64>,
+    /// Soft time limit in seconds for every task (`task_soft_time_limit`).
+    #[arg(long, value_name = "SECONDS")]
+    pub soft_time_limit: Option<f64>,
+    /// Replace a child process after this many tasks.
+    #[arg(long, value_name = "N")]
+    pub max_tasks_per_child: Option<u64>,
+    /// Replace a child process whose resident memory exceeds this many KiB.
+    #[arg(long, value_name = "KIB")]
+    pub max_memory_per_child: Option<u64>,
 }
 
 /// Subcommands.

@@ -19,7 +19,7 @@ pub mod signals;
 pub mod tasks;
 pub mod telemetry;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 
 use celeryd_actors::child::ChildCommand;
 use celeryd_actors::supervisor::{ExitReason, Supervisor, SupervisorArgs};
+use celeryd_actors::task::TaskOptions;
 pub use celeryd_actors::{Registry, Settings, ShutdownMode};
 
 use crate::cli::{Cli, Command};
@@ -35,7 +36,7 @@ pub use crate::error::StartupError;
 /// Runs the worker until it is shut down through `shutdown` (or fails).
 pub async fn run(
     settings: Settings,
-    registered: HashSet<String>,
+    tasks: HashMap<String, TaskOptions>,
     child_command: ChildCommand,
     mut shutdown: mpsc::UnboundedReceiver<ShutdownMode>,
 ) -> Result<ExitReason, StartupError> {
@@ -46,7 +47,7 @@ pub async fn run(
     let args = SupervisorArgs {
         settings,
         hostname,
-        registered,
+        tasks,
         child_command,
         exit: exit_tx,
     };
@@ -105,10 +106,10 @@ pub fn main_with(registry: Registry) -> ExitCode {
             )));
         }
     };
-    let registered: HashSet<String> = registry.names().map(str::to_owned).collect();
+    let tasks = registry.options();
     with_runtime(|| async move {
         let shutdown = signals::listen().map_err(|e| StartupError::Runtime(e.to_string()))?;
-        match run(settings, registered, child_command, shutdown).await? {
+        match run(settings, tasks, child_command, shutdown).await? {
             ExitReason::Cold => Ok(ExitCode::from(1)),
             _ => Ok(ExitCode::SUCCESS),
         }

@@ -52,6 +52,18 @@ pub fn apply(settings: &mut Settings, o: &RunArgs) {
     if let Some(v) = o.prefetch_multiplier {
         w.prefetch_multiplier = v;
     }
+    if let Some(v) = o.max_tasks_per_child {
+        w.max_tasks_per_child = v;
+    }
+    if let Some(v) = o.max_memory_per_child {
+        w.max_memory_per_child = v;
+    }
+    if let Some(v) = o.time_limit {
+        settings.task.time_limit = Some(v);
+    }
+    if let Some(v) = o.soft_time_limit {
+        settings.task.soft_time_limit = Some(v);
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use celeryd_actors::{Args, Registry, TaskContext, TaskError};
 use serde_json::{Value, json};
 
-/// A registry with `tasks.noop`, `add`, `echo`, `sleep`, `spin`, `fail` and `crash`.
+/// A registry with `tasks.noop`, `add`, `echo`, `sleep`, `spin`, `fail`, `crash` and `hog`.
 pub fn example_registry() -> Registry {
     let mut r = Registry::new();
     r.task("tasks.noop", &[], |_ctx, ()| Ok(Value::Null));
@@ -31,6 +31,7 @@ pub fn example_registry() -> Registry {
     r.task("tasks.crash", &[], |_ctx, ()| -> Result<(), TaskError> {
         std::process::abort()
     });
+    r.task("tasks.hog", &["mib"], |_ctx, (mib,): (usize,)| Ok(hog(mib)));
     r
 }
 
@@ -70,6 +71,17 @@ fn sleep(ctx: &TaskContext, seconds: f64) -> Result<f64, TaskError> {
         }
         std::thread::sleep((end - now).min(Duration::from_millis(10)));
     }
+}
+
+/// Allocates `mib` MiB, touches every page and keeps it for the life of the child process
+/// (to exercise `max_memory_per_child`). Returns `mib`.
+fn hog(mib: usize) -> usize {
+    let mut block = vec![0u8; mib.min(4096) * 1024 * 1024];
+    for page in block.chunks_mut(4096) {
+        page[0] = 1;
+    }
+    std::mem::forget(std::hint::black_box(block));
+    mib
 }
 
 /// Burns CPU for `seconds`, ignoring soft limits; returns the number of loop iterations.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::process::{Child, ChildStdin, Command};
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use self::ipc::{FromChild, Job, JobOutcome, ToChild};
 use crate::error::ChildError;
@@ -33,21 +33,66 @@ pub struct ChildCommand {
     pub args: Vec<String>,
 }
 
+/// The stop reason of a child killed at its hard time limit: this prefix, then the limit in
+/// seconds. The pool turns it into a `TimeLimitExceeded` failure of the running task.
+pub const HARD_LIMIT_REASON: &str = "hard_time_limit:";
+
+/// When to replace a child process.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Recycling {
+    /// After this many tasks (0 = never).
+    pub max_tasks: u64,
+    /// When resident memory exceeds this many KiB after a task (0 = never).
+    pub max_memory_kib: u64,
+}
+
+impl Recycling {
+    /// Why a child that has run `done` tasks and uses `rss_kib` should be replaced, if it should.
+    pub fn reason(&self, done: u64, rss_kib: u64) -> Option<String> {
+        if self.max_tasks > 0 && done >= self.max_tasks {
+            return Some(format!("{done} tasks (max_tasks_per_child)"));
+        }
+        if self.max_memory_kib > 0 && rss_kib > self.max_memory_kib {
+            return Some(format!(
+                "{rss_kib} KiB resident > {} KiB (max_memory_per_child)",
+                self.max_memory_kib
+            ));
+        }
+        None
+    }
+}
+
+/// The (soft, hard) time limits in force for one task, in seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Limits {
+    /// Soft limit: SIGUSR1 to the child.
+    pub soft: Option<f64>,
+    /// Hard limit: the child's process group is killed.
+    pub hard: Option<f64>,
+}
+
 /// The actor; holds its immutable configuration.
 #[derive(Debug)]
 pub struct ChildProcess {
     command: ChildCommand,
     hostname: String,
     pool: ActorRef<PoolMessage>,
+    recycling: Recycling,
 }
 
 impl ChildProcess {
     /// A child actor that will start `command` and report to `pool`.
-    pub fn new(command: ChildCommand, hostname: String, pool: ActorRef<PoolMessage>) -> Self {
+    pub fn new(
+        command: ChildCommand,
+        hostname: String,
+        pool: ActorRef<PoolMessage>,
+        recycling: Recycling,
+    ) -> Self {
         ChildProcess {
             command,
             hostname,
             pool,
+            recycling,
         }
     }
 }
@@ -55,13 +100,29 @@ impl ChildProcess {
 /// Messages to a child actor.
 #[derive(Debug)]
 pub enum ChildMessage {
-    /// Run this task (the pool only sends one when the child is idle).
-    Run(Box<Reserved>),
+    /// Run this task under these limits (the pool only sends one when the child is idle).
+    Run(Box<Reserved>, Limits),
+    /// The soft limit of job `seq` passed (sent by the actor's own timer).
+    SoftLimitReached {
+        /// Which job the timer was for.
+        seq: u64,
+        /// The limit, for the log line.
+        seconds: f64,
+    },
+    /// The hard limit of job `seq` passed (sent by the actor's own timer).
+    HardLimitReached {
+        /// Which job the timer was for.
+        seq: u64,
+        /// The limit, for the log line and the failure.
+        seconds: f64,
+    },
     /// A frame arrived from the process (sent by the actor's own reader task).
     FrameReceived(FromChild),
     /// The process closed its pipe: it exited or is about to.
     PipeClosed,
 }
+
+type Timer = AbortOnDrop<Result<(), ractor::MessagingErr<ChildMessage>>>;
 
 /// State: the OS process and the task it runs.
 #[derive(Debug)]
@@ -71,6 +132,22 @@ pub struct ChildState {
     _reader: AbortOnDrop,
     pid: u32,
     current: Option<(Box<Reserved>, Instant)>,
+    /// Sequence number of the current job, so a late timer cannot hit the next one.
+    seq: u64,
+    /// Soft and hard limit timers of the current job.
+    timers: Vec<Timer>,
+    tasks_done: u64,
+}
+
+impl Drop for ChildState {
+    /// The child leads its own process group: kill the whole group, so that processes the
+    /// task started do not outlive it (`kill_on_drop` only reaches the child itself).
+    fn drop(&mut self) {
+        if self.pid > 0 {
+            let pgid = nix::unistd::Pid::from_raw(self.pid as i32);
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
 }
 
 /// Aborts a spawned task when dropped, so that a stopped actor leaves no task behind.
@@ -128,6 +205,9 @@ impl Actor for ChildProcess {
             _reader: AbortOnDrop(reader),
             pid,
             current: None,
+            seq: 0,
+            timers: Vec::new(),
+            tasks_done: 0,
         })
     }
 
@@ -138,7 +218,13 @@ impl Actor for ChildProcess {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ChildMessage::Run(reserved) => self.run(&myself, state, reserved).await,
+            ChildMessage::Run(reserved, limits) => {
+                self.run(&myself, state, reserved, limits).await;
+            }
+            ChildMessage::SoftLimitReached { seq, seconds } => state.soft_limit(seq, seconds),
+            ChildMessage::HardLimitReached { seq, seconds } => {
+                state.hard_limit(&myself, seq, seconds);
+            }
             ChildMessage::FrameReceived(frame) => self.on_frame(&myself, state, frame),
             ChildMessage::PipeClosed => self.on_exit(&myself, state).await,
         }
@@ -147,7 +233,13 @@ impl Actor for ChildProcess {
 }
 
 impl ChildProcess {
-    async fn run(&self, myself: &ActorRef<ChildMessage>, state: &mut ChildState, r: Box<Reserved>) {
+    async fn run(
+        &self,
+        myself: &ActorRef<ChildMessage>,
+        state: &mut ChildState,
+        r: Box<Reserved>,
+        limits: Limits,
+    ) {
         let job = Job {
             task_id: r.request.id.clone(),
             name: r.request.task.clone(),
@@ -157,6 +249,22 @@ impl ChildProcess {
             hostname: self.hostname.clone(),
         };
         state.current = Some((r, Instant::now()));
+        state.seq += 1;
+        let seq = state.seq;
+        if let Some(seconds) = limits.soft {
+            let t = myself.send_after(secs(seconds), move || ChildMessage::SoftLimitReached {
+                seq,
+                seconds,
+            });
+            state.timers.push(AbortOnDrop(t));
+        }
+        if let Some(seconds) = limits.hard {
+            let t = myself.send_after(secs(seconds), move || ChildMessage::HardLimitReached {
+                seq,
+                seconds,
+            });
+            state.timers.push(AbortOnDrop(t));
+        }
         if let Err(e) = ipc::write_frame(&mut state.stdin, &ToChild::Run(job)).await {
             warn!(child_pid = state.pid, error = %e, "Cannot hand a task to the child process.");
             // The reader will see the pipe close; make sure the child goes.
@@ -175,7 +283,8 @@ impl ChildProcess {
                     pid,
                 });
             }
-            FromChild::Done(outcome) => {
+            FromChild::Done { outcome, rss_kib } => {
+                state.timers.clear();
                 let Some((reserved, started)) = state.current.take() else {
                     warn!(
                         child_pid = state.pid,
@@ -183,11 +292,14 @@ impl ChildProcess {
                     );
                     return;
                 };
+                state.tasks_done += 1;
+                let recycle = self.recycling.reason(state.tasks_done, rss_kib);
                 let _ = self.pool.cast(PoolMessage::JobFinished {
                     child: myself.get_id(),
                     reserved,
                     outcome: outcome_of(outcome),
                     runtime: started.elapsed(),
+                    recycle,
                 });
             }
         }
@@ -207,6 +319,42 @@ impl ChildProcess {
         debug!(child_pid = state.pid, exit = %how, busy = state.current.is_some(), "Child process exited.");
         myself.stop(Some(how));
     }
+}
+
+impl ChildState {
+    fn soft_limit(&mut self, seq: u64, seconds: f64) {
+        let Some((r, _)) = self.current.as_ref().filter(|_| seq == self.seq) else {
+            return;
+        };
+        warn!(
+            "Soft time limit ({seconds}s) exceeded for {}[{}]",
+            r.request.display_name(),
+            r.request.id
+        );
+        let pid = nix::unistd::Pid::from_raw(self.pid as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1);
+    }
+
+    /// Kills the child's whole process group and stops the actor with a reason the pool turns
+    /// into `TimeLimitExceeded` for the running task.
+    fn hard_limit(&mut self, myself: &ActorRef<ChildMessage>, seq: u64, seconds: f64) {
+        let Some((r, _)) = self.current.as_ref().filter(|_| seq == self.seq) else {
+            return;
+        };
+        error!(
+            "Hard time limit ({seconds}s) exceeded for {}[{}]",
+            r.request.display_name(),
+            r.request.id
+        );
+        let pgid = nix::unistd::Pid::from_raw(self.pid as i32);
+        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.process.start_kill();
+        myself.stop(Some(format!("{HARD_LIMIT_REASON}{seconds}")));
+    }
+}
+
+fn secs(seconds: f64) -> Duration {
+    Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX)
 }
 
 /// `signal 9 (SIGKILL)` or `exitcode 1`, as billiard words it in `WorkerLostError`.
@@ -242,5 +390,22 @@ fn outcome_of(outcome: JobOutcome) -> TaskOutcome {
             ),
             traceback: Some(traceback).filter(|t| !t.is_empty()),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recycling_reasons() {
+        let r = Recycling {
+            max_tasks: 3,
+            max_memory_kib: 1000,
+        };
+        assert_eq!(r.reason(2, 10), None);
+        assert!(r.reason(3, 10).unwrap().contains("max_tasks_per_child"));
+        assert!(r.reason(1, 2000).unwrap().contains("max_memory_per_child"));
+        assert_eq!(Recycling::default().reason(1_000_000, 1 << 40), None);
     }
 }

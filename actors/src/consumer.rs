@@ -569,6 +569,24 @@ impl Consumer {
                     state.ack(reserved.delivery).await;
                 }
             }
+            TaskOutcome::TimeLimitExceeded(seconds) => {
+                let exc = ExceptionInfo::new(
+                    "TimeLimitExceeded",
+                    "billiard.exceptions",
+                    vec![json!(seconds)],
+                );
+                error!(task_id = %id, "Task {name}[{id}] raised unexpected: {}", exc.repr());
+                let st = ResultState::Failure {
+                    exc,
+                    traceback: None,
+                };
+                state.publish_state(&reserved, &st, ignore, true).await;
+                if task.acks_late {
+                    state
+                        .settle(reserved.delivery, task.acks_on_failure_or_timeout)
+                        .await;
+                }
+            }
             TaskOutcome::Revoked(reason) => {
                 info!(task_id = %id, "Discarding revoked task: {name}[{id}] ({reason}).");
                 if reserved.was_scheduled {

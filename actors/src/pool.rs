@@ -14,9 +14,12 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use tracing::{debug, error, info, warn};
 
-use crate::child::{ChildCommand, ChildMessage, ChildProcess};
+use crate::child::{
+    ChildCommand, ChildMessage, ChildProcess, HARD_LIMIT_REASON, Limits, Recycling,
+};
 use crate::consumer::{ConsumerMessage, DeliveryRef, StartedInfo};
 use crate::protocol::{ExceptionInfo, TaskRequest};
+use crate::task::TaskOptions;
 
 /// A request waiting for (or running in) a child, with the delivery it came from.
 #[derive(Debug)]
@@ -43,6 +46,8 @@ pub enum TaskOutcome {
     },
     /// The child process died while running it (how it exited).
     WorkerLost(String),
+    /// Killed at its hard time limit (seconds).
+    TimeLimitExceeded(f64),
     /// Not run: revoked, with the reason (`expired`, `revoked`).
     Revoked(String),
 }
@@ -53,17 +58,57 @@ pub struct Pool {
     command: ChildCommand,
     concurrency: usize,
     hostname: String,
+    recycling: Recycling,
+    default_limits: TaskOptions,
+}
+
+/// What the pool is built from.
+#[derive(Debug, Clone)]
+pub struct PoolArgs {
+    /// How to start a child process.
+    pub command: ChildCommand,
+    /// Number of child processes.
+    pub concurrency: usize,
+    /// The node name (for the children and STARTED results).
+    pub hostname: String,
+    /// When children are replaced.
+    pub recycling: Recycling,
+    /// `[task]` time limits, used where neither the message nor the task sets one.
+    pub default_limits: TaskOptions,
 }
 
 impl Pool {
-    /// A pool of `concurrency` children started with `command`.
-    pub fn new(command: ChildCommand, concurrency: usize, hostname: String) -> Self {
+    /// A pool built from `args`.
+    pub fn new(args: PoolArgs) -> Self {
         Pool {
-            command,
-            concurrency,
-            hostname,
+            command: args.command,
+            concurrency: args.concurrency,
+            hostname: args.hostname,
+            recycling: args.recycling,
+            default_limits: args.default_limits,
         }
     }
+}
+
+/// The limits a task runs under: the message's `timelimit` header first, then the task's own
+/// limits (from registration, changed at runtime by `time_limit`), then the `[task]` defaults.
+/// A soft limit at or above the hard one could never fire first, so it is dropped.
+pub fn effective_limits(
+    header: (Option<f64>, Option<f64>),
+    task: TaskOptions,
+    defaults: TaskOptions,
+) -> Limits {
+    let (header_hard, header_soft) = header;
+    let hard = header_hard
+        .or(task.time_limit)
+        .or(defaults.time_limit)
+        .filter(|h| *h > 0.0);
+    let soft = header_soft
+        .or(task.soft_time_limit)
+        .or(defaults.soft_time_limit)
+        .filter(|s| *s > 0.0)
+        .filter(|s| hard.is_none_or(|h| *s < h));
+    Limits { soft, hard }
 }
 
 /// Messages to the pool.
@@ -90,6 +135,19 @@ pub enum PoolMessage {
         outcome: TaskOutcome,
         /// How long it ran.
         runtime: Duration,
+        /// Set when the child should now be replaced (why).
+        recycle: Option<String>,
+    },
+    /// Change a task's time limits for tasks started from now on (`time_limit` command).
+    SetTimeLimit {
+        /// The task name.
+        task: String,
+        /// New soft limit (None = none).
+        soft: Option<f64>,
+        /// New hard limit (None = none).
+        hard: Option<f64>,
+        /// false when the task is not registered.
+        reply: RpcReplyPort<bool>,
     },
     /// Start a replacement child (sent to itself, after a backoff when needed).
     SpawnChild,
@@ -139,19 +197,22 @@ pub struct PoolState {
     idle_waiters: Vec<RpcReplyPort<()>>,
     pending_spawns: usize,
     recent_failures: VecDeque<Instant>,
+    /// Per-task limits: registration values, changed at runtime by `SetTimeLimit`.
+    task_limits: HashMap<String, TaskOptions>,
 }
 
 impl Actor for Pool {
     type Msg = PoolMessage;
     type State = PoolState;
-    type Arguments = ();
+    type Arguments = HashMap<String, TaskOptions>;
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        _args: (),
+        task_limits: HashMap<String, TaskOptions>,
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut state = PoolState {
+            task_limits,
             slots: HashMap::new(),
             reserved: VecDeque::new(),
             consumer: None,
@@ -175,20 +236,21 @@ impl Actor for Pool {
         match msg {
             PoolMessage::Reserve(r) => {
                 state.reserved.push_back(r);
-                state.dispatch(&self.hostname);
+                state.dispatch(&self.hostname, self.default_limits);
             }
             PoolMessage::SetConsumer(c) => state.consumer = Some(c),
             PoolMessage::ChildReady { child, pid } => {
                 if let Some(slot) = state.slots.get_mut(&child) {
                     slot.pid = Some(pid);
                 }
-                state.dispatch(&self.hostname);
+                state.dispatch(&self.hostname, self.default_limits);
             }
             PoolMessage::JobFinished {
                 child,
                 reserved,
                 outcome,
                 runtime,
+                recycle,
             } => {
                 let Some(slot) = state.slots.get_mut(&child) else {
                     // Already reported lost by the supervision event (which ractor delivers
@@ -205,8 +267,43 @@ impl Actor for Pool {
                         runtime,
                     });
                 }
-                state.dispatch(&self.hostname);
+                if let Some(why) = recycle {
+                    // Take it out of the pool before it stops, so its supervision event is not
+                    // mistaken for a death; the replacement starts right away.
+                    if let Some(old) = state.slots.remove(&child) {
+                        info!(
+                            "Replacing child process {} after {why}.",
+                            old.pid.unwrap_or_default()
+                        );
+                        old.actor.stop(Some("recycled".into()));
+                    }
+                    if !state.draining
+                        && let Err(e) = self.spawn_child(&myself, state).await
+                    {
+                        error!(error = %e, "Cannot start a child process; retrying.");
+                        self.schedule_spawn(&myself, state);
+                    }
+                }
+                state.dispatch(&self.hostname, self.default_limits);
                 state.wake_idle_waiters();
+            }
+            PoolMessage::SetTimeLimit {
+                task,
+                soft,
+                hard,
+                reply,
+            } => {
+                let known = match state.task_limits.get_mut(&task) {
+                    Some(limits) => {
+                        *limits = TaskOptions {
+                            time_limit: hard,
+                            soft_time_limit: soft,
+                        };
+                        true
+                    }
+                    None => false,
+                };
+                let _ = reply.send(known);
             }
             PoolMessage::SpawnChild => {
                 state.pending_spawns = state.pending_spawns.saturating_sub(1);
@@ -246,7 +343,8 @@ impl Actor for Pool {
             _ => return Ok(()),
         };
         let Some(slot) = state.slots.remove(&cell.get_id()) else {
-            warn!(actor = %cell.get_id(), "Supervision event from an unknown actor.");
+            // A recycled child (already replaced) or one from before a restart.
+            debug!(actor = %cell.get_id(), "Supervision event from a child no longer in the pool.");
             return Ok(());
         };
         let reason = reason.unwrap_or_default();
@@ -256,7 +354,10 @@ impl Actor for Pool {
                 delivery: run.delivery,
                 was_scheduled: run.was_scheduled,
             });
-            let outcome = TaskOutcome::WorkerLost(reason.clone());
+            let outcome = match reason.strip_prefix(HARD_LIMIT_REASON) {
+                Some(secs) => TaskOutcome::TimeLimitExceeded(secs.parse().unwrap_or_default()),
+                None => TaskOutcome::WorkerLost(reason.clone()),
+            };
             let runtime = run.since.elapsed();
             let _ = consumer.cast(ConsumerMessage::TaskFinished {
                 reserved,
@@ -284,7 +385,12 @@ impl Pool {
         myself: &ActorRef<PoolMessage>,
         state: &mut PoolState,
     ) -> Result<(), ActorProcessingErr> {
-        let child = ChildProcess::new(self.command.clone(), self.hostname.clone(), myself.clone());
+        let child = ChildProcess::new(
+            self.command.clone(),
+            self.hostname.clone(),
+            myself.clone(),
+            self.recycling,
+        );
         let (actor, _handle) = Actor::spawn_linked(None, child, (), myself.get_cell()).await?;
         state.slots.insert(
             actor.get_id(),
@@ -345,7 +451,7 @@ impl PoolState {
         }
     }
 
-    fn dispatch(&mut self, hostname: &str) {
+    fn dispatch(&mut self, hostname: &str, defaults: TaskOptions) {
         if self.draining {
             return;
         }
@@ -377,12 +483,18 @@ impl PoolState {
                 was_scheduled: reserved.was_scheduled,
                 since: Instant::now(),
             };
-            match slot.actor.cast(ChildMessage::Run(reserved)) {
+            let task_limits = self
+                .task_limits
+                .get(&reserved.request.task)
+                .copied()
+                .unwrap_or_default();
+            let limits = effective_limits(reserved.request.timelimit, task_limits, defaults);
+            match slot.actor.cast(ChildMessage::Run(reserved, limits)) {
                 Ok(()) => {
                     slot.running = Some(running);
                     let _ = consumer.cast(ConsumerMessage::TaskStarted(Box::new(info)));
                 }
-                Err(ractor::MessagingErr::SendErr(ChildMessage::Run(back))) => {
+                Err(ractor::MessagingErr::SendErr(ChildMessage::Run(back, _))) => {
                     // The child actor is gone (its supervision event will replace it and
                     // clear the slot, which stays busy meanwhile): queue the request again.
                     info!(task_id = %info.task_id, "Child went away; task goes back to the queue.");
@@ -397,6 +509,64 @@ impl PoolState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_come_from_header_then_task_then_defaults() {
+        let none = TaskOptions::default();
+        let task = TaskOptions {
+            time_limit: Some(10.0),
+            soft_time_limit: Some(5.0),
+        };
+        let defaults = TaskOptions {
+            time_limit: Some(60.0),
+            soft_time_limit: Some(50.0),
+        };
+        let l = |s, h| Limits { soft: s, hard: h };
+        assert_eq!(effective_limits((None, None), none, none), l(None, None));
+        assert_eq!(
+            effective_limits((None, None), none, defaults),
+            l(Some(50.0), Some(60.0))
+        );
+        assert_eq!(
+            effective_limits((None, None), task, defaults),
+            l(Some(5.0), Some(10.0))
+        );
+        // Header order is [hard, soft]; each falls back on its own.
+        assert_eq!(
+            effective_limits((Some(3.0), None), task, defaults),
+            l(None, Some(3.0))
+        );
+        assert_eq!(
+            effective_limits((None, Some(1.0)), task, defaults),
+            l(Some(1.0), Some(10.0))
+        );
+        // Soft without hard, and hard without soft.
+        let soft_only = TaskOptions {
+            time_limit: None,
+            soft_time_limit: Some(2.0),
+        };
+        assert_eq!(
+            effective_limits((None, None), soft_only, none),
+            l(Some(2.0), None)
+        );
+        let hard_only = TaskOptions {
+            time_limit: Some(2.0),
+            soft_time_limit: None,
+        };
+        assert_eq!(
+            effective_limits((None, None), hard_only, none),
+            l(None, Some(2.0))
+        );
+        // soft >= hard: the hard limit still applies, the soft one is dropped.
+        let inverted = TaskOptions {
+            time_limit: Some(2.0),
+            soft_time_limit: Some(9.0),
+        };
+        assert_eq!(
+            effective_limits((None, None), inverted, none),
+            l(None, Some(2.0))
+        );
+    }
 
     #[test]
     fn backoff_grows_and_caps() {

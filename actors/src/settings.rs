@@ -103,6 +103,12 @@ pub struct WorkerSettings {
     pub queues: Vec<String>,
     /// Log level: `debug`, `info`, `warning`, `error`, `critical`. Default `info`.
     pub loglevel: String,
+    /// `worker_max_tasks_per_child`: replace a child process after this many tasks.
+    /// 0 (the default) = never.
+    pub max_tasks_per_child: u64,
+    /// `worker_max_memory_per_child`: replace a child process after its current task when its
+    /// resident memory exceeds this many KiB. 0 (the default) = no limit.
+    pub max_memory_per_child: u64,
 }
 
 impl Default for WorkerSettings {
@@ -113,6 +119,8 @@ impl Default for WorkerSettings {
             prefetch_multiplier: 4,
             queues: vec!["celery".to_owned()],
             loglevel: "info".to_owned(),
+            max_tasks_per_child: 0,
+            max_memory_per_child: 0,
         }
     }
 }
@@ -134,6 +142,11 @@ pub struct TaskSettings {
     /// `task_reject_on_worker_lost`: with acks_late, requeue a task whose child died.
     /// Default false.
     pub reject_on_worker_lost: bool,
+    /// `task_time_limit`: hard time limit in seconds for every task (the task's own limit and
+    /// the message's `timelimit` header take precedence). Unset by default.
+    pub time_limit: Option<f64>,
+    /// `task_soft_time_limit`: soft time limit in seconds. Unset by default.
+    pub soft_time_limit: Option<f64>,
 }
 
 impl Default for TaskSettings {
@@ -144,6 +157,8 @@ impl Default for TaskSettings {
             ignore_result: false,
             acks_on_failure_or_timeout: true,
             reject_on_worker_lost: false,
+            time_limit: None,
+            soft_time_limit: None,
         }
     }
 }
@@ -199,9 +214,25 @@ impl Settings {
                 ),
             ));
         }
+        for (key, value) in [
+            ("task.time_limit", self.task.time_limit),
+            ("task.soft_time_limit", self.task.soft_time_limit),
+        ] {
+            if let Some(v) = value {
+                check_limit(v).map_err(|reason| ConfigError::invalid(key, reason))?;
+            }
+        }
         crate::hostname::expand_nodename(&self.worker.hostname, "host.example")
             .map_err(|reason| ConfigError::invalid("worker.hostname", reason))?;
         Ok(())
+    }
+
+    /// The default (soft, hard) limits from the `[task]` section.
+    pub fn default_limits(&self) -> crate::task::TaskOptions {
+        crate::task::TaskOptions {
+            time_limit: self.task.time_limit,
+            soft_time_limit: self.task.soft_time_limit,
+        }
     }
 
     /// The number of child processes: `worker.concurrency`, or the number of CPUs when 0.
@@ -218,6 +249,15 @@ impl Settings {
     pub fn prefetch_count(&self) -> u16 {
         let n = self.effective_concurrency() * usize::from(self.worker.prefetch_multiplier);
         u16::try_from(n).unwrap_or(u16::MAX)
+    }
+}
+
+/// A time limit must be a positive, finite number of seconds (at most a year).
+pub fn check_limit(seconds: f64) -> Result<(), String> {
+    if seconds.is_finite() && seconds > 0.0 && seconds <= 31_536_000.0 {
+        Ok(())
+    } else {
+        Err(format!("{seconds} is not a positive number of seconds"))
     }
 }
 
@@ -267,6 +307,23 @@ mod tests {
         assert!(
             matches!(s.validate(), Err(ConfigError::Invalid { key, .. }) if key == "worker.hostname")
         );
+    }
+
+    #[test]
+    fn time_limits_must_be_positive() {
+        let mut s = Settings::default();
+        s.task.time_limit = Some(-1.0);
+        assert!(
+            matches!(s.validate(), Err(ConfigError::Invalid { key, .. }) if key == "task.time_limit")
+        );
+        let mut s = Settings::default();
+        s.task.soft_time_limit = Some(f64::NAN);
+        assert!(matches!(s.validate(),
+            Err(ConfigError::Invalid { key, .. }) if key == "task.soft_time_limit"));
+        let mut s = Settings::default();
+        s.task.time_limit = Some(2.0);
+        s.task.soft_time_limit = Some(5.0);
+        s.validate().unwrap();
     }
 
     #[test]

@@ -9,20 +9,21 @@
 //! broker when the connection drops). An infrastructure child that fails (the consumer giving
 //! up on the broker, a queue clash) stops the supervisor with that reason: never a quiet loop.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{error, info, warn};
 
-use crate::child::ChildCommand;
+use crate::child::{ChildCommand, Recycling};
 use crate::consumer::{Consumer, ConsumerMessage, ConsumerPeers};
-use crate::pool::{Pool, PoolMessage};
+use crate::pool::{Pool, PoolArgs, PoolMessage};
 use crate::revoke::{RevokeMessage, RevokeRegistry};
 use crate::scheduler::{Scheduler, SchedulerMessage};
 use crate::settings::Settings;
 use crate::shutdown::ShutdownMode;
+use crate::task::TaskOptions;
 
 /// Why the supervisor stopped.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,8 +43,8 @@ pub struct SupervisorArgs {
     pub settings: Settings,
     /// The expanded node name.
     pub hostname: String,
-    /// Names of the registered tasks.
-    pub registered: HashSet<String>,
+    /// The registered tasks (name -> options set at registration).
+    pub tasks: HashMap<String, TaskOptions>,
     /// How to start a child process.
     pub child_command: ChildCommand,
     /// Receives the exit reason just before the supervisor stops.
@@ -87,12 +88,18 @@ impl Actor for Supervisor {
         let cell = myself.get_cell();
         let settings = Arc::new(args.settings);
         let (revoke, _) = Actor::spawn_linked(None, RevokeRegistry, (), cell.clone()).await?;
-        let pool = Pool::new(
-            args.child_command,
-            settings.effective_concurrency(),
-            args.hostname.clone(),
-        );
-        let (pool, _) = Actor::spawn_linked(None, pool, (), cell.clone()).await?;
+        let pool = Pool::new(PoolArgs {
+            command: args.child_command,
+            concurrency: settings.effective_concurrency(),
+            hostname: args.hostname.clone(),
+            recycling: Recycling {
+                max_tasks: settings.worker.max_tasks_per_child,
+                max_memory_kib: settings.worker.max_memory_per_child,
+            },
+            default_limits: settings.default_limits(),
+        });
+        let registered: HashSet<String> = args.tasks.keys().cloned().collect();
+        let (pool, _) = Actor::spawn_linked(None, pool, args.tasks, cell.clone()).await?;
         let (scheduler, _) =
             Actor::spawn_linked(None, Scheduler::new(pool.clone()), (), cell.clone()).await?;
         let peers = ConsumerPeers {
@@ -100,7 +107,7 @@ impl Actor for Supervisor {
             scheduler: scheduler.clone(),
             revoke: revoke.clone(),
         };
-        let consumer = Consumer::new(settings.clone(), args.hostname.clone(), args.registered);
+        let consumer = Consumer::new(settings.clone(), args.hostname.clone(), registered);
         let (consumer, _) = Actor::spawn_linked(None, consumer, peers, cell).await?;
         pool.cast(PoolMessage::SetConsumer(consumer.clone()))?;
         info!(hostname = %args.hostname, concurrency = settings.effective_concurrency(),

@@ -218,11 +218,22 @@ impl Args {
 /// The function behind a task: context and arguments in, a JSON value or an error out.
 pub type TaskFn = dyn Fn(&TaskContext, Args) -> Result<Value, TaskError> + Send + Sync;
 
+/// Per-task defaults set at registration (the config's values apply where these are None).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TaskOptions {
+    /// Hard time limit in seconds: the child is killed and the task fails with
+    /// `TimeLimitExceeded`.
+    pub time_limit: Option<f64>,
+    /// Soft time limit in seconds: the task is told (see [`TaskContext::check_soft_time_limit`]).
+    pub soft_time_limit: Option<f64>,
+}
+
 /// A registered task.
 #[derive(Clone)]
 pub struct RegisteredTask {
     name: String,
     func: Arc<TaskFn>,
+    options: TaskOptions,
 }
 
 impl std::fmt::Debug for RegisteredTask {
@@ -234,6 +245,23 @@ impl std::fmt::Debug for RegisteredTask {
 }
 
 impl RegisteredTask {
+    /// Sets this task's hard time limit (seconds).
+    pub fn time_limit(&mut self, seconds: f64) -> &mut Self {
+        self.options.time_limit = Some(seconds);
+        self
+    }
+
+    /// Sets this task's soft time limit (seconds).
+    pub fn soft_time_limit(&mut self, seconds: f64) -> &mut Self {
+        self.options.soft_time_limit = Some(seconds);
+        self
+    }
+
+    /// The options set at registration.
+    pub fn options(&self) -> TaskOptions {
+        self.options
+    }
+
     /// Runs the task.
     pub fn call(&self, ctx: &TaskContext, args: Args) -> Result<Value, TaskError> {
         (self.func)(ctx, args)
@@ -253,22 +281,28 @@ impl Registry {
         Registry::default()
     }
 
-    /// Registers a task taking the raw [`Args`].
-    pub fn register<F>(&mut self, name: &str, func: F) -> &mut Self
+    /// Registers a task taking the raw [`Args`]; returns it, to set options such as
+    /// [`RegisteredTask::time_limit`].
+    pub fn register<F>(&mut self, name: &str, func: F) -> &mut RegisteredTask
     where
         F: Fn(&TaskContext, Args) -> Result<Value, TaskError> + Send + Sync + 'static,
     {
         let task = RegisteredTask {
             name: name.to_owned(),
             func: Arc::new(func),
+            options: TaskOptions::default(),
         };
-        self.tasks.insert(name.to_owned(), task);
-        self
+        let slot = self
+            .tasks
+            .entry(name.to_owned())
+            .or_insert_with(|| task.clone());
+        *slot = task;
+        slot
     }
 
     /// Registers a typed task: arguments are bound to `params` by position or keyword and
     /// deserialized as the tuple `A`; the return value is serialized to JSON.
-    pub fn task<A, R, F>(&mut self, name: &str, params: &[&str], func: F) -> &mut Self
+    pub fn task<A, R, F>(&mut self, name: &str, params: &[&str], func: F) -> &mut RegisteredTask
     where
         A: DeserializeOwned,
         R: Serialize,
@@ -298,6 +332,14 @@ impl Registry {
     /// Registered names, sorted.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.tasks.keys().map(String::as_str)
+    }
+
+    /// Every task's registration options, by name.
+    pub fn options(&self) -> std::collections::HashMap<String, TaskOptions> {
+        self.tasks
+            .iter()
+            .map(|(k, t)| (k.clone(), t.options))
+            .collect()
     }
 }
 

@@ -6,6 +6,7 @@ mod broker;
 mod cli;
 mod fixtures;
 mod interop;
+mod limits;
 mod malformed;
 mod shutdown;
 mod support;

@@ -66,7 +66,12 @@ pub enum FromChild {
         pid: u32,
     },
     /// The current job ended.
-    Done(JobOutcome),
+    Done {
+        /// How it ended.
+        outcome: JobOutcome,
+        /// The child's resident memory afterwards, in KiB (for `max_memory_per_child`).
+        rss_kib: u64,
+    },
 }
 
 /// Encodes one frame (length prefix included).

@@ -35,6 +35,8 @@ fn child_loop(registry: &Registry) -> Result<(), ChildError> {
     let mut out = BufWriter::new(std::fs::File::from(ipc_out));
     let mut input = BufReader::new(std::io::stdin().lock());
     let soft_limit = Arc::new(AtomicBool::new(false));
+    // The parent signals the soft time limit with SIGUSR1; the task sees it through its context.
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, soft_limit.clone())?;
 
     write_frame_blocking(
         &mut out,
@@ -47,7 +49,11 @@ fn child_loop(registry: &Registry) -> Result<(), ChildError> {
             ToChild::Run(job) => {
                 soft_limit.store(false, std::sync::atomic::Ordering::Relaxed);
                 let outcome = run_job(registry, job, &soft_limit);
-                write_frame_blocking(&mut out, &FromChild::Done(outcome))?;
+                let done = FromChild::Done {
+                    outcome,
+                    rss_kib: resident_kib(),
+                };
+                write_frame_blocking(&mut out, &done)?;
             }
         }
     }
@@ -97,6 +103,24 @@ pub fn run_job(registry: &Registry, job: Job, soft_limit: &Arc<AtomicBool>) -> J
     }
 }
 
+/// This process's resident memory in KiB (from /proc/self/statm), 0 if unknown.
+pub fn resident_kib() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|p| u64::try_from(p).ok())
+        .unwrap_or(4096);
+    pages * page / 1024
+}
+
 fn parse_args(job: &Job) -> Result<Args, TaskError> {
     let args: Vec<Value> = serde_json::from_str(&job.args_json)
         .map_err(|e| TaskError::type_error(format!("args must be a list: {e}")))?;
@@ -127,6 +151,11 @@ mod tests {
             retries: 0,
             hostname: "h".into(),
         }
+    }
+
+    #[test]
+    fn reads_own_resident_memory() {
+        assert!(resident_kib() > 0);
     }
 
     #[test]
