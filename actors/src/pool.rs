@@ -280,8 +280,7 @@ impl Actor for Pool {
                     if !state.draining
                         && let Err(e) = self.spawn_child(&myself, state).await
                     {
-                        error!(error = %e, "Cannot start a child process; retrying.");
-                        self.schedule_spawn(&myself, state);
+                        self.start_failed(&myself, state, &e.to_string());
                     }
                 }
                 state.dispatch(&self.hostname, self.default_limits);
@@ -310,8 +309,7 @@ impl Actor for Pool {
                 if !state.draining
                     && let Err(e) = self.spawn_child(&myself, state).await
                 {
-                    error!(error = %e, "Cannot start a child process; retrying.");
-                    self.schedule_spawn(&myself, state);
+                    self.start_failed(&myself, state, &e.to_string());
                 }
             }
             PoolMessage::Forget { generation } => {
@@ -369,12 +367,24 @@ impl Actor for Pool {
             state.wake_idle_waiters();
             return Ok(());
         }
-        if slot.pid.is_none() {
-            state.recent_failures.push_back(Instant::now());
+        match slot.pid {
+            None => self.start_failed(
+                &myself,
+                state,
+                &format!("died before it was ready ({reason})"),
+            ),
+            Some(pid) if reason.starts_with(HARD_LIMIT_REASON) => {
+                info!(
+                    child_pid = pid,
+                    "Child process killed at the hard time limit; replacing it."
+                );
+                self.schedule_spawn(&myself, state);
+            }
+            Some(pid) => {
+                warn!(child_pid = pid, reason = %reason, "Child process gone; starting a replacement.");
+                self.schedule_spawn(&myself, state);
+            }
         }
-        warn!(child_pid = slot.pid.unwrap_or_default(), reason = %reason,
-            "Child process gone; starting a replacement.");
-        self.schedule_spawn(&myself, state);
         Ok(())
     }
 }
@@ -404,6 +414,18 @@ impl Pool {
         Ok(())
     }
 
+    /// A child could not be started, or died before it was ready: counted for the backoff and
+    /// reported loudly, then another start is scheduled.
+    fn start_failed(&self, myself: &ActorRef<PoolMessage>, state: &mut PoolState, why: &str) {
+        state.recent_failures.push_back(Instant::now());
+        let delay = restart_backoff(state.recent_failures.len());
+        error!(
+            "Child process failed to start: {why}; next attempt in {} ms.",
+            delay.as_millis()
+        );
+        self.schedule_spawn(myself, state);
+    }
+
     /// Starts a replacement now, or after a backoff when children keep failing at start-up
     /// (never a hot loop).
     fn schedule_spawn(&self, myself: &ActorRef<PoolMessage>, state: &mut PoolState) {
@@ -416,13 +438,6 @@ impl Pool {
             state.recent_failures.pop_front();
         }
         let delay = restart_backoff(state.recent_failures.len());
-        if delay > Duration::from_secs(1) {
-            error!(
-                failures = state.recent_failures.len(),
-                delay_ms = delay.as_millis() as u64,
-                "Child processes keep dying at start-up; backing off."
-            );
-        }
         state.pending_spawns += 1;
         myself.send_after(delay, || PoolMessage::SpawnChild);
     }

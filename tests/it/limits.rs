@@ -176,3 +176,36 @@ fn child_killed_from_outside_gives_worker_lost_and_pool_refills() {
     drop(worker);
     block_on(delete_queue(&queue));
 }
+
+#[test]
+fn children_that_cannot_start_are_retried_with_backoff_not_in_a_loop() {
+    // A deploy replaced the binary under a running worker: new children cannot start until
+    // the file is back.
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("worker");
+    std::fs::copy(env!("CARGO_BIN_EXE_worker"), &exe).unwrap();
+    let queue = unique_queue("nostart");
+    let worker = Worker::start_exe(&exe, &queue, "", &["-c", "1"]);
+    std::fs::remove_file(&exe).unwrap();
+    for pid in worker.children() {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    }
+    worker.wait_for_log("Child process failed to start", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(2));
+    let attempts = worker
+        .log()
+        .matches("Child process failed to start")
+        .count();
+    assert!(
+        (2..=12).contains(&attempts),
+        "backoff, not a hot loop: {attempts} attempts in ~2 s"
+    );
+    std::fs::copy(env!("CARGO_BIN_EXE_worker"), &exe).unwrap();
+    eventually(Duration::from_secs(15), "the pool to recover", || {
+        worker.children().len() == 1
+    });
+    let r = call(&queue, "tasks.add", "[20, 22]", &[]);
+    assert_eq!(r["result"], json!(42), "{r}");
+    drop(worker);
+    block_on(delete_queue(&queue));
+}

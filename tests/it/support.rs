@@ -134,22 +134,33 @@ pub struct Worker {
 impl Worker {
     /// Starts the worker on `queue` with extra config TOML (appended) and extra flags.
     pub fn start(queue: &str, extra_config: &str, flags: &[&str]) -> Worker {
+        Self::start_exe(
+            Path::new(env!("CARGO_BIN_EXE_worker")),
+            queue,
+            extra_config,
+            flags,
+        )
+    }
+
+    /// Like [`Worker::start`], running the worker executable at `exe`.
+    pub fn start_exe(exe: &Path, queue: &str, extra_config: &str, flags: &[&str]) -> Worker {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("worker.toml");
         let text = format!("[broker]\nurl = \"{}\"\n{extra_config}\n", amqp_url());
         std::fs::write(&config, text).unwrap();
         let nodename = format!("it-{}@%h", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        Self::start_with_config(&config, queue, &nodename, flags, dir)
+        Self::start_with_config(exe, &config, queue, &nodename, flags, dir)
     }
 
     fn start_with_config(
+        exe: &Path,
         config: &Path,
         queue: &str,
         nodename: &str,
         flags: &[&str],
         dir: tempfile::TempDir,
     ) -> Worker {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_worker"))
+        let mut child = Command::new(exe)
             .arg("--config")
             .arg(config)
             .args(["-Q", queue, "-n", nodename, "-l", "debug"])
