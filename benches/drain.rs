@@ -12,8 +12,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, ConfirmSelectOptions};
-use lapin::types::FieldTable;
+use lapin::options::ConfirmSelectOptions;
 
 use support::{env_or, publish, setup, start_worker, teardown};
 
@@ -29,7 +28,7 @@ fn main() {
 async fn bench() {
     let n: usize = env_or("BENCH_TASKS", 20_000);
     let concurrency: usize = env_or("BENCH_CONCURRENCY", 2);
-    let (_conn, ch, queue, reply) = setup("drain").await;
+    let (_conn, ch, queue, reply, mut results) = setup("drain").await;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
@@ -43,19 +42,6 @@ async fn bench() {
         t.elapsed().as_secs_f64()
     );
 
-    let consume = BasicConsumeOptions {
-        no_ack: true,
-        ..Default::default()
-    };
-    let mut results = ch
-        .basic_consume(
-            reply.as_str().into(),
-            "bench".into(),
-            consume,
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let worker = start_worker(dir.path(), &queue, "", &["-c", &concurrency.to_string()]);

@@ -14,8 +14,6 @@ mod support;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use lapin::options::BasicConsumeOptions;
-use lapin::types::FieldTable;
 use serde_json::{Value, json};
 
 use support::{env_or, median_p90, publish, setup, start_worker, teardown};
@@ -33,23 +31,10 @@ fn main() {
 
 async fn bench() {
     let n: usize = env_or("BENCH_KILLS", 30);
-    let (_conn, ch, queue, reply) = setup("limits").await;
+    let (_conn, ch, queue, reply, mut results) = setup("limits").await;
     for _ in 0..n {
         publish(&ch, &queue, &reply, "tasks.spin", vec![json!(30)]).await;
     }
-    let consume = BasicConsumeOptions {
-        no_ack: true,
-        ..Default::default()
-    };
-    let mut results = ch
-        .basic_consume(
-            reply.as_str().into(),
-            "bench".into(),
-            consume,
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let worker = start_worker(
         dir.path(),

@@ -3,13 +3,11 @@
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::options::QueueDeleteOptions;
+use lapin::{Channel, Connection, ConnectionProperties};
 use time::OffsetDateTime;
 
-use celeryd_actors::consumer::amqp::declare_task_queue;
-use celeryd_actors::protocol::amqp_value::json_to_table;
+use celeryd_actors::consumer::amqp::{declare_task_queue, publish_task, result_consumer};
 use celeryd_actors::protocol::encode::{TaskCall, TaskMessage};
 
 /// `key` from the environment, parsed, or `default`.
@@ -25,8 +23,9 @@ pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
-/// A connection, a channel, a task queue declared as Celery does and an exclusive reply queue.
-pub async fn setup(prefix: &str) -> (Connection, Channel, String, String) {
+/// A connection, a channel, a task queue declared as Celery does, and a consumer of an
+/// exclusive reply queue (returned with its name).
+pub async fn setup(prefix: &str) -> (Connection, Channel, String, String, lapin::Consumer) {
     let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
         .await
         .expect("broker");
@@ -34,15 +33,8 @@ pub async fn setup(prefix: &str) -> (Connection, Channel, String, String) {
     let queue = format!("bench-{prefix}-{}", uuid::Uuid::new_v4().simple());
     let reply = format!("bench-reply-{}", uuid::Uuid::new_v4().simple());
     declare_task_queue(&ch, &queue).await.unwrap();
-    let ropts = QueueDeclareOptions {
-        exclusive: true,
-        auto_delete: true,
-        ..Default::default()
-    };
-    ch.queue_declare(reply.as_str().into(), ropts, FieldTable::default())
-        .await
-        .unwrap();
-    (conn, ch, queue, reply)
+    let results = result_consumer(&ch, &reply).await.unwrap();
+    (conn, ch, queue, reply, results)
 }
 
 /// Publishes one task message as a Python client would, results to `reply`.
@@ -61,22 +53,7 @@ pub async fn publish(
         ..Default::default()
     };
     let msg = TaskMessage::new(&call, OffsetDateTime::now_utc());
-    let props = BasicProperties::default()
-        .with_content_type("application/json".into())
-        .with_content_encoding("utf-8".into())
-        .with_correlation_id(msg.id.as_str().into())
-        .with_reply_to(msg.reply_to.as_str().into())
-        .with_delivery_mode(2)
-        .with_headers(json_to_table(&msg.headers));
-    ch.basic_publish(
-        "".into(),
-        queue.into(),
-        BasicPublishOptions::default(),
-        &msg.body,
-        props,
-    )
-    .await
-    .unwrap();
+    publish_task(ch, queue, &msg).await.unwrap();
 }
 
 /// Starts the worker binary on `queue` with extra TOML config and flags.

@@ -5,15 +5,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
-use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{Connection, ConnectionProperties};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use celeryd_actors::Settings;
-use celeryd_actors::consumer::amqp::declare_task_queue;
-use celeryd_actors::protocol::amqp_value::json_to_table;
+use celeryd_actors::consumer::amqp::{declare_task_queue, publish_task, result_consumer};
 use celeryd_actors::protocol::encode::{TaskCall, TaskMessage};
 use celeryd_actors::protocol::time::parse_iso;
 
@@ -80,54 +77,14 @@ pub async fn call(settings: &Settings, args: &CallArgs) -> Result<ExitCode, Star
         .map_err(|e| StartupError::Broker(e.to_string()))?;
     let mut results = None;
     if let Some(reply_to) = &call.reply_to {
-        let opts = QueueDeclareOptions {
-            exclusive: true,
-            auto_delete: true,
-            ..Default::default()
-        };
-        channel
-            .queue_declare(reply_to.as_str().into(), opts, FieldTable::default())
+        let consumer = result_consumer(&channel, reply_to)
             .await
-            .map_err(broker)?;
-        let consume = BasicConsumeOptions {
-            no_ack: true,
-            ..Default::default()
-        };
-        results = Some(
-            channel
-                .basic_consume(
-                    reply_to.as_str().into(),
-                    "worker-call".into(),
-                    consume,
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(broker)?,
-        );
+            .map_err(|e| StartupError::Broker(e.to_string()))?;
+        results = Some(consumer);
     }
-    let mut props = BasicProperties::default()
-        .with_content_type(ShortString::from("application/json"))
-        .with_content_encoding(ShortString::from("utf-8"))
-        .with_correlation_id(ShortString::from(msg.id.as_str()))
-        .with_reply_to(ShortString::from(msg.reply_to.as_str()))
-        .with_delivery_mode(2)
-        .with_priority(msg.priority)
-        .with_headers(json_to_table(&msg.headers));
-    if let Some(exp) = &msg.expiration {
-        props = props.with_expiration(ShortString::from(exp.as_str()));
-    }
-    channel
-        .basic_publish(
-            "".into(),
-            queue.as_str().into(),
-            BasicPublishOptions::default(),
-            &msg.body,
-            props,
-        )
+    publish_task(&channel, &queue, &msg)
         .await
-        .map_err(broker)?
-        .await
-        .map_err(broker)?;
+        .map_err(|e| StartupError::Broker(e.to_string()))?;
     let Some(mut results) = results else {
         println!("{}", msg.id);
         return Ok(ExitCode::SUCCESS);

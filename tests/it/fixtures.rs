@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::BasicProperties;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicPublishOptions;
 use serde_json::{Value, json};
 
+use celeryd_actors::consumer::amqp::{publish_task, result_consumer};
 use celeryd_actors::protocol::amqp_value::json_to_table;
 
 use crate::block_on;
@@ -66,14 +66,7 @@ fn captured_python_messages_get_celery_results() {
         let conn = connect().await;
         let ch = conn.create_channel().await.unwrap();
         let reply = unique_queue("fixture-replies");
-        let ropts = QueueDeclareOptions {
-            exclusive: true,
-            auto_delete: true,
-            ..Default::default()
-        };
-        ch.queue_declare(reply.as_str().into(), ropts, FieldTable::default())
-            .await
-            .unwrap();
+        let mut stream = result_consumer(&ch, &reply).await.unwrap();
         let mut ids = HashMap::new();
         for (name, _, _) in &cases {
             let f = load(name);
@@ -101,19 +94,6 @@ fn captured_python_messages_get_celery_results() {
             .unwrap();
             ids.insert(id, *name);
         }
-        let opts = BasicConsumeOptions {
-            no_ack: true,
-            ..Default::default()
-        };
-        let mut stream = ch
-            .basic_consume(
-                reply.as_str().into(),
-                "t".into(),
-                opts,
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
         let mut got: HashMap<&str, Value> = HashMap::new();
         while got.len() < cases.len() {
             let d = tokio::time::timeout(Duration::from_secs(30), stream.next())
@@ -167,14 +147,7 @@ fn track_started_publishes_started_then_success() {
         let conn = connect().await;
         let ch = conn.create_channel().await.unwrap();
         let reply = unique_queue("started-replies");
-        let ropts = QueueDeclareOptions {
-            exclusive: true,
-            auto_delete: true,
-            ..Default::default()
-        };
-        ch.queue_declare(reply.as_str().into(), ropts, FieldTable::default())
-            .await
-            .unwrap();
+        let mut stream = result_consumer(&ch, &reply).await.unwrap();
         let call = TaskCall {
             name: "tasks.add".into(),
             args: vec![json!(1), json!(1)],
@@ -183,33 +156,7 @@ fn track_started_publishes_started_then_success() {
             ..Default::default()
         };
         let msg = TaskMessage::new(&call, time::OffsetDateTime::now_utc());
-        let props = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_correlation_id(msg.id.as_str().into())
-            .with_reply_to(reply.as_str().into())
-            .with_headers(json_to_table(&msg.headers));
-        ch.basic_publish(
-            "".into(),
-            queue.as_str().into(),
-            BasicPublishOptions::default(),
-            &msg.body,
-            props,
-        )
-        .await
-        .unwrap();
-        let opts = BasicConsumeOptions {
-            no_ack: true,
-            ..Default::default()
-        };
-        let mut stream = ch
-            .basic_consume(
-                reply.as_str().into(),
-                "t".into(),
-                opts,
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        publish_task(&ch, &queue, &msg).await.unwrap();
         let mut states = Vec::new();
         while states.len() < 2 {
             let d = tokio::time::timeout(Duration::from_secs(20), stream.next())

@@ -127,3 +127,61 @@ pub async fn publish_result(
         .await?;
     Ok(())
 }
+
+/// Publishes a task message the way a Python client does: to the default exchange with the
+/// queue name as routing key, persistent, JSON, with the message's headers and properties.
+pub async fn publish_task(
+    channel: &Channel,
+    queue: &str,
+    msg: &crate::protocol::encode::TaskMessage,
+) -> Result<(), BrokerError> {
+    let mut props = BasicProperties::default()
+        .with_content_type(ShortString::from("application/json"))
+        .with_content_encoding(ShortString::from("utf-8"))
+        .with_correlation_id(ShortString::from(msg.id.as_str()))
+        .with_reply_to(ShortString::from(msg.reply_to.as_str()))
+        .with_delivery_mode(2)
+        .with_priority(msg.priority)
+        .with_headers(crate::protocol::amqp_value::json_to_table(&msg.headers));
+    if let Some(exp) = &msg.expiration {
+        props = props.with_expiration(ShortString::from(exp.as_str()));
+    }
+    channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            &msg.body,
+            props,
+        )
+        .await?;
+    Ok(())
+}
+
+/// Declares an exclusive, auto-deleted result queue `name` and consumes it without acks (the
+/// client side of rpc:// results).
+pub async fn result_consumer(
+    channel: &Channel,
+    name: &str,
+) -> Result<lapin::Consumer, BrokerError> {
+    let opts = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(name.into(), opts, FieldTable::default())
+        .await?;
+    let consume = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    Ok(channel
+        .basic_consume(
+            name.into(),
+            "results".into(),
+            consume,
+            FieldTable::default(),
+        )
+        .await?)
+}
