@@ -107,13 +107,49 @@ pub fn main_with(registry: Registry) -> ExitCode {
         }
     };
     let tasks = registry.options();
-    with_runtime(|| async move {
-        let shutdown = signals::listen().map_err(|e| StartupError::Runtime(e.to_string()))?;
+    let restart = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let restart_requested = restart.clone();
+    let code = with_runtime(|| async move {
+        let mut requests = signals::listen().map_err(|e| StartupError::Runtime(e.to_string()))?;
+        let (tx, shutdown) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(request) = requests.recv().await {
+                let mode = match request {
+                    signals::Request::Shutdown(mode) => mode,
+                    signals::Request::Restart => {
+                        tracing::info!("worker: Restarting (SIGHUP): warm stop, then re-exec.");
+                        restart_requested.store(true, std::sync::atomic::Ordering::SeqCst);
+                        ShutdownMode::Warm
+                    }
+                };
+                if tx.send(mode).is_err() {
+                    return;
+                }
+            }
+        });
         match run(settings, tasks, child_command, shutdown).await? {
             ExitReason::Cold => Ok(ExitCode::from(1)),
             _ => Ok(ExitCode::SUCCESS),
         }
-    })
+    });
+    if restart.load(std::sync::atomic::Ordering::SeqCst) && code == ExitCode::SUCCESS {
+        return reexec();
+    }
+    code
+}
+
+/// Replaces this process with a fresh run of the same command line (same pid; the config file
+/// is read again). Only returns if the exec failed.
+fn reexec() -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let program = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => return fail(&StartupError::Runtime(format!("cannot re-exec: {e}"))),
+    };
+    let err = std::process::Command::new(program)
+        .args(std::env::args_os().skip(1))
+        .exec();
+    fail(&StartupError::Runtime(format!("cannot re-exec: {err}")))
 }
 
 fn with_runtime<F, Fut>(f: F) -> ExitCode

@@ -1,26 +1,41 @@
-//! OS signals -> shutdown modes: the first TERM/INT asks for a warm shutdown, a second one (or
-//! QUIT) for a cold one.
+//! OS signals -> what the operator asked for: the first TERM/INT a warm shutdown, a second one
+//! (or QUIT) a cold one, HUP a warm stop followed by a re-exec of the same command line.
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use celeryd_actors::ShutdownMode;
 
-/// Starts listening; the returned channel yields one mode per signal.
-pub fn listen() -> std::io::Result<mpsc::UnboundedReceiver<ShutdownMode>> {
+/// What a signal asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// Stop (warm or cold).
+    Shutdown(ShutdownMode),
+    /// Warm stop, then start again as the same process (HUP).
+    Restart,
+}
+
+/// Starts listening; the returned channel yields one request per signal.
+pub fn listen() -> std::io::Result<mpsc::UnboundedReceiver<Request>> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut quit = signal(SignalKind::quit())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        let mut warm_requested = false;
+        let mut stopping = false;
         loop {
-            let mode = tokio::select! {
-                _ = term.recv() => next_mode(&mut warm_requested),
-                _ = int.recv() => next_mode(&mut warm_requested),
-                _ = quit.recv() => ShutdownMode::Cold,
+            let request = tokio::select! {
+                _ = term.recv() => Request::Shutdown(next_mode(&mut stopping)),
+                _ = int.recv() => Request::Shutdown(next_mode(&mut stopping)),
+                _ = quit.recv() => Request::Shutdown(ShutdownMode::Cold),
+                _ = hup.recv() => {
+                    if stopping { continue }
+                    stopping = true;
+                    Request::Restart
+                }
             };
-            if tx.send(mode).is_err() {
+            if tx.send(request).is_err() {
                 return;
             }
         }
@@ -28,12 +43,12 @@ pub fn listen() -> std::io::Result<mpsc::UnboundedReceiver<ShutdownMode>> {
     Ok(rx)
 }
 
-/// First TERM/INT: warm; any later one: cold.
-pub fn next_mode(warm_requested: &mut bool) -> ShutdownMode {
-    if *warm_requested {
+/// First TERM/INT: warm; any later one (also after a HUP): cold.
+pub fn next_mode(stopping: &mut bool) -> ShutdownMode {
+    if *stopping {
         ShutdownMode::Cold
     } else {
-        *warm_requested = true;
+        *stopping = true;
         ShutdownMode::Warm
     }
 }

@@ -151,3 +151,44 @@ fn second_term_is_a_cold_shutdown() {
     });
     block_on(delete_queue(&queue));
 }
+
+#[test]
+fn hup_restarts_in_place_repeatedly_without_losing_tasks() {
+    let queue = unique_queue("hup");
+    let worker = Worker::start(&queue, "", &["-c", "1"]);
+    let pid = worker.pid() as i32;
+    let client =
+        celery_client_command(&["call", "tasks.sleep", "--args", "[1]", "--queue", &queue])
+            .spawn()
+            .unwrap();
+    worker.wait_for_log("Task tasks.sleep[", Duration::from_secs(20));
+    worker.signal(Signal::SIGHUP);
+    let r = parse_client_output(&client.wait_with_output().unwrap());
+    assert_eq!(
+        r["state"], "SUCCESS",
+        "the running task finished across the restart: {r}"
+    );
+    for round in 2..=3 {
+        eventually(
+            Duration::from_secs(20),
+            "the worker to be ready again",
+            || worker.log().matches(" ready. (hostname=").count() == round,
+        );
+        assert!(alive(pid), "same process (re-exec keeps the pid)");
+        let r = crate::support::celery_client(&[
+            "call",
+            "tasks.add",
+            "--args",
+            "[2, 2]",
+            "--queue",
+            &queue,
+        ]);
+        assert_eq!(r["result"], json!(4), "round {round}: {r}");
+        if round == 2 {
+            worker.signal(Signal::SIGHUP);
+        }
+    }
+    assert!(worker.log().contains("Restarting (SIGHUP)"));
+    drop(worker);
+    block_on(delete_queue(&queue));
+}
