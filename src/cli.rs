@@ -57,6 +57,9 @@ pub struct RunArgs {
     /// Replace a child process whose resident memory exceeds this many KiB.
     #[arg(long, value_name = "KIB")]
     pub max_memory_per_child: Option<u64>,
+    /// Ignore every rate limit (`worker_disable_rate_limits`).
+    #[arg(long)]
+    pub disable_rate_limits: bool,
 }
 
 /// Subcommands.

@@ -14,8 +14,11 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use tracing::{debug, error, info, warn};
 
+pub mod rate;
+
+use self::rate::RateQueues;
 use crate::child::{
-    ChildCommand, ChildMessage, ChildProcess, HARD_LIMIT_REASON, Limits, Recycling,
+    AbortOnDrop, ChildCommand, ChildMessage, ChildProcess, HARD_LIMIT_REASON, Limits, Recycling,
 };
 use crate::consumer::{ConsumerMessage, DeliveryRef, StartedInfo};
 use crate::protocol::{ExceptionInfo, TaskRequest};
@@ -60,6 +63,7 @@ pub struct Pool {
     hostname: String,
     recycling: Recycling,
     default_limits: TaskOptions,
+    rates: HashMap<String, f64>,
 }
 
 /// What the pool is built from.
@@ -75,6 +79,33 @@ pub struct PoolArgs {
     pub recycling: Recycling,
     /// `[task]` time limits, used where neither the message nor the task sets one.
     pub default_limits: TaskOptions,
+    /// Rate limits in force at start (task -> tasks per second); see [`effective_rates`].
+    pub rates: HashMap<String, f64>,
+}
+
+/// The rate limits a worker starts with: per task, the config's `[task.rate_limits]` entry,
+/// else the task's own (registration), else `[task] default_rate_limit`; none at all with
+/// `disable_rate_limits`. Values were validated with the settings.
+pub fn effective_rates(
+    settings: &crate::settings::Settings,
+    tasks: &HashMap<String, TaskOptions>,
+) -> HashMap<String, f64> {
+    if settings.worker.disable_rate_limits {
+        return HashMap::new();
+    }
+    let parse = |s: &str| rate::parse_rate(s).ok().flatten();
+    let default = settings.task.default_rate_limit.as_deref().and_then(parse);
+    tasks
+        .iter()
+        .filter_map(|(name, opts)| {
+            let configured = settings.task.rate_limits.get(name).map(|s| parse(s));
+            let rate = match configured {
+                Some(explicit) => explicit,
+                None => opts.rate_limit.or(default),
+            };
+            rate.map(|r| (name.clone(), r))
+        })
+        .collect()
 }
 
 impl Pool {
@@ -86,6 +117,7 @@ impl Pool {
             hostname: args.hostname,
             recycling: args.recycling,
             default_limits: args.default_limits,
+            rates: args.rates,
         }
     }
 }
@@ -149,6 +181,17 @@ pub enum PoolMessage {
         /// false when the task is not registered.
         reply: RpcReplyPort<bool>,
     },
+    /// Change a task's rate limit (`rate_limit` command); `None` removes it.
+    SetRateLimit {
+        /// The task name.
+        task: String,
+        /// Tasks per second, or None for no limit.
+        rate: Option<f64>,
+        /// false when the task is not registered.
+        reply: RpcReplyPort<bool>,
+    },
+    /// A rate-limited task may have a token now (sent by the pool's own timer).
+    RateLimitReady,
     /// Start a replacement child (sent to itself, after a backoff when needed).
     SpawnChild,
     /// The connection of this generation was lost: drop the unstarted requests that came on
@@ -199,6 +242,10 @@ pub struct PoolState {
     recent_failures: VecDeque<Instant>,
     /// Per-task limits: registration values, changed at runtime by `SetTimeLimit`.
     task_limits: HashMap<String, TaskOptions>,
+    /// Requests waiting for a rate-limit token (still reserved: unacked).
+    rates: RateQueues<Box<Reserved>>,
+    /// Fires when the next held request may have a token.
+    rate_timer: Option<AbortOnDrop<Result<(), ractor::MessagingErr<PoolMessage>>>>,
 }
 
 impl Actor for Pool {
@@ -213,6 +260,8 @@ impl Actor for Pool {
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut state = PoolState {
             task_limits,
+            rates: RateQueues::new(&self.rates, Instant::now()),
+            rate_timer: None,
             slots: HashMap::new(),
             reserved: VecDeque::new(),
             consumer: None,
@@ -236,14 +285,14 @@ impl Actor for Pool {
         match msg {
             PoolMessage::Reserve(r) => {
                 state.reserved.push_back(r);
-                state.dispatch(&self.hostname, self.default_limits);
+                state.dispatch(&myself, &self.hostname, self.default_limits);
             }
             PoolMessage::SetConsumer(c) => state.consumer = Some(c),
             PoolMessage::ChildReady { child, pid } => {
                 if let Some(slot) = state.slots.get_mut(&child) {
                     slot.pid = Some(pid);
                 }
-                state.dispatch(&self.hostname, self.default_limits);
+                state.dispatch(&myself, &self.hostname, self.default_limits);
             }
             PoolMessage::JobFinished {
                 child,
@@ -283,7 +332,7 @@ impl Actor for Pool {
                         self.start_failed(&myself, state, &e.to_string());
                     }
                 }
-                state.dispatch(&self.hostname, self.default_limits);
+                state.dispatch(&myself, &self.hostname, self.default_limits);
                 state.wake_idle_waiters();
             }
             PoolMessage::SetTimeLimit {
@@ -294,10 +343,8 @@ impl Actor for Pool {
             } => {
                 let known = match state.task_limits.get_mut(&task) {
                     Some(limits) => {
-                        *limits = TaskOptions {
-                            time_limit: hard,
-                            soft_time_limit: soft,
-                        };
+                        limits.time_limit = hard;
+                        limits.soft_time_limit = soft;
                         true
                     }
                     None => false,
@@ -316,10 +363,29 @@ impl Actor for Pool {
                 state
                     .reserved
                     .retain(|r| r.delivery.generation > generation);
+                state.rates.retain(|r| r.delivery.generation > generation);
             }
             PoolMessage::Drain { reply } => {
                 state.draining = true;
-                let _ = reply.send(state.reserved.drain(..).collect());
+                state.rate_timer = None;
+                let mut unstarted: Vec<_> = state.reserved.drain(..).collect();
+                unstarted.extend(state.rates.drain());
+                let _ = reply.send(unstarted);
+            }
+            PoolMessage::SetRateLimit { task, rate, reply } => {
+                let known = state.task_limits.contains_key(&task);
+                if known {
+                    let released = state.rates.set_rate(&task, rate, Instant::now());
+                    for r in released.into_iter().rev() {
+                        state.reserved.push_front(r);
+                    }
+                    state.dispatch(&myself, &self.hostname, self.default_limits);
+                }
+                let _ = reply.send(known);
+            }
+            PoolMessage::RateLimitReady => {
+                state.rate_timer = None;
+                state.dispatch(&myself, &self.hostname, self.default_limits);
             }
             PoolMessage::WaitIdle { reply } => {
                 state.idle_waiters.push(reply);
@@ -466,22 +532,49 @@ impl PoolState {
         }
     }
 
-    fn dispatch(&mut self, hostname: &str, defaults: TaskOptions) {
+    /// An idle child that is ready for work.
+    fn idle_slot(&self) -> Option<ActorId> {
+        self.slots
+            .iter()
+            .find(|(_, s)| !s.busy && s.pid.is_some())
+            .map(|(id, _)| *id)
+    }
+
+    /// The next request to run: one whose rate-limit token has come, else the next reserved
+    /// one that its rate limit (if any) lets through now.
+    fn next_request(&mut self, now: Instant) -> Option<Box<Reserved>> {
+        if let Some(r) = self.rates.pop_ready(now) {
+            return Some(r);
+        }
+        while let Some(r) = self.reserved.pop_front() {
+            if self.rates.is_empty() {
+                return Some(r);
+            }
+            let task = r.request.task.clone();
+            if let Some(r) = self.rates.admit(&task, r, now) {
+                return Some(r);
+            }
+        }
+        None
+    }
+
+    fn dispatch(&mut self, myself: &ActorRef<PoolMessage>, hostname: &str, defaults: TaskOptions) {
         if self.draining {
             return;
         }
         let Some(consumer) = self.consumer.clone() else {
             return;
         };
-        while !self.reserved.is_empty() {
-            let Some(slot) = self.slots.values_mut().find(|s| !s.busy && s.pid.is_some()) else {
-                return;
+        let now = Instant::now();
+        while let Some(slot_id) = self.idle_slot() {
+            let Some(reserved) = self.next_request(now) else {
+                break;
             };
-            let Some(reserved) = self.reserved.pop_front() else {
-                return;
-            };
-            let now = OffsetDateTime::now_utc();
-            if reserved.request.expires.is_some_and(|e| e <= now) {
+            if reserved
+                .request
+                .expires
+                .is_some_and(|e| e <= OffsetDateTime::now_utc())
+            {
                 let _ = consumer.cast(ConsumerMessage::TaskFinished {
                     reserved,
                     outcome: TaskOutcome::Revoked("expired".into()),
@@ -489,6 +582,15 @@ impl PoolState {
                 });
                 continue;
             }
+            let task_limits = self
+                .task_limits
+                .get(&reserved.request.task)
+                .copied()
+                .unwrap_or_default();
+            let limits = effective_limits(reserved.request.timelimit, task_limits, defaults);
+            let Some(slot) = self.slots.get_mut(&slot_id) else {
+                break;
+            };
             let pid = slot.pid.unwrap_or_default();
             let info = StartedInfo::of(&reserved, pid, hostname);
             slot.busy = true;
@@ -498,12 +600,6 @@ impl PoolState {
                 was_scheduled: reserved.was_scheduled,
                 since: Instant::now(),
             };
-            let task_limits = self
-                .task_limits
-                .get(&reserved.request.task)
-                .copied()
-                .unwrap_or_default();
-            let limits = effective_limits(reserved.request.timelimit, task_limits, defaults);
             match slot.actor.cast(ChildMessage::Run(reserved, limits)) {
                 Ok(()) => {
                     slot.running = Some(running);
@@ -518,6 +614,23 @@ impl PoolState {
                 Err(_) => {}
             }
         }
+        self.arm_rate_timer(myself, now);
+    }
+
+    /// Keeps one timer for the earliest moment a held request may get its token. Not while
+    /// every child is busy: a finishing task dispatches again anyway, and a timer then would
+    /// only spin.
+    fn arm_rate_timer(&mut self, myself: &ActorRef<PoolMessage>, now: Instant) {
+        if self.rates.held() == 0 || self.idle_slot().is_none() {
+            self.rate_timer = None;
+            return;
+        }
+        if self.rate_timer.is_none()
+            && let Some(wait) = self.rates.next_wait(now)
+        {
+            let timer = myself.send_after(wait, || PoolMessage::RateLimitReady);
+            self.rate_timer = Some(AbortOnDrop(timer));
+        }
     }
 }
 
@@ -531,10 +644,12 @@ mod tests {
         let task = TaskOptions {
             time_limit: Some(10.0),
             soft_time_limit: Some(5.0),
+            ..Default::default()
         };
         let defaults = TaskOptions {
             time_limit: Some(60.0),
             soft_time_limit: Some(50.0),
+            ..Default::default()
         };
         let l = |s, h| Limits { soft: s, hard: h };
         assert_eq!(effective_limits((None, None), none, none), l(None, None));
@@ -559,6 +674,7 @@ mod tests {
         let soft_only = TaskOptions {
             time_limit: None,
             soft_time_limit: Some(2.0),
+            ..Default::default()
         };
         assert_eq!(
             effective_limits((None, None), soft_only, none),
@@ -567,6 +683,7 @@ mod tests {
         let hard_only = TaskOptions {
             time_limit: Some(2.0),
             soft_time_limit: None,
+            ..Default::default()
         };
         assert_eq!(
             effective_limits((None, None), hard_only, none),
@@ -576,11 +693,40 @@ mod tests {
         let inverted = TaskOptions {
             time_limit: Some(2.0),
             soft_time_limit: Some(9.0),
+            ..Default::default()
         };
         assert_eq!(
             effective_limits((None, None), inverted, none),
             l(None, Some(2.0))
         );
+    }
+
+    #[test]
+    fn rates_come_from_config_then_task_then_default() {
+        let mut s = crate::settings::Settings::default();
+        let opts = |r: Option<f64>| TaskOptions {
+            rate_limit: r,
+            ..Default::default()
+        };
+        let tasks = HashMap::from([
+            ("a".to_owned(), opts(Some(1.0))),
+            ("b".to_owned(), opts(None)),
+            ("c".to_owned(), opts(Some(3.0))),
+        ]);
+        assert_eq!(
+            effective_rates(&s, &tasks),
+            HashMap::from([("a".into(), 1.0), ("c".into(), 3.0)])
+        );
+        s.task.default_rate_limit = Some("120/m".into());
+        s.task.rate_limits.insert("c".into(), "0".into());
+        let r = effective_rates(&s, &tasks);
+        assert_eq!(
+            r,
+            HashMap::from([("a".into(), 1.0), ("b".into(), 2.0)]),
+            "0 in config removes it"
+        );
+        s.worker.disable_rate_limits = true;
+        assert!(effective_rates(&s, &tasks).is_empty());
     }
 
     #[test]

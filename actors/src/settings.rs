@@ -109,6 +109,8 @@ pub struct WorkerSettings {
     /// `worker_max_memory_per_child`: replace a child process after its current task when its
     /// resident memory exceeds this many KiB. 0 (the default) = no limit.
     pub max_memory_per_child: u64,
+    /// `worker_disable_rate_limits`: ignore every rate limit. Default false.
+    pub disable_rate_limits: bool,
 }
 
 impl Default for WorkerSettings {
@@ -121,6 +123,7 @@ impl Default for WorkerSettings {
             loglevel: "info".to_owned(),
             max_tasks_per_child: 0,
             max_memory_per_child: 0,
+            disable_rate_limits: false,
         }
     }
 }
@@ -147,6 +150,12 @@ pub struct TaskSettings {
     pub time_limit: Option<f64>,
     /// `task_soft_time_limit`: soft time limit in seconds. Unset by default.
     pub soft_time_limit: Option<f64>,
+    /// `task_default_rate_limit`: rate limit for every task (`"10/s"`, `"200/m"`, `"100/h"`, a
+    /// bare number = per second). Unset by default.
+    pub default_rate_limit: Option<String>,
+    /// Per-task rate limits, `"task.name" = "10/s"` (what Celery sets through
+    /// `task_annotations`). They override the task's own and the default. Empty by default.
+    pub rate_limits: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for TaskSettings {
@@ -159,6 +168,8 @@ impl Default for TaskSettings {
             reject_on_worker_lost: false,
             time_limit: None,
             soft_time_limit: None,
+            default_rate_limit: None,
+            rate_limits: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -222,6 +233,14 @@ impl Settings {
                 check_limit(v).map_err(|reason| ConfigError::invalid(key, reason))?;
             }
         }
+        if let Some(r) = &self.task.default_rate_limit {
+            crate::pool::rate::parse_rate(r)
+                .map_err(|e| ConfigError::invalid("task.default_rate_limit", e))?;
+        }
+        for (task, r) in &self.task.rate_limits {
+            crate::pool::rate::parse_rate(r)
+                .map_err(|e| ConfigError::invalid(format!("task.rate_limits.{task}"), e))?;
+        }
         crate::hostname::expand_nodename(&self.worker.hostname, "host.example")
             .map_err(|reason| ConfigError::invalid("worker.hostname", reason))?;
         Ok(())
@@ -232,6 +251,7 @@ impl Settings {
         crate::task::TaskOptions {
             time_limit: self.task.time_limit,
             soft_time_limit: self.task.soft_time_limit,
+            rate_limit: None,
         }
     }
 
@@ -324,6 +344,18 @@ mod tests {
         s.task.time_limit = Some(2.0);
         s.task.soft_time_limit = Some(5.0);
         s.validate().unwrap();
+    }
+
+    #[test]
+    fn rate_limits_are_checked() {
+        let mut s = Settings::default();
+        s.task.rate_limits.insert("tasks.add".into(), "10/x".into());
+        assert!(matches!(s.validate(),
+            Err(ConfigError::Invalid { key, .. }) if key == "task.rate_limits.tasks.add"));
+        let mut s = Settings::default();
+        s.task.default_rate_limit = Some("lots".into());
+        assert!(matches!(s.validate(),
+            Err(ConfigError::Invalid { key, .. }) if key == "task.default_rate_limit"));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tracing::{error, info, warn};
 
 use crate::child::{ChildCommand, Recycling};
 use crate::consumer::{Consumer, ConsumerMessage, ConsumerPeers};
-use crate::pool::{Pool, PoolArgs, PoolMessage};
+use crate::pool::{Pool, PoolArgs, PoolMessage, effective_rates};
 use crate::revoke::{RevokeMessage, RevokeRegistry};
 use crate::scheduler::{Scheduler, SchedulerMessage};
 use crate::settings::Settings;
@@ -97,6 +97,7 @@ impl Actor for Supervisor {
                 max_memory_kib: settings.worker.max_memory_per_child,
             },
             default_limits: settings.default_limits(),
+            rates: effective_rates(&settings, &args.tasks),
         });
         let registered: HashSet<String> = args.tasks.keys().cloned().collect();
         let (pool, _) = Actor::spawn_linked(None, pool, args.tasks, cell.clone()).await?;

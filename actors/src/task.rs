@@ -226,6 +226,8 @@ pub struct TaskOptions {
     pub time_limit: Option<f64>,
     /// Soft time limit in seconds: the task is told (see [`TaskContext::check_soft_time_limit`]).
     pub soft_time_limit: Option<f64>,
+    /// Rate limit in tasks per second.
+    pub rate_limit: Option<f64>,
 }
 
 /// A registered task.
@@ -255,6 +257,13 @@ impl RegisteredTask {
     pub fn soft_time_limit(&mut self, seconds: f64) -> &mut Self {
         self.options.soft_time_limit = Some(seconds);
         self
+    }
+
+    /// Sets this task's rate limit (`"10/s"`, `"200/m"`, `"100/h"`, a bare number = per
+    /// second); an invalid string is an error naming it.
+    pub fn rate_limit(&mut self, rate: &str) -> Result<&mut Self, String> {
+        self.options.rate_limit = crate::pool::rate::parse_rate(rate)?;
+        Ok(self)
     }
 
     /// The options set at registration.

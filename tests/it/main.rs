@@ -8,6 +8,7 @@ mod fixtures;
 mod interop;
 mod limits;
 mod malformed;
+mod rate;
 mod shutdown;
 mod support;
 

@@ -1,0 +1,66 @@
+//! Rate limits: a limited task is spaced out while other tasks keep flowing.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::block_on;
+use crate::support::{
+    Worker, celery_client, celery_client_command, delete_queue, parse_client_output, unique_queue,
+};
+
+#[test]
+fn rate_limited_task_is_spaced_and_others_keep_flowing() {
+    let queue = unique_queue("rate");
+    let config = "[task.rate_limits]\n\"tasks.add\" = \"5/s\"\n";
+    let worker = Worker::start(&queue, config, &["-c", "2"]);
+    let started = Instant::now();
+    let adds = celery_client_command(&[
+        "call",
+        "tasks.add",
+        "--args",
+        "[1, 1]",
+        "--queue",
+        &queue,
+        "--count",
+        "8",
+    ])
+    .spawn()
+    .unwrap();
+    worker.wait_for_log("Task tasks.add[", Duration::from_secs(20));
+    let noops = celery_client(&["call", "tasks.noop", "--queue", &queue, "--count", "3"]);
+    assert!(
+        noops
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["state"] == "SUCCESS"),
+        "{noops}"
+    );
+    let adds = parse_client_output(&adds.wait_with_output().unwrap());
+    let elapsed = started.elapsed();
+    assert!(
+        adds.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["result"] == json!(2)),
+        "{adds}"
+    );
+    // 8 tasks at 5/s: the last can start no earlier than 7/5 s after the first.
+    assert!(
+        elapsed >= Duration::from_millis(1400),
+        "rate limit not applied: {elapsed:?}"
+    );
+    // The unlimited tasks did not wait behind the limited ones.
+    let log = worker.log();
+    let last = |needle: &str| {
+        log.lines()
+            .collect::<Vec<_>>()
+            .iter()
+            .rposition(|l| l.contains(needle) && l.contains("succeeded"))
+            .unwrap()
+    };
+    assert!(last("Task tasks.noop[") < last("Task tasks.add["), "{log}");
+    drop(worker);
+    block_on(delete_queue(&queue));
+}
