@@ -57,6 +57,9 @@ pub struct RunArgs {
     /// Replace a child process whose resident memory exceeds this many KiB.
     #[arg(long, value_name = "KIB")]
     pub max_memory_per_child: Option<u64>,
+    /// Keep revoked task ids in this RocksDB directory across restarts (`worker_state_db`).
+    #[arg(long, value_name = "PATH")]
+    pub statedb: Option<String>,
     /// Ignore every rate limit (`worker_disable_rate_limits`).
     #[arg(long)]
     pub disable_rate_limits: bool,

@@ -11,18 +11,53 @@ pub enum StartupError {
     /// The broker cannot be reached or refused our topology.
     #[error("broker unavailable: {0}")]
     Broker(String),
+    /// The statedb cannot be opened or used (bad path, permissions, corruption).
+    #[error("{0}")]
+    Store(String),
     /// The actor tree failed to start or stopped on a failure.
     #[error("worker failed: {0}")]
     Runtime(String),
 }
 
 impl StartupError {
-    /// The process exit code: `EX_CONFIG` (78), `EX_UNAVAILABLE` (69) or `EX_SOFTWARE` (70).
+    /// Classifies a failure of the actor tree to start, unwrapping ractor's
+    /// "Actor panicked during startup '…'" layers down to the reason.
+    pub fn from_spawn(text: &str) -> StartupError {
+        const WRAPPER: &str = "Actor panicked during startup '";
+        let mut inner = text.trim();
+        while let Some(rest) = inner.strip_prefix(WRAPPER) {
+            inner = rest.strip_suffix('\'').unwrap_or(rest).trim();
+        }
+        if inner.contains("statedb") {
+            StartupError::Store(inner.to_owned())
+        } else {
+            StartupError::Runtime(inner.to_owned())
+        }
+    }
+
+    /// The process exit code: `EX_CONFIG` (78), `EX_UNAVAILABLE` (69), `EX_IOERR` (74, the
+    /// statedb) or `EX_SOFTWARE` (70).
     pub fn exit_code(&self) -> u8 {
         match self {
             StartupError::Config(_) => 78,
             StartupError::Broker(_) => 69,
+            StartupError::Store(_) => 74,
             StartupError::Runtime(_) => 70,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unwraps_spawn_errors() {
+        let e = StartupError::from_spawn(
+            "Actor panicked during startup 'Actor panicked during startup 'cannot open the statedb at /x: no''",
+        );
+        assert_eq!(e.to_string(), "cannot open the statedb at /x: no");
+        assert_eq!(e.exit_code(), 74);
+        assert_eq!(StartupError::from_spawn("boom").exit_code(), 70);
     }
 }

@@ -53,7 +53,7 @@ pub async fn run(
     };
     let (sup, handle) = ractor::Actor::spawn(None, Supervisor, args)
         .await
-        .map_err(|e| StartupError::Runtime(e.to_string()))?;
+        .map_err(|e| StartupError::from_spawn(&e.to_string()))?;
     let reason = loop {
         tokio::select! {
             Some(mode) = shutdown.recv() => {

@@ -58,6 +58,9 @@ pub fn apply(settings: &mut Settings, o: &RunArgs) {
     if let Some(v) = o.max_memory_per_child {
         w.max_memory_per_child = v;
     }
+    if let Some(v) = &o.statedb {
+        w.statedb = Some(v.clone());
+    }
     if o.disable_rate_limits {
         w.disable_rate_limits = true;
     }

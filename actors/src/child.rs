@@ -116,6 +116,8 @@ pub enum ChildMessage {
         /// The limit, for the log line and the failure.
         seconds: f64,
     },
+    /// The running task was revoked with `terminate`: send the child this signal.
+    Terminate(nix::sys::signal::Signal),
     /// A frame arrived from the process (sent by the actor's own reader task).
     FrameReceived(FromChild),
     /// The process closed its pipe: it exited or is about to.
@@ -222,6 +224,12 @@ impl Actor for ChildProcess {
                 self.run(&myself, state, reserved, limits).await;
             }
             ChildMessage::SoftLimitReached { seq, seconds } => state.soft_limit(seq, seconds),
+            ChildMessage::Terminate(signal) => {
+                if state.current.is_some() {
+                    let pid = nix::unistd::Pid::from_raw(state.pid as i32);
+                    let _ = nix::sys::signal::kill(pid, signal);
+                }
+            }
             ChildMessage::HardLimitReached { seq, seconds } => {
                 state.hard_limit(&myself, seq, seconds);
             }

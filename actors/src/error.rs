@@ -89,6 +89,26 @@ pub enum ChildError {
     Exited,
 }
 
+/// Statedb (RocksDB) failures. At start-up they stop the worker with the path and reason;
+/// nothing is ever reset silently.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The database cannot be opened (bad path, permissions, corruption).
+    #[error("cannot open the statedb at {path}: {reason}")]
+    Open {
+        /// The path.
+        path: String,
+        /// RocksDB's words.
+        reason: String,
+    },
+    /// A read or write failed.
+    #[error("statedb I/O error: {0}")]
+    Io(String),
+    /// A record is not what this worker writes.
+    #[error("statedb record is corrupt: {0}")]
+    Corrupt(String),
+}
+
 /// An invalid setting; names the key. The worker refuses to start.
 #[derive(Debug, Error, PartialEq)]
 pub enum ConfigError {

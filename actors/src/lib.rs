@@ -28,7 +28,7 @@ pub mod shutdown;
 pub mod supervisor;
 pub mod task;
 
-pub use error::{BrokerError, ChildError, ConfigError, ProtocolError};
+pub use error::{BrokerError, ChildError, ConfigError, ProtocolError, StoreError};
 pub use settings::Settings;
 pub use shutdown::ShutdownMode;
 pub use supervisor::{Supervisor, SupervisorArgs, SupervisorMessage};

@@ -192,6 +192,21 @@ pub enum PoolMessage {
     },
     /// A rate-limited task may have a token now (sent by the pool's own timer).
     RateLimitReady,
+    /// These ids were revoked (from the revoke registry): drop them from the reserved queue;
+    /// with a signal, terminate them where they run.
+    Revoked {
+        /// The revoked ids.
+        ids: Arc<std::collections::HashSet<String>>,
+        /// Signal for running tasks (`terminate`), if any.
+        terminate: Option<nix::sys::signal::Signal>,
+    },
+    /// Report this request as not run (REVOKED with `reason`) (from the scheduler).
+    Discard {
+        /// The request.
+        reserved: Box<Reserved>,
+        /// `revoked` or `expired`.
+        reason: &'static str,
+    },
     /// Start a replacement child (sent to itself, after a backoff when needed).
     SpawnChild,
     /// The connection of this generation was lost: drop the unstarted requests that came on
@@ -220,6 +235,8 @@ struct Slot {
     /// What the child runs, so that a child that dies (even with the task still in its
     /// mailbox) has its task reported lost rather than dropped.
     running: Option<Running>,
+    /// Its task was revoked with `terminate`: however it ends, it is REVOKED `terminated`.
+    terminating: bool,
 }
 
 #[derive(Debug)]
@@ -309,6 +326,11 @@ impl Actor for Pool {
                 };
                 slot.busy = false;
                 slot.running = None;
+                let outcome = if std::mem::take(&mut slot.terminating) {
+                    TaskOutcome::Revoked("terminated".into())
+                } else {
+                    outcome
+                };
                 if let Some(c) = &state.consumer {
                     let _ = c.cast(ConsumerMessage::TaskFinished {
                         reserved,
@@ -383,6 +405,19 @@ impl Actor for Pool {
                 }
                 let _ = reply.send(known);
             }
+            PoolMessage::Revoked { ids, terminate } => {
+                state.revoke(&ids, terminate);
+            }
+            PoolMessage::Discard { reserved, reason } => {
+                if let Some(c) = &state.consumer {
+                    let outcome = TaskOutcome::Revoked(reason.into());
+                    let _ = c.cast(ConsumerMessage::TaskFinished {
+                        reserved,
+                        outcome,
+                        runtime: Duration::ZERO,
+                    });
+                }
+            }
             PoolMessage::RateLimitReady => {
                 state.rate_timer = None;
                 state.dispatch(&myself, &self.hostname, self.default_limits);
@@ -419,6 +454,7 @@ impl Actor for Pool {
                 was_scheduled: run.was_scheduled,
             });
             let outcome = match reason.strip_prefix(HARD_LIMIT_REASON) {
+                _ if slot.terminating => TaskOutcome::Revoked("terminated".into()),
                 Some(secs) => TaskOutcome::TimeLimitExceeded(secs.parse().unwrap_or_default()),
                 None => TaskOutcome::WorkerLost(reason.clone()),
             };
@@ -475,6 +511,7 @@ impl Pool {
                 pid: None,
                 busy: false,
                 running: None,
+                terminating: false,
             },
         );
         Ok(())
@@ -528,6 +565,49 @@ impl PoolState {
         if self.active() == 0 {
             for w in self.idle_waiters.drain(..) {
                 let _ = w.send(());
+            }
+        }
+    }
+
+    /// Drops revoked requests that have not started (reported REVOKED `revoked`); with a
+    /// signal, terminates the revoked ones that run (reported REVOKED `terminated`).
+    fn revoke(
+        &mut self,
+        ids: &std::collections::HashSet<String>,
+        terminate: Option<nix::sys::signal::Signal>,
+    ) {
+        let mut dropped = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.reserved.len());
+        for r in self.reserved.drain(..) {
+            if ids.contains(&r.request.id) {
+                dropped.push(r)
+            } else {
+                kept.push_back(r)
+            }
+        }
+        self.reserved = kept;
+        dropped.extend(self.rates.remove_where(|r| ids.contains(&r.request.id)));
+        if let Some(consumer) = &self.consumer {
+            for reserved in dropped {
+                let outcome = TaskOutcome::Revoked("revoked".into());
+                let _ = consumer.cast(ConsumerMessage::TaskFinished {
+                    reserved,
+                    outcome,
+                    runtime: Duration::ZERO,
+                });
+            }
+        }
+        let Some(signal) = terminate else { return };
+        for slot in self.slots.values_mut() {
+            let Some(run) = &slot.running else { continue };
+            if ids.contains(&run.request.id) {
+                info!(
+                    "Terminating {}[{}] (signal {signal}).",
+                    run.request.display_name(),
+                    run.request.id
+                );
+                slot.terminating = true;
+                let _ = slot.actor.cast(ChildMessage::Terminate(signal));
             }
         }
     }

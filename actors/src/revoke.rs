@@ -1,26 +1,48 @@
-//! Revoked task ids, with Celery's expiry (ids older than `expires` are dropped) and cap.
-//! In memory for now; the RocksDB-backed statedb comes with the revoke control command.
+//! Revoked task ids: Celery's expiry (ids older than `revoke_expires` are dropped) and cap
+//! (`revokes_max`), kept in memory and, with `--statedb`, in RocksDB so they survive restarts
+//! and kill -9. Without a statedb they live in memory only, as in Celery.
 //!
-//! Supervised by [`Supervisor`](crate::supervisor::Supervisor); asked by the consumer for
-//! every delivery.
+//! Supervised by [`Supervisor`](crate::supervisor::Supervisor). The consumer asks it about every
+//! delivery; a revoke is passed on to the [`Pool`](crate::pool::Pool) (reserved requests are
+//! dropped, running ones terminated on request) and the
+//! [`Scheduler`](crate::scheduler::Scheduler) (held ETA requests are dropped).
 
-use std::collections::{HashMap, VecDeque};
-use std::time::{Duration, Instant};
+pub mod store;
 
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::Signal;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::{info, warn};
+
+use self::store::RevokeStore;
+use crate::error::StoreError;
+use crate::pool::PoolMessage;
+use crate::scheduler::SchedulerMessage;
 
 /// Celery keeps revoked ids for 3 hours (`CELERY_WORKER_REVOKE_EXPIRES`).
 pub const DEFAULT_EXPIRES: Duration = Duration::from_secs(10_800);
 /// Celery keeps at most 50,000 revoked ids (`CELERY_WORKER_REVOKES_MAX`).
 pub const DEFAULT_MAX: usize = 50_000;
 
+/// Milliseconds since the epoch (revocation times are wall-clock so they can be persisted).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Revoked ids with their time of revocation; O(1) lookup, oldest dropped first.
 #[derive(Debug)]
 pub struct RevokedSet {
-    ids: HashMap<String, Instant>,
-    order: VecDeque<(Instant, String)>,
+    ids: HashMap<String, u64>,
+    order: VecDeque<(u64, String)>,
     max: usize,
-    expires: Duration,
+    expires_ms: u64,
 }
 
 impl RevokedSet {
@@ -30,37 +52,40 @@ impl RevokedSet {
             ids: HashMap::new(),
             order: VecDeque::new(),
             max,
-            expires,
+            expires_ms: expires.as_millis() as u64,
         }
     }
 
-    /// Adds an id revoked at `now`.
-    pub fn add(&mut self, id: String, now: Instant) {
-        self.purge(now);
-        if self.ids.insert(id.clone(), now).is_none() {
-            self.order.push_back((now, id));
+    /// Adds an id revoked at `at` (ms); returns the ids dropped to make room or expired.
+    pub fn add(&mut self, id: String, at: u64) -> Vec<String> {
+        let mut dropped = self.purge(at);
+        if self.ids.insert(id.clone(), at).is_none() {
+            self.order.push_back((at, id));
         }
         while self.ids.len() > self.max {
-            self.pop_oldest();
+            dropped.extend(self.pop_oldest());
         }
+        dropped
     }
 
-    /// Whether `id` is revoked (and not expired) at `now`.
-    pub fn contains(&self, id: &str, now: Instant) -> bool {
+    /// Whether `id` is revoked (and not expired) at `now` (ms).
+    pub fn contains(&self, id: &str, now: u64) -> bool {
         self.ids
             .get(id)
-            .is_some_and(|t| now.duration_since(*t) < self.expires)
+            .is_some_and(|t| now.saturating_sub(*t) < self.expires_ms)
     }
 
-    /// Drops expired ids.
-    pub fn purge(&mut self, now: Instant) {
+    /// Drops expired ids; returns them.
+    pub fn purge(&mut self, now: u64) -> Vec<String> {
+        let mut dropped = Vec::new();
         while self
             .order
             .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) >= self.expires)
+            .is_some_and(|(t, _)| now.saturating_sub(*t) >= self.expires_ms)
         {
-            self.pop_oldest();
+            dropped.extend(self.pop_oldest());
         }
+        dropped
     }
 
     /// The ids, oldest first.
@@ -72,58 +97,211 @@ impl RevokedSet {
             .collect()
     }
 
-    fn pop_oldest(&mut self) {
-        if let Some((t, id)) = self.order.pop_front()
-            && self.ids.get(&id) == Some(&t)
-        {
+    /// Number of ids held.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether no id is held.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    fn pop_oldest(&mut self) -> Option<String> {
+        let (t, id) = self.order.pop_front()?;
+        if self.ids.get(&id) == Some(&t) {
             self.ids.remove(&id);
+            return Some(id);
+        }
+        None
+    }
+}
+
+/// Builds the in-memory set from stored records (oldest first), dropping what has expired or
+/// is over the cap; returns the set and the ids to delete from the store.
+pub fn restore(
+    mut records: Vec<(String, u64)>,
+    max: usize,
+    expires: Duration,
+    now: u64,
+) -> (RevokedSet, Vec<String>) {
+    records.sort_by_key(|(_, at)| *at);
+    let mut set = RevokedSet::new(max, expires);
+    let mut stale = Vec::new();
+    for (id, at) in records {
+        stale.extend(set.add(id, at));
+    }
+    stale.extend(set.purge(now));
+    (set, stale)
+}
+
+/// Parses a signal given as `SIGTERM`, `TERM` or a number (as `revoke --signal` takes it).
+///
+/// ```
+/// use celeryd_actors::revoke::parse_signal;
+/// use nix::sys::signal::Signal;
+/// assert_eq!(parse_signal("KILL"), Ok(Signal::SIGKILL));
+/// assert_eq!(parse_signal("SIGTERM"), Ok(Signal::SIGTERM));
+/// assert_eq!(parse_signal("9"), Ok(Signal::SIGKILL));
+/// assert!(parse_signal("SIGNOPE").is_err());
+/// ```
+pub fn parse_signal(text: &str) -> Result<Signal, String> {
+    let t = text.trim().to_ascii_uppercase();
+    if let Ok(n) = t.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| format!("unknown signal number {n}"));
+    }
+    let name = if t.starts_with("SIG") {
+        t
+    } else {
+        format!("SIG{t}")
+    };
+    name.parse::<Signal>()
+        .map_err(|_| format!("unknown signal {text:?}"))
+}
+
+/// The registry's configuration.
+#[derive(Debug, Clone)]
+pub struct RevokeRegistry {
+    /// Where the statedb lives, if persistence is on.
+    pub statedb: Option<PathBuf>,
+    /// Cap on the number of ids.
+    pub max: usize,
+    /// How long an id stays revoked.
+    pub expires: Duration,
+}
+
+impl Default for RevokeRegistry {
+    fn default() -> Self {
+        RevokeRegistry {
+            statedb: None,
+            max: DEFAULT_MAX,
+            expires: DEFAULT_EXPIRES,
         }
     }
 }
 
-/// The revoke registry actor.
-#[derive(Debug, Default)]
-pub struct RevokeRegistry;
-
 /// Messages to the revoke registry.
 #[derive(Debug)]
 pub enum RevokeMessage {
-    /// Add these ids.
-    Revoke(Vec<String>),
+    /// Where revokes are passed on (sent by the supervisor once they run).
+    SetPeers {
+        /// The pool.
+        pool: ActorRef<PoolMessage>,
+        /// The scheduler.
+        scheduler: ActorRef<SchedulerMessage>,
+    },
+    /// Revoke these ids; with a signal, terminate them if they are running.
+    Revoke {
+        /// Task ids.
+        ids: Vec<String>,
+        /// Signal for running tasks (`terminate`), if any.
+        terminate: Option<Signal>,
+    },
     /// Whether this id is revoked.
     IsRevoked(String, RpcReplyPort<bool>),
     /// All revoked ids.
     GetRevoked(RpcReplyPort<Vec<String>>),
 }
 
+/// The registry's state: the set and the store.
+#[derive(Debug)]
+pub struct RevokeState {
+    set: RevokedSet,
+    store: Option<Arc<RevokeStore>>,
+    pool: Option<ActorRef<PoolMessage>>,
+    scheduler: Option<ActorRef<SchedulerMessage>>,
+}
+
 impl Actor for RevokeRegistry {
     type Msg = RevokeMessage;
-    type State = RevokedSet;
+    type State = RevokeState;
     type Arguments = ();
 
+    /// Opens and loads the statedb: an error here stops the worker at start-up, naming the
+    /// path and the reason.
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
         _args: (),
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(RevokedSet::new(DEFAULT_MAX, DEFAULT_EXPIRES))
+        let Some(path) = self.statedb.clone() else {
+            return Ok(RevokeState {
+                set: RevokedSet::new(self.max, self.expires),
+                store: None,
+                pool: None,
+                scheduler: None,
+            });
+        };
+        let (max, expires) = (self.max, self.expires);
+        let (store, set) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            let store = RevokeStore::open(&path)?;
+            let (set, stale) = restore(store.load()?, max, expires, now_ms());
+            store.remove(&stale)?;
+            Ok((store, set))
+        })
+        .await??;
+        info!("Loaded {} revoked task ids from the statedb.", set.len());
+        Ok(RevokeState {
+            set,
+            store: Some(Arc::new(store)),
+            pool: None,
+            scheduler: None,
+        })
     }
 
+    /// A statedb write error stops the registry (the supervisor then stops the worker): a revoke
+    /// that cannot be made durable must not be acknowledged as if it were.
     async fn handle(
         &self,
         _myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let now = Instant::now();
+        let now = now_ms();
         match msg {
-            RevokeMessage::Revoke(ids) => ids.into_iter().for_each(|id| state.add(id, now)),
+            RevokeMessage::SetPeers { pool, scheduler } => {
+                state.pool = Some(pool);
+                state.scheduler = Some(scheduler);
+            }
+            RevokeMessage::Revoke { ids, terminate } => {
+                let mut dropped = Vec::new();
+                for id in &ids {
+                    dropped.extend(state.set.add(id.clone(), now));
+                }
+                if let Some(store) = &state.store {
+                    let store = store.clone();
+                    let added = ids.clone();
+                    tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+                        store.add(&added, now)?;
+                        store.remove(&dropped)
+                    })
+                    .await??;
+                }
+                let ids: Arc<HashSet<String>> = Arc::new(ids.into_iter().collect());
+                if let Some(pool) = &state.pool {
+                    let _ = pool.cast(PoolMessage::Revoked {
+                        ids: ids.clone(),
+                        terminate,
+                    });
+                }
+                if let Some(scheduler) = &state.scheduler {
+                    let _ = scheduler.cast(SchedulerMessage::Revoked(ids));
+                }
+            }
             RevokeMessage::IsRevoked(id, reply) => {
-                let _ = reply.send(state.contains(&id, now));
+                let _ = reply.send(state.set.contains(&id, now));
             }
             RevokeMessage::GetRevoked(reply) => {
-                state.purge(now);
-                let _ = reply.send(state.ids());
+                let dropped = state.set.purge(now);
+                if let (Some(store), false) = (&state.store, dropped.is_empty()) {
+                    let store = store.clone();
+                    if let Err(e) =
+                        tokio::task::spawn_blocking(move || store.remove(&dropped)).await?
+                    {
+                        warn!(error = %e, "Cannot drop expired ids from the statedb.");
+                    }
+                }
+                let _ = reply.send(state.set.ids());
             }
         }
         Ok(())
@@ -131,23 +309,4 @@ impl Actor for RevokeRegistry {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn expires_and_caps() {
-        let t0 = Instant::now();
-        let mut s = RevokedSet::new(2, Duration::from_secs(10));
-        s.add("a".into(), t0);
-        s.add("b".into(), t0 + Duration::from_secs(1));
-        assert!(s.contains("a", t0 + Duration::from_secs(2)));
-        s.add("c".into(), t0 + Duration::from_secs(2));
-        assert!(
-            !s.contains("a", t0 + Duration::from_secs(2)),
-            "capped: oldest dropped"
-        );
-        assert!(!s.contains("b", t0 + Duration::from_secs(12)), "expired");
-        s.purge(t0 + Duration::from_secs(11));
-        assert_eq!(s.ids(), vec!["c".to_owned()]);
-    }
-}
+mod tests;

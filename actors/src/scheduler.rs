@@ -43,6 +43,8 @@ pub enum SchedulerMessage {
         /// The lost generation.
         generation: u64,
     },
+    /// These ids were revoked: drop the held requests among them (the pool reports them).
+    Revoked(std::sync::Arc<std::collections::HashSet<String>>),
     /// Warm shutdown: stop releasing and hand back everything held.
     Drain {
         /// Receives the held requests.
@@ -88,6 +90,14 @@ impl Actor for Scheduler {
                     for r in state.queue.pop_due(OffsetDateTime::now_utc()) {
                         let _ = self.pool.cast(PoolMessage::Reserve(r));
                     }
+                }
+            }
+            SchedulerMessage::Revoked(ids) => {
+                for r in state.queue.remove_where(|r| ids.contains(&r.request.id)) {
+                    let _ = self.pool.cast(PoolMessage::Discard {
+                        reserved: r,
+                        reason: "revoked",
+                    });
                 }
             }
             SchedulerMessage::Forget { generation } => {

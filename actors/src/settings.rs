@@ -111,6 +111,13 @@ pub struct WorkerSettings {
     pub max_memory_per_child: u64,
     /// `worker_disable_rate_limits`: ignore every rate limit. Default false.
     pub disable_rate_limits: bool,
+    /// `worker_state_db` (`--statedb`): directory of the RocksDB database that keeps revoked
+    /// ids across restarts. Unset (the default): revokes are kept in memory only.
+    pub statedb: Option<String>,
+    /// How many revoked ids are kept (`CELERY_WORKER_REVOKES_MAX`). Default 50000.
+    pub revokes_max: usize,
+    /// Seconds a revoked id is kept (`CELERY_WORKER_REVOKE_EXPIRES`). Default 10800 (3 h).
+    pub revoke_expires: f64,
 }
 
 impl Default for WorkerSettings {
@@ -124,6 +131,9 @@ impl Default for WorkerSettings {
             max_tasks_per_child: 0,
             max_memory_per_child: 0,
             disable_rate_limits: false,
+            statedb: None,
+            revokes_max: 50_000,
+            revoke_expires: 10_800.0,
         }
     }
 }
@@ -232,6 +242,17 @@ impl Settings {
             if let Some(v) = value {
                 check_limit(v).map_err(|reason| ConfigError::invalid(key, reason))?;
             }
+        }
+        if self.worker.revokes_max == 0 {
+            return Err(ConfigError::invalid(
+                "worker.revokes_max",
+                "must be at least 1",
+            ));
+        }
+        check_limit(self.worker.revoke_expires)
+            .map_err(|reason| ConfigError::invalid("worker.revoke_expires", reason))?;
+        if self.worker.statedb.as_deref().is_some_and(str::is_empty) {
+            return Err(ConfigError::invalid("worker.statedb", "must be a path"));
         }
         if let Some(r) = &self.task.default_rate_limit {
             crate::pool::rate::parse_rate(r)

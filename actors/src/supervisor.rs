@@ -87,7 +87,16 @@ impl Actor for Supervisor {
     ) -> Result<Self::State, ActorProcessingErr> {
         let cell = myself.get_cell();
         let settings = Arc::new(args.settings);
-        let (revoke, _) = Actor::spawn_linked(None, RevokeRegistry, (), cell.clone()).await?;
+        let registry = RevokeRegistry {
+            statedb: settings
+                .worker
+                .statedb
+                .as_ref()
+                .map(std::path::PathBuf::from),
+            max: settings.worker.revokes_max,
+            expires: std::time::Duration::from_secs_f64(settings.worker.revoke_expires),
+        };
+        let (revoke, _) = Actor::spawn_linked(None, registry, (), cell.clone()).await?;
         let pool = Pool::new(PoolArgs {
             command: args.child_command,
             concurrency: settings.effective_concurrency(),
@@ -111,6 +120,10 @@ impl Actor for Supervisor {
         let consumer = Consumer::new(settings.clone(), args.hostname.clone(), registered);
         let (consumer, _) = Actor::spawn_linked(None, consumer, peers, cell).await?;
         pool.cast(PoolMessage::SetConsumer(consumer.clone()))?;
+        revoke.cast(RevokeMessage::SetPeers {
+            pool: pool.clone(),
+            scheduler: scheduler.clone(),
+        })?;
         info!(hostname = %args.hostname, concurrency = settings.effective_concurrency(),
             "{} ready.", args.hostname);
         Ok(SupervisorState {

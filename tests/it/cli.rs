@@ -84,3 +84,22 @@ fn bad_config_exits_non_zero_naming_the_key() {
         assert!(err.contains(key), "{text}: {err}");
     }
 }
+
+#[test]
+fn unusable_statedb_stops_the_start_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_worker"))
+        .arg("--statedb")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(74), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot open the statedb at") && err.contains("not-a-dir"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"x", "nothing was reset");
+}

@@ -238,6 +238,17 @@ impl<T> RateQueues<T> {
             .collect()
     }
 
+    /// Removes and returns the held items for which `take` is true.
+    pub fn remove_where(&mut self, mut take: impl FnMut(&T) -> bool) -> Vec<T> {
+        let mut out = Vec::new();
+        for q in self.waiting.values_mut() {
+            let (taken, kept): (Vec<T>, Vec<T>) = q.drain(..).partition(|x| take(x));
+            out.extend(taken);
+            q.extend(kept);
+        }
+        out
+    }
+
     /// Keeps only the held items for which `keep` is true.
     pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
         for q in self.waiting.values_mut() {

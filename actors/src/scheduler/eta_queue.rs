@@ -101,6 +101,14 @@ impl<T> EtaQueue<T> {
         self.heap.retain(|e| keep(&e.0.item));
     }
 
+    /// Removes and returns the items for which `take` is true.
+    pub fn remove_where(&mut self, mut take: impl FnMut(&T) -> bool) -> Vec<T> {
+        let entries = std::mem::take(&mut self.heap).into_vec();
+        let (taken, kept): (Vec<_>, Vec<_>) = entries.into_iter().partition(|e| take(&e.0.item));
+        self.heap = kept.into();
+        taken.into_iter().map(|e| e.0.item).collect()
+    }
+
     /// Number of items held.
     pub fn len(&self) -> usize {
         self.heap.len()
