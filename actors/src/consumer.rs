@@ -330,7 +330,7 @@ impl Consumer {
         state.generation += 1;
         state.unacked.clear();
         let prefetch = self.prefetch(state.held_eta);
-        amqp::set_prefetch(&channel, prefetch).await?;
+        amqp::set_prefetch(&channel, prefetch, self.settings.broker.global_qos).await?;
         let mut streams = Vec::new();
         let mut consumer_tags = Vec::new();
         if state.consuming {
@@ -487,7 +487,8 @@ impl Consumer {
     async fn update_prefetch(&self, state: &mut ConsumerState) {
         let count = self.prefetch(state.held_eta);
         if let Some(link) = &state.link
-            && let Err(e) = amqp::set_prefetch(&link.channel, count).await
+            && let Err(e) =
+                amqp::set_prefetch(&link.channel, count, self.settings.broker.global_qos).await
         {
             warn!(error = %e, "Cannot change the prefetch count.");
         }

@@ -32,6 +32,10 @@ pub struct BrokerSettings {
     pub connection_retry_on_startup: bool,
     /// `broker_connection_max_retries`: attempts before giving up (0 = forever). Default 100.
     pub connection_max_retries: u32,
+    /// Apply the prefetch limit to the whole channel (AMQP `global` qos), as Celery does on
+    /// RabbitMQ 3.x: the limit can then be raised while consuming, which holding ETA tasks
+    /// needs. Set false for RabbitMQ 4.x / quorum queues, which refuse global qos. Default true.
+    pub global_qos: bool,
 }
 
 impl Default for BrokerSettings {
@@ -41,6 +45,7 @@ impl Default for BrokerSettings {
             heartbeat: 120,
             connection_retry_on_startup: true,
             connection_max_retries: 100,
+            global_qos: true,
         }
     }
 }
@@ -55,6 +60,7 @@ impl std::fmt::Debug for BrokerSettings {
                 &self.connection_retry_on_startup,
             )
             .field("connection_max_retries", &self.connection_max_retries)
+            .field("global_qos", &self.global_qos)
             .finish()
     }
 }

@@ -4,6 +4,7 @@
 
 mod broker;
 mod cli;
+mod eta;
 mod fixtures;
 mod interop;
 mod limits;

@@ -79,11 +79,11 @@ pub async fn declare_task_queue(channel: &Channel, name: &str) -> Result<(), Bro
     Ok(())
 }
 
-/// Sets the per-consumer prefetch count (0 = unlimited).
-pub async fn set_prefetch(channel: &Channel, count: u16) -> Result<(), BrokerError> {
-    channel
-        .basic_qos(count, BasicQosOptions { global: false })
-        .await?;
+/// Sets the prefetch count (0 = unlimited): for the whole channel when `global` (RabbitMQ
+/// applies a changed channel limit at once, so ETA bumps work), else for consumers started
+/// afterwards.
+pub async fn set_prefetch(channel: &Channel, count: u16, global: bool) -> Result<(), BrokerError> {
+    channel.basic_qos(count, BasicQosOptions { global }).await?;
     Ok(())
 }
 

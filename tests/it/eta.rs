@@ -1,0 +1,157 @@
+//! ETA / countdown / expires through the Python client; held ETA tasks are never lost and
+//! never starve immediate work.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::json;
+
+use celeryd_actors::consumer::amqp::publish_task;
+use celeryd_actors::protocol::encode::{TaskCall, TaskMessage};
+
+use crate::block_on;
+use crate::support::{
+    Worker, alive, celery_client, celery_client_command, connect, delete_queue, eventually,
+    parse_client_output, queue_depth, unique_queue,
+};
+
+#[test]
+fn countdown_eta_and_expires_from_python() {
+    let queue = unique_queue("eta");
+    let worker = Worker::start(&queue, "", &["-c", "1"]);
+    let t = Instant::now();
+    let r = celery_client(&[
+        "call",
+        "tasks.add",
+        "--args",
+        "[1, 2]",
+        "--queue",
+        &queue,
+        "--countdown",
+        "1",
+    ]);
+    assert_eq!(r["result"], json!(3), "{r}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(950),
+        "ran before its ETA: {:?}",
+        t.elapsed()
+    );
+    assert!(worker.log().contains("received (eta "), "{}", worker.log());
+    // Expired while held for its ETA: REVOKED, not run.
+    let r = celery_client(&[
+        "call",
+        "tasks.add",
+        "--args",
+        "[1, 2]",
+        "--queue",
+        &queue,
+        "--countdown",
+        "1",
+        "--expires",
+        "0.5",
+    ]);
+    assert_eq!(r["state"], "REVOKED", "{r}");
+    assert_eq!(r["exc_type"], "TaskRevokedError", "{r}");
+    drop(worker);
+    block_on(delete_queue(&queue));
+}
+
+#[test]
+fn held_eta_task_survives_kill_9_and_warm_shutdown() {
+    let queue = unique_queue("eta-kill");
+    let worker = Worker::start(&queue, "", &["-c", "1"]);
+    let client = celery_client_command(&[
+        "call",
+        "tasks.add",
+        "--args",
+        "[20, 22]",
+        "--queue",
+        &queue,
+        "--countdown",
+        "4",
+        "--timeout",
+        "60",
+    ])
+    .spawn()
+    .unwrap();
+    worker.wait_for_log("received (eta ", Duration::from_secs(20));
+    let children = worker.children();
+    worker.signal(Signal::SIGKILL);
+    eventually(Duration::from_secs(5), "children gone", || {
+        children.iter().all(|p| !alive(*p))
+    });
+    drop(worker);
+    // Warm shutdown of the next worker while it holds the task: handed back, not lost.
+    let mut second = Worker::start(&queue, "", &["-c", "1"]);
+    second.wait_for_log("received (eta ", Duration::from_secs(20));
+    second.signal(Signal::SIGTERM);
+    assert!(second.wait_exit(Duration::from_secs(20)).success());
+    assert!(
+        second
+            .log()
+            .contains("Returning unstarted tasks to the broker. (count=1)"),
+        "{}",
+        second.log()
+    );
+    let third = Worker::start(&queue, "", &["-c", "1"]);
+    let r = parse_client_output(&client.wait_with_output().unwrap());
+    assert_eq!(r["result"], json!(42), "the ETA task ran in the end: {r}");
+    drop(third);
+    block_on(delete_queue(&queue));
+}
+
+#[test]
+fn held_eta_tasks_do_not_starve_immediate_ones() {
+    let queue = unique_queue("eta-starve");
+    let worker = Worker::start(&queue, "", &["-c", "2"]);
+    let held = 2000;
+    block_on(async {
+        let conn = connect().await;
+        let ch = conn.create_channel().await.unwrap();
+        let eta = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+        for _ in 0..held {
+            let call = TaskCall {
+                name: "tasks.noop".into(),
+                eta: Some(eta),
+                origin: "test@localhost".into(),
+                ..Default::default()
+            };
+            publish_task(
+                &ch,
+                &queue,
+                &TaskMessage::new(&call, time::OffsetDateTime::now_utc()),
+            )
+            .await
+            .unwrap();
+        }
+        conn.close(200, "bye".into()).await.unwrap();
+    });
+    let r = celery_client(&[
+        "call",
+        "tasks.add",
+        "--args",
+        "[1, 1]",
+        "--queue",
+        &queue,
+        "--count",
+        "100",
+        "--timeout",
+        "60",
+    ]);
+    assert!(
+        r.as_array().unwrap().iter().all(|x| x["result"] == 2),
+        "{r}"
+    );
+    eventually(
+        Duration::from_secs(30),
+        "all ETA tasks held by the worker",
+        || worker.log().matches("received (eta ").count() == held,
+    );
+    let depth = block_on(async { queue_depth(&connect().await, &queue).await });
+    assert_eq!(
+        depth, 0,
+        "every ETA message delivered and held (unacked), none left behind"
+    );
+    drop(worker);
+    block_on(delete_queue(&queue));
+}
