@@ -14,6 +14,7 @@
 
 pub mod amqp;
 pub mod decide;
+pub mod delay;
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -126,6 +127,8 @@ pub enum ConsumerMessage {
     DeliveryReceived {
         /// Connection generation.
         generation: u64,
+        /// The queue it came from.
+        queue: Arc<str>,
         /// The delivery.
         delivery: Box<lapin::message::Delivery>,
     },
@@ -183,6 +186,8 @@ pub struct ConsumerState {
     consuming: bool,
     closed: bool,
     held_eta: u16,
+    /// Whether the delay ladder was declared on this connection.
+    delay_declared: bool,
     pending_results: VecDeque<(String, String, Vec<u8>)>,
 }
 
@@ -216,6 +221,7 @@ impl Actor for Consumer {
             consuming: true,
             closed: false,
             held_eta: 0,
+            delay_declared: false,
             pending_results: VecDeque::new(),
         })
     }
@@ -232,10 +238,11 @@ impl Actor for Consumer {
             ConsumerMessage::Connect { attempt } => self.connect(&myself, state, attempt).await?,
             ConsumerMessage::DeliveryReceived {
                 generation,
+                queue,
                 delivery,
             } => {
                 if generation == state.generation {
-                    self.on_delivery(state, *delivery).await;
+                    self.on_delivery(state, *delivery, &queue).await;
                 }
             }
             ConsumerMessage::StreamEnded { generation, error } => {
@@ -329,6 +336,7 @@ impl Consumer {
         }
         state.generation += 1;
         state.unacked.clear();
+        state.delay_declared = false;
         let prefetch = self.prefetch(state.held_eta);
         amqp::set_prefetch(&channel, prefetch, self.settings.broker.global_qos).await?;
         let mut streams = Vec::new();
@@ -337,7 +345,12 @@ impl Consumer {
             for q in &self.settings.worker.queues {
                 let tag = format!("{}-{}-{q}", self.hostname, state.generation);
                 let stream = amqp::consume(&channel, q, &tag).await?;
-                streams.push(forward(stream, myself.clone(), state.generation));
+                streams.push(forward(
+                    stream,
+                    myself.clone(),
+                    state.generation,
+                    q.as_str().into(),
+                ));
                 consumer_tags.push(tag);
                 info!(queue = %q, "Consuming from queue.");
             }
@@ -387,7 +400,12 @@ impl Consumer {
         let _ = myself.cast(ConsumerMessage::Connect { attempt: 1 });
     }
 
-    async fn on_delivery(&self, state: &mut ConsumerState, d: lapin::message::Delivery) {
+    async fn on_delivery(
+        &self,
+        state: &mut ConsumerState,
+        d: lapin::message::Delivery,
+        queue: &str,
+    ) {
         let delivery = DeliveryRef {
             tag: d.delivery_tag,
             generation: state.generation,
@@ -469,6 +487,15 @@ impl Consumer {
                 info!(task_id = %reserved.request.id, "Task {}[{}] received (eta {})",
                     reserved.request.display_name(), reserved.request.id,
                     crate::protocol::time::format_iso(eta));
+                if let Some(seconds) = broker_delay(eta, now, self.settings.worker.eta_hold_max)
+                    && self.delay_in_broker(state, &d, queue, seconds).await
+                {
+                    info!(task_id = %reserved.request.id,
+                        "Task {}[{}] waits in the broker for {seconds}s (beyond eta_hold_max).",
+                        reserved.request.display_name(), reserved.request.id);
+                    state.ack(delivery).await;
+                    return;
+                }
                 state.held_eta = state.held_eta.saturating_add(1);
                 self.update_prefetch(state).await;
                 let _ = state
@@ -480,6 +507,36 @@ impl Consumer {
                 info!(task_id = %reserved.request.id, "Task {}[{}] received",
                     reserved.request.display_name(), reserved.request.id);
                 let _ = state.peers.pool.cast(PoolMessage::Reserve(reserved));
+            }
+        }
+    }
+
+    /// Moves a far-future ETA message into the broker's delay ladder (then the caller acks
+    /// the original). Returns false, after logging, if that failed: the task is then held.
+    async fn delay_in_broker(
+        &self,
+        state: &mut ConsumerState,
+        d: &lapin::message::Delivery,
+        queue: &str,
+        seconds: u64,
+    ) -> bool {
+        let Some(link) = &state.link else {
+            return false;
+        };
+        if !state.delay_declared {
+            if let Err(e) =
+                amqp::declare_delay_topology(&link.channel, &self.settings.worker.queues).await
+            {
+                warn!(error = %e, "Cannot declare the delay topology; holding ETA tasks instead.");
+                return false;
+            }
+            state.delay_declared = true;
+        }
+        match amqp::publish_delayed(&link.channel, d, queue, seconds).await {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(error = %e, "Cannot move an ETA task to the broker; holding it instead.");
+                false
             }
         }
     }
@@ -603,6 +660,14 @@ impl Consumer {
     }
 }
 
+/// Whole seconds to leave an ETA message waiting in the broker: when the ETA is further off
+/// than `hold_max` seconds (0 = always hold in the worker). The message comes back up to a
+/// second early and is then held for the rest.
+pub fn broker_delay(eta: OffsetDateTime, now: OffsetDateTime, hold_max: f64) -> Option<u64> {
+    let wait = (eta - now).as_seconds_f64();
+    (hold_max > 0.0 && wait > hold_max).then(|| wait.floor() as u64)
+}
+
 /// Delay before connection attempt `n` (1-based): 1 s, 2 s, 4 s … capped at 16 s.
 pub fn connect_backoff(attempt: u32) -> Duration {
     Duration::from_secs(1u64 << attempt.saturating_sub(1).min(4))
@@ -612,6 +677,7 @@ fn forward(
     mut stream: lapin::Consumer,
     myself: ActorRef<ConsumerMessage>,
     generation: u64,
+    queue: Arc<str>,
 ) -> AbortOnDrop {
     AbortOnDrop(tokio::spawn(async move {
         while let Some(item) = stream.next().await {
@@ -619,6 +685,7 @@ fn forward(
                 Ok(delivery) => {
                     let msg = ConsumerMessage::DeliveryReceived {
                         generation,
+                        queue: queue.clone(),
                         delivery: Box::new(delivery),
                     };
                     if myself.cast(msg).is_err() {
@@ -772,6 +839,19 @@ impl ConsumerState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn far_etas_wait_in_the_broker() {
+        let now = OffsetDateTime::now_utc();
+        let later = |s: f64| now + time::Duration::seconds_f64(s);
+        assert_eq!(broker_delay(later(5.0), now, 600.0), None);
+        assert_eq!(broker_delay(later(3600.5), now, 600.0), Some(3600));
+        assert_eq!(
+            broker_delay(later(3600.0), now, 0.0),
+            None,
+            "0 = always hold"
+        );
+    }
 
     #[test]
     fn connect_backoff_doubles_and_caps() {

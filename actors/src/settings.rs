@@ -115,6 +115,10 @@ pub struct WorkerSettings {
     /// `worker_max_memory_per_child`: replace a child process after its current task when its
     /// resident memory exceeds this many KiB. 0 (the default) = no limit.
     pub max_memory_per_child: u64,
+    /// ETA tasks due further off than this many seconds wait in the broker (a delay ladder of
+    /// fixed-TTL queues) instead of being held unacked by the worker, so none outlives
+    /// RabbitMQ's `consumer_timeout` (30 min by default). 0 = always hold. Default 600.
+    pub eta_hold_max: f64,
     /// `worker_disable_rate_limits`: ignore every rate limit. Default false.
     pub disable_rate_limits: bool,
     /// `worker_state_db` (`--statedb`): directory of the RocksDB database that keeps revoked
@@ -136,6 +140,7 @@ impl Default for WorkerSettings {
             loglevel: "info".to_owned(),
             max_tasks_per_child: 0,
             max_memory_per_child: 0,
+            eta_hold_max: 600.0,
             disable_rate_limits: false,
             statedb: None,
             revokes_max: 50_000,
@@ -248,6 +253,12 @@ impl Settings {
             if let Some(v) = value {
                 check_limit(v).map_err(|reason| ConfigError::invalid(key, reason))?;
             }
+        }
+        if !self.worker.eta_hold_max.is_finite() || self.worker.eta_hold_max < 0.0 {
+            return Err(ConfigError::invalid(
+                "worker.eta_hold_max",
+                "must be 0 or a number of seconds",
+            ));
         }
         if self.worker.revokes_max == 0 {
             return Err(ConfigError::invalid(

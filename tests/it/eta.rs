@@ -155,3 +155,45 @@ fn held_eta_tasks_do_not_starve_immediate_ones() {
     drop(worker);
     block_on(delete_queue(&queue));
 }
+
+#[test]
+fn far_eta_waits_in_the_broker_not_in_the_worker() {
+    let queue = unique_queue("eta-far");
+    // Anything due in more than a second is moved to the broker's delay ladder.
+    let worker = Worker::start(&queue, "[worker]\neta_hold_max = 1\n", &["-c", "1"]);
+    let t = Instant::now();
+    let client = celery_client_command(&[
+        "call",
+        "tasks.add",
+        "--args",
+        "[3, 4]",
+        "--queue",
+        &queue,
+        "--countdown",
+        "4",
+    ])
+    .spawn()
+    .unwrap();
+    worker.wait_for_log("waits in the broker for 3s", Duration::from_secs(20));
+    // Nothing held by the worker meanwhile: kill it; the message lives in the broker.
+    let children = worker.children();
+    worker.signal(Signal::SIGKILL);
+    eventually(Duration::from_secs(5), "children gone", || {
+        children.iter().all(|p| !alive(*p))
+    });
+    drop(worker);
+    let again = Worker::start(&queue, "[worker]\neta_hold_max = 1\n", &["-c", "1"]);
+    let r = parse_client_output(&client.wait_with_output().unwrap());
+    assert_eq!(r["result"], json!(7), "{r}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(3900),
+        "not before its ETA: {:?}",
+        t.elapsed()
+    );
+    assert!(
+        again.log().contains("Task tasks.add["),
+        "the restarted worker ran it"
+    );
+    drop(again);
+    block_on(delete_queue(&queue));
+}

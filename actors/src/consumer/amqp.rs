@@ -185,3 +185,136 @@ pub async fn result_consumer(
         )
         .await?)
 }
+
+/// Declares the delay ladder (see [`super::delay`]) and binds `queues` to its deliver
+/// exchange. Idempotent.
+pub async fn declare_delay_topology(
+    channel: &Channel,
+    queues: &[String],
+) -> Result<(), BrokerError> {
+    use super::delay::{
+        DELIVER_EXCHANGE, LEVELS, bit_pattern, deliver_pattern, level_name, next_exchange,
+    };
+    use lapin::types::{AMQPValue, LongString};
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .exchange_declare(
+            DELIVER_EXCHANGE.into(),
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+    for k in 0..LEVELS {
+        let name = level_name(k);
+        channel
+            .exchange_declare(
+                name.as_str().into(),
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    for k in 0..LEVELS {
+        let name = level_name(k);
+        let mut args = FieldTable::default();
+        args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(1000i64 << k));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(LongString::from(next_exchange(k).into_bytes())),
+        );
+        let qopts = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .queue_declare(name.as_str().into(), qopts, args)
+            .await?;
+        channel
+            .queue_bind(
+                name.as_str().into(),
+                name.as_str().into(),
+                bit_pattern(k, true).as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .exchange_bind(
+                next_exchange(k).as_str().into(),
+                name.as_str().into(),
+                bit_pattern(k, false).as_str().into(),
+                Default::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    for q in queues {
+        channel
+            .queue_bind(
+                q.as_str().into(),
+                DELIVER_EXCHANGE.into(),
+                deliver_pattern(q).as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Re-publishes a delivery into the delay ladder for `seconds`, unchanged but for its
+/// `expiration` property (a per-message TTL would cut the wait short; the `expires` header
+/// still applies when it comes back).
+pub async fn publish_delayed(
+    channel: &Channel,
+    delivery: &lapin::message::Delivery,
+    queue: &str,
+    seconds: u64,
+) -> Result<(), BrokerError> {
+    use super::delay::{LEVELS, level_name, routing_key};
+    let mut props = delivery.properties.clone();
+    props = props.with_delivery_mode(2);
+    let props = strip_expiration(props);
+    channel
+        .basic_publish(
+            level_name(LEVELS - 1).as_str().into(),
+            routing_key(seconds, queue).as_str().into(),
+            BasicPublishOptions::default(),
+            &delivery.data,
+            props,
+        )
+        .await?
+        .await?;
+    Ok(())
+}
+
+fn strip_expiration(p: BasicProperties) -> BasicProperties {
+    let mut out = BasicProperties::default();
+    if let Some(v) = p.content_type() {
+        out = out.with_content_type(v.clone());
+    }
+    if let Some(v) = p.content_encoding() {
+        out = out.with_content_encoding(v.clone());
+    }
+    if let Some(v) = p.headers() {
+        out = out.with_headers(v.clone());
+    }
+    if let Some(v) = p.delivery_mode() {
+        out = out.with_delivery_mode(*v);
+    }
+    if let Some(v) = p.priority() {
+        out = out.with_priority(*v);
+    }
+    if let Some(v) = p.correlation_id() {
+        out = out.with_correlation_id(v.clone());
+    }
+    if let Some(v) = p.reply_to() {
+        out = out.with_reply_to(v.clone());
+    }
+    out
+}
