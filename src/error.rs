@@ -28,7 +28,9 @@ impl StartupError {
         while let Some(rest) = inner.strip_prefix(WRAPPER) {
             inner = rest.strip_suffix('\'').unwrap_or(rest).trim();
         }
-        if inner.contains("statedb") {
+        if inner.contains("already in use") {
+            StartupError::Config(inner.to_owned())
+        } else if inner.contains("statedb") {
             StartupError::Store(inner.to_owned())
         } else {
             StartupError::Runtime(inner.to_owned())

@@ -17,6 +17,7 @@
 
 pub mod child;
 pub mod consumer;
+pub mod control;
 pub mod error;
 pub mod hostname;
 pub mod pool;

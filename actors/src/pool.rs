@@ -192,6 +192,11 @@ pub enum PoolMessage {
     },
     /// A rate-limited task may have a token now (sent by the pool's own timer).
     RateLimitReady,
+    /// The ids of the tasks running now.
+    GetActiveIds {
+        /// Receives them.
+        reply: RpcReplyPort<Vec<String>>,
+    },
     /// These ids were revoked (from the revoke registry): drop them from the reserved queue;
     /// with a signal, terminate them where they run.
     Revoked {
@@ -417,6 +422,15 @@ impl Actor for Pool {
                         runtime: Duration::ZERO,
                     });
                 }
+            }
+            PoolMessage::GetActiveIds { reply } => {
+                let ids = state
+                    .slots
+                    .values()
+                    .filter_map(|s| s.running.as_ref())
+                    .map(|r| r.request.id.clone())
+                    .collect();
+                let _ = reply.send(ids);
             }
             PoolMessage::RateLimitReady => {
                 state.rate_timer = None;

@@ -196,6 +196,8 @@ pub enum RevokeMessage {
         ids: Vec<String>,
         /// Signal for running tasks (`terminate`), if any.
         terminate: Option<Signal>,
+        /// Answered once the ids are stored (durable, with a statedb).
+        reply: Option<RpcReplyPort<()>>,
     },
     /// Whether this id is revoked.
     IsRevoked(String, RpcReplyPort<bool>),
@@ -263,7 +265,11 @@ impl Actor for RevokeRegistry {
                 state.pool = Some(pool);
                 state.scheduler = Some(scheduler);
             }
-            RevokeMessage::Revoke { ids, terminate } => {
+            RevokeMessage::Revoke {
+                ids,
+                terminate,
+                reply,
+            } => {
                 let mut dropped = Vec::new();
                 for id in &ids {
                     dropped.extend(state.set.add(id.clone(), now));
@@ -286,6 +292,9 @@ impl Actor for RevokeRegistry {
                 }
                 if let Some(scheduler) = &state.scheduler {
                     let _ = scheduler.cast(SchedulerMessage::Revoked(ids));
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(());
                 }
             }
             RevokeMessage::IsRevoked(id, reply) => {

@@ -1,7 +1,8 @@
 //! The root of the tree. Starts the revoke registry, the pool (with its children), the
-//! scheduler and the consumer, in that order (the scheduler releases into the pool, so the
-//! pool comes first; the consumer comes last so nothing is delivered before there is
-//! somewhere to run it), and stops them in reverse.
+//! scheduler, remote control and the consumer, in that order (the scheduler releases into the
+//! pool, so the pool comes first; control comes before the consumer so that a node name already
+//! in use stops the start before any task is taken; the consumer comes last so nothing is
+//! delivered before there is somewhere to run it), and stops them in reverse.
 //!
 //! Warm shutdown: cancel consuming; take back what the pool and the scheduler hold but have
 //! not started and requeue it; wait for running tasks (their results are published and acked);
@@ -18,6 +19,7 @@ use tracing::{error, info, warn};
 
 use crate::child::{ChildCommand, Recycling};
 use crate::consumer::{Consumer, ConsumerMessage, ConsumerPeers};
+use crate::control::{Control, ControlMessage, ControlPeers};
 use crate::pool::{Pool, PoolArgs, PoolMessage, effective_rates};
 use crate::revoke::{RevokeMessage, RevokeRegistry};
 use crate::scheduler::{Scheduler, SchedulerMessage};
@@ -71,6 +73,7 @@ pub struct SupervisorState {
     pool: ActorRef<PoolMessage>,
     scheduler: ActorRef<SchedulerMessage>,
     consumer: ActorRef<ConsumerMessage>,
+    control: ActorRef<ControlMessage>,
     exit: UnboundedSender<ExitReason>,
     shutting_down: bool,
 }
@@ -117,6 +120,14 @@ impl Actor for Supervisor {
             scheduler: scheduler.clone(),
             revoke: revoke.clone(),
         };
+        let control_peers = ControlPeers {
+            supervisor: myself.clone(),
+            revoke: revoke.clone(),
+            pool: pool.clone(),
+        };
+        let control = Control::new(settings.clone(), args.hostname.clone());
+        let (control, _) =
+            Actor::spawn_linked(None, control, control_peers, myself.get_cell()).await?;
         let consumer = Consumer::new(settings.clone(), args.hostname.clone(), registered);
         let (consumer, _) = Actor::spawn_linked(None, consumer, peers, cell).await?;
         pool.cast(PoolMessage::SetConsumer(consumer.clone()))?;
@@ -131,6 +142,7 @@ impl Actor for Supervisor {
             pool,
             scheduler,
             consumer,
+            control,
             exit: args.exit,
             shutting_down: false,
         })
@@ -197,7 +209,9 @@ impl Actor for Supervisor {
 impl SupervisorState {
     fn name_of(&self, cell: &ActorCell) -> &'static str {
         let id = cell.get_id();
-        if id == self.consumer.get_id() {
+        if id == self.control.get_id() {
+            "control"
+        } else if id == self.consumer.get_id() {
             "consumer"
         } else if id == self.pool.get_id() {
             "pool"
@@ -214,6 +228,7 @@ impl SupervisorState {
     fn stop_all(&mut self, myself: &ActorRef<SupervisorMessage>, reason: ExitReason, kill: bool) {
         self.shutting_down = true;
         let cells = [
+            self.control.get_cell(),
             self.consumer.get_cell(),
             self.scheduler.get_cell(),
             self.pool.get_cell(),

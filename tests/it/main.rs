@@ -10,6 +10,7 @@ mod interop;
 mod limits;
 mod malformed;
 mod rate;
+mod revoke;
 mod shutdown;
 mod support;
 

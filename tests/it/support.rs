@@ -117,6 +117,17 @@ pub fn parse_client_output(out: &std::process::Output) -> Value {
         .unwrap_or_else(|e| panic!("bad client output {line:?}: {e}\n{stderr}"))
 }
 
+/// Runs the real `celery` command-line tool (`celery -b <broker> <args…>`) from the venv.
+pub fn celery_cli(args: &[&str]) -> std::process::Output {
+    let celery = python().with_file_name("celery");
+    Command::new(celery)
+        .arg("-b")
+        .arg(python_amqp_url())
+        .args(args)
+        .output()
+        .expect("run celery")
+}
+
 /// kombu spells the default vhost `//`.
 fn python_amqp_url() -> String {
     amqp_url().replace("/%2f", "//").replace("/%2F", "//")
@@ -190,6 +201,11 @@ impl Worker {
         };
         w.wait_for_log("Consuming from queue", Duration::from_secs(30));
         w
+    }
+
+    /// The expanded node name, e.g. `it-1a2b3c4d@host`.
+    pub fn nodename(&self) -> String {
+        format!("{}@{}", self.name, celeryd_actors::hostname::this_host())
     }
 
     /// The OS pid.

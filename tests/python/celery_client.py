@@ -4,7 +4,7 @@ Sends tasks by name with `send_task` (no task module is imported) to the broker 
 with the rpc:// result backend, waits for the results and prints one JSON line:
 
     call NAME --args JSON --kwargs JSON [--queue Q] [--timeout S] [--countdown S]
-         [--expires S] [--time-limit S] [--soft-time-limit S] [--count N] [--no-wait]
+         [--expires S] [--time-limit S] [--soft-time-limit S] [--count N] [--no-wait] [--task-id ID]
 
 For one task: {"id", "state", "result" | "exc_type", "exc_module", "exc_message", "exc_args"};
 with --count N a list of those; with --no-wait just {"id": ...}. Exit 3 on timeout.
@@ -49,6 +49,7 @@ def main():
     call.add_argument("--soft-time-limit", type=float)
     call.add_argument("--count", type=int, default=1)
     call.add_argument("--no-wait", action="store_true")
+    call.add_argument("--task-id")
     opts = parser.parse_args()
 
     app = Celery(
@@ -67,6 +68,8 @@ def main():
         options["time_limit"] = opts.time_limit
     if opts.soft_time_limit is not None:
         options["soft_time_limit"] = opts.soft_time_limit
+    if opts.task_id:
+        options["task_id"] = opts.task_id
     args, kwargs = json.loads(opts.args), json.loads(opts.kwargs)
     sent = [app.send_task(opts.name, args, kwargs, **options) for _ in range(opts.count)]
     if opts.no_wait:

@@ -61,12 +61,13 @@ async fn revokes_survive_a_restart_with_a_statedb() {
         ..Default::default()
     };
     let (actor, handle) = Actor::spawn(None, registry.clone(), ()).await.unwrap();
-    actor
-        .cast(RevokeMessage::Revoke {
-            ids: vec!["t1".into(), "t2".into()],
-            terminate: None,
-        })
-        .unwrap();
+    let ids = vec!["t1".to_owned(), "t2".to_owned()];
+    ractor::call!(actor, |reply| RevokeMessage::Revoke {
+        ids,
+        terminate: None,
+        reply: Some(reply)
+    })
+    .unwrap();
     assert!(ractor::call!(actor, RevokeMessage::IsRevoked, "t1".to_owned()).unwrap());
     actor.stop(None);
     handle.await.unwrap();

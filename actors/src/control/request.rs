@@ -1,0 +1,188 @@
+//! Pidbox requests: decoding, the "is it for me?" rule, and reply shapes. Pure.
+
+use serde_json::{Map, Value, json};
+
+/// A decoded control request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlRequest {
+    /// Command name.
+    pub method: String,
+    /// Keyword arguments.
+    pub arguments: Map<String, Value>,
+    /// Exact node names it is for (empty = everyone).
+    pub destination: Vec<String>,
+    /// `glob` or `pcre` pattern with its matcher.
+    pub pattern: Option<(String, String)>,
+    /// Reply ticket (absent for casts).
+    pub ticket: Option<String>,
+    /// Reply exchange and routing key (absent for casts).
+    pub reply_to: Option<(String, String)>,
+}
+
+/// Decodes a pidbox message body.
+pub fn decode(body: &[u8]) -> Result<ControlRequest, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    let Value::Object(m) = v else {
+        return Err("not a JSON object".into());
+    };
+    let method = m
+        .get("method")
+        .and_then(Value::as_str)
+        .ok_or("no method")?
+        .to_owned();
+    let arguments = match m.get("arguments") {
+        Some(Value::Object(a)) => a.clone(),
+        None | Some(Value::Null) => Map::new(),
+        Some(_) => return Err("arguments must be an object".into()),
+    };
+    let destination = match m.get("destination") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        Some(Value::String(s)) => vec![s.clone()],
+        _ => Vec::new(),
+    };
+    let pattern = match (
+        m.get("pattern").and_then(Value::as_str),
+        m.get("matcher").and_then(Value::as_str),
+    ) {
+        (Some(p), Some(k)) => Some((p.to_owned(), k.to_owned())),
+        _ => None,
+    };
+    let ticket = m.get("ticket").and_then(Value::as_str).map(str::to_owned);
+    let reply_to = m.get("reply_to").and_then(Value::as_object).and_then(|r| {
+        Some((
+            r.get("exchange")?.as_str()?.to_owned(),
+            r.get("routing_key")?.as_str()?.to_owned(),
+        ))
+    });
+    Ok(ControlRequest {
+        method,
+        arguments,
+        destination,
+        pattern,
+        ticket,
+        reply_to,
+    })
+}
+
+/// Whether `nodename` should handle the request (Celery's rules: an explicit destination list
+/// wins; else a glob pattern; else everyone). A `pcre` matcher is not supported and matches
+/// nothing (no regex engine in the dependency set).
+pub fn is_for(req: &ControlRequest, nodename: &str) -> bool {
+    if !req.destination.is_empty() {
+        return req.destination.iter().any(|d| d == nodename);
+    }
+    match &req.pattern {
+        Some((pattern, matcher)) if matcher == "glob" => glob_match(pattern, nodename),
+        Some(_) => false,
+        None => true,
+    }
+}
+
+/// fnmatch-style matching with `*`, `?` and literal characters.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+/// `{"ok": text}`.
+pub fn ok(text: impl Into<String>) -> Value {
+    json!({ "ok": text.into() })
+}
+
+/// `{"error": text}`.
+pub fn error(text: impl Into<String>) -> Value {
+    json!({ "error": text.into() })
+}
+
+/// The task ids of a `revoke` (`task_id` may be one id or a list).
+pub fn task_ids(args: &Map<String, Value>) -> Vec<String> {
+    match args.get("task_id") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Python's repr of a set of strings, as Celery's revoke reply embeds it.
+pub fn py_set(ids: &[String]) -> String {
+    let items: Vec<String> = ids.iter().map(|i| format!("'{i}'")).collect();
+    format!("{{{}}}", items.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_a_celery_request() {
+        let body = br#"{"method":"ping","arguments":{},"destination":["celery@h1"],"pattern":null,
+            "matcher":null,"ticket":"t-1","reply_to":{"exchange":"reply.celery.pidbox","routing_key":"oid"}}"#;
+        let r = decode(body).unwrap();
+        assert_eq!(r.method, "ping");
+        assert_eq!(r.ticket.as_deref(), Some("t-1"));
+        assert_eq!(
+            r.reply_to,
+            Some(("reply.celery.pidbox".into(), "oid".into()))
+        );
+        assert!(is_for(&r, "celery@h1") && !is_for(&r, "celery@h2"));
+        let cast =
+            decode(br#"{"method":"revoke","arguments":{"task_id":"abc"},"destination":null}"#)
+                .unwrap();
+        assert!(cast.ticket.is_none() && cast.reply_to.is_none() && is_for(&cast, "any"));
+        assert_eq!(task_ids(&cast.arguments), vec!["abc".to_owned()]);
+        for bad in [
+            &b"nope"[..],
+            b"[1]",
+            br#"{"arguments":{}}"#,
+            br#"{"method":"x","arguments":[1]}"#,
+        ] {
+            assert!(decode(bad).is_err());
+        }
+    }
+
+    #[test]
+    fn glob_patterns() {
+        assert!(glob_match("celery@*", "celery@host"));
+        assert!(glob_match("w?@h", "w1@h"));
+        assert!(!glob_match("w?@h", "w12@h"));
+        assert!(glob_match("*", ""));
+        let r = ControlRequest {
+            method: "ping".into(),
+            arguments: Map::new(),
+            destination: vec![],
+            pattern: Some(("w*".into(), "glob".into())),
+            ticket: None,
+            reply_to: None,
+        };
+        assert!(is_for(&r, "w1@h") && !is_for(&r, "celery@h"));
+        assert_eq!(py_set(&["a".into(), "b".into()]), "{'a', 'b'}");
+    }
+}
