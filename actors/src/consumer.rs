@@ -150,6 +150,8 @@ pub enum ConsumerMessage {
         /// How long it ran.
         runtime: Duration,
     },
+    /// Apply the pending prefetch change (sent to itself).
+    ApplyPrefetch,
     /// Warm shutdown, step 1: cancel the consumers so no new deliveries arrive.
     StopConsuming {
         /// Answered when cancelled.
@@ -188,6 +190,10 @@ pub struct ConsumerState {
     held_eta: u16,
     /// Whether the delay ladder was declared on this connection.
     delay_declared: bool,
+    /// The prefetch count must be re-sent.
+    prefetch_dirty: bool,
+    /// An `ApplyPrefetch` is in the mailbox.
+    prefetch_flush_queued: bool,
     pending_results: VecDeque<(String, String, Vec<u8>)>,
 }
 
@@ -222,6 +228,8 @@ impl Actor for Consumer {
             closed: false,
             held_eta: 0,
             delay_declared: false,
+            prefetch_dirty: false,
+            prefetch_flush_queued: false,
             pending_results: VecDeque::new(),
         })
     }
@@ -248,6 +256,12 @@ impl Actor for Consumer {
             ConsumerMessage::StreamEnded { generation, error } => {
                 self.on_stream_end(&myself, state, generation, error);
             }
+            ConsumerMessage::ApplyPrefetch => {
+                state.prefetch_flush_queued = false;
+                if state.prefetch_dirty {
+                    self.apply_prefetch(state).await;
+                }
+            }
             ConsumerMessage::TaskStarted(info) => self.on_started(state, *info).await,
             ConsumerMessage::TaskFinished {
                 reserved,
@@ -270,6 +284,10 @@ impl Actor for Consumer {
                 state.close().await;
                 let _ = reply.send(());
             }
+        }
+        if state.prefetch_dirty && !state.prefetch_flush_queued {
+            state.prefetch_flush_queued = true;
+            let _ = myself.cast(ConsumerMessage::ApplyPrefetch);
         }
         Ok(())
     }
@@ -541,7 +559,15 @@ impl Consumer {
         }
     }
 
+    /// Notes that the prefetch count must change. The change itself is applied by
+    /// [`ConsumerMessage::ApplyPrefetch`], queued behind the deliveries already in the mailbox,
+    /// so a burst of held ETA tasks costs one `basic.qos` round trip rather than one each.
     async fn update_prefetch(&self, state: &mut ConsumerState) {
+        state.prefetch_dirty = true;
+    }
+
+    async fn apply_prefetch(&self, state: &mut ConsumerState) {
+        state.prefetch_dirty = false;
         let count = self.prefetch(state.held_eta);
         if let Some(link) = &state.link
             && let Err(e) =
