@@ -209,3 +209,31 @@ fn children_that_cannot_start_are_retried_with_backoff_not_in_a_loop() {
     drop(worker);
     block_on(delete_queue(&queue));
 }
+
+#[test]
+fn time_limit_changed_at_runtime_by_the_celery_cli() {
+    let queue = unique_queue("tl-cli");
+    let worker = Worker::start(&queue, "", &["-c", "1"]);
+    let node = worker.nodename();
+    let out = crate::support::celery_cli(&[
+        "control",
+        "time_limit",
+        "tasks.spin",
+        "0.2",
+        "0.5",
+        "-d",
+        &node,
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("time limits set successfully"), "{text}");
+    let r = call(&queue, "tasks.spin", "[30]", &[]);
+    assert_eq!(r["exc_type"], "TimeLimitExceeded", "{r}");
+    assert_eq!(r["exc_args"], json!([0.5]), "{r}");
+    assert!(
+        worker
+            .log()
+            .contains("Soft time limit (0.2s) exceeded for tasks.spin[")
+    );
+    drop(worker);
+    block_on(delete_queue(&queue));
+}

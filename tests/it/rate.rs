@@ -64,3 +64,47 @@ fn rate_limited_task_is_spaced_and_others_keep_flowing() {
     drop(worker);
     block_on(delete_queue(&queue));
 }
+
+#[test]
+fn rate_limit_changed_at_runtime_by_the_celery_cli() {
+    let queue = unique_queue("rate-cli");
+    let worker = Worker::start(&queue, "", &["-c", "2"]);
+    let node = worker.nodename();
+    let out =
+        crate::support::celery_cli(&["control", "rate_limit", "tasks.nope", "1/s", "-d", &node]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("unknown task"),
+        "{out:?}"
+    );
+    let out =
+        crate::support::celery_cli(&["control", "rate_limit", "tasks.add", "4/s", "-d", &node]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("new rate limit set successfully"), "{text}");
+    let started = Instant::now();
+    let r = celery_client(&[
+        "call",
+        "tasks.add",
+        "--args",
+        "[1, 2]",
+        "--queue",
+        &queue,
+        "--count",
+        "5",
+    ]);
+    assert!(
+        r.as_array().unwrap().iter().all(|x| x["result"] == 3),
+        "{r}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "5 tasks at 4/s: {:?}",
+        started.elapsed()
+    );
+    let out = crate::support::celery_cli(&["control", "rate_limit", "tasks.add", "0", "-d", &node]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("rate limit disabled successfully"),
+        "{out:?}"
+    );
+    drop(worker);
+    block_on(delete_queue(&queue));
+}
