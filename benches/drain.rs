@@ -17,12 +17,7 @@ use lapin::options::ConfirmSelectOptions;
 use support::{env_or, publish, setup, start_worker, teardown};
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(bench());
+    support::run(bench());
 }
 
 async fn bench() {

@@ -19,12 +19,7 @@ use celeryd_actors::protocol::encode::{TaskCall, TaskMessage};
 use support::{env_or, median_p90, setup, start_worker, teardown};
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(bench());
+    support::run(bench());
 }
 
 async fn bench() {

@@ -21,12 +21,7 @@ use support::{env_or, median_p90, publish, setup, start_worker, teardown};
 const LIMIT: f64 = 0.2;
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(bench());
+    support::run(bench());
 }
 
 async fn bench() {

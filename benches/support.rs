@@ -10,6 +10,16 @@ use time::OffsetDateTime;
 use celeryd_actors::consumer::amqp::{declare_task_queue, publish_task, result_consumer};
 use celeryd_actors::protocol::encode::{TaskCall, TaskMessage};
 
+/// Runs a benchmark's async body on a small runtime.
+pub fn run<F: std::future::Future>(body: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(body)
+}
+
 /// `key` from the environment, parsed, or `default`.
 pub fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
     std::env::var(key)
