@@ -9,6 +9,7 @@
 //! backoff. A node name already in use on the broker (the exclusive queue is locked) stops the
 //! worker at start-up.
 
+pub mod info;
 pub mod request;
 
 use std::collections::HashSet;
@@ -42,12 +43,20 @@ pub const PIDBOX_EXCHANGE: &str = "celery.pidbox";
 pub struct Control {
     settings: Arc<Settings>,
     nodename: String,
+    registered: Vec<String>,
+    started: std::time::Instant,
 }
 
 impl Control {
-    /// A control actor for node `nodename`.
-    pub fn new(settings: Arc<Settings>, nodename: String) -> Self {
-        Control { settings, nodename }
+    /// A control actor for node `nodename`, whose worker runs the `registered` tasks.
+    pub fn new(settings: Arc<Settings>, nodename: String, mut registered: Vec<String>) -> Self {
+        registered.sort();
+        Control {
+            settings,
+            nodename,
+            registered,
+            started: std::time::Instant::now(),
+        }
     }
 }
 
@@ -58,8 +67,10 @@ pub struct ControlPeers {
     pub supervisor: ActorRef<SupervisorMessage>,
     /// For `revoke`, `terminate`, `revoked`.
     pub revoke: ActorRef<RevokeMessage>,
-    /// For `rate_limit`, `time_limit`.
+    /// For `rate_limit`, `time_limit`, `active`, `reserved`, `stats`.
     pub pool: ActorRef<PoolMessage>,
+    /// For `scheduled`.
+    pub scheduler: ActorRef<crate::scheduler::SchedulerMessage>,
 }
 
 /// Messages to the control actor.
@@ -312,10 +323,223 @@ impl Control {
             "rate_limit" => rate_limit(peers, args).await,
             "time_limit" => time_limit(peers, args).await,
             "clock" => json!({ "clock": state.clock }),
+            "registered" | "dump_tasks" => {
+                json!(
+                    self.registered
+                        .iter()
+                        .filter(|n| !n.starts_with("celery."))
+                        .collect::<Vec<_>>()
+                )
+            }
+            "active_queues" => {
+                json!(
+                    self.settings
+                        .worker
+                        .queues
+                        .iter()
+                        .map(|q| info::queue_info(q))
+                        .collect::<Vec<_>>()
+                )
+            }
+            "active" | "dump_active" => {
+                let safe = args.get("safe").and_then(Value::as_bool).unwrap_or(false);
+                let tasks = pool_tasks(peers).await;
+                let acked = !self.settings.task.acks_late;
+                json!(
+                    tasks
+                        .active
+                        .iter()
+                        .map(|(r, pid, t)| info::task_info(
+                            r,
+                            &self.nodename,
+                            Some(*t),
+                            acked,
+                            Some(*pid),
+                            safe
+                        ))
+                        .collect::<Vec<_>>()
+                )
+            }
+            "reserved" | "dump_reserved" => {
+                let tasks = pool_tasks(peers).await;
+                json!(
+                    tasks
+                        .reserved
+                        .iter()
+                        .map(|r| info::task_info(r, &self.nodename, None, false, None, false))
+                        .collect::<Vec<_>>()
+                )
+            }
+            "scheduled" | "dump_schedule" => {
+                let held = ractor::call!(
+                    peers.scheduler,
+                    crate::scheduler::SchedulerMessage::GetScheduled
+                )
+                .unwrap_or_default();
+                json!(
+                    held.iter()
+                        .map(|r| info::scheduled_entry(r, &self.nodename))
+                        .collect::<Vec<_>>()
+                )
+            }
+            "query_task" => self.query_task(peers, args).await,
+            "stats" => self.stats(peers, state.clock).await,
+            "conf" | "dump_conf" => conf(&self.settings),
+            "memsample" => json!(format!(
+                "{:.1}MB",
+                crate::child::runner::resident_kib() as f64 / 1024.0
+            )),
+            "report" => ok(format!(
+                "software -> celeryd:{} (Rust) celery-protocol:2\nnode -> {}\nbroker -> {}",
+                env!("CARGO_PKG_VERSION"),
+                self.nodename,
+                self.settings.broker.safe_url()
+            )),
+            "hello" => {
+                let from = args
+                    .get("from_node")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                if from == self.nodename {
+                    Value::Null
+                } else {
+                    let revoked =
+                        ractor::call!(peers.revoke, RevokeMessage::GetRevoked).unwrap_or_default();
+                    json!({ "revoked": revoked, "clock": state.clock })
+                }
+            }
             other => error(format!("KeyError('{other}')")),
         };
         Some(reply)
     }
+}
+
+impl Control {
+    async fn query_task(&self, peers: &ControlPeers, args: &Map<String, Value>) -> Value {
+        // The CLI may nest the list (`ids=[[…]]`); take every string at any depth.
+        fn strings(v: &Value, out: &mut Vec<String>) {
+            match v {
+                Value::String(s) => out.push(s.clone()),
+                Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
+                _ => {}
+            }
+        }
+        let mut ids = Vec::new();
+        if let Some(v) = args.get("ids") {
+            strings(v, &mut ids);
+        }
+        let tasks = pool_tasks(peers).await;
+        let held = ractor::call!(
+            peers.scheduler,
+            crate::scheduler::SchedulerMessage::GetScheduled
+        )
+        .unwrap_or_default();
+        let acked = !self.settings.task.acks_late;
+        let node = &self.nodename;
+        let mut out = Map::new();
+        for (r, pid, t) in &tasks.active {
+            if ids.contains(&r.id) {
+                let i = info::task_info(r, node, Some(*t), acked, Some(*pid), false);
+                out.insert(r.id.clone(), json!(["active", i]));
+            }
+        }
+        for r in &tasks.reserved {
+            if ids.contains(&r.id) {
+                let i = info::task_info(r, node, None, false, None, false);
+                out.insert(r.id.clone(), json!(["reserved", i]));
+            }
+        }
+        for r in &held {
+            if ids.contains(&r.id) {
+                let i = info::task_info(r, node, None, false, None, false);
+                out.insert(r.id.clone(), json!(["scheduled", i]));
+            }
+        }
+        Value::Object(out)
+    }
+
+    async fn stats(&self, peers: &ControlPeers, clock: u64) -> Value {
+        let tasks = pool_tasks(peers).await;
+        let url: Option<lapin::uri::AMQPUri> = self.settings.broker.url.parse().ok();
+        let broker = url.map(|u| {
+            json!({
+                "hostname": u.authority.host, "userid": u.authority.userinfo.username,
+                "virtual_host": u.vhost, "port": u.authority.port, "insist": false,
+                "ssl": matches!(u.scheme, lapin::uri::AMQPScheme::AMQPS), "transport": "amqp",
+                "connect_timeout": 4, "transport_options": {}, "login_method": "PLAIN",
+                "uri_prefix": null, "heartbeat": f64::from(self.settings.broker.heartbeat),
+                "failover_strategy": "round-robin", "alternates": [],
+            })
+        });
+        let concurrency = self.settings.effective_concurrency();
+        let mtpc = self.settings.worker.max_tasks_per_child;
+        let soft = self.settings.task.soft_time_limit.unwrap_or(0.0);
+        let hard = self.settings.task.time_limit.unwrap_or(0.0);
+        json!({
+            "total": tasks.total,
+            "pid": std::process::id(),
+            "clock": clock.to_string(),
+            "uptime": self.started.elapsed().as_secs(),
+            "pool": {
+                "implementation": "celeryd.pool:ChildProcessPool",
+                "max-concurrency": concurrency,
+                "processes": tasks.processes,
+                "max-tasks-per-child": if mtpc == 0 { json!("N/A") } else { json!(mtpc) },
+                "put-guarded-by-semaphore": false,
+                "timeouts": [soft, hard],
+                "writes": "N/A",
+            },
+            "broker": broker.unwrap_or_else(|| json!({})),
+            "prefetch_count": self.settings.prefetch_count(),
+            "rusage": rusage(),
+        })
+    }
+}
+
+async fn pool_tasks(peers: &ControlPeers) -> crate::pool::PoolTasks {
+    ractor::call!(peers.pool, |reply| PoolMessage::GetTasks { reply }).unwrap_or_default()
+}
+
+/// `getrusage(RUSAGE_SELF)` as Celery's `stats.rusage` dict.
+fn rusage() -> Value {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let Ok(u) = getrusage(UsageWho::RUSAGE_SELF) else {
+        return json!({});
+    };
+    let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    json!({
+        "utime": secs(u.user_time()), "stime": secs(u.system_time()), "maxrss": u.max_rss(),
+        "ixrss": u.shared_integral(), "idrss": u.unshared_data_integral(),
+        "isrss": u.unshared_stack_integral(), "minflt": u.minor_page_faults(),
+        "majflt": u.major_page_faults(), "nswap": u.full_swaps(), "inblock": u.block_reads(),
+        "oublock": u.block_writes(), "msgsnd": u.ipc_sends(), "msgrcv": u.ipc_receives(),
+        "nsignals": u.signals(), "nvcsw": u.voluntary_context_switches(),
+        "nivcsw": u.involuntary_context_switches(),
+    })
+}
+
+/// The settings under Celery's names, the broker password masked (`inspect conf`).
+fn conf(s: &Settings) -> Value {
+    json!({
+        "broker_url": s.broker.safe_url(),
+        "broker_heartbeat": s.broker.heartbeat,
+        "result_backend": "rpc://",
+        "worker_concurrency": s.effective_concurrency(),
+        "worker_prefetch_multiplier": s.worker.prefetch_multiplier,
+        "worker_max_tasks_per_child": s.worker.max_tasks_per_child,
+        "worker_max_memory_per_child": s.worker.max_memory_per_child,
+        "worker_disable_rate_limits": s.worker.disable_rate_limits,
+        "worker_state_db": s.worker.statedb,
+        "task_acks_late": s.task.acks_late,
+        "task_track_started": s.task.track_started,
+        "task_ignore_result": s.task.ignore_result,
+        "task_acks_on_failure_or_timeout": s.task.acks_on_failure_or_timeout,
+        "task_reject_on_worker_lost": s.task.reject_on_worker_lost,
+        "task_time_limit": s.task.time_limit,
+        "task_soft_time_limit": s.task.soft_time_limit,
+        "task_default_rate_limit": s.task.default_rate_limit,
+        "deprecated_settings": null,
+    })
 }
 
 async fn revoke(

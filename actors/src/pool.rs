@@ -35,6 +35,19 @@ pub struct Reserved {
     pub was_scheduled: bool,
 }
 
+/// The pool's tasks, for `inspect active/reserved` and `stats`.
+#[derive(Debug, Clone, Default)]
+pub struct PoolTasks {
+    /// Running: request, child pid, start time (epoch seconds).
+    pub active: Vec<(Arc<TaskRequest>, u32, f64)>,
+    /// Waiting for a child or a rate-limit token.
+    pub reserved: Vec<Arc<TaskRequest>>,
+    /// Child pids.
+    pub processes: Vec<u32>,
+    /// Tasks started, by name.
+    pub total: HashMap<String, u64>,
+}
+
 /// How a task ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TaskOutcome {
@@ -197,6 +210,11 @@ pub enum PoolMessage {
         /// Receives them.
         reply: RpcReplyPort<Vec<String>>,
     },
+    /// What runs now (request, child pid, start time in epoch seconds) and what waits.
+    GetTasks {
+        /// Receives (active, reserved).
+        reply: RpcReplyPort<PoolTasks>,
+    },
     /// These ids were revoked (from the revoke registry): drop them from the reserved queue;
     /// with a signal, terminate them where they run.
     Revoked {
@@ -250,6 +268,7 @@ struct Running {
     delivery: crate::consumer::DeliveryRef,
     was_scheduled: bool,
     since: Instant,
+    started_at: f64,
 }
 
 /// The pool's state.
@@ -266,6 +285,8 @@ pub struct PoolState {
     task_limits: HashMap<String, TaskOptions>,
     /// Requests waiting for a rate-limit token (still reserved: unacked).
     rates: RateQueues<Box<Reserved>>,
+    /// Tasks started, by (display) name: `stats.total`.
+    total: HashMap<String, u64>,
     /// Fires when the next held request may have a token.
     rate_timer: Option<AbortOnDrop<Result<(), ractor::MessagingErr<PoolMessage>>>>,
 }
@@ -283,6 +304,7 @@ impl Actor for Pool {
         let mut state = PoolState {
             task_limits,
             rates: RateQueues::new(&self.rates, Instant::now()),
+            total: HashMap::new(),
             rate_timer: None,
             slots: HashMap::new(),
             reserved: VecDeque::new(),
@@ -422,6 +444,9 @@ impl Actor for Pool {
                         runtime: Duration::ZERO,
                     });
                 }
+            }
+            PoolMessage::GetTasks { reply } => {
+                let _ = reply.send(state.tasks());
             }
             PoolMessage::GetActiveIds { reply } => {
                 let ids = state
@@ -626,6 +651,28 @@ impl PoolState {
         }
     }
 
+    fn tasks(&self) -> PoolTasks {
+        PoolTasks {
+            active: self
+                .slots
+                .values()
+                .filter_map(|s| {
+                    s.running
+                        .as_ref()
+                        .map(|r| (r.request.clone(), s.pid.unwrap_or_default(), r.started_at))
+                })
+                .collect(),
+            reserved: self
+                .reserved
+                .iter()
+                .map(|r| r.request.clone())
+                .chain(self.rates.iter().map(|r| r.request.clone()))
+                .collect(),
+            processes: self.slots.values().filter_map(|s| s.pid).collect(),
+            total: self.total.clone(),
+        }
+    }
+
     /// An idle child that is ready for work.
     fn idle_slot(&self) -> Option<ActorId> {
         self.slots
@@ -693,9 +740,14 @@ impl PoolState {
                 delivery: reserved.delivery,
                 was_scheduled: reserved.was_scheduled,
                 since: Instant::now(),
+                started_at: crate::protocol::time::epoch_f64(OffsetDateTime::now_utc()),
             };
             match slot.actor.cast(ChildMessage::Run(reserved, limits)) {
                 Ok(()) => {
+                    *self
+                        .total
+                        .entry(running.request.display_name().to_owned())
+                        .or_default() += 1;
                     slot.running = Some(running);
                     let _ = consumer.cast(ConsumerMessage::TaskStarted(Box::new(info)));
                 }

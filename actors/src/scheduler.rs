@@ -45,6 +45,8 @@ pub enum SchedulerMessage {
     },
     /// These ids were revoked: drop the held requests among them (the pool reports them).
     Revoked(std::sync::Arc<std::collections::HashSet<String>>),
+    /// The held requests, earliest ETA first (`inspect scheduled`).
+    GetScheduled(RpcReplyPort<Vec<std::sync::Arc<crate::protocol::TaskRequest>>>),
     /// Warm shutdown: stop releasing and hand back everything held.
     Drain {
         /// Receives the held requests.
@@ -99,6 +101,12 @@ impl Actor for Scheduler {
                         reason: "revoked",
                     });
                 }
+            }
+            SchedulerMessage::GetScheduled(reply) => {
+                let mut held: Vec<_> = state.queue.iter().map(|r| r.request.clone()).collect();
+                held.sort_by_key(|r| r.eta);
+                let _ = reply.send(held);
+                return Ok(());
             }
             SchedulerMessage::Forget { generation } => {
                 state.queue.retain(|r| r.delivery.generation > generation);

@@ -124,8 +124,10 @@ impl Actor for Supervisor {
             supervisor: myself.clone(),
             revoke: revoke.clone(),
             pool: pool.clone(),
+            scheduler: scheduler.clone(),
         };
-        let control = Control::new(settings.clone(), args.hostname.clone());
+        let names = registered.iter().cloned().collect();
+        let control = Control::new(settings.clone(), args.hostname.clone(), names);
         let (control, _) =
             Actor::spawn_linked(None, control, control_peers, myself.get_cell()).await?;
         let consumer = Consumer::new(settings.clone(), args.hostname.clone(), registered);

@@ -6,6 +6,7 @@ mod broker;
 mod cli;
 mod eta;
 mod fixtures;
+mod inspect;
 mod interop;
 mod limits;
 mod malformed;

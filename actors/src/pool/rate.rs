@@ -225,6 +225,11 @@ impl<T> RateQueues<T> {
         next
     }
 
+    /// The held items, in no particular order across tasks.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.waiting.values().flat_map(|q| q.iter())
+    }
+
     /// Number of held items.
     pub fn held(&self) -> usize {
         self.waiting.values().map(VecDeque::len).sum()

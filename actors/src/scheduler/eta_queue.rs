@@ -109,6 +109,11 @@ impl<T> EtaQueue<T> {
         taken.into_iter().map(|e| e.0.item).collect()
     }
 
+    /// The held items, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.heap.iter().map(|e| &e.0.item)
+    }
+
     /// Number of items held.
     pub fn len(&self) -> usize {
         self.heap.len()

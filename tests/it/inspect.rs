@@ -1,0 +1,108 @@
+//! `celery inspect …` (the real CLI, `--json`) against celeryd: the reply shapes Flower and
+//! the CLI read.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::block_on;
+use crate::support::{
+    Worker, celery_cli, celery_client, celery_client_command, delete_queue, unique_queue,
+};
+
+fn inspect(worker: &Worker, args: &[&str]) -> Value {
+    let node = worker.nodename();
+    let mut a = vec!["inspect"];
+    a.extend_from_slice(args);
+    a.extend_from_slice(&["--json", "-d", &node]);
+    let out = celery_cli(&a);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "celery {a:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+    v[node.as_str()].clone()
+}
+
+#[test]
+fn inspect_commands_answer_in_celery_shapes() {
+    let queue = unique_queue("inspect");
+    let worker = Worker::start(&queue, "", &["-c", "1"]);
+    assert!(inspect(&worker, &["ping"])["ok"] == "pong");
+    let registered = inspect(&worker, &["registered"]);
+    assert!(
+        registered
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "tasks.add"),
+        "{registered}"
+    );
+    let running =
+        celery_client_command(&["call", "tasks.sleep", "--args", "[6]", "--queue", &queue])
+            .spawn()
+            .unwrap();
+    worker.wait_for_log("Task tasks.sleep[", Duration::from_secs(20));
+    celery_client(&[
+        "call",
+        "tasks.add",
+        "--args",
+        "[1, 2]",
+        "--queue",
+        &queue,
+        "--no-wait",
+    ]);
+    celery_client(&[
+        "call",
+        "tasks.add",
+        "--args",
+        "[3, 4]",
+        "--queue",
+        &queue,
+        "--countdown",
+        "60",
+        "--no-wait",
+    ]);
+    crate::support::eventually(Duration::from_secs(10), "three deliveries", || {
+        worker.log().matches("] received").count() == 3
+    });
+    let active = inspect(&worker, &["active"]);
+    let a = &active[0];
+    assert_eq!(a["name"], "tasks.sleep", "{active}");
+    assert!(
+        a["worker_pid"].as_u64().unwrap() > 0
+            && a["time_start"].is_f64()
+            && a["acknowledged"] == true
+    );
+    let reserved = inspect(&worker, &["reserved"]);
+    assert_eq!(reserved[0]["args"], serde_json::json!([1, 2]), "{reserved}");
+    let scheduled = inspect(&worker, &["scheduled"]);
+    assert_eq!(scheduled[0]["priority"], 6, "{scheduled}");
+    assert_eq!(scheduled[0]["request"]["args"], serde_json::json!([3, 4]));
+    let id = a["id"].as_str().unwrap().to_owned();
+    let q = inspect(&worker, &["query_task", &id]);
+    assert_eq!(q[&id][0], "active", "{q}");
+    let queues = inspect(&worker, &["active_queues"]);
+    assert_eq!(queues[0]["name"], queue.as_str(), "{queues}");
+    let stats = inspect(&worker, &["stats"]);
+    assert!(
+        stats["clock"].is_string() && stats["pool"]["processes"].as_array().unwrap().len() == 1,
+        "{stats}"
+    );
+    assert!(
+        stats["broker"].is_object() && stats["rusage"]["maxrss"].as_u64().unwrap() > 0,
+        "{stats}"
+    );
+    let conf = inspect(&worker, &["conf"]);
+    assert!(
+        conf["broker_url"].as_str().unwrap().contains("********"),
+        "{conf}"
+    );
+    assert!(!conf.to_string().contains("guest:guest"), "password masked");
+    let r = crate::support::parse_client_output(&running.wait_with_output().unwrap());
+    assert_eq!(r["state"], "SUCCESS");
+    drop(worker);
+    block_on(delete_queue(&queue));
+}
