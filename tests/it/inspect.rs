@@ -41,7 +41,7 @@ fn inspect_commands_answer_in_celery_shapes() {
         "{registered}"
     );
     let running =
-        celery_client_command(&["call", "tasks.sleep", "--args", "[6]", "--queue", &queue])
+        celery_client_command(&["call", "tasks.sleep", "--args", "[10]", "--queue", &queue])
             .spawn()
             .unwrap();
     worker.wait_for_log("Task tasks.sleep[", Duration::from_secs(20));

@@ -55,10 +55,9 @@ fn revoked_tasks_are_skipped_wherever_they_wait() {
     ]);
     assert_eq!(r["state"], "REVOKED", "{r}");
     // Reserved behind a running task.
-    let busy =
-        celery_client_command(&["call", "tasks.sleep", "--args", "[1.5]", "--queue", &queue])
-            .spawn()
-            .unwrap();
+    let busy = celery_client_command(&["call", "tasks.sleep", "--args", "[5]", "--queue", &queue])
+        .spawn()
+        .unwrap();
     worker.wait_for_log("Task tasks.sleep[", Duration::from_secs(20));
     let reserved = id();
     let waiting = celery_client_command(&[

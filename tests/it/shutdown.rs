@@ -96,14 +96,20 @@ fn warm_shutdown_hands_prefetched_tasks_back_to_the_broker() {
         "call",
         "tasks.sleep",
         "--args",
-        "[2]",
+        "[4]",
         "--queue",
         &queue,
         "--no-wait",
     ]);
-    for _ in 0..3 {
-        crate::support::celery_client(&["call", "tasks.noop", "--queue", &queue, "--no-wait"]);
-    }
+    crate::support::celery_client(&[
+        "call",
+        "tasks.noop",
+        "--queue",
+        &queue,
+        "--count",
+        "3",
+        "--no-wait",
+    ]);
     // All four are delivered (prefetch 4 with -c 1); one runs, three wait in the pool.
     eventually(Duration::from_secs(20), "four deliveries", || {
         worker.log().matches("] received").count() == 4
