@@ -383,6 +383,16 @@ impl Control {
                 )
             }
             "query_task" => self.query_task(peers, args).await,
+            "pool_grow" | "pool_shrink" => {
+                let n = args.get("n").and_then(Value::as_u64).unwrap_or(1) as usize;
+                if req.method == "pool_grow" {
+                    let _ = peers.pool.cast(PoolMessage::Grow { n });
+                    ok("pool will grow")
+                } else {
+                    let _ = peers.pool.cast(PoolMessage::Shrink { n });
+                    ok("pool will shrink")
+                }
+            }
             "stats" => self.stats(peers, state.clock).await,
             "conf" | "dump_conf" => conf(&self.settings),
             "memsample" => json!(format!(
@@ -471,7 +481,7 @@ impl Control {
                 "failover_strategy": "round-robin", "alternates": [],
             })
         });
-        let concurrency = self.settings.effective_concurrency();
+        let concurrency = tasks.target;
         let mtpc = self.settings.worker.max_tasks_per_child;
         let soft = self.settings.task.soft_time_limit.unwrap_or(0.0);
         let hard = self.settings.task.time_limit.unwrap_or(0.0);

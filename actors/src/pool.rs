@@ -46,6 +46,8 @@ pub struct PoolTasks {
     pub processes: Vec<u32>,
     /// Tasks started, by name.
     pub total: HashMap<String, u64>,
+    /// How many children the pool keeps now.
+    pub target: usize,
 }
 
 /// How a task ended.
@@ -232,6 +234,17 @@ pub enum PoolMessage {
     },
     /// Start a replacement child (sent to itself, after a backoff when needed).
     SpawnChild,
+    /// `pool_grow`: add `n` child processes.
+    Grow {
+        /// How many.
+        n: usize,
+    },
+    /// `pool_shrink`: remove `n` child processes (idle ones at once, busy ones when their
+    /// task ends); at least one stays.
+    Shrink {
+        /// How many.
+        n: usize,
+    },
     /// The connection of this generation was lost: drop the unstarted requests that came on
     /// it (the broker has requeued them and will deliver them again).
     Forget {
@@ -287,6 +300,8 @@ pub struct PoolState {
     rates: RateQueues<Box<Reserved>>,
     /// Tasks started, by (display) name: `stats.total`.
     total: HashMap<String, u64>,
+    /// How many children the pool keeps (changed by grow/shrink).
+    target: usize,
     /// Fires when the next held request may have a token.
     rate_timer: Option<AbortOnDrop<Result<(), ractor::MessagingErr<PoolMessage>>>>,
 }
@@ -305,6 +320,7 @@ impl Actor for Pool {
             task_limits,
             rates: RateQueues::new(&self.rates, Instant::now()),
             total: HashMap::new(),
+            target: self.concurrency,
             rate_timer: None,
             slots: HashMap::new(),
             reserved: VecDeque::new(),
@@ -381,6 +397,7 @@ impl Actor for Pool {
                         self.start_failed(&myself, state, &e.to_string());
                     }
                 }
+                state.shrink();
                 state.dispatch(&myself, &self.hostname, self.default_limits);
                 state.wake_idle_waiters();
             }
@@ -403,10 +420,24 @@ impl Actor for Pool {
             PoolMessage::SpawnChild => {
                 state.pending_spawns = state.pending_spawns.saturating_sub(1);
                 if !state.draining
+                    && state.slots.len() < state.target
                     && let Err(e) = self.spawn_child(&myself, state).await
                 {
                     self.start_failed(&myself, state, &e.to_string());
                 }
+            }
+            PoolMessage::Grow { n } => {
+                state.target = state.target.saturating_add(n).min(1024);
+                while state.slots.len() < state.target && !state.draining {
+                    if let Err(e) = self.spawn_child(&myself, state).await {
+                        self.start_failed(&myself, state, &e.to_string());
+                        break;
+                    }
+                }
+            }
+            PoolMessage::Shrink { n } => {
+                state.target = state.target.saturating_sub(n).max(1);
+                state.shrink();
             }
             PoolMessage::Forget { generation } => {
                 state
@@ -651,6 +682,23 @@ impl PoolState {
         }
     }
 
+    /// Stops idle children while there are more than the target (busy ones are stopped by
+    /// [`PoolState::shrink`] again when their task ends).
+    fn shrink(&mut self) {
+        while self.slots.len() > self.target {
+            let Some(id) = self.slots.iter().find(|(_, s)| !s.busy).map(|(id, _)| *id) else {
+                return;
+            };
+            if let Some(slot) = self.slots.remove(&id) {
+                info!(
+                    "Pool shrinks: stopping child process {}.",
+                    slot.pid.unwrap_or_default()
+                );
+                slot.actor.stop(Some("pool_shrink".into()));
+            }
+        }
+    }
+
     fn tasks(&self) -> PoolTasks {
         PoolTasks {
             active: self
@@ -670,6 +718,7 @@ impl PoolState {
                 .collect(),
             processes: self.slots.values().filter_map(|s| s.pid).collect(),
             total: self.total.clone(),
+            target: self.target,
         }
     }
 

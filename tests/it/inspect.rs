@@ -106,3 +106,39 @@ fn inspect_commands_answer_in_celery_shapes() {
     drop(worker);
     block_on(delete_queue(&queue));
 }
+
+#[test]
+fn pool_grows_and_shrinks_on_command() {
+    let queue = unique_queue("grow");
+    let worker = Worker::start(&queue, "", &["-c", "1"]);
+    let node = worker.nodename();
+    let out = celery_cli(&["control", "pool_grow", "2", "-d", &node]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("pool will grow"),
+        "{out:?}"
+    );
+    crate::support::eventually(Duration::from_secs(10), "3 children", || {
+        worker.children().len() == 3
+    });
+    let stats = inspect(&worker, &["stats"]);
+    crate::support::eventually(Duration::from_secs(5), "3 ready children", || {
+        inspect(&worker, &["stats"])["pool"]["processes"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 3
+    });
+    assert!(stats["pool"].is_object());
+    let out = celery_cli(&["control", "pool_shrink", "2", "-d", &node]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("pool will shrink"),
+        "{out:?}"
+    );
+    crate::support::eventually(Duration::from_secs(10), "1 child", || {
+        worker.children().len() == 1
+    });
+    let r = celery_client(&["call", "tasks.add", "--args", "[2, 2]", "--queue", &queue]);
+    assert_eq!(r["result"], serde_json::json!(4), "{r}");
+    drop(worker);
+    block_on(delete_queue(&queue));
+}
