@@ -515,7 +515,7 @@ impl Consumer {
                     return;
                 }
                 state.held_eta = state.held_eta.saturating_add(1);
-                self.update_prefetch(state).await;
+                state.prefetch_dirty = true;
                 let _ = state
                     .peers
                     .scheduler
@@ -559,13 +559,10 @@ impl Consumer {
         }
     }
 
-    /// Notes that the prefetch count must change. The change itself is applied by
-    /// [`ConsumerMessage::ApplyPrefetch`], queued behind the deliveries already in the mailbox,
-    /// so a burst of held ETA tasks costs one `basic.qos` round trip rather than one each.
-    async fn update_prefetch(&self, state: &mut ConsumerState) {
-        state.prefetch_dirty = true;
-    }
-
+    /// Sends the prefetch count for the held ETA tasks. Changes are only marked
+    /// (`prefetch_dirty`) where they happen and applied by [`ConsumerMessage::ApplyPrefetch`],
+    /// queued behind the deliveries already in the mailbox, so a burst of held ETA tasks costs
+    /// one `basic.qos` round trip rather than one each.
     async fn apply_prefetch(&self, state: &mut ConsumerState) {
         state.prefetch_dirty = false;
         let count = self.prefetch(state.held_eta);
@@ -580,7 +577,7 @@ impl Consumer {
     async fn on_started(&self, state: &mut ConsumerState, info: StartedInfo) {
         if info.was_scheduled {
             state.held_eta = state.held_eta.saturating_sub(1);
-            self.update_prefetch(state).await;
+            state.prefetch_dirty = true;
         }
         if !self.settings.task.acks_late {
             state.ack(info.delivery).await;
@@ -675,7 +672,7 @@ impl Consumer {
                 info!(task_id = %id, "Discarding revoked task: {name}[{id}] ({reason}).");
                 if reserved.was_scheduled {
                     state.held_eta = state.held_eta.saturating_sub(1);
-                    self.update_prefetch(state).await;
+                    state.prefetch_dirty = true;
                 }
                 state
                     .publish_state(&reserved, &ResultState::Revoked(reason), ignore, false)

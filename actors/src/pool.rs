@@ -292,7 +292,6 @@ pub struct PoolState {
     consumer: Option<ActorRef<ConsumerMessage>>,
     draining: bool,
     idle_waiters: Vec<RpcReplyPort<()>>,
-    pending_spawns: usize,
     recent_failures: VecDeque<Instant>,
     /// Per-task limits: registration values, changed at runtime by `SetTimeLimit`.
     task_limits: HashMap<String, TaskOptions>,
@@ -327,7 +326,6 @@ impl Actor for Pool {
             consumer: None,
             draining: false,
             idle_waiters: Vec::new(),
-            pending_spawns: 0,
             recent_failures: VecDeque::new(),
         };
         for _ in 0..self.concurrency {
@@ -418,7 +416,6 @@ impl Actor for Pool {
                 let _ = reply.send(known);
             }
             PoolMessage::SpawnChild => {
-                state.pending_spawns = state.pending_spawns.saturating_sub(1);
                 if !state.draining
                     && state.slots.len() < state.target
                     && let Err(e) = self.spawn_child(&myself, state).await
@@ -611,7 +608,6 @@ impl Pool {
             state.recent_failures.pop_front();
         }
         let delay = restart_backoff(state.recent_failures.len());
-        state.pending_spawns += 1;
         myself.send_after(delay, || PoolMessage::SpawnChild);
     }
 }
