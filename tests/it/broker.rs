@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::block_on;
-use crate::support::{Worker, celery_client, delete_queue, unique_queue};
+use crate::support::{Worker, call_task, delete_queue, unique_queue};
 
 /// Closes the worker's task connection (not its remote-control one) from the broker side, as
 /// a broker restart would.
@@ -40,11 +40,11 @@ fn force_close_connection(node_name: &str) {
 fn reconnects_after_losing_the_connection_and_resumes() {
     let queue = unique_queue("reconnect");
     let worker = Worker::start(&queue, "", &["-c", "1"]);
-    let r = celery_client(&["call", "tasks.add", "--args", "[1, 2]", "--queue", &queue]);
+    let r = call_task(&queue, "tasks.add", "[1, 2]", &[]);
     assert_eq!(r["result"], json!(3), "{r}");
     force_close_connection(&worker.name);
     worker.wait_for_log("Connected to the broker again", Duration::from_secs(20));
-    let r = celery_client(&["call", "tasks.add", "--args", "[3, 4]", "--queue", &queue]);
+    let r = call_task(&queue, "tasks.add", "[3, 4]", &[]);
     assert_eq!(r["result"], json!(7), "consuming resumed: {r}");
     drop(worker);
     block_on(delete_queue(&queue));

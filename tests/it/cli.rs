@@ -5,7 +5,7 @@ use std::process::Command;
 use crate::block_on;
 use crate::support::{Worker, amqp_url, delete_queue, unique_queue};
 
-fn call(queue: &str, args: &[&str]) -> std::process::Output {
+fn worker_call(queue: &str, args: &[&str]) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("c.toml");
     std::fs::write(&config, format!("[broker]\nurl = \"{}\"\n", amqp_url())).unwrap();
@@ -23,17 +23,17 @@ fn call(queue: &str, args: &[&str]) -> std::process::Output {
 fn worker_call_prints_results_and_fails_on_errors() {
     let queue = unique_queue("call");
     let worker = Worker::start(&queue, "", &["-c", "1"]);
-    let out = call(&queue, &["tasks.add", "2", "3"]);
+    let out = worker_call(&queue, &["tasks.add", "2", "3"]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "5");
-    let out = call(&queue, &["tasks.add", "--kwargs", r#"{"x": 1, "y": 2}"#]);
+    let out = worker_call(&queue, &["tasks.add", "--kwargs", r#"{"x": 1, "y": 2}"#]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3", "{out:?}");
-    let out = call(&queue, &["tasks.fail", "boom"]);
+    let out = worker_call(&queue, &["tasks.fail", "boom"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ValueError") && err.contains("boom"), "{err}");
     // Held until its ETA, expired by then: REVOKED.
-    let out = call(
+    let out = worker_call(
         &queue,
         &[
             "tasks.add",
@@ -50,9 +50,9 @@ fn worker_call_prints_results_and_fails_on_errors() {
         String::from_utf8_lossy(&out.stderr).contains("REVOKED"),
         "{out:?}"
     );
-    let out = call(&queue, &["tasks.add", "1", "2", "--countdown", "0.5"]);
+    let out = worker_call(&queue, &["tasks.add", "1", "2", "--countdown", "0.5"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3", "{out:?}");
-    let out = call(&queue, &["tasks.add", "--kwargs", "[1]"]);
+    let out = worker_call(&queue, &["tasks.add", "--kwargs", "[1]"]);
     assert_eq!(
         out.status.code(),
         Some(78),

@@ -11,8 +11,8 @@ use celeryd_actors::protocol::encode::{TaskCall, TaskMessage};
 
 use crate::block_on;
 use crate::support::{
-    Worker, alive, celery_client, celery_client_command, connect, delete_queue, eventually,
-    parse_client_output, queue_depth, unique_queue,
+    Worker, alive, call_task, connect, delete_queue, eventually, parse_client_output, queue_depth,
+    spawn_task, unique_queue,
 };
 
 #[test]
@@ -20,16 +20,7 @@ fn countdown_eta_and_expires_from_python() {
     let queue = unique_queue("eta");
     let worker = Worker::start(&queue, "", &["-c", "1"]);
     let t = Instant::now();
-    let r = celery_client(&[
-        "call",
-        "tasks.add",
-        "--args",
-        "[1, 2]",
-        "--queue",
-        &queue,
-        "--countdown",
-        "1",
-    ]);
+    let r = call_task(&queue, "tasks.add", "[1, 2]", &["--countdown", "1"]);
     assert_eq!(r["result"], json!(3), "{r}");
     assert!(
         t.elapsed() >= Duration::from_millis(950),
@@ -38,18 +29,12 @@ fn countdown_eta_and_expires_from_python() {
     );
     assert!(worker.log().contains("received (eta "), "{}", worker.log());
     // Expired while held for its ETA: REVOKED, not run.
-    let r = celery_client(&[
-        "call",
-        "tasks.add",
-        "--args",
-        "[1, 2]",
-        "--queue",
+    let r = call_task(
         &queue,
-        "--countdown",
-        "1",
-        "--expires",
-        "0.5",
-    ]);
+        "tasks.add",
+        "[1, 2]",
+        &["--countdown", "1", "--expires", "0.5"],
+    );
     assert_eq!(r["state"], "REVOKED", "{r}");
     assert_eq!(r["exc_type"], "TaskRevokedError", "{r}");
     drop(worker);
@@ -60,20 +45,12 @@ fn countdown_eta_and_expires_from_python() {
 fn held_eta_task_survives_kill_9_and_warm_shutdown() {
     let queue = unique_queue("eta-kill");
     let worker = Worker::start(&queue, "", &["-c", "1"]);
-    let client = celery_client_command(&[
-        "call",
-        "tasks.add",
-        "--args",
-        "[20, 22]",
-        "--queue",
+    let client = spawn_task(
         &queue,
-        "--countdown",
-        "4",
-        "--timeout",
-        "60",
-    ])
-    .spawn()
-    .unwrap();
+        "tasks.add",
+        "[20, 22]",
+        &["--countdown", "4", "--timeout", "60"],
+    );
     worker.wait_for_log("received (eta ", Duration::from_secs(20));
     let children = worker.children();
     worker.signal(Signal::SIGKILL);
@@ -127,18 +104,12 @@ fn held_eta_tasks_do_not_starve_immediate_ones() {
         conn.close(200, "bye".into()).await.unwrap();
     });
     let t = Instant::now();
-    let r = celery_client(&[
-        "call",
-        "tasks.add",
-        "--args",
-        "[1, 1]",
-        "--queue",
+    let r = call_task(
         &queue,
-        "--count",
-        "1000",
-        "--timeout",
-        "60",
-    ]);
+        "tasks.add",
+        "[1, 1]",
+        &["--count", "1000", "--timeout", "60"],
+    );
     assert!(
         r.as_array().unwrap().iter().all(|x| x["result"] == 2),
         "{r}"
@@ -168,18 +139,7 @@ fn far_eta_waits_in_the_broker_not_in_the_worker() {
     // Anything due in more than a second is moved to the broker's delay ladder.
     let worker = Worker::start(&queue, "[worker]\neta_hold_max = 1\n", &["-c", "1"]);
     let t = Instant::now();
-    let client = celery_client_command(&[
-        "call",
-        "tasks.add",
-        "--args",
-        "[3, 4]",
-        "--queue",
-        &queue,
-        "--countdown",
-        "4",
-    ])
-    .spawn()
-    .unwrap();
+    let client = spawn_task(&queue, "tasks.add", "[3, 4]", &["--countdown", "4"]);
     worker.wait_for_log("waits in the broker for ", Duration::from_secs(20));
     // Nothing held by the worker meanwhile: kill it; the message lives in the broker.
     let children = worker.children();

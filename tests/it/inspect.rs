@@ -6,9 +6,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::block_on;
-use crate::support::{
-    Worker, celery_cli, celery_client, celery_client_command, delete_queue, unique_queue,
-};
+use crate::support::{Worker, call_task, celery_cli, delete_queue, spawn_task, unique_queue};
 
 fn inspect(worker: &Worker, args: &[&str]) -> Value {
     let node = worker.nodename();
@@ -40,31 +38,15 @@ fn inspect_commands_answer_in_celery_shapes() {
             .any(|t| t == "tasks.add"),
         "{registered}"
     );
-    let running =
-        celery_client_command(&["call", "tasks.sleep", "--args", "[10]", "--queue", &queue])
-            .spawn()
-            .unwrap();
+    let running = spawn_task(&queue, "tasks.sleep", "[10]", &[]);
     worker.wait_for_log("Task tasks.sleep[", Duration::from_secs(20));
-    celery_client(&[
-        "call",
-        "tasks.add",
-        "--args",
-        "[1, 2]",
-        "--queue",
+    call_task(&queue, "tasks.add", "[1, 2]", &["--no-wait"]);
+    call_task(
         &queue,
-        "--no-wait",
-    ]);
-    celery_client(&[
-        "call",
         "tasks.add",
-        "--args",
         "[3, 4]",
-        "--queue",
-        &queue,
-        "--countdown",
-        "60",
-        "--no-wait",
-    ]);
+        &["--countdown", "60", "--no-wait"],
+    );
     crate::support::eventually(Duration::from_secs(10), "three deliveries", || {
         worker.log().matches("] received").count() == 3
     });
@@ -137,7 +119,7 @@ fn pool_grows_and_shrinks_on_command() {
     crate::support::eventually(Duration::from_secs(10), "1 child", || {
         worker.children().len() == 1
     });
-    let r = celery_client(&["call", "tasks.add", "--args", "[2, 2]", "--queue", &queue]);
+    let r = call_task(&queue, "tasks.add", "[2, 2]", &[]);
     assert_eq!(r["result"], serde_json::json!(4), "{r}");
     drop(worker);
     block_on(delete_queue(&queue));

@@ -3,75 +3,35 @@
 use serde_json::json;
 
 use crate::block_on;
-use crate::support::{Worker, celery_client, delete_queue, unique_queue};
+use crate::support::{Worker, call_task, delete_queue, unique_queue};
 
 #[test]
 fn python_client_gets_results_failures_and_not_registered() {
     let queue = unique_queue("interop");
     let worker = Worker::start(&queue, "", &["-c", "2"]);
 
-    let r = celery_client(&[
-        "call",
-        "tasks.add",
-        "--args",
-        "[2, 3]",
-        "--kwargs",
-        "{}",
-        "--queue",
-        &queue,
-    ]);
+    let r = call_task(&queue, "tasks.add", "[2, 3]", &[]);
     assert_eq!(r["state"], "SUCCESS", "{r}");
     assert_eq!(r["result"], json!(5));
 
-    let r = celery_client(&[
-        "call",
-        "tasks.add",
-        "--args",
-        "[2]",
-        "--kwargs",
-        r#"{"y": 40}"#,
-        "--queue",
-        &queue,
-    ]);
+    let r = call_task(&queue, "tasks.add", "[2]", &["--kwargs", r#"{"y": 40}"#]);
     assert_eq!(r["result"], json!(42), "{r}");
 
-    let r = celery_client(&[
-        "call",
-        "tasks.echo",
-        "--args",
-        r#"[1, "é"]"#,
-        "--kwargs",
-        r#"{"k": [null]}"#,
-        "--queue",
+    let r = call_task(
         &queue,
-    ]);
+        "tasks.echo",
+        r#"[1, "é"]"#,
+        &["--kwargs", r#"{"k": [null]}"#],
+    );
     assert_eq!(r["result"], json!([[1, "é"], {"k": [null]}]), "{r}");
 
-    let r = celery_client(&[
-        "call",
-        "tasks.fail",
-        "--args",
-        r#"["boom"]"#,
-        "--kwargs",
-        "{}",
-        "--queue",
-        &queue,
-    ]);
+    let r = call_task(&queue, "tasks.fail", r#"["boom"]"#, &[]);
     assert_eq!(r["state"], "FAILURE", "{r}");
     assert_eq!(r["exc_type"], "ValueError", "{r}");
     assert_eq!(r["exc_module"], "builtins", "the real builtin class: {r}");
     assert_eq!(r["exc_message"], "boom", "{r}");
 
-    let r = celery_client(&[
-        "call",
-        "tasks.nope",
-        "--args",
-        "[]",
-        "--kwargs",
-        "{}",
-        "--queue",
-        &queue,
-    ]);
+    let r = call_task(&queue, "tasks.nope", "[]", &[]);
     assert_eq!(r["state"], "FAILURE", "{r}");
     assert_eq!(r["exc_type"], "NotRegistered", "{r}");
     assert!(
@@ -80,29 +40,11 @@ fn python_client_gets_results_failures_and_not_registered() {
             .contains("Received unregistered task of type 'tasks.nope'")
     );
 
-    let r = celery_client(&[
-        "call",
-        "tasks.crash",
-        "--args",
-        "[]",
-        "--kwargs",
-        "{}",
-        "--queue",
-        &queue,
-    ]);
+    let r = call_task(&queue, "tasks.crash", "[]", &[]);
     assert_eq!(r["state"], "FAILURE", "{r}");
     assert_eq!(r["exc_type"], "WorkerLostError", "{r}");
     // The pool is back to full size and still runs tasks.
-    let r = celery_client(&[
-        "call",
-        "tasks.add",
-        "--args",
-        "[1, 1]",
-        "--kwargs",
-        "{}",
-        "--queue",
-        &queue,
-    ]);
+    let r = call_task(&queue, "tasks.add", "[1, 1]", &[]);
     assert_eq!(r["result"], json!(2), "{r}");
 
     assert!(
@@ -117,18 +59,7 @@ fn python_client_gets_results_failures_and_not_registered() {
 fn many_tasks_from_python_all_complete() {
     let queue = unique_queue("many");
     let worker = Worker::start(&queue, "", &["-c", "2"]);
-    let r = celery_client(&[
-        "call",
-        "tasks.add",
-        "--args",
-        "[20, 22]",
-        "--kwargs",
-        "{}",
-        "--queue",
-        &queue,
-        "--count",
-        "200",
-    ]);
+    let r = call_task(&queue, "tasks.add", "[20, 22]", &["--count", "200"]);
     let results = r.as_array().expect("a list for --count");
     assert_eq!(results.len(), 200);
     assert!(

@@ -7,22 +7,16 @@ use serde_json::json;
 
 use crate::block_on;
 use crate::support::{
-    Worker, alive, celery_client, celery_client_command, delete_queue, eventually,
-    parse_client_output, unique_queue,
+    Worker, alive, call_task, delete_queue, eventually, parse_client_output, spawn_task,
+    unique_queue,
 };
-
-fn call(queue: &str, name: &str, args: &str, extra: &[&str]) -> serde_json::Value {
-    let mut a = vec!["call", name, "--args", args, "--queue", queue];
-    a.extend_from_slice(extra);
-    celery_client(&a)
-}
 
 #[test]
 fn hard_limit_kills_the_child_and_a_replacement_takes_over() {
     let queue = unique_queue("hard");
     let worker = Worker::start(&queue, "", &["-c", "1", "--time-limit", "1"]);
     let before = worker.children();
-    let r = call(&queue, "tasks.spin", "[30]", &[]);
+    let r = call_task(&queue, "tasks.spin", "[30]", &[]);
     assert_eq!(r["state"], "FAILURE", "{r}");
     assert_eq!(r["exc_type"], "TimeLimitExceeded", "{r}");
     assert_eq!(r["exc_module"], "billiard.exceptions", "{r}");
@@ -39,7 +33,7 @@ fn hard_limit_kills_the_child_and_a_replacement_takes_over() {
         || before.iter().all(|p| !alive(*p)),
     );
     // The replacement runs the next task normally.
-    let r = call(&queue, "tasks.add", "[2, 3]", &[]);
+    let r = call_task(&queue, "tasks.add", "[2, 3]", &[]);
     assert_eq!(r["result"], json!(5), "{r}");
     let after = worker.children();
     assert_eq!(after.len(), 1);
@@ -53,7 +47,7 @@ fn soft_limit_is_observed_by_the_task_and_the_child_survives() {
     let queue = unique_queue("soft");
     let worker = Worker::start(&queue, "", &["-c", "1", "--soft-time-limit", "0.5"]);
     let before = worker.children();
-    let r = call(&queue, "tasks.sleep", "[30]", &[]);
+    let r = call_task(&queue, "tasks.sleep", "[30]", &[]);
     assert_eq!(r["state"], "FAILURE", "{r}");
     assert_eq!(r["exc_type"], "SoftTimeLimitExceeded", "{r}");
     assert!(
@@ -62,7 +56,7 @@ fn soft_limit_is_observed_by_the_task_and_the_child_survives() {
             .contains("Soft time limit (0.5s) exceeded for tasks.sleep[")
     );
     // Cleaned up and returned: the same child runs the next task.
-    let r = call(&queue, "tasks.add", "[1, 1]", &[]);
+    let r = call_task(&queue, "tasks.add", "[1, 1]", &[]);
     assert_eq!(r["result"], json!(2), "{r}");
     assert_eq!(worker.children(), before, "the child was not killed");
     drop(worker);
@@ -74,7 +68,7 @@ fn spin_ignores_the_soft_limit_and_dies_at_the_hard_one_from_message_headers() {
     let queue = unique_queue("both");
     // No limits configured: they come from the message (`timelimit` header, [hard, soft]).
     let worker = Worker::start(&queue, "", &["-c", "1"]);
-    let r = call(
+    let r = call_task(
         &queue,
         "tasks.spin",
         "[30]",
@@ -92,7 +86,7 @@ fn spin_ignores_the_soft_limit_and_dies_at_the_hard_one_from_message_headers() {
         "{log}"
     );
     // A soft limit alone (no hard one) still reaches the task.
-    let r = call(&queue, "tasks.sleep", "[30]", &["--soft-time-limit", "0.3"]);
+    let r = call_task(&queue, "tasks.sleep", "[30]", &["--soft-time-limit", "0.3"]);
     assert_eq!(r["exc_type"], "SoftTimeLimitExceeded", "{r}");
     drop(worker);
     block_on(delete_queue(&queue));
@@ -103,7 +97,7 @@ fn children_are_recycled_after_max_tasks_without_losing_work() {
     let queue = unique_queue("recycle");
     let worker = Worker::start(&queue, "", &["-c", "1", "--max-tasks-per-child", "3"]);
     let first = worker.children();
-    let r = call(&queue, "tasks.add", "[1, 2]", &["--count", "10"]);
+    let r = call_task(&queue, "tasks.add", "[1, 2]", &["--count", "10"]);
     let results = r.as_array().unwrap();
     assert!(results.iter().all(|x| x["result"] == 3), "{r}");
     assert_eq!(
@@ -128,16 +122,16 @@ fn children_are_recycled_after_max_tasks_without_losing_work() {
 fn children_are_recycled_above_max_memory() {
     let queue = unique_queue("memory");
     let worker = Worker::start(&queue, "", &["-c", "1", "--max-memory-per-child", "65536"]);
-    let r = call(&queue, "tasks.hog", "[8]", &[]);
+    let r = call_task(&queue, "tasks.hog", "[8]", &[]);
     assert_eq!(r["result"], json!(8), "{r}");
     assert!(
         !worker.log().contains("max_memory_per_child"),
         "8 MiB stays under 64 MiB"
     );
-    let r = call(&queue, "tasks.hog", "[128]", &[]);
+    let r = call_task(&queue, "tasks.hog", "[128]", &[]);
     assert_eq!(r["result"], json!(128), "the task itself completes: {r}");
     worker.wait_for_log("(max_memory_per_child)", Duration::from_secs(5));
-    let r = call(&queue, "tasks.add", "[2, 2]", &[]);
+    let r = call_task(&queue, "tasks.add", "[2, 2]", &[]);
     assert_eq!(r["result"], json!(4), "{r}");
     drop(worker);
     block_on(delete_queue(&queue));
@@ -147,10 +141,7 @@ fn children_are_recycled_above_max_memory() {
 fn child_killed_from_outside_gives_worker_lost_and_pool_refills() {
     let queue = unique_queue("lost");
     let worker = Worker::start(&queue, "", &["-c", "2"]);
-    let client =
-        celery_client_command(&["call", "tasks.sleep", "--args", "[30]", "--queue", &queue])
-            .spawn()
-            .unwrap();
+    let client = spawn_task(&queue, "tasks.sleep", "[30]", &[]);
     worker.wait_for_log("Task tasks.sleep[", Duration::from_secs(20));
     // Find the busy child: kill both children's candidates one at a time would change the
     // test; the sleeping one is the one whose task started, so kill every child and expect
@@ -171,7 +162,7 @@ fn child_killed_from_outside_gives_worker_lost_and_pool_refills() {
     eventually(Duration::from_secs(10), "pool back to 2 children", || {
         worker.children().len() == 2
     });
-    let r = call(&queue, "tasks.add", "[5, 5]", &[]);
+    let r = call_task(&queue, "tasks.add", "[5, 5]", &[]);
     assert_eq!(r["result"], json!(10), "{r}");
     drop(worker);
     block_on(delete_queue(&queue));
@@ -204,7 +195,7 @@ fn children_that_cannot_start_are_retried_with_backoff_not_in_a_loop() {
     eventually(Duration::from_secs(15), "the pool to recover", || {
         worker.children().len() == 1
     });
-    let r = call(&queue, "tasks.add", "[20, 22]", &[]);
+    let r = call_task(&queue, "tasks.add", "[20, 22]", &[]);
     assert_eq!(r["result"], json!(42), "{r}");
     drop(worker);
     block_on(delete_queue(&queue));
@@ -226,7 +217,7 @@ fn time_limit_changed_at_runtime_by_the_celery_cli() {
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("time limits set successfully"), "{text}");
-    let r = call(&queue, "tasks.spin", "[30]", &[]);
+    let r = call_task(&queue, "tasks.spin", "[30]", &[]);
     assert_eq!(r["exc_type"], "TimeLimitExceeded", "{r}");
     assert_eq!(r["exc_args"], json!([0.5]), "{r}");
     assert!(

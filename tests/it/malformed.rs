@@ -6,7 +6,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use serde_json::json;
 
 use crate::block_on;
-use crate::support::{Worker, celery_client, connect, delete_queue, queue_depth, unique_queue};
+use crate::support::{Worker, call_task, connect, delete_queue, queue_depth, unique_queue};
 
 async fn publish(queue: &str, headers: FieldTable, content_type: &str, body: &[u8]) {
     let conn = connect().await;
@@ -80,16 +80,7 @@ fn malformed_messages_are_rejected_and_the_next_valid_one_succeeds() {
         )
         .await;
     });
-    let r = celery_client(&[
-        "call",
-        "tasks.add",
-        "--args",
-        "[2, 3]",
-        "--kwargs",
-        "{}",
-        "--queue",
-        &queue,
-    ]);
+    let r = call_task(&queue, "tasks.add", "[2, 3]", &[]);
     assert_eq!(r["result"], json!(5), "{r}");
     let log = worker.log();
     assert!(

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::block_on;
 use crate::support::{
-    Worker, celery_client, celery_client_command, delete_queue, parse_client_output, unique_queue,
+    Worker, call_task, celery_client, delete_queue, parse_client_output, spawn_task, unique_queue,
 };
 
 #[test]
@@ -15,18 +15,7 @@ fn rate_limited_task_is_spaced_and_others_keep_flowing() {
     let config = "[task.rate_limits]\n\"tasks.add\" = \"5/s\"\n";
     let worker = Worker::start(&queue, config, &["-c", "2"]);
     let started = Instant::now();
-    let adds = celery_client_command(&[
-        "call",
-        "tasks.add",
-        "--args",
-        "[1, 1]",
-        "--queue",
-        &queue,
-        "--count",
-        "20",
-    ])
-    .spawn()
-    .unwrap();
+    let adds = spawn_task(&queue, "tasks.add", "[1, 1]", &["--count", "20"]);
     worker.wait_for_log("Task tasks.add[", Duration::from_secs(20));
     let noops = celery_client(&["call", "tasks.noop", "--queue", &queue, "--count", "3"]);
     assert!(
@@ -81,16 +70,7 @@ fn rate_limit_changed_at_runtime_by_the_celery_cli() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("new rate limit set successfully"), "{text}");
     let started = Instant::now();
-    let r = celery_client(&[
-        "call",
-        "tasks.add",
-        "--args",
-        "[1, 2]",
-        "--queue",
-        &queue,
-        "--count",
-        "5",
-    ]);
+    let r = call_task(&queue, "tasks.add", "[1, 2]", &["--count", "5"]);
     assert!(
         r.as_array().unwrap().iter().all(|x| x["result"] == 3),
         "{r}"

@@ -9,8 +9,8 @@ use serde_json::json;
 
 use crate::block_on;
 use crate::support::{
-    Worker, alive, celery_cli, celery_client, celery_client_command, delete_queue, eventually,
-    parse_client_output, unique_queue,
+    Worker, alive, call_task, celery_cli, delete_queue, eventually, parse_client_output,
+    spawn_task, unique_queue,
 };
 
 fn control(worker: &Worker, args: &[&str]) -> String {
@@ -43,35 +43,13 @@ fn revoked_tasks_are_skipped_wherever_they_wait() {
         text.contains(&format!("tasks {{'{early}'}} flagged as revoked")),
         "{text}"
     );
-    let r = celery_client(&[
-        "call",
-        "tasks.add",
-        "--args",
-        "[1, 1]",
-        "--queue",
-        &queue,
-        "--task-id",
-        &early,
-    ]);
+    let r = call_task(&queue, "tasks.add", "[1, 1]", &["--task-id", &early]);
     assert_eq!(r["state"], "REVOKED", "{r}");
     // Reserved behind a running task.
-    let busy = celery_client_command(&["call", "tasks.sleep", "--args", "[5]", "--queue", &queue])
-        .spawn()
-        .unwrap();
+    let busy = spawn_task(&queue, "tasks.sleep", "[5]", &[]);
     worker.wait_for_log("Task tasks.sleep[", Duration::from_secs(20));
     let reserved = id();
-    let waiting = celery_client_command(&[
-        "call",
-        "tasks.add",
-        "--args",
-        "[1, 1]",
-        "--queue",
-        &queue,
-        "--task-id",
-        &reserved,
-    ])
-    .spawn()
-    .unwrap();
+    let waiting = spawn_task(&queue, "tasks.add", "[1, 1]", &["--task-id", &reserved]);
     worker.wait_for_log(
         &format!("Task tasks.add[{reserved}] received"),
         Duration::from_secs(20),
@@ -86,20 +64,12 @@ fn revoked_tasks_are_skipped_wherever_they_wait() {
     );
     // Held for its ETA.
     let held = id();
-    let eta = celery_client_command(&[
-        "call",
-        "tasks.add",
-        "--args",
-        "[1, 1]",
-        "--queue",
+    let eta = spawn_task(
         &queue,
-        "--countdown",
-        "30",
-        "--task-id",
-        &held,
-    ])
-    .spawn()
-    .unwrap();
+        "tasks.add",
+        "[1, 1]",
+        &["--countdown", "30", "--task-id", &held],
+    );
     worker.wait_for_log(
         &format!("Task tasks.add[{held}] received (eta"),
         Duration::from_secs(20),
@@ -122,18 +92,7 @@ fn terminate_kills_the_running_task_and_the_pool_refills() {
     let queue = unique_queue("terminate");
     let worker = Worker::start(&queue, "", &["-c", "1"]);
     let task = id();
-    let client = celery_client_command(&[
-        "call",
-        "tasks.sleep",
-        "--args",
-        "[30]",
-        "--queue",
-        &queue,
-        "--task-id",
-        &task,
-    ])
-    .spawn()
-    .unwrap();
+    let client = spawn_task(&queue, "tasks.sleep", "[30]", &["--task-id", &task]);
     worker.wait_for_log(
         &format!("Task tasks.sleep[{task}] received"),
         Duration::from_secs(20),
@@ -148,7 +107,7 @@ fn terminate_kills_the_running_task_and_the_pool_refills() {
     eventually(Duration::from_secs(5), "the killed child replaced", || {
         before.iter().all(|p| !alive(*p)) && worker.children().len() == 1
     });
-    let r = celery_client(&["call", "tasks.add", "--args", "[2, 3]", "--queue", &queue]);
+    let r = call_task(&queue, "tasks.add", "[2, 3]", &[]);
     assert_eq!(r["result"], json!(5), "{r}");
     drop(worker);
     block_on(delete_queue(&queue));
@@ -173,16 +132,7 @@ fn revokes_survive_kill_9_with_a_statedb() {
         "{}",
         again.log()
     );
-    let r = celery_client(&[
-        "call",
-        "tasks.add",
-        "--args",
-        "[1, 1]",
-        "--queue",
-        &queue,
-        "--task-id",
-        &revoked,
-    ]);
+    let r = call_task(&queue, "tasks.add", "[1, 1]", &["--task-id", &revoked]);
     assert_eq!(r["state"], "REVOKED", "{r}");
     drop(again);
     block_on(delete_queue(&queue));

@@ -7,8 +7,8 @@ use serde_json::json;
 
 use crate::block_on;
 use crate::support::{
-    Worker, alive, celery_client_command, delete_queue, eventually, parse_client_output,
-    unique_queue,
+    Worker, alive, call_task, celery_client_command, delete_queue, eventually, parse_client_output,
+    spawn_task, unique_queue,
 };
 
 #[test]
@@ -92,15 +92,7 @@ fn acks_late_task_survives_kill_9_of_the_worker() {
 fn warm_shutdown_hands_prefetched_tasks_back_to_the_broker() {
     let queue = unique_queue("handback");
     let mut worker = Worker::start(&queue, "", &["-c", "1"]);
-    crate::support::celery_client(&[
-        "call",
-        "tasks.sleep",
-        "--args",
-        "[4]",
-        "--queue",
-        &queue,
-        "--no-wait",
-    ]);
+    call_task(&queue, "tasks.sleep", "[4]", &["--no-wait"]);
     crate::support::celery_client(&[
         "call",
         "tasks.noop",
@@ -135,15 +127,7 @@ fn warm_shutdown_hands_prefetched_tasks_back_to_the_broker() {
 fn second_term_is_a_cold_shutdown() {
     let queue = unique_queue("cold");
     let mut worker = Worker::start(&queue, "", &["-c", "1"]);
-    crate::support::celery_client(&[
-        "call",
-        "tasks.sleep",
-        "--args",
-        "[30]",
-        "--queue",
-        &queue,
-        "--no-wait",
-    ]);
+    call_task(&queue, "tasks.sleep", "[30]", &["--no-wait"]);
     worker.wait_for_log("Task tasks.sleep[", Duration::from_secs(20));
     let children = worker.children();
     worker.signal(Signal::SIGTERM);
@@ -163,10 +147,7 @@ fn hup_restarts_in_place_repeatedly_without_losing_tasks() {
     let queue = unique_queue("hup");
     let worker = Worker::start(&queue, "", &["-c", "1"]);
     let pid = worker.pid() as i32;
-    let client =
-        celery_client_command(&["call", "tasks.sleep", "--args", "[1]", "--queue", &queue])
-            .spawn()
-            .unwrap();
+    let client = spawn_task(&queue, "tasks.sleep", "[1]", &[]);
     worker.wait_for_log("Task tasks.sleep[", Duration::from_secs(20));
     worker.signal(Signal::SIGHUP);
     let r = parse_client_output(&client.wait_with_output().unwrap());
@@ -181,14 +162,7 @@ fn hup_restarts_in_place_repeatedly_without_losing_tasks() {
             || worker.log().matches(" ready. (hostname=").count() == round,
         );
         assert!(alive(pid), "same process (re-exec keeps the pid)");
-        let r = crate::support::celery_client(&[
-            "call",
-            "tasks.add",
-            "--args",
-            "[2, 2]",
-            "--queue",
-            &queue,
-        ]);
+        let r = call_task(&queue, "tasks.add", "[2, 2]", &[]);
         assert_eq!(r["result"], json!(4), "round {round}: {r}");
         if round == 2 {
             worker.signal(Signal::SIGHUP);

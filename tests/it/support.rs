@@ -92,6 +92,25 @@ pub fn celery_client(args: &[&str]) -> Value {
     parse_client_output(&out)
 }
 
+/// Calls task `name` with `args` (JSON) on `queue` through the Python client and waits for the
+/// outcome; `extra` are more `call` options (`--countdown 1`, `--count 5`, `--no-wait`…).
+pub fn call_task(queue: &str, name: &str, args: &str, extra: &[&str]) -> Value {
+    celery_client(&call_args(queue, name, args, extra))
+}
+
+/// Like [`call_task`], in the background: wait with [`parse_client_output`].
+pub fn spawn_task(queue: &str, name: &str, args: &str, extra: &[&str]) -> std::process::Child {
+    celery_client_command(&call_args(queue, name, args, extra))
+        .spawn()
+        .expect("run the Python client")
+}
+
+fn call_args<'a>(queue: &'a str, name: &'a str, args: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["call", name, "--args", args, "--queue", queue];
+    a.extend_from_slice(extra);
+    a
+}
+
 /// The command for the Python client helper, for tests that run it in the background.
 pub fn celery_client_command(args: &[&str]) -> Command {
     let mut cmd = Command::new(python());
