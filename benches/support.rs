@@ -7,7 +7,9 @@ use lapin::options::QueueDeleteOptions;
 use lapin::{Channel, Connection, ConnectionProperties};
 use time::OffsetDateTime;
 
-use celeryd_actors::consumer::amqp::{declare_task_queue, publish_task, result_consumer};
+use celeryd_actors::consumer::amqp::{
+    TaskQueue, declare_task_queue, publish_task, result_consumer,
+};
 use celeryd_actors::protocol::encode::{TaskCall, TaskMessage};
 
 /// Runs a benchmark's async body on a small runtime.
@@ -42,7 +44,9 @@ pub async fn setup(prefix: &str) -> (Connection, Channel, String, String, lapin:
     let ch = conn.create_channel().await.unwrap();
     let queue = format!("bench-{prefix}-{}", uuid::Uuid::new_v4().simple());
     let reply = format!("bench-reply-{}", uuid::Uuid::new_v4().simple());
-    declare_task_queue(&ch, &queue).await.unwrap();
+    declare_task_queue(&ch, &TaskQueue::plain(&queue))
+        .await
+        .unwrap();
     let results = result_consumer(&ch, &reply).await.unwrap();
     (conn, ch, queue, reply, results)
 }

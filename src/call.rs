@@ -10,7 +10,9 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use celeryd_actors::Settings;
-use celeryd_actors::consumer::amqp::{declare_task_queue, publish_task, result_consumer};
+use celeryd_actors::consumer::amqp::{
+    TaskQueue, declare_task_queue, publish_task, result_consumer,
+};
 use celeryd_actors::protocol::encode::{TaskCall, TaskMessage};
 use celeryd_actors::protocol::time::parse_iso;
 
@@ -72,7 +74,7 @@ pub async fn call(settings: &Settings, args: &CallArgs) -> Result<ExitCode, Star
         .await
         .map_err(broker)?;
     let channel = conn.create_channel().await.map_err(broker)?;
-    declare_task_queue(&channel, &queue)
+    declare_task_queue(&channel, &TaskQueue::plain(&queue))
         .await
         .map_err(|e| StartupError::Broker(e.to_string()))?;
     let mut results = None;

@@ -63,6 +63,15 @@ pub struct RunArgs {
     /// Ignore every rate limit (`worker_disable_rate_limits`).
     #[arg(long)]
     pub disable_rate_limits: bool,
+    /// Send task events (`celery events`, Flower) from the start (`-E`).
+    #[arg(short = 'E', long = "events")]
+    pub events: bool,
+    /// Seconds between worker-heartbeat events (default 2).
+    #[arg(long, value_name = "SECONDS")]
+    pub heartbeat_interval: Option<f64>,
+    /// Scale the pool by load between min and max child processes, e.g. `10,3`.
+    #[arg(long, value_name = "MAX,MIN")]
+    pub autoscale: Option<String>,
 }
 
 /// Subcommands.
@@ -70,6 +79,9 @@ pub struct RunArgs {
 pub enum Command {
     /// Send a task the way `celery call` does, and optionally wait for its result.
     Call(CallArgs),
+    /// Remote control: inspect or control running workers (celeryd or Python Celery), like
+    /// `celery inspect`/`celery control`/`celery status`. `worker ctl --help` lists commands.
+    Ctl(CtlArgs),
     /// Child-process mode (internal: the worker starts its pool processes this way).
     #[command(hide = true)]
     Child,
@@ -103,4 +115,62 @@ pub struct CallArgs {
     /// With --wait: give up after this many seconds (exit 2).
     #[arg(long, default_value_t = 60.0)]
     pub timeout: f64,
+}
+
+/// `worker ctl` arguments.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = ctl_commands_help())]
+pub struct CtlArgs {
+    /// The command: `status`, `broadcast`, or one of the commands listed below.
+    pub command: String,
+    /// The command's arguments (see its signature below).
+    pub args: Vec<String>,
+    /// Comma-separated node names to send to (default: every node).
+    #[arg(short = 'd', long, value_delimiter = ',')]
+    pub destination: Vec<String>,
+    /// Seconds to wait for a further reply.
+    #[arg(short = 't', long, default_value_t = 1.0)]
+    pub timeout: f64,
+    /// Stop after this many replies (default: the number of destinations, else no limit).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Print the replies as JSON (the merged dict for inspect commands, the list for control).
+    #[arg(short = 'j', long)]
+    pub json: bool,
+    /// Send only to nodes whose name matches this pattern.
+    #[arg(long)]
+    pub pattern: Option<String>,
+    /// How --pattern matches: glob (default) or pcre.
+    #[arg(long, requires = "pattern")]
+    pub matcher: Option<String>,
+    /// broadcast: the method's arguments as a JSON object.
+    #[arg(long, value_name = "JSON")]
+    pub arguments: Option<String>,
+    /// broadcast: send without waiting for replies.
+    #[arg(long)]
+    pub no_reply: bool,
+    /// revoke, revoke_by_stamped_headers: also terminate the running tasks.
+    #[arg(long)]
+    pub terminate: bool,
+    /// revoke, revoke_by_stamped_headers: the signal for --terminate (default SIGTERM).
+    #[arg(long, value_name = "SIGNAL")]
+    pub signal: Option<String>,
+}
+
+fn ctl_commands_help() -> String {
+    let mut out = String::from(
+        "Commands:\n  status  Which workers are online.\n  broadcast <method> [--arguments JSON] \
+         [--no-reply]  Any method, e.g. an application's own command.\n",
+    );
+    for c in crate::ctl::spec::COMMANDS {
+        let kind = match c.kind {
+            crate::ctl::spec::Kind::Inspect => "inspect",
+            crate::ctl::spec::Kind::Control => "control",
+        };
+        out.push_str(&format!(
+            "  {} {}  ({kind}) {}\n",
+            c.name, c.signature, c.help
+        ));
+    }
+    out
 }

@@ -13,6 +13,7 @@
 
 pub mod call;
 pub mod cli;
+pub mod ctl;
 pub mod error;
 pub mod settings;
 pub mod signals;
@@ -26,6 +27,7 @@ use clap::Parser;
 use tokio::sync::mpsc;
 
 use celeryd_actors::child::ChildCommand;
+use celeryd_actors::control::custom::ControlCommands;
 use celeryd_actors::supervisor::{ExitReason, Supervisor, SupervisorArgs};
 use celeryd_actors::task::TaskOptions;
 pub use celeryd_actors::{Registry, Settings, ShutdownMode};
@@ -37,6 +39,7 @@ pub use crate::error::StartupError;
 pub async fn run(
     settings: Settings,
     tasks: HashMap<String, TaskOptions>,
+    commands: ControlCommands,
     child_command: ChildCommand,
     mut shutdown: mpsc::UnboundedReceiver<ShutdownMode>,
 ) -> Result<ExitReason, StartupError> {
@@ -48,6 +51,7 @@ pub async fn run(
         settings,
         hostname,
         tasks,
+        commands,
         child_command,
         exit: exit_tx,
     };
@@ -81,6 +85,13 @@ pub fn main_with(registry: Registry) -> ExitCode {
             let code = celeryd_actors::child::runner::run_child(&registry);
             return ExitCode::from(u8::try_from(code).unwrap_or(1));
         }
+        Some(Command::Ctl(args)) => {
+            let settings = match settings::load(cli.config.as_deref(), &cli.run) {
+                Ok(s) => s,
+                Err(e) => return fail(&e),
+            };
+            return with_runtime(|| async move { Ok(ctl::run(&settings, &args).await) });
+        }
         Some(Command::Call(args)) => {
             let settings = match settings::load(cli.config.as_deref(), &cli.run) {
                 Ok(s) => s,
@@ -107,6 +118,7 @@ pub fn main_with(registry: Registry) -> ExitCode {
         }
     };
     let tasks = registry.options();
+    let commands = registry.control_commands().clone();
     let restart = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let restart_requested = restart.clone();
     let code = with_runtime(|| async move {
@@ -127,7 +139,7 @@ pub fn main_with(registry: Registry) -> ExitCode {
                 }
             }
         });
-        match run(settings, tasks, child_command, shutdown).await? {
+        match run(settings, tasks, commands, child_command, shutdown).await? {
             ExitReason::Cold => Ok(ExitCode::from(1)),
             _ => Ok(ExitCode::SUCCESS),
         }

@@ -64,6 +64,15 @@ pub fn apply(settings: &mut Settings, o: &RunArgs) {
     if o.disable_rate_limits {
         w.disable_rate_limits = true;
     }
+    if let Some(v) = &o.autoscale {
+        w.autoscale = Some(v.clone());
+    }
+    if o.events {
+        w.send_events = true;
+    }
+    if let Some(v) = o.heartbeat_interval {
+        w.heartbeat_interval = v;
+    }
     if let Some(v) = o.time_limit {
         settings.task.time_limit = Some(v);
     }

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 use celeryd_actors::{Args, Registry, TaskContext, TaskError};
 use serde_json::{Value, json};
 
-/// A registry with `tasks.noop`, `add`, `echo`, `sleep`, `spin`, `fail`, `crash` and `hog`.
+/// A registry with `tasks.noop`, `add`, `echo`, `sleep`, `spin`, `fail`, `crash` and `hog`,
+/// and the control command `task_counts`.
 pub fn example_registry() -> Registry {
     let mut r = Registry::new();
     r.task("tasks.noop", &[], |_ctx, ()| Ok(Value::Null));
@@ -32,6 +33,17 @@ pub fn example_registry() -> Registry {
         std::process::abort()
     });
     r.task("tasks.hog", &["mib"], |_ctx, (mib,): (usize,)| Ok(hog(mib)));
+    // An application control command (Celery's `Panel.register`): how much work this node
+    // holds, by where it is. `worker ctl broadcast task_counts`.
+    r.control_command("task_counts", |handle, _args| async move {
+        let tasks = handle.pool_tasks().await;
+        let scheduled = handle.scheduled().await.len();
+        json!({"ok": {
+            "active": tasks.active.len(),
+            "reserved": tasks.reserved.len(),
+            "scheduled": scheduled,
+        }})
+    });
     r
 }
 

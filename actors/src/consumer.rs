@@ -16,7 +16,7 @@ pub mod amqp;
 pub mod decide;
 pub mod delay;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,9 +28,12 @@ use serde_json::json;
 use time::OffsetDateTime;
 use tracing::{debug, error, info, warn};
 
+use self::amqp::TaskQueue;
 use self::decide::{Decision, decide};
 use crate::child::AbortOnDrop;
 use crate::error::BrokerError;
+use crate::events::build as event;
+use crate::events::{EventsMessage, TaskEvents};
 use crate::pool::{PoolMessage, Reserved, TaskOutcome};
 use crate::protocol::amqp_value::table_to_json;
 use crate::protocol::repr::{py_repr, truncate};
@@ -94,6 +97,10 @@ pub struct ConsumerPeers {
     pub scheduler: ActorRef<SchedulerMessage>,
     /// The revoked-id registry.
     pub revoke: ActorRef<RevokeMessage>,
+    /// The event dispatcher.
+    pub events: ActorRef<EventsMessage>,
+    /// Whether task events are sent now.
+    pub task_events: TaskEvents,
 }
 
 /// The consumer actor's configuration.
@@ -136,6 +143,8 @@ pub enum ConsumerMessage {
     StreamEnded {
         /// Connection generation.
         generation: u64,
+        /// The queue it consumed.
+        queue: Arc<str>,
         /// The error, when the connection was lost.
         error: Option<String>,
     },
@@ -152,6 +161,16 @@ pub enum ConsumerMessage {
     },
     /// Apply the pending prefetch change (sent to itself).
     ApplyPrefetch,
+    /// The pool now has (or, autoscaling, may have) this many children: the prefetch count
+    /// follows (`pool_grow`, `pool_shrink`, `autoscale`), as Celery's does.
+    SetConcurrency(usize),
+    /// `add_consumer`: start consuming this queue too (declared first). Nothing happens when
+    /// it is consumed already.
+    AddQueue(TaskQueue),
+    /// `cancel_consumer`: stop consuming this queue (what was delivered still runs).
+    CancelQueue(String),
+    /// The queues consumed now (`active_queues`).
+    GetQueues(RpcReplyPort<Vec<TaskQueue>>),
     /// Warm shutdown, step 1: cancel the consumers so no new deliveries arrive.
     StopConsuming {
         /// Answered when cancelled.
@@ -174,13 +193,15 @@ pub enum ConsumerMessage {
 struct Link {
     connection: Connection,
     channel: Channel,
-    consumer_tags: Vec<String>,
-    _streams: Vec<AbortOnDrop>,
+    /// Queue name -> (consumer tag, the task forwarding its deliveries).
+    consumers: HashMap<String, (String, AbortOnDrop)>,
 }
 
 /// The consumer's state.
 pub struct ConsumerState {
     peers: ConsumerPeers,
+    /// The queues to consume (the configured ones, changed by add/cancel_consumer).
+    queues: Vec<TaskQueue>,
     link: Option<Link>,
     generation: u64,
     /// Delivery tags of the current generation not yet acked or rejected.
@@ -188,6 +209,8 @@ pub struct ConsumerState {
     consuming: bool,
     closed: bool,
     held_eta: u16,
+    /// The prefetch count without the held ETA tasks.
+    base_prefetch: u16,
     /// Whether the delay ladder was declared on this connection.
     delay_declared: bool,
     /// The prefetch count must be re-sent.
@@ -221,12 +244,20 @@ impl Actor for Consumer {
         myself.cast(ConsumerMessage::Connect { attempt: 0 })?;
         Ok(ConsumerState {
             peers,
+            queues: self
+                .settings
+                .worker
+                .queues
+                .iter()
+                .map(|q| TaskQueue::plain(q))
+                .collect(),
             link: None,
             generation: 0,
             unacked: HashSet::new(),
             consuming: true,
             closed: false,
             held_eta: 0,
+            base_prefetch: self.settings.prefetch_count(),
             delay_declared: false,
             prefetch_dirty: false,
             prefetch_flush_queued: false,
@@ -253,8 +284,35 @@ impl Actor for Consumer {
                     self.on_delivery(state, *delivery, &queue).await;
                 }
             }
-            ConsumerMessage::StreamEnded { generation, error } => {
-                self.on_stream_end(&myself, state, generation, error);
+            ConsumerMessage::StreamEnded {
+                generation,
+                queue,
+                error,
+            } => {
+                self.on_stream_end(&myself, state, generation, &queue, error);
+            }
+            ConsumerMessage::AddQueue(queue) => self.add_queue(&myself, state, queue).await,
+            ConsumerMessage::CancelQueue(name) => {
+                state.queues.retain(|q| q.name != name);
+                if let Some(link) = &mut state.link
+                    && let Some((tag, _stream)) = link.consumers.remove(&name)
+                {
+                    info!(queue = %name, "No longer consuming from queue.");
+                    if let Err(e) = link
+                        .channel
+                        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                        .await
+                    {
+                        warn!(queue = %name, error = %e, "Cannot cancel the consumer.");
+                    }
+                }
+            }
+            ConsumerMessage::GetQueues(reply) => {
+                let _ = reply.send(state.queues.clone());
+            }
+            ConsumerMessage::SetConcurrency(n) => {
+                state.base_prefetch = self.settings.prefetch_for(n);
+                state.prefetch_dirty = true;
             }
             ConsumerMessage::ApplyPrefetch => {
                 state.prefetch_flush_queued = false;
@@ -349,42 +407,72 @@ impl Consumer {
         state: &mut ConsumerState,
     ) -> Result<Link, BrokerError> {
         let (connection, channel) = amqp::connect(&self.settings.broker, &self.hostname).await?;
-        for q in &self.settings.worker.queues {
+        for q in &state.queues {
             amqp::declare_task_queue(&channel, q).await?;
         }
         state.generation += 1;
         state.unacked.clear();
         state.delay_declared = false;
-        let prefetch = self.prefetch(state.held_eta);
+        let prefetch = Self::prefetch(state);
         amqp::set_prefetch(&channel, prefetch, self.settings.broker.global_qos).await?;
-        let mut streams = Vec::new();
-        let mut consumer_tags = Vec::new();
+        let mut consumers = HashMap::new();
         if state.consuming {
-            for q in &self.settings.worker.queues {
-                let tag = format!("{}-{}-{q}", self.hostname, state.generation);
-                let stream = amqp::consume(&channel, q, &tag).await?;
-                streams.push(forward(
-                    stream,
-                    myself.clone(),
-                    state.generation,
-                    q.as_str().into(),
-                ));
-                consumer_tags.push(tag);
-                info!(queue = %q, "Consuming from queue.");
+            for q in &state.queues {
+                let started = start_consumer(&channel, myself, &self.hostname, state.generation, q);
+                consumers.insert(q.name.clone(), started.await?);
             }
         }
         Ok(Link {
             connection,
             channel,
-            consumer_tags,
-            _streams: streams,
+            consumers,
         })
     }
 
-    fn prefetch(&self, held_eta: u16) -> u16 {
-        match self.settings.prefetch_count() {
+    async fn add_queue(
+        &self,
+        myself: &ActorRef<ConsumerMessage>,
+        state: &mut ConsumerState,
+        queue: TaskQueue,
+    ) {
+        if state.queues.iter().any(|q| q.name == queue.name) {
+            info!(queue = %queue.name, "Already consuming from queue.");
+            return;
+        }
+        state.queues.push(queue.clone());
+        state.delay_declared = false;
+        let Some(link) = &mut state.link else {
+            return; // consumed once connected
+        };
+        if !state.consuming {
+            return;
+        }
+        let started = async {
+            amqp::declare_task_queue(&link.channel, &queue).await?;
+            start_consumer(
+                &link.channel,
+                myself,
+                &self.hostname,
+                state.generation,
+                &queue,
+            )
+            .await
+        };
+        match started.await {
+            Ok(c) => {
+                link.consumers.insert(queue.name.clone(), c);
+            }
+            Err(e) => {
+                error!(queue = %queue.name, error = %e, "Cannot consume from the added queue.");
+                state.queues.retain(|q| q.name != queue.name);
+            }
+        }
+    }
+
+    fn prefetch(state: &ConsumerState) -> u16 {
+        match state.base_prefetch {
             0 => 0,
-            n => n.saturating_add(held_eta),
+            n => n.saturating_add(state.held_eta),
         }
     }
 
@@ -393,12 +481,18 @@ impl Consumer {
         myself: &ActorRef<ConsumerMessage>,
         state: &mut ConsumerState,
         generation: u64,
+        queue: &str,
         error: Option<String>,
     ) {
         if generation != state.generation || state.closed {
             return;
         }
-        if error.is_none() && !state.consuming {
+        let cancelled_here = !state.consuming
+            || state
+                .link
+                .as_ref()
+                .is_some_and(|l| !l.consumers.contains_key(queue));
+        if error.is_none() && cancelled_here {
             return; // our own basic.cancel
         }
         warn!(
@@ -468,7 +562,7 @@ impl Consumer {
             }
         };
         let registered = self.registered.contains(&request.task);
-        let revoked = registered && state.is_revoked(&request.id).await;
+        let revoked = registered && state.is_revoked(&request).await;
         let now = OffsetDateTime::now_utc();
         let decision = decide(&request, registered, revoked, now);
         let reserved = Box::new(Reserved {
@@ -481,6 +575,7 @@ impl Consumer {
                 let name = &reserved.request.task;
                 error!(task_id = %reserved.request.id,
                     "Received unregistered task of type '{name}'. The message has been rejected.");
+                state.event(|| event::task_unregistered(&reserved.request.id, name));
                 let exc =
                     ExceptionInfo::new("NotRegistered", "celery.exceptions", vec![json!(name)]);
                 let st = ResultState::Failure {
@@ -495,6 +590,9 @@ impl Consumer {
             Decision::Revoke(reason) => {
                 info!(task_id = %reserved.request.id, "Discarding revoked task: {}[{}] ({reason}).",
                     reserved.request.display_name(), reserved.request.id);
+                state.event(|| {
+                    event::task_revoked(&reserved.request.id, false, None, reason == "expired")
+                });
                 let st = ResultState::Revoked(reason.to_owned());
                 state
                     .publish_state(&reserved, &st, self.settings.task.ignore_result, false)
@@ -502,6 +600,7 @@ impl Consumer {
                 state.ack(delivery).await;
             }
             Decision::Schedule(eta) => {
+                state.event(|| event::task_received(&reserved.request));
                 info!(task_id = %reserved.request.id, "Task {}[{}] received (eta {})",
                     reserved.request.display_name(), reserved.request.id,
                     crate::protocol::time::format_iso(eta));
@@ -522,6 +621,7 @@ impl Consumer {
                     .cast(SchedulerMessage::Schedule(reserved));
             }
             Decision::Execute => {
+                state.event(|| event::task_received(&reserved.request));
                 info!(task_id = %reserved.request.id, "Task {}[{}] received",
                     reserved.request.display_name(), reserved.request.id);
                 let _ = state.peers.pool.cast(PoolMessage::Reserve(reserved));
@@ -542,9 +642,8 @@ impl Consumer {
             return false;
         };
         if !state.delay_declared {
-            if let Err(e) =
-                amqp::declare_delay_topology(&link.channel, &self.settings.worker.queues).await
-            {
+            let names: Vec<String> = state.queues.iter().map(|q| q.name.clone()).collect();
+            if let Err(e) = amqp::declare_delay_topology(&link.channel, &names).await {
                 warn!(error = %e, "Cannot declare the delay topology; holding ETA tasks instead.");
                 return false;
             }
@@ -565,7 +664,7 @@ impl Consumer {
     /// one `basic.qos` round trip rather than one each.
     async fn apply_prefetch(&self, state: &mut ConsumerState) {
         state.prefetch_dirty = false;
-        let count = self.prefetch(state.held_eta);
+        let count = Self::prefetch(state);
         if let Some(link) = &state.link
             && let Err(e) =
                 amqp::set_prefetch(&link.channel, count, self.settings.broker.global_qos).await
@@ -582,6 +681,7 @@ impl Consumer {
         if !self.settings.task.acks_late {
             state.ack(info.delivery).await;
         }
+        state.event(|| event::task_started(&info.task_id));
         let ignore = info
             .ignore_result
             .unwrap_or(self.settings.task.ignore_result);
@@ -612,8 +712,9 @@ impl Consumer {
         let ignore = task.ignore_result;
         match outcome {
             TaskOutcome::Success(value) => {
-                info!(task_id = %id, runtime = secs,
-                    "Task {name}[{id}] succeeded in {secs:.6}s: {}", truncate(py_repr(&value), 1024));
+                let repr = truncate(py_repr(&value), 1024);
+                info!(task_id = %id, runtime = secs, "Task {name}[{id}] succeeded in {secs:.6}s: {repr}");
+                state.event(|| event::task_succeeded(id, &repr, secs));
                 state
                     .publish_state(&reserved, &ResultState::Success(value), ignore, false)
                     .await;
@@ -623,6 +724,9 @@ impl Consumer {
             }
             TaskOutcome::Failure { exc, traceback } => {
                 error!(task_id = %id, runtime = secs, "Task {name}[{id}] raised unexpected: {}", exc.repr());
+                state.event(|| {
+                    event::task_failed(id, &exc.repr(), traceback.as_deref().unwrap_or_default())
+                });
                 let st = ResultState::Failure { exc, traceback };
                 state.publish_state(&reserved, &st, ignore, true).await;
                 if task.acks_late {
@@ -634,6 +738,7 @@ impl Consumer {
             TaskOutcome::WorkerLost(how) => {
                 if task.acks_late && task.reject_on_worker_lost {
                     error!(task_id = %id, "Task {name}[{id}] lost its child process ({how}); requeued.");
+                    state.event(|| event::task_rejected(id, true));
                     state.reject(reserved.delivery, true).await;
                     return;
                 }
@@ -641,6 +746,7 @@ impl Consumer {
                 error!(task_id = %id, "Task handler raised error: WorkerLostError('{msg}') for {name}[{id}]");
                 let exc =
                     ExceptionInfo::new("WorkerLostError", "billiard.exceptions", vec![json!(msg)]);
+                state.event(|| event::task_failed(id, &exc.repr(), ""));
                 let st = ResultState::Failure {
                     exc,
                     traceback: None,
@@ -657,6 +763,7 @@ impl Consumer {
                     vec![json!(seconds)],
                 );
                 error!(task_id = %id, "Task {name}[{id}] raised unexpected: {}", exc.repr());
+                state.event(|| event::task_failed(id, &exc.repr(), ""));
                 let st = ResultState::Failure {
                     exc,
                     traceback: None,
@@ -670,6 +777,10 @@ impl Consumer {
             }
             TaskOutcome::Revoked(reason) => {
                 info!(task_id = %id, "Discarding revoked task: {name}[{id}] ({reason}).");
+                state.event(|| {
+                    let terminated = reason == "terminated";
+                    event::task_revoked(id, terminated, None, reason == "expired")
+                });
                 if reserved.was_scheduled {
                     state.held_eta = state.held_eta.saturating_sub(1);
                     state.prefetch_dirty = true;
@@ -696,6 +807,21 @@ pub fn connect_backoff(attempt: u32) -> Duration {
     Duration::from_secs(1u64 << attempt.saturating_sub(1).min(4))
 }
 
+/// Consumes `queue` and forwards its deliveries to the actor.
+async fn start_consumer(
+    channel: &Channel,
+    myself: &ActorRef<ConsumerMessage>,
+    hostname: &str,
+    generation: u64,
+    queue: &TaskQueue,
+) -> Result<(String, AbortOnDrop), BrokerError> {
+    let tag = format!("{hostname}-{generation}-{}", queue.name);
+    let stream = amqp::consume(channel, &queue.name, &tag).await?;
+    info!(queue = %queue.name, "Consuming from queue.");
+    let name: Arc<str> = queue.name.as_str().into();
+    Ok((tag, forward(stream, myself.clone(), generation, name)))
+}
+
 fn forward(
     mut stream: lapin::Consumer,
     myself: ActorRef<ConsumerMessage>,
@@ -718,6 +844,7 @@ fn forward(
                 Err(e) => {
                     let _ = myself.cast(ConsumerMessage::StreamEnded {
                         generation,
+                        queue,
                         error: Some(e.to_string()),
                     });
                     return;
@@ -726,15 +853,25 @@ fn forward(
         }
         let _ = myself.cast(ConsumerMessage::StreamEnded {
             generation,
+            queue,
             error: None,
         });
     }))
 }
 
 impl ConsumerState {
-    async fn is_revoked(&self, task_id: &str) -> bool {
-        let id = task_id.to_owned();
-        ractor::call_t!(self.peers.revoke, RevokeMessage::IsRevoked, 5000, id).unwrap_or(false)
+    /// Sends a task event, built only when task events are on.
+    fn event(&self, build: impl FnOnce() -> event::Event) {
+        if self.peers.task_events.enabled() {
+            let _ = self.peers.events.cast(EventsMessage::Send(build()));
+        }
+    }
+
+    async fn is_revoked(&self, request: &crate::protocol::TaskRequest) -> bool {
+        let id = request.id.clone();
+        let stamps = crate::revoke::stamps::request_stamps(request);
+        let ask = |reply| RevokeMessage::IsRevoked { id, stamps, reply };
+        ractor::call_t!(self.peers.revoke, ask, 5000).unwrap_or(false)
     }
 
     async fn ack(&mut self, d: DeliveryRef) {
@@ -832,7 +969,7 @@ impl ConsumerState {
     async fn stop_consuming(&mut self) {
         self.consuming = false;
         if let Some(link) = &self.link {
-            for tag in &link.consumer_tags {
+            for (tag, _) in link.consumers.values() {
                 if let Err(e) = link
                     .channel
                     .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())

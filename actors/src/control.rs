@@ -9,10 +9,11 @@
 //! backoff. A node name already in use on the broker (the exclusive queue is locked) stops the
 //! worker at start-up.
 
+pub mod custom;
 pub mod info;
 pub mod request;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -26,8 +27,12 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::{Map, Value, json};
 use tracing::{debug, info, warn};
 
+use self::custom::{ControlCommands, ControlHandle};
+use self::info::TaskAttrs;
 use self::request::{ControlRequest, error, ok, py_set, task_ids};
 use crate::child::AbortOnDrop;
+use crate::consumer::ConsumerMessage;
+use crate::consumer::amqp::TaskQueue;
 use crate::error::BrokerError;
 use crate::pool::PoolMessage;
 use crate::revoke::{RevokeMessage, parse_signal};
@@ -43,18 +48,25 @@ pub const PIDBOX_EXCHANGE: &str = "celery.pidbox";
 pub struct Control {
     settings: Arc<Settings>,
     nodename: String,
-    registered: Vec<String>,
+    registered: BTreeMap<String, TaskAttrs>,
+    commands: ControlCommands,
     started: std::time::Instant,
 }
 
 impl Control {
-    /// A control actor for node `nodename`, whose worker runs the `registered` tasks.
-    pub fn new(settings: Arc<Settings>, nodename: String, mut registered: Vec<String>) -> Self {
-        registered.sort();
+    /// A control actor for node `nodename`, whose worker runs the `registered` tasks (with the
+    /// attributes `inspect registered` shows) and answers the application's `commands` too.
+    pub fn new(
+        settings: Arc<Settings>,
+        nodename: String,
+        registered: BTreeMap<String, TaskAttrs>,
+        commands: ControlCommands,
+    ) -> Self {
         Control {
             settings,
             nodename,
             registered,
+            commands,
             started: std::time::Instant::now(),
         }
     }
@@ -71,6 +83,12 @@ pub struct ControlPeers {
     pub pool: ActorRef<PoolMessage>,
     /// For `scheduled`.
     pub scheduler: ActorRef<crate::scheduler::SchedulerMessage>,
+    /// For `heartbeat`.
+    pub events: ActorRef<crate::events::EventsMessage>,
+    /// For `enable_events`, `disable_events`.
+    pub task_events: crate::events::TaskEvents,
+    /// The worker's Lamport clock.
+    pub clock: crate::clock::Clock,
 }
 
 /// Messages to the control actor.
@@ -90,6 +108,9 @@ pub enum ControlMessage {
         /// The body.
         body: Vec<u8>,
     },
+    /// The consumer, for `add_consumer`, `cancel_consumer` and `active_queues` (sent by the
+    /// supervisor once it runs).
+    SetConsumer(ActorRef<ConsumerMessage>),
     /// The request stream ended.
     StreamEnded {
         /// Connection generation.
@@ -100,9 +121,11 @@ pub enum ControlMessage {
 /// The control actor's state.
 pub struct ControlState {
     peers: ControlPeers,
+    consumer: Option<ActorRef<ConsumerMessage>>,
+    /// Task attributes as `registered` shows them (changed by `rate_limit`/`time_limit`).
+    tasks: BTreeMap<String, TaskAttrs>,
     link: Option<(Connection, Channel, AbortOnDrop)>,
     generation: u64,
-    clock: u64,
     reply_exchanges: HashSet<String>,
 }
 
@@ -128,9 +151,10 @@ impl Actor for Control {
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut state = ControlState {
             peers,
+            consumer: None,
+            tasks: self.registered.clone(),
             link: None,
             generation: 0,
-            clock: 0,
             reply_exchanges: HashSet::new(),
         };
         match self.open(&myself, &mut state).await {
@@ -181,6 +205,7 @@ impl Actor for Control {
                     self.on_request(state, clock, &body).await;
                 }
             }
+            ControlMessage::SetConsumer(c) => state.consumer = Some(c),
             ControlMessage::StreamEnded { generation } => {
                 if generation == state.generation && state.link.take().is_some() {
                     warn!("Remote-control connection lost; reconnecting.");
@@ -270,7 +295,7 @@ impl Control {
     }
 
     async fn on_request(&self, state: &mut ControlState, clock: Option<u64>, body: &[u8]) {
-        state.clock = state.clock.max(clock.unwrap_or(0)) + 1;
+        state.peers.clock.adjust(clock.unwrap_or(0));
         let req = match request::decode(body) {
             Ok(r) => r,
             Err(e) => {
@@ -297,6 +322,13 @@ impl Control {
     /// Runs one command; `None` means "no reply" (`shutdown`).
     async fn dispatch(&self, state: &mut ControlState, req: &ControlRequest) -> Option<Value> {
         let args = &req.arguments;
+        if let Some(handler) = self.commands.get(&req.method) {
+            let handle = ControlHandle {
+                nodename: self.nodename.clone(),
+                peers: state.peers.clone(),
+            };
+            return Some(handler(handle, args.clone()).await);
+        }
         let peers = &state.peers;
         let reply = match req.method.as_str() {
             "ping" => ok("pong"),
@@ -315,32 +347,72 @@ impl Control {
                 revoke(peers, task_ids(args), terminate, args.get("signal")).await
             }
             "terminate" => revoke(peers, task_ids(args), true, args.get("signal")).await,
+            "revoke_by_stamped_headers" => revoke_stamped(peers, args).await,
             "revoked" | "dump_revoked" => {
                 let ids =
                     ractor::call!(peers.revoke, RevokeMessage::GetRevoked).unwrap_or_default();
                 json!(ids)
             }
-            "rate_limit" => rate_limit(peers, args).await,
-            "time_limit" => time_limit(peers, args).await,
-            "clock" => json!({ "clock": state.clock }),
-            "registered" | "dump_tasks" => {
-                json!(
-                    self.registered
-                        .iter()
-                        .filter(|n| !n.starts_with("celery."))
-                        .collect::<Vec<_>>()
-                )
+            "rate_limit" => {
+                let reply = rate_limit(peers, args).await;
+                if reply.get("ok").is_some()
+                    && let Some(attrs) = task_name(args).and_then(|t| state.tasks.get_mut(t))
+                {
+                    attrs.rate_limit = rate_text(args).filter(|r| !r.is_empty());
+                }
+                reply
             }
+            "time_limit" => {
+                let reply = time_limit(peers, args).await;
+                if reply.get("ok").is_some()
+                    && let Some(attrs) = task_name(args).and_then(|t| state.tasks.get_mut(t))
+                {
+                    attrs.time_limit = positive(args, "hard");
+                    attrs.soft_time_limit = positive(args, "soft");
+                }
+                reply
+            }
+            "clock" => json!({ "clock": peers.clock.value() }),
+            "enable_events" => {
+                if peers.task_events.set(true) {
+                    info!("Events of group {{task}} enabled by remote.");
+                    ok("task events enabled")
+                } else {
+                    ok("task events already enabled")
+                }
+            }
+            "disable_events" => {
+                if peers.task_events.set(false) {
+                    info!("Events of group {{task}} disabled by remote.");
+                    ok("task events disabled")
+                } else {
+                    ok("task events already disabled")
+                }
+            }
+            "heartbeat" => {
+                debug!("Heartbeat requested by remote.");
+                let _ = peers.events.cast(crate::events::EventsMessage::Heartbeat);
+                Value::Null
+            }
+            "election" => Value::Null, // no gossip: nothing to elect, as Celery without gossip
+            "registered" | "dump_tasks" => self.registered(&state.tasks, args),
             "active_queues" => {
-                json!(
-                    self.settings
-                        .worker
-                        .queues
-                        .iter()
-                        .map(|q| info::queue_info(q))
-                        .collect::<Vec<_>>()
-                )
+                let queues = match &state.consumer {
+                    Some(c) => ractor::call!(c, ConsumerMessage::GetQueues).unwrap_or_default(),
+                    None => Vec::new(),
+                };
+                json!(queues.iter().map(info::queue_info).collect::<Vec<_>>())
             }
+            "add_consumer" => add_consumer(state.consumer.as_ref(), args),
+            "cancel_consumer" => match args.get("queue").and_then(Value::as_str) {
+                None => missing_argument("cancel_consumer", "queue"),
+                Some(queue) => {
+                    if let Some(c) = &state.consumer {
+                        let _ = c.cast(ConsumerMessage::CancelQueue(queue.to_owned()));
+                    }
+                    ok(format!("no longer consuming from {queue}"))
+                }
+            },
             "active" | "dump_active" => {
                 let safe = args.get("safe").and_then(Value::as_bool).unwrap_or(false);
                 let tasks = pool_tasks(peers).await;
@@ -384,16 +456,47 @@ impl Control {
             }
             "query_task" => self.query_task(peers, args).await,
             "pool_grow" | "pool_shrink" => {
-                let n = args.get("n").and_then(Value::as_u64).unwrap_or(1) as usize;
-                if req.method == "pool_grow" {
-                    let _ = peers.pool.cast(PoolMessage::Grow { n });
-                    ok("pool will grow")
+                let n = int_arg(args, "n").unwrap_or(1);
+                let grow = req.method == "pool_grow";
+                let done = if grow {
+                    ractor::call!(peers.pool, |reply| PoolMessage::Grow { n, reply })
                 } else {
-                    let _ = peers.pool.cast(PoolMessage::Shrink { n });
-                    ok("pool will shrink")
+                    ractor::call!(peers.pool, |reply| PoolMessage::Shrink { n, reply })
+                };
+                match (done.unwrap_or(false), grow) {
+                    (true, true) => ok("pool will grow"),
+                    (true, false) => ok("pool will shrink"),
+                    (false, _) => error(format!(
+                        "{} is not supported with autoscale. Adjust autoscale range instead.",
+                        req.method
+                    )),
                 }
             }
-            "stats" => self.stats(peers, state.clock).await,
+            "pool_restart" => {
+                if self.settings.worker.pool_restarts {
+                    let n = ractor::call!(peers.pool, |reply| PoolMessage::Restart { reply });
+                    info!(
+                        children = n.unwrap_or(0),
+                        "Pool restart requested by remote control."
+                    );
+                    ok("reload started")
+                } else {
+                    error("ValueError('Pool restarts not enabled')")
+                }
+            }
+            "autoscale" => {
+                let (max, min) = (int_arg(args, "max"), int_arg(args, "min"));
+                let bounds = ractor::call!(peers.pool, |reply| PoolMessage::Autoscale {
+                    max,
+                    min,
+                    reply
+                });
+                match bounds.ok().flatten() {
+                    Some((max, min)) => ok(format!("autoscale now max={max} min={min}")),
+                    None => error("ValueError('Autoscale not enabled')"),
+                }
+            }
+            "stats" => self.stats(peers, peers.clock.value()).await,
             "conf" | "dump_conf" => conf(&self.settings),
             "memsample" => json!(format!(
                 "{:.1}MB",
@@ -415,12 +518,44 @@ impl Control {
                 } else {
                     let revoked =
                         ractor::call!(peers.revoke, RevokeMessage::GetRevoked).unwrap_or_default();
-                    json!({ "revoked": revoked, "clock": state.clock })
+                    json!({ "revoked": revoked, "clock": peers.clock.forward() })
                 }
             }
             other => error(format!("KeyError('{other}')")),
         };
         Some(reply)
+    }
+
+    /// `registered`: sorted task names, each with the requested attributes that are set
+    /// (`taskinfoitems`, default exchange, routing_key, rate_limit), e.g.
+    /// `"tasks.slow [rate_limit=10/m]"`.
+    fn registered(&self, tasks: &BTreeMap<String, TaskAttrs>, args: &Map<String, Value>) -> Value {
+        let mut items: Vec<String> = match args.get("taskinfoitems") {
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
+            Some(Value::String(s)) => s.split(',').map(|i| i.trim().to_owned()).collect(),
+            _ => Vec::new(),
+        };
+        if items.is_empty() {
+            items = info::DEFAULT_TASK_INFO_ITEMS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect();
+        }
+        let builtins = args
+            .get("builtins")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        json!(
+            tasks
+                .iter()
+                .filter(|(n, _)| builtins || !n.starts_with("celery."))
+                .map(|(n, a)| info::registered_entry(n, a, &items, &self.settings.task))
+                .collect::<Vec<_>>()
+        )
     }
 }
 
@@ -485,7 +620,7 @@ impl Control {
         let mtpc = self.settings.worker.max_tasks_per_child;
         let soft = self.settings.task.soft_time_limit.unwrap_or(0.0);
         let hard = self.settings.task.time_limit.unwrap_or(0.0);
-        json!({
+        let mut stats = json!({
             "total": tasks.total,
             "pid": std::process::id(),
             "clock": clock.to_string(),
@@ -500,9 +635,19 @@ impl Control {
                 "writes": "N/A",
             },
             "broker": broker.unwrap_or_else(|| json!({})),
-            "prefetch_count": self.settings.prefetch_count(),
+            "prefetch_count": self.settings.prefetch_for(match tasks.autoscaler {
+                Some((max, ..)) => max,
+                None => concurrency,
+            }),
             "rusage": rusage(),
-        })
+        });
+        if let (Some((max, min, current, qty)), Value::Object(m)) = (tasks.autoscaler, &mut stats) {
+            m.insert(
+                "autoscaler".into(),
+                json!({"max": max, "min": min, "current": current, "qty": qty}),
+            );
+        }
+        stats
     }
 }
 
@@ -558,18 +703,9 @@ async fn revoke(
     terminate: bool,
     signal: Option<&Value>,
 ) -> Value {
-    let signal = match (terminate, signal) {
-        (false, _) => None,
-        (true, None | Some(Value::Null)) => Some(nix::sys::signal::Signal::SIGTERM),
-        (true, Some(Value::Number(n))) => match parse_signal(&n.to_string()) {
-            Ok(s) => Some(s),
-            Err(e) => return error(e),
-        },
-        (true, Some(Value::String(s))) => match parse_signal(s) {
-            Ok(s) => Some(s),
-            Err(e) => return error(e),
-        },
-        (true, Some(other)) => return error(format!("bad signal {other}")),
+    let signal = match signal_arg(terminate, signal) {
+        Ok(s) => s,
+        Err(e) => return e,
     };
     let active = if signal.is_some() {
         ractor::call!(peers.pool, |reply| PoolMessage::GetActiveIds { reply }).unwrap_or_default()
@@ -597,15 +733,166 @@ async fn revoke(
     }
 }
 
+/// The `task_name` argument.
+fn task_name(args: &Map<String, Value>) -> Option<&str> {
+    args.get("task_name").and_then(Value::as_str)
+}
+
+/// The `rate_limit` argument as text (`None` when absent or null).
+fn rate_text(args: &Map<String, Value>) -> Option<String> {
+    match args.get("rate_limit") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => Some(other.to_string()),
+    }
+}
+
+/// A positive number argument (0, null or absent = none).
+fn positive(args: &Map<String, Value>, key: &str) -> Option<f64> {
+    args.get(key).and_then(Value::as_f64).filter(|v| *v > 0.0)
+}
+
+/// A whole-number argument, given as a number or as digits (the CLI sends strings).
+fn int_arg(args: &Map<String, Value>, key: &str) -> Option<usize> {
+    match args.get(key)? {
+        Value::Number(n) => n.as_u64().and_then(|n| usize::try_from(n).ok()),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Python's error for a handler called without a required argument.
+fn missing_argument(command: &str, name: &str) -> Value {
+    error(format!(
+        "TypeError(\"{command}() missing 1 required positional argument: '{name}'\")"
+    ))
+}
+
+/// `add_consumer`: the queue (and its exchange, type and routing key, defaulting to the
+/// queue's name and `direct`) is declared and consumed by the consumer actor, after the reply.
+fn add_consumer(consumer: Option<&ActorRef<ConsumerMessage>>, args: &Map<String, Value>) -> Value {
+    let Some(queue) = args.get("queue").and_then(Value::as_str) else {
+        return missing_argument("add_consumer", "queue");
+    };
+    let text = |k: &str| {
+        args.get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    let spec = TaskQueue {
+        name: queue.to_owned(),
+        exchange: text("exchange").unwrap_or(queue).to_owned(),
+        exchange_type: text("exchange_type").unwrap_or("direct").to_owned(),
+        routing_key: text("routing_key").unwrap_or(queue).to_owned(),
+    };
+    if let Err(e) = spec.kind() {
+        return error(format!("ValueError('{e}')"));
+    }
+    match consumer {
+        Some(c) if c.cast(ConsumerMessage::AddQueue(spec)).is_ok() => {
+            ok(format!("add consumer {queue}"))
+        }
+        _ => error("consumer unavailable"),
+    }
+}
+
+/// `revoke_by_stamped_headers`: stores the stamps (so waiting and future requests carrying
+/// them are discarded), drops the matching requests the pool and scheduler hold, and with
+/// `terminate` signals the matching running ones.
+async fn revoke_stamped(peers: &ControlPeers, args: &Map<String, Value>) -> Value {
+    use crate::revoke::stamps::{
+        RevokedStamps, headers_repr, parse_headers, request_stamps, terminated_repr,
+    };
+    let headers = match parse_headers(args.get("headers")) {
+        Ok(h) => h,
+        Err(e) => return error(format!("ValueError('{e}')")),
+    };
+    let signal = match signal_arg(true, args.get("signal")) {
+        Ok(s) => s,
+        Err(e) => return e,
+    };
+    let terminate = args
+        .get("terminate")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let stored = ractor::call!(peers.revoke, |reply| RevokeMessage::RevokeStamps {
+        headers: headers.clone(),
+        reply
+    });
+    if stored.is_err() {
+        return error("revoke registry unavailable");
+    }
+    let mut revoked = RevokedStamps::new();
+    revoked.add(&headers);
+    let tasks = pool_tasks(peers).await;
+    let held = ractor::call!(
+        peers.scheduler,
+        crate::scheduler::SchedulerMessage::GetScheduled
+    )
+    .unwrap_or_default();
+    let waiting: std::collections::HashSet<String> = tasks
+        .reserved
+        .iter()
+        .chain(held.iter())
+        .filter(|r| revoked.matches(&request_stamps(r)).is_some())
+        .map(|r| r.id.clone())
+        .collect();
+    if !waiting.is_empty() {
+        let ids = Arc::new(waiting);
+        let _ = peers.pool.cast(PoolMessage::Revoked {
+            ids: ids.clone(),
+            terminate: None,
+        });
+        let _ = peers
+            .scheduler
+            .cast(crate::scheduler::SchedulerMessage::Revoked(ids));
+    }
+    let shown = headers_repr(&headers);
+    if !terminate {
+        return ok(format!(
+            "headers {shown} flagged as revoked, but not terminated"
+        ));
+    }
+    let mut terminated: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    let mut ids = std::collections::HashSet::new();
+    for (r, _, _) in &tasks.active {
+        if let Some((name, value)) = revoked.matches(&request_stamps(r)) {
+            let values = terminated.entry(name).or_default();
+            if !values.contains(&value) {
+                values.push(value);
+            }
+            ids.insert(r.id.clone());
+        }
+    }
+    if ids.is_empty() {
+        return ok(format!("headers {shown} were not terminated"));
+    }
+    let _ = peers.pool.cast(PoolMessage::Revoked {
+        ids: Arc::new(ids),
+        terminate: signal,
+    });
+    ok(format!("headers {} revoked", terminated_repr(&terminated)))
+}
+
+/// The signal of a `revoke`/`terminate` (SIGTERM by default), or the error reply.
+fn signal_arg(
+    terminate: bool,
+    signal: Option<&Value>,
+) -> Result<Option<nix::sys::signal::Signal>, Value> {
+    match (terminate, signal) {
+        (false, _) => Ok(None),
+        (true, None | Some(Value::Null)) => Ok(Some(nix::sys::signal::Signal::SIGTERM)),
+        (true, Some(Value::Number(n))) => parse_signal(&n.to_string()).map(Some).map_err(error),
+        (true, Some(Value::String(s))) => parse_signal(s).map(Some).map_err(error),
+        (true, Some(other)) => Err(error(format!("bad signal {other}"))),
+    }
+}
+
 async fn rate_limit(peers: &ControlPeers, args: &Map<String, Value>) -> Value {
-    let Some(task) = args.get("task_name").and_then(Value::as_str) else {
+    let Some(task) = task_name(args) else {
         return error("unknown task");
     };
-    let text = match args.get("rate_limit") {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
-    };
+    let text = rate_text(args).unwrap_or_default();
     let rate = match crate::pool::rate::parse_rate(&text) {
         Ok(r) => r,
         Err(e) => return error(format!("Invalid rate limit string: ValueError({e:?})")),
@@ -625,11 +912,14 @@ async fn rate_limit(peers: &ControlPeers, args: &Map<String, Value>) -> Value {
 }
 
 async fn time_limit(peers: &ControlPeers, args: &Map<String, Value>) -> Value {
-    let Some(task) = args.get("task_name").and_then(Value::as_str) else {
+    let Some(task) = task_name(args) else {
         return error("unknown task");
     };
-    let limit = |k: &str| args.get(k).and_then(Value::as_f64).filter(|v| *v > 0.0);
-    let (soft, hard, task) = (limit("soft"), limit("hard"), task.to_owned());
+    let (soft, hard, task) = (
+        positive(args, "soft"),
+        positive(args, "hard"),
+        task.to_owned(),
+    );
     let known = ractor::call!(peers.pool, |reply| PoolMessage::SetTimeLimit {
         task,
         soft,
@@ -663,7 +953,7 @@ async fn publish_reply(
         .await?;
         state.reply_exchanges.insert(exchange.to_owned());
     }
-    state.clock += 1;
+    let clock = state.peers.clock.forward();
     let mut headers = FieldTable::default();
     if let Some(t) = &req.ticket {
         headers.insert(
@@ -673,7 +963,7 @@ async fn publish_reply(
     }
     headers.insert(
         "clock".into(),
-        crate::protocol::amqp_value::json_to_value(&json!(state.clock)),
+        crate::protocol::amqp_value::json_to_value(&json!(clock)),
     );
     let body = serde_json::to_vec(&json!({ nodename: value })).unwrap_or_default();
     let props = BasicProperties::default()

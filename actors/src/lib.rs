@@ -16,9 +16,11 @@
 //! most of the unit tests; the actors wire them to the broker and the child processes.
 
 pub mod child;
+pub mod clock;
 pub mod consumer;
 pub mod control;
 pub mod error;
+pub mod events;
 pub mod hostname;
 pub mod pool;
 pub mod protocol;

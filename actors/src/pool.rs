@@ -14,8 +14,10 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use tracing::{debug, error, info, warn};
 
+pub mod autoscale;
 pub mod rate;
 
+use self::autoscale::{Autoscaler, Scale};
 use self::rate::RateQueues;
 use crate::child::{
     AbortOnDrop, ChildCommand, ChildMessage, ChildProcess, HARD_LIMIT_REASON, Limits, Recycling,
@@ -48,6 +50,8 @@ pub struct PoolTasks {
     pub total: HashMap<String, u64>,
     /// How many children the pool keeps now.
     pub target: usize,
+    /// With `--autoscale`: (max, min, current children, requests held).
+    pub autoscaler: Option<(usize, usize, usize, usize)>,
 }
 
 /// How a task ended.
@@ -79,6 +83,7 @@ pub struct Pool {
     recycling: Recycling,
     default_limits: TaskOptions,
     rates: HashMap<String, f64>,
+    autoscale: Option<Autoscaler>,
 }
 
 /// What the pool is built from.
@@ -96,6 +101,9 @@ pub struct PoolArgs {
     pub default_limits: TaskOptions,
     /// Rate limits in force at start (task -> tasks per second); see [`effective_rates`].
     pub rates: HashMap<String, f64>,
+    /// `--autoscale` (max, min) and the keepalive before shrinking; `concurrency` is then the
+    /// starting size (min).
+    pub autoscale: Option<((usize, usize), Duration)>,
 }
 
 /// The rate limits a worker starts with: per task, the config's `[task.rate_limits]` entry,
@@ -133,6 +141,9 @@ impl Pool {
             recycling: args.recycling,
             default_limits: args.default_limits,
             rates: args.rates,
+            autoscale: args
+                .autoscale
+                .map(|((max, min), keepalive)| Autoscaler::new(max, min, keepalive)),
         }
     }
 }
@@ -234,16 +245,39 @@ pub enum PoolMessage {
     },
     /// Start a replacement child (sent to itself, after a backoff when needed).
     SpawnChild,
-    /// `pool_grow`: add `n` child processes.
+    /// `pool_grow`: add `n` child processes. Answers false (and does nothing) when
+    /// autoscaling.
     Grow {
         /// How many.
         n: usize,
+        /// Whether it was done.
+        reply: RpcReplyPort<bool>,
     },
     /// `pool_shrink`: remove `n` child processes (idle ones at once, busy ones when their
-    /// task ends); at least one stays.
+    /// task ends); at least one stays. Answers false (and does nothing) when autoscaling.
     Shrink {
         /// How many.
         n: usize,
+        /// Whether it was done.
+        reply: RpcReplyPort<bool>,
+    },
+    /// `autoscale`: new bounds. Answers the bounds in force `(max, min)`, or None when the
+    /// worker does not autoscale.
+    Autoscale {
+        /// New maximum, if given.
+        max: Option<usize>,
+        /// New minimum, if given.
+        min: Option<usize>,
+        /// The bounds now.
+        reply: RpcReplyPort<Option<(usize, usize)>>,
+    },
+    /// Apply the autoscaler's rule (its own timer, once a second).
+    AutoscaleTick,
+    /// `pool_restart`: replace every child process, idle ones now and busy ones when their
+    /// task ends. Answers how many are being replaced.
+    Restart {
+        /// The number of children that will be replaced.
+        reply: RpcReplyPort<usize>,
     },
     /// The connection of this generation was lost: drop the unstarted requests that came on
     /// it (the broker has requeued them and will deliver them again).
@@ -273,6 +307,8 @@ struct Slot {
     running: Option<Running>,
     /// Its task was revoked with `terminate`: however it ends, it is REVOKED `terminated`.
     terminating: bool,
+    /// `pool_restart` asked for it to be replaced once its task ends.
+    retire: bool,
 }
 
 #[derive(Debug)]
@@ -303,6 +339,8 @@ pub struct PoolState {
     target: usize,
     /// Fires when the next held request may have a token.
     rate_timer: Option<AbortOnDrop<Result<(), ractor::MessagingErr<PoolMessage>>>>,
+    /// With `--autoscale`.
+    autoscaler: Option<Autoscaler>,
 }
 
 impl Actor for Pool {
@@ -321,6 +359,7 @@ impl Actor for Pool {
             total: HashMap::new(),
             target: self.concurrency,
             rate_timer: None,
+            autoscaler: self.autoscale,
             slots: HashMap::new(),
             reserved: VecDeque::new(),
             consumer: None,
@@ -330,6 +369,9 @@ impl Actor for Pool {
         };
         for _ in 0..self.concurrency {
             self.spawn_child(&myself, &mut state).await?;
+        }
+        if state.autoscaler.is_some() {
+            myself.send_interval(Duration::from_secs(1), || PoolMessage::AutoscaleTick);
         }
         Ok(state)
     }
@@ -343,6 +385,9 @@ impl Actor for Pool {
         match msg {
             PoolMessage::Reserve(r) => {
                 state.reserved.push_back(r);
+                if state.autoscaler.is_some() && state.idle_slot().is_none() {
+                    self.autoscale(&myself, state).await;
+                }
                 state.dispatch(&myself, &self.hostname, self.default_limits);
             }
             PoolMessage::SetConsumer(c) => state.consumer = Some(c),
@@ -367,6 +412,7 @@ impl Actor for Pool {
                 };
                 slot.busy = false;
                 slot.running = None;
+                let recycle = recycle.or_else(|| slot.retire.then(|| "pool_restart".to_owned()));
                 let outcome = if std::mem::take(&mut slot.terminating) {
                     TaskOutcome::Revoked("terminated".into())
                 } else {
@@ -423,18 +469,66 @@ impl Actor for Pool {
                     self.start_failed(&myself, state, &e.to_string());
                 }
             }
-            PoolMessage::Grow { n } => {
-                state.target = state.target.saturating_add(n).min(1024);
-                while state.slots.len() < state.target && !state.draining {
-                    if let Err(e) = self.spawn_child(&myself, state).await {
-                        self.start_failed(&myself, state, &e.to_string());
-                        break;
+            PoolMessage::Grow { n, reply } => {
+                if state.autoscaler.is_some() {
+                    let _ = reply.send(false);
+                    return Ok(());
+                }
+                let _ = reply.send(true);
+                self.resize(&myself, state, state.target.saturating_add(n).min(1024))
+                    .await;
+                state.prefetch_follows(state.target);
+            }
+            PoolMessage::Shrink { n, reply } => {
+                if state.autoscaler.is_some() {
+                    let _ = reply.send(false);
+                    return Ok(());
+                }
+                let _ = reply.send(true);
+                self.resize(&myself, state, state.target.saturating_sub(n).max(1))
+                    .await;
+                state.prefetch_follows(state.target);
+            }
+            PoolMessage::Autoscale { max, min, reply } => {
+                let Some(scaler) = state.autoscaler.as_mut() else {
+                    let _ = reply.send(None);
+                    return Ok(());
+                };
+                let old_max = scaler.max;
+                let bounds = scaler.update(max, min);
+                info!("Autoscale now max={} min={}.", bounds.0, bounds.1);
+                let _ = reply.send(Some(bounds));
+                if bounds.0 != old_max {
+                    state.prefetch_follows(bounds.0);
+                }
+                self.autoscale(&myself, state).await;
+                state.dispatch(&myself, &self.hostname, self.default_limits);
+            }
+            PoolMessage::AutoscaleTick => {
+                self.autoscale(&myself, state).await;
+                state.dispatch(&myself, &self.hostname, self.default_limits);
+            }
+            PoolMessage::Restart { reply } => {
+                let _ = reply.send(state.slots.len());
+                info!(
+                    "Pool restart: replacing {} child processes.",
+                    state.slots.len()
+                );
+                let idle: Vec<ActorId> = state
+                    .slots
+                    .iter()
+                    .filter(|(_, s)| !s.busy)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for slot in state.slots.values_mut() {
+                    slot.retire = slot.busy;
+                }
+                for id in idle {
+                    if let Some(old) = state.slots.remove(&id) {
+                        old.actor.stop(Some("pool_restart".into()));
                     }
                 }
-            }
-            PoolMessage::Shrink { n } => {
-                state.target = state.target.saturating_sub(n).max(1);
-                state.shrink();
+                self.resize(&myself, state, state.target).await;
             }
             PoolMessage::Forget { generation } => {
                 state
@@ -559,6 +653,44 @@ impl Actor for Pool {
 }
 
 impl Pool {
+    /// Sets the number of children to keep and starts or stops children to match (busy ones
+    /// stop when their task ends).
+    async fn resize(&self, myself: &ActorRef<PoolMessage>, state: &mut PoolState, target: usize) {
+        state.target = target;
+        while state.slots.len() < state.target && !state.draining {
+            if let Err(e) = self.spawn_child(myself, state).await {
+                self.start_failed(myself, state, &e.to_string());
+                break;
+            }
+        }
+        state.shrink();
+    }
+
+    /// Applies the autoscaler's rule to the current load.
+    async fn autoscale(&self, myself: &ActorRef<PoolMessage>, state: &mut PoolState) {
+        let Some(scaler) = state.autoscaler else {
+            return;
+        };
+        if state.draining {
+            return;
+        }
+        let now = Instant::now();
+        match scaler.decide(state.target, state.held(), now) {
+            Scale::Up(n) => {
+                info!("Scaling up {n} processes.");
+                if let Some(s) = state.autoscaler.as_mut() {
+                    s.grew(now);
+                }
+                self.resize(myself, state, state.target + n).await;
+            }
+            Scale::Down(n) => {
+                info!("Scaling down {n} processes.");
+                self.resize(myself, state, state.target - n).await;
+            }
+            Scale::Hold => {}
+        }
+    }
+
     async fn spawn_child(
         &self,
         myself: &ActorRef<PoolMessage>,
@@ -579,6 +711,7 @@ impl Pool {
                 busy: false,
                 running: None,
                 terminating: false,
+                retire: false,
             },
         );
         Ok(())
@@ -625,6 +758,19 @@ pub fn restart_backoff(recent_failures: usize) -> Duration {
 impl PoolState {
     fn active(&self) -> usize {
         self.slots.values().filter(|s| s.busy).count()
+    }
+
+    /// Requests held: running, waiting for a child, or waiting for a rate-limit token (the
+    /// autoscaler's load).
+    fn held(&self) -> usize {
+        self.active() + self.reserved.len() + self.rates.iter().count()
+    }
+
+    /// Tells the consumer the prefetch count now follows `processes` children.
+    fn prefetch_follows(&self, processes: usize) {
+        if let Some(c) = &self.consumer {
+            let _ = c.cast(ConsumerMessage::SetConcurrency(processes));
+        }
     }
 
     fn wake_idle_waiters(&mut self) {
@@ -715,6 +861,9 @@ impl PoolState {
             processes: self.slots.values().filter_map(|s| s.pid).collect(),
             total: self.total.clone(),
             target: self.target,
+            autoscaler: self
+                .autoscaler
+                .map(|a| (a.max, a.min, self.slots.len(), self.held())),
         }
     }
 

@@ -7,6 +7,7 @@
 //! dropped, running ones terminated on request) and the
 //! [`Scheduler`](crate::scheduler::Scheduler) (held ETA requests are dropped).
 
+pub mod stamps;
 pub mod store;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -18,6 +19,7 @@ use nix::sys::signal::Signal;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{info, warn};
 
+use self::stamps::RevokedStamps;
 use self::store::RevokeStore;
 use crate::error::StoreError;
 use crate::pool::PoolMessage;
@@ -199,8 +201,23 @@ pub enum RevokeMessage {
         /// Answered once the ids are stored (durable, with a statedb).
         reply: Option<RpcReplyPort<()>>,
     },
-    /// Whether this id is revoked.
-    IsRevoked(String, RpcReplyPort<bool>),
+    /// Whether a request is revoked: by its id, or by one of its stamps.
+    IsRevoked {
+        /// Task id.
+        id: String,
+        /// Its stamps (`stamped_headers`), usually none.
+        stamps: Vec<(String, serde_json::Value)>,
+        /// The answer.
+        reply: RpcReplyPort<bool>,
+    },
+    /// `revoke_by_stamped_headers`: revoke every request stamped with one of these values
+    /// (kept in memory, as Celery does). Answered once stored.
+    RevokeStamps {
+        /// Stamp name -> value or list of values.
+        headers: Vec<(String, serde_json::Value)>,
+        /// Answered once stored.
+        reply: RpcReplyPort<()>,
+    },
     /// All revoked ids.
     GetRevoked(RpcReplyPort<Vec<String>>),
 }
@@ -209,6 +226,7 @@ pub enum RevokeMessage {
 #[derive(Debug)]
 pub struct RevokeState {
     set: RevokedSet,
+    stamps: RevokedStamps,
     store: Option<Arc<RevokeStore>>,
     pool: Option<ActorRef<PoolMessage>>,
     scheduler: Option<ActorRef<SchedulerMessage>>,
@@ -229,6 +247,7 @@ impl Actor for RevokeRegistry {
         let Some(path) = self.statedb.clone() else {
             return Ok(RevokeState {
                 set: RevokedSet::new(self.max, self.expires),
+                stamps: RevokedStamps::new(),
                 store: None,
                 pool: None,
                 scheduler: None,
@@ -245,6 +264,7 @@ impl Actor for RevokeRegistry {
         info!("Loaded {} revoked task ids from the statedb.", set.len());
         Ok(RevokeState {
             set,
+            stamps: RevokedStamps::new(),
             store: Some(Arc::new(store)),
             pool: None,
             scheduler: None,
@@ -297,8 +317,20 @@ impl Actor for RevokeRegistry {
                     let _ = reply.send(());
                 }
             }
-            RevokeMessage::IsRevoked(id, reply) => {
-                let _ = reply.send(state.set.contains(&id, now));
+            RevokeMessage::IsRevoked { id, stamps, reply } => {
+                let by_id = state.set.contains(&id, now);
+                let by_stamp = || match state.stamps.matches(&stamps) {
+                    Some((name, value)) => {
+                        info!(task_id = %id, "Revoked by header: {{'{name}': {value}}}.");
+                        true
+                    }
+                    None => false,
+                };
+                let _ = reply.send(by_id || (!stamps.is_empty() && by_stamp()));
+            }
+            RevokeMessage::RevokeStamps { headers, reply } => {
+                state.stamps.add(&headers);
+                let _ = reply.send(());
             }
             RevokeMessage::GetRevoked(reply) => {
                 let dropped = state.set.purge(now);

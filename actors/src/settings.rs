@@ -128,6 +128,23 @@ pub struct WorkerSettings {
     pub revokes_max: usize,
     /// Seconds a revoked id is kept (`CELERY_WORKER_REVOKE_EXPIRES`). Default 10800 (3 h).
     pub revoke_expires: f64,
+    /// `--autoscale`: `"max,min"` child processes, scaled by load (min defaults to 0). The
+    /// pool starts with `min`, grows while more tasks are received than there are children,
+    /// and shrinks back `autoscale_keepalive` seconds after the last growth. Unset (the
+    /// default): a fixed pool of `concurrency`.
+    pub autoscale: Option<String>,
+    /// Seconds after the last scale-up before the autoscaler may shrink the pool
+    /// (`AUTOSCALE_KEEPALIVE`). Default 30.
+    pub autoscale_keepalive: f64,
+    /// `worker_pool_restarts`: allow the `pool_restart` control command (replaces every child
+    /// process; busy ones after their task). Default false.
+    pub pool_restarts: bool,
+    /// `worker_send_task_events` (`-E`): send task events from the start (worker events are
+    /// always sent; `enable_events`/`disable_events` switch task events at runtime).
+    /// Default false.
+    pub send_events: bool,
+    /// `--heartbeat-interval`: seconds between `worker-heartbeat` events. Default 2.
+    pub heartbeat_interval: f64,
 }
 
 impl Default for WorkerSettings {
@@ -145,6 +162,11 @@ impl Default for WorkerSettings {
             statedb: None,
             revokes_max: 50_000,
             revoke_expires: 10_800.0,
+            autoscale: None,
+            autoscale_keepalive: 30.0,
+            pool_restarts: false,
+            send_events: false,
+            heartbeat_interval: 2.0,
         }
     }
 }
@@ -268,6 +290,14 @@ impl Settings {
         }
         check_limit(self.worker.revoke_expires)
             .map_err(|reason| ConfigError::invalid("worker.revoke_expires", reason))?;
+        if let Some(a) = &self.worker.autoscale {
+            parse_autoscale(a)
+                .map_err(|reason| ConfigError::invalid("worker.autoscale", reason))?;
+        }
+        check_limit(self.worker.heartbeat_interval)
+            .map_err(|reason| ConfigError::invalid("worker.heartbeat_interval", reason))?;
+        check_limit(self.worker.autoscale_keepalive)
+            .map_err(|reason| ConfigError::invalid("worker.autoscale_keepalive", reason))?;
         if self.worker.statedb.as_deref().is_some_and(str::is_empty) {
             return Err(ConfigError::invalid("worker.statedb", "must be a path"));
         }
@@ -293,8 +323,12 @@ impl Settings {
         }
     }
 
-    /// The number of child processes: `worker.concurrency`, or the number of CPUs when 0.
+    /// The number of child processes the pool starts with: the autoscale minimum, else
+    /// `worker.concurrency`, or the number of CPUs when 0.
     pub fn effective_concurrency(&self) -> usize {
+        if let Some((_, min)) = self.autoscale() {
+            return min;
+        }
         match self.worker.concurrency {
             0 => std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -303,11 +337,57 @@ impl Settings {
         }
     }
 
-    /// The basic.qos prefetch count (0 = unlimited), capped to what AMQP can carry.
-    pub fn prefetch_count(&self) -> u16 {
-        let n = self.effective_concurrency() * usize::from(self.worker.prefetch_multiplier);
+    /// `(max, min)` when autoscaling.
+    pub fn autoscale(&self) -> Option<(usize, usize)> {
+        self.worker
+            .autoscale
+            .as_deref()
+            .and_then(|a| parse_autoscale(a).ok())
+    }
+
+    /// The most child processes the pool may have: the autoscale maximum, else the fixed size.
+    pub fn max_concurrency(&self) -> usize {
+        match self.autoscale() {
+            Some((max, _)) => max,
+            None => self.effective_concurrency(),
+        }
+    }
+
+    /// The basic.qos prefetch count (0 = unlimited) for `processes` children, capped to what
+    /// AMQP can carry.
+    pub fn prefetch_for(&self, processes: usize) -> u16 {
+        let n = processes.max(1) * usize::from(self.worker.prefetch_multiplier);
         u16::try_from(n).unwrap_or(u16::MAX)
     }
+
+    /// The starting basic.qos prefetch count: [`Settings::max_concurrency`] × multiplier.
+    pub fn prefetch_count(&self) -> u16 {
+        self.prefetch_for(self.max_concurrency())
+    }
+}
+
+/// Parses `--autoscale` as Celery does: `"max,min"` or `"max"` (min 0); max must be at least
+/// 1 and min at most max.
+pub fn parse_autoscale(text: &str) -> Result<(usize, usize), String> {
+    let (max, min) = text.split_once(',').unwrap_or((text, ""));
+    let num = |s: &str, what: &str| {
+        s.trim()
+            .parse::<usize>()
+            .map_err(|_| format!("{what} {:?} in {text:?} is not a whole number", s.trim()))
+    };
+    let max = num(max, "max")?;
+    let min = if min.trim().is_empty() {
+        0
+    } else {
+        num(min, "min")?
+    };
+    if max == 0 || max > 1024 {
+        return Err(format!("max in {text:?} must be 1 to 1024"));
+    }
+    if min > max {
+        return Err(format!("min {min} is above max {max} in {text:?}"));
+    }
+    Ok((max, min))
 }
 
 /// A time limit must be a positive, finite number of seconds (at most a year).
@@ -404,5 +484,24 @@ mod tests {
         assert_eq!(s.prefetch_count(), 12);
         s.worker.prefetch_multiplier = 0;
         assert_eq!(s.prefetch_count(), 0);
+    }
+
+    #[test]
+    fn autoscale_reads_max_then_min_and_sizes_prefetch_by_max() {
+        assert_eq!(parse_autoscale("10,3"), Ok((10, 3)));
+        assert_eq!(parse_autoscale("4"), Ok((4, 0)));
+        assert_eq!(parse_autoscale(" 6 , 2 "), Ok((6, 2)));
+        assert!(parse_autoscale("3,5").unwrap_err().contains("above max"));
+        assert!(parse_autoscale("0").is_err());
+        assert!(parse_autoscale("ten,1").unwrap_err().contains("\"ten\""));
+        let mut s = Settings::default();
+        s.worker.autoscale = Some("8,2".into());
+        s.worker.prefetch_multiplier = 2;
+        assert_eq!(s.effective_concurrency(), 2);
+        assert_eq!(s.max_concurrency(), 8);
+        assert_eq!(s.prefetch_count(), 16);
+        s.worker.autoscale = Some("2,8".into());
+        assert!(matches!(s.validate(),
+            Err(ConfigError::Invalid { key, .. }) if key == "worker.autoscale"));
     }
 }

@@ -18,8 +18,12 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::{error, info, warn};
 
 use crate::child::{ChildCommand, Recycling};
+use crate::clock::Clock;
 use crate::consumer::{Consumer, ConsumerMessage, ConsumerPeers};
+use crate::control::custom::ControlCommands;
+use crate::control::info::TaskAttrs;
 use crate::control::{Control, ControlMessage, ControlPeers};
+use crate::events::{Events, EventsMessage, TaskEvents};
 use crate::pool::{Pool, PoolArgs, PoolMessage, effective_rates};
 use crate::revoke::{RevokeMessage, RevokeRegistry};
 use crate::scheduler::{Scheduler, SchedulerMessage};
@@ -47,6 +51,8 @@ pub struct SupervisorArgs {
     pub hostname: String,
     /// The registered tasks (name -> options set at registration).
     pub tasks: HashMap<String, TaskOptions>,
+    /// The application's own remote-control commands.
+    pub commands: ControlCommands,
     /// How to start a child process.
     pub child_command: ChildCommand,
     /// Receives the exit reason just before the supervisor stops.
@@ -74,6 +80,7 @@ pub struct SupervisorState {
     scheduler: ActorRef<SchedulerMessage>,
     consumer: ActorRef<ConsumerMessage>,
     control: ActorRef<ControlMessage>,
+    events: ActorRef<EventsMessage>,
     exit: UnboundedSender<ExitReason>,
     shutting_down: bool,
 }
@@ -110,29 +117,53 @@ impl Actor for Supervisor {
             },
             default_limits: settings.default_limits(),
             rates: effective_rates(&settings, &args.tasks),
+            autoscale: settings.autoscale().map(|bounds| {
+                let keepalive = settings.worker.autoscale_keepalive;
+                (bounds, std::time::Duration::from_secs_f64(keepalive))
+            }),
         });
+        let attrs = task_attrs(&settings, &args.tasks);
         let registered: HashSet<String> = args.tasks.keys().cloned().collect();
         let (pool, _) = Actor::spawn_linked(None, pool, args.tasks, cell.clone()).await?;
+        let clock = Clock::new();
+        let task_events = TaskEvents::new(settings.worker.send_events);
+        let dispatcher = Events::new(
+            settings.clone(),
+            args.hostname.clone(),
+            clock.clone(),
+            task_events.clone(),
+        );
+        let (events, _) = Actor::spawn_linked(None, dispatcher, pool.clone(), cell.clone()).await?;
         let (scheduler, _) =
             Actor::spawn_linked(None, Scheduler::new(pool.clone()), (), cell.clone()).await?;
         let peers = ConsumerPeers {
             pool: pool.clone(),
             scheduler: scheduler.clone(),
             revoke: revoke.clone(),
+            events: events.clone(),
+            task_events: task_events.clone(),
         };
         let control_peers = ControlPeers {
             supervisor: myself.clone(),
             revoke: revoke.clone(),
             pool: pool.clone(),
             scheduler: scheduler.clone(),
+            events: events.clone(),
+            task_events,
+            clock,
         };
-        let names = registered.iter().cloned().collect();
-        let control = Control::new(settings.clone(), args.hostname.clone(), names);
+        let control = Control::new(
+            settings.clone(),
+            args.hostname.clone(),
+            attrs,
+            args.commands,
+        );
         let (control, _) =
             Actor::spawn_linked(None, control, control_peers, myself.get_cell()).await?;
         let consumer = Consumer::new(settings.clone(), args.hostname.clone(), registered);
         let (consumer, _) = Actor::spawn_linked(None, consumer, peers, cell).await?;
         pool.cast(PoolMessage::SetConsumer(consumer.clone()))?;
+        control.cast(ControlMessage::SetConsumer(consumer.clone()))?;
         revoke.cast(RevokeMessage::SetPeers {
             pool: pool.clone(),
             scheduler: scheduler.clone(),
@@ -145,6 +176,7 @@ impl Actor for Supervisor {
             scheduler,
             consumer,
             control,
+            events,
             exit: args.exit,
             shutting_down: false,
         })
@@ -165,6 +197,7 @@ impl Actor for Supervisor {
                     state.consumer.clone(),
                     state.pool.clone(),
                     state.scheduler.clone(),
+                    state.events.clone(),
                 ));
             }
             SupervisorMessage::Shutdown(ShutdownMode::Warm) => {}
@@ -221,6 +254,8 @@ impl SupervisorState {
             "scheduler"
         } else if id == self.revoke.get_id() {
             "revoke-registry"
+        } else if id == self.events.get_id() {
+            "events"
         } else {
             "unknown"
         }
@@ -233,6 +268,7 @@ impl SupervisorState {
             self.control.get_cell(),
             self.consumer.get_cell(),
             self.scheduler.get_cell(),
+            self.events.get_cell(),
             self.pool.get_cell(),
             self.revoke.get_cell(),
         ];
@@ -253,6 +289,7 @@ async fn warm_shutdown(
     consumer: ActorRef<ConsumerMessage>,
     pool: ActorRef<PoolMessage>,
     scheduler: ActorRef<SchedulerMessage>,
+    events: ActorRef<EventsMessage>,
 ) {
     let _ = ractor::call!(consumer, |reply| ConsumerMessage::StopConsuming { reply });
     let mut unstarted =
@@ -272,5 +309,34 @@ async fn warm_shutdown(
     });
     let _ = ractor::call!(pool, |reply| PoolMessage::WaitIdle { reply });
     let _ = ractor::call!(consumer, |reply| ConsumerMessage::Close { reply });
+    let _ = ractor::call!(events, EventsMessage::Offline);
     let _ = myself.cast(SupervisorMessage::Drained);
+}
+
+/// Each task's attributes as `inspect registered` shows them: the rate limit as configured
+/// (`[task.rate_limits]`, else the registration's, else `default_rate_limit`) and the time
+/// limits set at registration.
+fn task_attrs(
+    settings: &Settings,
+    tasks: &HashMap<String, TaskOptions>,
+) -> std::collections::BTreeMap<String, TaskAttrs> {
+    let t = &settings.task;
+    tasks
+        .iter()
+        .map(|(name, opts)| {
+            let rate_limit = match t.rate_limits.get(name) {
+                Some(r) => Some(r.clone()).filter(|r| !r.trim().is_empty()),
+                None => opts
+                    .rate_limit
+                    .map(crate::pool::rate::format_rate)
+                    .or_else(|| t.default_rate_limit.clone()),
+            };
+            let attrs = TaskAttrs {
+                rate_limit,
+                time_limit: opts.time_limit,
+                soft_time_limit: opts.soft_time_limit,
+            };
+            (name.clone(), attrs)
+        })
+        .collect()
 }

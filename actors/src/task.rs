@@ -282,6 +282,7 @@ impl RegisteredTask {
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
     tasks: BTreeMap<String, RegisteredTask>,
+    commands: crate::control::custom::ControlCommands,
 }
 
 impl Registry {
@@ -341,6 +342,26 @@ impl Registry {
     /// Registered names, sorted.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.tasks.keys().map(String::as_str)
+    }
+
+    /// Registers an application remote-control command (Celery's `Panel.register`): `handler`
+    /// gets a [`ControlHandle`](crate::control::custom::ControlHandle) and the request's
+    /// arguments and returns the JSON reply. See [`crate::control::custom`].
+    pub fn control_command<F, Fut>(&mut self, name: &str, handler: F) -> &mut Self
+    where
+        F: Fn(crate::control::custom::ControlHandle, serde_json::Map<String, Value>) -> Fut
+            + Send
+            + Sync
+            + 'static,
+        Fut: std::future::Future<Output = Value> + Send + 'static,
+    {
+        self.commands.register(name, handler);
+        self
+    }
+
+    /// The application's control commands.
+    pub fn control_commands(&self) -> &crate::control::custom::ControlCommands {
+        &self.commands
     }
 
     /// Every task's registration options, by name.

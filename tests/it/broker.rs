@@ -9,8 +9,8 @@ use serde_json::json;
 use crate::block_on;
 use crate::support::{Worker, call_task, delete_queue, unique_queue};
 
-/// Closes the worker's task connection (not its remote-control one) from the broker side, as
-/// a broker restart would.
+/// Closes the worker's task connection (not its remote-control or event ones) from the broker
+/// side, as a broker restart would.
 fn force_close_connection(node_name: &str) {
     let out = Command::new("rabbitmqctl")
         .args([
@@ -26,7 +26,7 @@ fn force_close_connection(node_name: &str) {
     let needle = format!("\"connection_name\",\"{node_name}@");
     let line = text
         .lines()
-        .find(|l| l.contains(&needle) && !l.contains("(pidbox)"))
+        .find(|l| l.contains(&needle) && !l.contains("(pidbox)") && !l.contains("(events)"))
         .unwrap_or_else(|| panic!("no connection named {node_name}@… in:\n{text}"));
     let pid = line.split('\t').next().unwrap();
     let status = Command::new("rabbitmqctl")

@@ -4,12 +4,15 @@
 
 mod broker;
 mod cli;
+mod ctl;
 mod eta;
+mod events;
 mod fixtures;
 mod inspect;
 mod interop;
 mod limits;
 mod malformed;
+mod queues;
 mod rate;
 mod revoke;
 mod shutdown;

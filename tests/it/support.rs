@@ -328,3 +328,86 @@ pub fn eventually(timeout: Duration, what: &str, mut check: impl FnMut() -> bool
         std::thread::sleep(Duration::from_millis(25));
     }
 }
+
+/// Runs `worker ctl <args…>` against the test broker; returns (exit code, stdout, stderr).
+pub fn worker_ctl(args: &[&str]) -> (i32, String, String) {
+    worker_ctl_with_broker(&amqp_url(), args)
+}
+
+/// Like [`worker_ctl`], with the config's broker URL set to `url`.
+pub fn worker_ctl_with_broker(url: &str, args: &[&str]) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ctl.toml");
+    std::fs::write(&config, format!("[broker]\nurl = \"{url}\"\n")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_worker"))
+        .arg("--config")
+        .arg(&config)
+        .arg("ctl")
+        .args(args)
+        .output()
+        .expect("run worker ctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A real Python Celery worker (`tests/python/pyworker.py`, solo pool) with its log captured.
+pub struct PyWorker {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    /// Its node name, e.g. `py-1a2b3c4d@host`.
+    pub nodename: String,
+}
+
+impl PyWorker {
+    /// Starts it on `queue` and waits until it is ready.
+    pub fn start(queue: &str) -> PyWorker {
+        let short = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        let nodename = format!("py-{short}@{}", celeryd_actors::hostname::this_host());
+        let celery = python().with_file_name("celery");
+        let mut child = Command::new(celery)
+            .current_dir(repo().join("tests/python"))
+            .args(["-A", "pyworker", "worker", "-P", "solo", "-l", "info"])
+            .args(["-n", &nodename, "-Q", queue])
+            .args(["--without-mingle", "--without-gossip"])
+            .env("AMQP_URL", python_amqp_url())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the Python worker");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[pyworker] {line}");
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let w = PyWorker {
+            child,
+            log,
+            nodename,
+        };
+        let log = w.log.clone();
+        eventually(
+            Duration::from_secs(60),
+            "the Python worker to be ready",
+            || log.lock().unwrap().contains(" ready."),
+        );
+        w
+    }
+}
+
+impl Drop for PyWorker {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGQUIT);
+        let _ = self.child.wait();
+    }
+}

@@ -5,9 +5,16 @@ with the rpc:// result backend, waits for the results and prints one JSON line:
 
     call NAME --args JSON --kwargs JSON [--queue Q] [--timeout S] [--countdown S]
          [--expires S] [--time-limit S] [--soft-time-limit S] [--count N] [--no-wait] [--task-id ID]
+         [--stamp NAME=VALUE ...]
+    broadcast METHOD [--arguments JSON] [--destination NODE ...] [--pattern P --matcher M]
+         [--timeout S]
+    events --seconds S
 
 For one task: {"id", "state", "result" | "exc_type", "exc_module", "exc_message", "exc_args"};
 with --count N a list of those; with --no-wait just {"id": ...}. Exit 3 on timeout.
+`broadcast` prints the list of replies `app.control.broadcast(..., reply=True)` returns.
+`events` prints READY once its receiver (Celery's own `app.events.Receiver`, as `celery events`
+and Flower use) is consuming, then one JSON line per event for S seconds.
 """
 
 import argparse
@@ -34,6 +41,30 @@ def outcome(res, timeout):
     return out
 
 
+def capture_events(app, seconds):
+    import socket
+    import threading
+
+    def show(event):
+        print(json.dumps(event), flush=True)
+
+    with app.connection() as conn:
+        recv = app.events.Receiver(conn, handlers={"*": show})
+        ready = recv.on_consume_ready
+
+        def announce(*args, **kwargs):
+            ready(*args, **kwargs)
+            print("READY", flush=True)
+
+        recv.on_consume_ready = announce
+        threading.Timer(seconds, lambda: setattr(recv, "should_stop", True)).start()
+        try:
+            recv.capture(limit=None, timeout=seconds + 5, wakeup=False)
+        except socket.timeout:
+            pass
+    return 0
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -50,6 +81,16 @@ def main():
     call.add_argument("--count", type=int, default=1)
     call.add_argument("--no-wait", action="store_true")
     call.add_argument("--task-id")
+    call.add_argument("--stamp", action="append", default=[])
+    cast = sub.add_parser("broadcast")
+    cast.add_argument("method")
+    cast.add_argument("--arguments", default="{}")
+    cast.add_argument("--destination", action="append")
+    cast.add_argument("--pattern")
+    cast.add_argument("--matcher")
+    cast.add_argument("--timeout", type=float, default=1.0)
+    events = sub.add_parser("events")
+    events.add_argument("--seconds", type=float, default=10.0)
     opts = parser.parse_args()
 
     app = Celery(
@@ -57,7 +98,25 @@ def main():
         broker=os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//"),
         backend="rpc://",
     )
+    if opts.command == "events":
+        return capture_events(app, opts.seconds)
+    if opts.command == "broadcast":
+        replies = app.control.broadcast(
+            opts.method,
+            arguments=json.loads(opts.arguments),
+            destination=opts.destination,
+            pattern=opts.pattern,
+            matcher=opts.matcher,
+            reply=True,
+            timeout=opts.timeout,
+        )
+        print(json.dumps(replies))
+        return 0
     options = {}
+    if opts.stamp:
+        stamps = dict(s.split("=", 1) for s in opts.stamp)
+        options["stamped_headers"] = list(stamps)
+        options.update(stamps)
     if opts.queue:
         options["queue"] = opts.queue
     if opts.countdown is not None:

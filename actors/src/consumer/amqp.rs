@@ -31,9 +31,49 @@ pub async fn connect(
     Ok((conn, channel))
 }
 
-/// Declares a task queue exactly as Celery 5.7 does for a plain queue name: a durable direct
-/// exchange and a durable queue of that name, bound with the name as routing key.
-pub async fn declare_task_queue(channel: &Channel, name: &str) -> Result<(), BrokerError> {
+/// A queue the worker consumes from, with the exchange it is bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskQueue {
+    /// Queue name.
+    pub name: String,
+    /// Exchange name.
+    pub exchange: String,
+    /// Exchange type: `direct`, `topic`, `fanout` or `headers`.
+    pub exchange_type: String,
+    /// Binding key.
+    pub routing_key: String,
+}
+
+impl TaskQueue {
+    /// A queue as Celery declares a plain queue name: bound to a direct exchange of the same
+    /// name with the name as routing key.
+    pub fn plain(name: &str) -> Self {
+        TaskQueue {
+            name: name.to_owned(),
+            exchange: name.to_owned(),
+            exchange_type: "direct".to_owned(),
+            routing_key: name.to_owned(),
+        }
+    }
+
+    /// The exchange kind, or an error naming the type.
+    pub fn kind(&self) -> Result<ExchangeKind, String> {
+        match self.exchange_type.as_str() {
+            "direct" => Ok(ExchangeKind::Direct),
+            "topic" => Ok(ExchangeKind::Topic),
+            "fanout" => Ok(ExchangeKind::Fanout),
+            "headers" => Ok(ExchangeKind::Headers),
+            other => Err(format!(
+                "exchange type {other:?} is not one of direct, topic, fanout, headers"
+            )),
+        }
+    }
+}
+
+/// Declares a task queue exactly as Celery 5.7 does: a durable exchange of the queue's type
+/// and a durable queue, bound with the queue's routing key.
+pub async fn declare_task_queue(channel: &Channel, queue: &TaskQueue) -> Result<(), BrokerError> {
+    let name = queue.name.as_str();
     let clash = |e: lapin::Error| {
         let text = e.to_string();
         if text.contains("PRECONDITION_FAILED") {
@@ -49,10 +89,14 @@ pub async fn declare_task_queue(channel: &Channel, name: &str) -> Result<(), Bro
         durable: true,
         ..Default::default()
     };
+    let kind = queue.kind().map_err(|reason| BrokerError::Clash {
+        name: name.to_owned(),
+        reason,
+    })?;
     channel
         .exchange_declare(
-            name.into(),
-            ExchangeKind::Direct,
+            queue.exchange.as_str().into(),
+            kind,
             durable,
             FieldTable::default(),
         )
@@ -69,8 +113,8 @@ pub async fn declare_task_queue(channel: &Channel, name: &str) -> Result<(), Bro
     channel
         .queue_bind(
             name.into(),
-            name.into(),
-            name.into(),
+            queue.exchange.as_str().into(),
+            queue.routing_key.as_str().into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )

@@ -2,8 +2,61 @@
 
 use serde_json::{Value, json};
 
+use crate::consumer::amqp::TaskQueue;
 use crate::protocol::TaskRequest;
+use crate::protocol::repr::py_repr;
 use crate::protocol::time::format_iso;
+use crate::settings::TaskSettings;
+
+/// What `registered` lists when no `taskinfoitems` are asked for (Celery's default).
+pub const DEFAULT_TASK_INFO_ITEMS: &[&str] = &["exchange", "routing_key", "rate_limit"];
+
+/// A task's attributes as `inspect registered` reports them (Celery's task attributes).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskAttrs {
+    /// The rate limit as written (`"10/m"`), if any.
+    pub rate_limit: Option<String>,
+    /// Hard time limit (seconds), if the task sets one.
+    pub time_limit: Option<f64>,
+    /// Soft time limit (seconds), if the task sets one.
+    pub soft_time_limit: Option<f64>,
+}
+
+/// One `registered` entry: the name, then `[k=v …]` for each requested attribute that is not
+/// None (Python's `str` of the value), or the bare name when none is.
+pub fn registered_entry(
+    name: &str,
+    attrs: &TaskAttrs,
+    items: &[String],
+    task: &TaskSettings,
+) -> String {
+    let py_bool = |b: bool| if b { "True" } else { "False" }.to_owned();
+    let py_float = |f: f64| py_repr(&json!(f));
+    let fields: Vec<String> = items
+        .iter()
+        .filter_map(|item| {
+            let value = match item.as_str() {
+                "name" => Some(name.to_owned()),
+                "rate_limit" => attrs.rate_limit.clone(),
+                "time_limit" => attrs.time_limit.map(py_float),
+                "soft_time_limit" => attrs.soft_time_limit.map(py_float),
+                "acks_late" => Some(py_bool(task.acks_late)),
+                "acks_on_failure_or_timeout" => Some(py_bool(task.acks_on_failure_or_timeout)),
+                "reject_on_worker_lost" => Some(py_bool(task.reject_on_worker_lost)),
+                "track_started" => Some(py_bool(task.track_started)),
+                "ignore_result" => Some(py_bool(task.ignore_result)),
+                "serializer" => Some("json".to_owned()),
+                _ => None,
+            }?;
+            Some(format!("{item}={value}"))
+        })
+        .collect();
+    if fields.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{name} [{}]", fields.join(" "))
+    }
+}
 
 /// Celery's `TaskInfo` (`Request.info()`): what `active`, `reserved`, `scheduled` and
 /// `query_task` list. With `safe`, args and kwargs are their repr strings.
@@ -49,14 +102,15 @@ pub fn scheduled_entry(req: &TaskRequest, hostname: &str) -> Value {
     })
 }
 
-/// One `active_queues` entry for a queue declared the Celery way (direct exchange of the same
-/// name, durable).
-pub fn queue_info(name: &str) -> Value {
+/// One `active_queues` entry (kombu's `Queue.as_dict(recurse=True)`) for a queue declared the
+/// Celery way: durable, bound to a durable exchange.
+pub fn queue_info(q: &TaskQueue) -> Value {
     json!({
-        "name": name,
-        "exchange": {"name": name, "type": "direct", "arguments": null, "durable": true,
-            "passive": false, "auto_delete": false, "delivery_mode": null, "no_declare": false},
-        "routing_key": name, "queue_arguments": null, "binding_arguments": null,
+        "name": q.name,
+        "exchange": {"name": q.exchange, "type": q.exchange_type, "arguments": null,
+            "durable": true, "passive": false, "auto_delete": false, "delivery_mode": null,
+            "no_declare": false},
+        "routing_key": q.routing_key, "queue_arguments": null, "binding_arguments": null,
         "consumer_arguments": null, "durable": true, "exclusive": false, "auto_delete": false,
         "no_ack": false, "alias": null, "bindings": [], "no_declare": null, "expires": null,
         "message_ttl": null, "max_length": null, "max_length_bytes": null, "max_priority": null,
@@ -67,6 +121,33 @@ pub fn queue_info(name: &str) -> Value {
 mod tests {
     use super::*;
     use crate::protocol::{RawMessage, decode};
+
+    #[test]
+    fn registered_shows_the_attributes_that_are_set() {
+        let items = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let task = TaskSettings::default();
+        let plain = TaskAttrs::default();
+        let defaults = items(DEFAULT_TASK_INFO_ITEMS);
+        assert_eq!(registered_entry("t.a", &plain, &defaults, &task), "t.a");
+        let slow = TaskAttrs {
+            rate_limit: Some("10/m".into()),
+            time_limit: Some(30.0),
+            soft_time_limit: None,
+        };
+        assert_eq!(
+            registered_entry("t.s", &slow, &defaults, &task),
+            "t.s [rate_limit=10/m]"
+        );
+        assert_eq!(
+            registered_entry(
+                "t.s",
+                &slow,
+                &items(&["time_limit", "soft_time_limit", "acks_late"]),
+                &task
+            ),
+            "t.s [time_limit=30.0 acks_late=False]"
+        );
+    }
 
     #[test]
     fn task_info_has_celery_keys() {
@@ -85,7 +166,10 @@ mod tests {
         let v = task_info(&req, "celery@h", None, false, None, true);
         assert_eq!(v["args"], "(1, 2)");
         assert_eq!(v["time_start"], Value::Null);
-        assert_eq!(queue_info("celery")["exchange"]["type"], "direct");
+        assert_eq!(
+            queue_info(&TaskQueue::plain("celery"))["exchange"]["type"],
+            "direct"
+        );
         assert_eq!(scheduled_entry(&req, "h")["priority"], 6);
     }
 }

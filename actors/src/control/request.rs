@@ -69,14 +69,17 @@ pub fn decode(body: &[u8]) -> Result<ControlRequest, String> {
 }
 
 /// Whether `nodename` should handle the request (Celery's rules: an explicit destination list
-/// wins; else a glob pattern; else everyone). A `pcre` matcher is not supported and matches
-/// nothing (no regex engine in the dependency set).
+/// wins; else a `glob` (fnmatch) or `pcre` (Python's `re.match`: anchored at the start only)
+/// pattern; else everyone). An unknown matcher or a bad regex matches nothing.
 pub fn is_for(req: &ControlRequest, nodename: &str) -> bool {
     if !req.destination.is_empty() {
         return req.destination.iter().any(|d| d == nodename);
     }
     match &req.pattern {
         Some((pattern, matcher)) if matcher == "glob" => glob_match(pattern, nodename),
+        Some((pattern, matcher)) if matcher == "pcre" => {
+            regex::Regex::new(&format!("^(?:{pattern})")).is_ok_and(|re| re.is_match(nodename))
+        }
         Some(_) => false,
         None => true,
     }
@@ -183,6 +186,17 @@ mod tests {
             reply_to: None,
         };
         assert!(is_for(&r, "w1@h") && !is_for(&r, "celery@h"));
+        let pcre = |p: &str| ControlRequest {
+            pattern: Some((p.into(), "pcre".into())),
+            ..r.clone()
+        };
+        assert!(is_for(&pcre(r"w\d+@"), "w12@h"));
+        assert!(
+            !is_for(&pcre(r"\d+@"), "w12@h"),
+            "anchored at the start, like re.match"
+        );
+        assert!(is_for(&pcre("celery|w1"), "w1@h"));
+        assert!(!is_for(&pcre("("), "w1@h"), "a bad regex matches nothing");
         assert_eq!(py_set(&["a".into(), "b".into()]), "{'a', 'b'}");
     }
 }

@@ -91,6 +91,18 @@ impl TokenBucket {
     }
 }
 
+/// A rate (tasks per second) written the way Celery's rate strings are: the smallest unit
+/// that makes it a whole number (`0.5` -> `"30/m"`), else per second.
+pub fn format_rate(per_second: f64) -> String {
+    for (unit, factor) in [("s", 1.0), ("m", 60.0), ("h", 3600.0)] {
+        let n = per_second * factor;
+        if n >= 1.0 && (n - n.round()).abs() < 1e-6 {
+            return format!("{}/{unit}", n.round() as u64);
+        }
+    }
+    format!("{per_second}/s")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +119,10 @@ mod tests {
         for bad in ["ten/s", "10/d", "-1/s", "/s", "10/s/s", "NaN"] {
             assert!(parse_rate(bad).is_err(), "{bad}");
         }
+        assert_eq!(format_rate(10.0), "10/s");
+        assert_eq!(format_rate(200.0 / 60.0), "200/m");
+        assert_eq!(format_rate(100.0 / 3600.0), "100/h");
+        assert_eq!(format_rate(1.5), "90/m");
     }
 
     #[test]

@@ -68,12 +68,12 @@ async fn revokes_survive_a_restart_with_a_statedb() {
         reply: Some(reply)
     })
     .unwrap();
-    assert!(ractor::call!(actor, RevokeMessage::IsRevoked, "t1".to_owned()).unwrap());
+    assert!(is_revoked(&actor, "t1".to_owned()).await);
     actor.stop(None);
     handle.await.unwrap();
     let (actor, handle) = Actor::spawn(None, registry, ()).await.unwrap();
-    assert!(ractor::call!(actor, RevokeMessage::IsRevoked, "t2".to_owned()).unwrap());
-    assert!(!ractor::call!(actor, RevokeMessage::IsRevoked, "t3".to_owned()).unwrap());
+    assert!(is_revoked(&actor, "t2".to_owned()).await);
+    assert!(!is_revoked(&actor, "t3".to_owned()).await);
     let mut ids = ractor::call!(actor, RevokeMessage::GetRevoked).unwrap();
     ids.sort();
     assert_eq!(ids, vec!["t1".to_owned(), "t2".to_owned()]);
@@ -92,4 +92,13 @@ async fn a_bad_statedb_path_fails_the_start() {
     };
     let err = Actor::spawn(None, registry, ()).await.unwrap_err();
     assert!(err.to_string().contains("cannot open the statedb"), "{err}");
+}
+
+async fn is_revoked(actor: &ActorRef<RevokeMessage>, id: String) -> bool {
+    ractor::call!(actor, |reply| RevokeMessage::IsRevoked {
+        id,
+        stamps: Vec::new(),
+        reply
+    })
+    .unwrap()
 }

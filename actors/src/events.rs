@@ -1,0 +1,270 @@
+//! The event dispatcher: publishes Celery events to the `celeryev` topic exchange
+//! (`celery-protocol.md` §5) so `celery events`, Flower and other monitors follow the worker.
+//!
+//! Worker events (`worker-online`, `worker-heartbeat` every `heartbeat_interval` seconds,
+//! `worker-offline`) are always sent; task events only while the `task` group is enabled
+//! (`-E`/`worker.send_events`, or the `enable_events` control command; `disable_events` turns
+//! it off). The consumer reads the shared [`TaskEvents`] switch before it builds a task event,
+//! so a worker without task events pays nothing for them.
+//!
+//! Supervised by [`Supervisor`](crate::supervisor::Supervisor). Owns its own AMQP connection,
+//! re-established with backoff; events produced while it is down are dropped (monitors treat
+//! a worker whose heartbeats stop as offline, as with Celery).
+
+pub mod build;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::{debug, info, warn};
+
+use self::build::Event;
+use crate::clock::Clock;
+use crate::pool::PoolMessage;
+use crate::settings::Settings;
+
+/// The exchange events are published to.
+pub const EVENT_EXCHANGE: &str = "celeryev";
+
+/// The switch for the `task` event group, shared by the dispatcher and the consumer.
+#[derive(Debug, Clone, Default)]
+pub struct TaskEvents(Arc<AtomicBool>);
+
+impl TaskEvents {
+    /// A switch, on or off.
+    pub fn new(enabled: bool) -> Self {
+        TaskEvents(Arc::new(AtomicBool::new(enabled)))
+    }
+
+    /// Whether task events are sent now.
+    pub fn enabled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Turns them on or off; returns whether that changed anything.
+    pub fn set(&self, on: bool) -> bool {
+        self.0.swap(on, Ordering::SeqCst) != on
+    }
+}
+
+/// The dispatcher's configuration.
+#[derive(Debug)]
+pub struct Events {
+    settings: Arc<Settings>,
+    nodename: String,
+    clock: Clock,
+    task_events: TaskEvents,
+}
+
+impl Events {
+    /// A dispatcher for node `nodename`.
+    pub fn new(
+        settings: Arc<Settings>,
+        nodename: String,
+        clock: Clock,
+        task_events: TaskEvents,
+    ) -> Self {
+        Events {
+            settings,
+            nodename,
+            clock,
+            task_events,
+        }
+    }
+}
+
+/// Messages to the dispatcher.
+#[derive(Debug)]
+pub enum EventsMessage {
+    /// (Re)connect; sent to itself.
+    Connect {
+        /// Attempts so far.
+        attempt: u32,
+    },
+    /// Publish this event (task events are dropped while the task group is off).
+    Send(Event),
+    /// Send a `worker-heartbeat` now (its timer, and the `heartbeat` control command).
+    Heartbeat,
+    /// Send `worker-offline` and close (warm shutdown); answered when done.
+    Offline(RpcReplyPort<()>),
+}
+
+/// The dispatcher's state.
+pub struct EventsState {
+    pool: ActorRef<PoolMessage>,
+    link: Option<(Connection, Channel)>,
+    online_sent: bool,
+    closed: bool,
+}
+
+impl std::fmt::Debug for EventsState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventsState")
+            .field("connected", &self.link.is_some())
+            .finish()
+    }
+}
+
+impl Actor for Events {
+    type Msg = EventsMessage;
+    type State = EventsState;
+    type Arguments = ActorRef<PoolMessage>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        pool: ActorRef<PoolMessage>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        myself.cast(EventsMessage::Connect { attempt: 0 })?;
+        let every = Duration::from_secs_f64(self.settings.worker.heartbeat_interval);
+        myself.send_interval(every, || EventsMessage::Heartbeat);
+        Ok(EventsState {
+            pool,
+            link: None,
+            online_sent: false,
+            closed: false,
+        })
+    }
+
+    /// Publishing problems are logged and the connection re-made; nothing stops the actor.
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            EventsMessage::Connect { attempt } => {
+                if state.link.is_some() || state.closed {
+                    return Ok(());
+                }
+                match self.open().await {
+                    Ok(link) => {
+                        state.link = Some(link);
+                        if !state.online_sent {
+                            state.online_sent = true;
+                            self.send_worker(state, "worker-online").await;
+                        }
+                    }
+                    Err(e) => {
+                        let delay = crate::consumer::connect_backoff(attempt + 1);
+                        warn!(error = %e, "Cannot connect the event dispatcher; retrying.");
+                        myself.send_after(delay, move || EventsMessage::Connect {
+                            attempt: attempt + 1,
+                        });
+                    }
+                }
+            }
+            EventsMessage::Send(event) => {
+                if !event.is_task_event() || self.task_events.enabled() {
+                    self.publish(&myself, state, &event).await;
+                }
+            }
+            EventsMessage::Heartbeat => {
+                if state.link.is_some() {
+                    self.send_worker(state, "worker-heartbeat").await;
+                }
+            }
+            EventsMessage::Offline(reply) => {
+                if state.link.is_some() {
+                    self.send_worker(state, "worker-offline").await;
+                }
+                state.closed = true;
+                if let Some((conn, ch)) = state.link.take() {
+                    let _ = ch.close(200, "worker shutdown".into()).await;
+                    let _ = conn.close(200, "worker shutdown".into()).await;
+                }
+                let _ = reply.send(());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Events {
+    async fn open(&self) -> Result<(Connection, Channel), crate::error::BrokerError> {
+        let name = format!("{} (events)", self.nodename);
+        let (conn, ch) = crate::consumer::amqp::connect(&self.settings.broker, &name).await?;
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        ch.exchange_declare(
+            EVENT_EXCHANGE.into(),
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+        info!(
+            "Events of group {{worker}} enabled{}.",
+            if self.task_events.enabled() {
+                ", and {task}"
+            } else {
+                ""
+            }
+        );
+        Ok((conn, ch))
+    }
+
+    async fn send_worker(&self, state: &mut EventsState, kind: &'static str) {
+        let tasks =
+            ractor::call!(state.pool, |reply| PoolMessage::GetTasks { reply }).unwrap_or_default();
+        let processed = tasks.total.values().sum();
+        let freq = self.settings.worker.heartbeat_interval;
+        let event = build::worker(kind, freq, tasks.active.len(), processed);
+        if let Some((_, ch)) = &state.link
+            && let Err(e) = self.publish_on(ch, &event).await
+        {
+            debug!(error = %e, "Cannot send {kind}.");
+        }
+    }
+
+    async fn publish(
+        &self,
+        myself: &ActorRef<EventsMessage>,
+        state: &mut EventsState,
+        event: &Event,
+    ) {
+        let Some((_, ch)) = &state.link else {
+            return;
+        };
+        if let Err(e) = self.publish_on(ch, event).await {
+            warn!(error = %e, "Event dispatcher lost its connection; reconnecting.");
+            state.link = None;
+            let _ = myself.cast(EventsMessage::Connect { attempt: 0 });
+        }
+    }
+
+    async fn publish_on(&self, ch: &Channel, event: &Event) -> Result<(), lapin::Error> {
+        let clock = self.clock.forward();
+        let now = crate::protocol::time::epoch_f64(time::OffsetDateTime::now_utc());
+        let body = build::body(event, &self.nodename, std::process::id(), clock, now);
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "hostname".into(),
+            AMQPValue::LongString(LongString::from(self.nodename.as_bytes().to_vec())),
+        );
+        let props = BasicProperties::default()
+            .with_content_type(ShortString::from("application/json"))
+            .with_content_encoding(ShortString::from("utf-8"))
+            .with_delivery_mode(1)
+            .with_headers(headers);
+        let key = event.routing_key();
+        ch.basic_publish(
+            EVENT_EXCHANGE.into(),
+            key.as_str().into(),
+            BasicPublishOptions::default(),
+            &bytes,
+            props,
+        )
+        .await?;
+        Ok(())
+    }
+}
