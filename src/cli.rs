@@ -69,6 +69,9 @@ pub struct RunArgs {
     /// Seconds between worker-heartbeat events (default 2).
     #[arg(long, value_name = "SECONDS")]
     pub heartbeat_interval: Option<f64>,
+    /// Serve Prometheus metrics on http://ADDR/metrics, e.g. `127.0.0.1:9808`.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
     /// Scale the pool by load between min and max child processes, e.g. `10,3`.
     #[arg(long, value_name = "MAX,MIN")]
     pub autoscale: Option<String>,

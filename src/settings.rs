@@ -70,6 +70,9 @@ pub fn apply(settings: &mut Settings, o: &RunArgs) {
     if o.events {
         w.send_events = true;
     }
+    if let Some(v) = &o.metrics_addr {
+        w.metrics_addr = Some(v.clone());
+    }
     if let Some(v) = o.heartbeat_interval {
         w.heartbeat_interval = v;
     }

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 use celeryd_actors::{Args, Registry, TaskContext, TaskError};
 use serde_json::{Value, json};
 
-/// A registry with `tasks.noop`, `add`, `echo`, `sleep`, `spin`, `fail`, `crash` and `hog`,
+/// A registry with `tasks.noop`, `add`, `echo`, `sleep`, `spin`, `fail`, `crash`, `hog` and
+/// `flaky`,
 /// and the control command `task_counts`.
 pub fn example_registry() -> Registry {
     let mut r = Registry::new();
@@ -33,6 +34,15 @@ pub fn example_registry() -> Registry {
         std::process::abort()
     });
     r.task("tasks.hog", &["mib"], |_ctx, (mib,): (usize,)| Ok(hog(mib)));
+    // Fails `times` times, retrying after 0.2 s (at most 3 retries), then returns how many
+    // retries it took: Celery's `self.retry(exc=…, countdown=…, max_retries=…)`.
+    r.task("tasks.flaky", &["times"], |ctx, (times,): (u32,)| {
+        if ctx.retries < times {
+            let e = TaskError::new("ValueError", format!("attempt {} failed", ctx.retries + 1));
+            return Err(ctx.retry(e, 0.2, 3));
+        }
+        Ok(ctx.retries)
+    });
     // An application control command (Celery's `Panel.register`): how much work this node
     // holds, by where it is. `worker ctl broadcast task_counts`.
     r.control_command("task_counts", |handle, _args| async move {

@@ -390,14 +390,23 @@ fn outcome_of(outcome: JobOutcome) -> TaskOutcome {
             exc_module,
             args_json,
             traceback,
-        } => TaskOutcome::Failure {
-            exc: ExceptionInfo::new(
+            retry_in,
+        } => {
+            let exc = ExceptionInfo::new(
                 &exc_type,
                 &exc_module,
                 serde_json::from_str(&args_json).unwrap_or_default(),
-            ),
-            traceback: Some(traceback).filter(|t| !t.is_empty()),
-        },
+            );
+            let traceback = Some(traceback).filter(|t| !t.is_empty());
+            match retry_in {
+                Some(countdown) => TaskOutcome::Retry {
+                    exc,
+                    traceback,
+                    countdown,
+                },
+                None => TaskOutcome::Failure { exc, traceback },
+            }
+        }
     }
 }
 

@@ -101,6 +101,8 @@ pub struct ConsumerPeers {
     pub events: ActorRef<EventsMessage>,
     /// Whether task events are sent now.
     pub task_events: TaskEvents,
+    /// Counters for the metrics endpoint.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The consumer actor's configuration.
@@ -365,6 +367,7 @@ impl Consumer {
         match self.open_link(myself, state).await {
             Ok(link) => {
                 if attempt > 0 {
+                    state.peers.metrics.reconnected();
                     info!(broker = %broker.safe_url(), "Connected to the broker again.");
                 } else {
                     info!(broker = %broker.safe_url(), "Connected to the broker.");
@@ -569,6 +572,7 @@ impl Consumer {
             request: Arc::new(request),
             delivery,
             was_scheduled: false,
+            received: std::time::Instant::now(),
         });
         match decision {
             Decision::NotRegistered => {
@@ -600,6 +604,7 @@ impl Consumer {
                 state.ack(delivery).await;
             }
             Decision::Schedule(eta) => {
+                state.peers.metrics.task(&reserved.request.task, "received");
                 state.event(|| event::task_received(&reserved.request));
                 info!(task_id = %reserved.request.id, "Task {}[{}] received (eta {})",
                     reserved.request.display_name(), reserved.request.id,
@@ -621,6 +626,7 @@ impl Consumer {
                     .cast(SchedulerMessage::Schedule(reserved));
             }
             Decision::Execute => {
+                state.peers.metrics.task(&reserved.request.task, "received");
                 state.event(|| event::task_received(&reserved.request));
                 info!(task_id = %reserved.request.id, "Task {}[{}] received",
                     reserved.request.display_name(), reserved.request.id);
@@ -710,6 +716,22 @@ impl Consumer {
         let (name, id) = (req.display_name(), &req.id);
         let secs = runtime.as_secs_f64();
         let ignore = task.ignore_result;
+        let metrics = state.peers.metrics.clone();
+        let counted = match &outcome {
+            TaskOutcome::Success(_) => "succeeded",
+            TaskOutcome::WorkerLost(_) if task.acks_late && task.reject_on_worker_lost => {
+                "rejected"
+            }
+            TaskOutcome::Failure { .. }
+            | TaskOutcome::TimeLimitExceeded(_)
+            | TaskOutcome::WorkerLost(_) => "failed",
+            TaskOutcome::Retry { .. } => "retried",
+            TaskOutcome::Revoked(_) => "revoked",
+        };
+        metrics.task(&req.task, counted);
+        if !matches!(outcome, TaskOutcome::Revoked(_)) {
+            metrics.runtime(&req.task, secs);
+        }
         match outcome {
             TaskOutcome::Success(value) => {
                 let repr = truncate(py_repr(&value), 1024);
@@ -733,6 +755,45 @@ impl Consumer {
                     state
                         .settle(reserved.delivery, task.acks_on_failure_or_timeout)
                         .await;
+                }
+            }
+            TaskOutcome::Retry {
+                exc,
+                traceback,
+                countdown,
+            } => {
+                let now = OffsetDateTime::now_utc();
+                let again = crate::protocol::encode::retry_message(req, countdown, now);
+                let sent = match &state.link {
+                    Some(link) => {
+                        let d = &req.delivery_info;
+                        amqp::publish_task_to(&link.channel, &d.exchange, &d.routing_key, &again)
+                            .await
+                            .map_err(|e| e.to_string())
+                    }
+                    None => Err("not connected to the broker".to_owned()),
+                };
+                let tb = traceback.clone().unwrap_or_default();
+                match sent {
+                    Ok(()) => {
+                        info!(task_id = %id, "Task {name}[{id}] retry: Retry in {countdown}s: {}", exc.repr());
+                        state.event(|| event::task_retried(id, &exc.repr(), &tb));
+                        let st = ResultState::Retry { exc, traceback };
+                        state.publish_state(&reserved, &st, ignore, false).await;
+                        state.ack(reserved.delivery).await;
+                    }
+                    Err(e) => {
+                        error!(task_id = %id, error = %e,
+                            "Task {name}[{id}] could not be sent for retry; it fails: {}", exc.repr());
+                        state.event(|| event::task_failed(id, &exc.repr(), &tb));
+                        let st = ResultState::Failure { exc, traceback };
+                        state.publish_state(&reserved, &st, ignore, true).await;
+                        if task.acks_late {
+                            state
+                                .settle(reserved.delivery, task.acks_on_failure_or_timeout)
+                                .await;
+                        }
+                    }
                 }
             }
             TaskOutcome::WorkerLost(how) => {

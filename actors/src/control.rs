@@ -29,7 +29,7 @@ use tracing::{debug, info, warn};
 
 use self::custom::{ControlCommands, ControlHandle};
 use self::info::TaskAttrs;
-use self::request::{ControlRequest, error, ok, py_set, task_ids};
+use self::request::{ControlRequest, error, ok, py_set, task_ids, truthy};
 use crate::child::AbortOnDrop;
 use crate::consumer::ConsumerMessage;
 use crate::consumer::amqp::TaskQueue;
@@ -340,10 +340,7 @@ impl Control {
                 return None;
             }
             "revoke" => {
-                let terminate = args
-                    .get("terminate")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false);
+                let terminate = truthy(args.get("terminate"));
                 revoke(peers, task_ids(args), terminate, args.get("signal")).await
             }
             "terminate" => revoke(peers, task_ids(args), true, args.get("signal")).await,
@@ -414,7 +411,7 @@ impl Control {
                 }
             },
             "active" | "dump_active" => {
-                let safe = args.get("safe").and_then(Value::as_bool).unwrap_or(false);
+                let safe = truthy(args.get("safe"));
                 let tasks = pool_tasks(peers).await;
                 let acked = !self.settings.task.acks_late;
                 json!(
@@ -545,10 +542,7 @@ impl Control {
                 .map(|s| (*s).to_owned())
                 .collect();
         }
-        let builtins = args
-            .get("builtins")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
+        let builtins = truthy(args.get("builtins"));
         json!(
             tasks
                 .iter()
@@ -811,10 +805,7 @@ async fn revoke_stamped(peers: &ControlPeers, args: &Map<String, Value>) -> Valu
         Ok(s) => s,
         Err(e) => return e,
     };
-    let terminate = args
-        .get("terminate")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let terminate = truthy(args.get("terminate"));
     let stored = ractor::call!(peers.revoke, |reply| RevokeMessage::RevokeStamps {
         headers: headers.clone(),
         reply

@@ -22,6 +22,7 @@ pub mod control;
 pub mod error;
 pub mod events;
 pub mod hostname;
+pub mod metrics;
 pub mod pool;
 pub mod protocol;
 pub mod revoke;

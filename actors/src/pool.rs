@@ -35,6 +35,8 @@ pub struct Reserved {
     pub delivery: DeliveryRef,
     /// Held by the scheduler before (the consumer counted it in its prefetch bump).
     pub was_scheduled: bool,
+    /// When the consumer received it (for the queue-wait metric).
+    pub received: Instant,
 }
 
 /// The pool's tasks, for `inspect active/reserved` and `stats`.
@@ -66,6 +68,15 @@ pub enum TaskOutcome {
         /// Traceback text.
         traceback: Option<String>,
     },
+    /// The task asked to be retried (`TaskContext::retry`).
+    Retry {
+        /// The exception it gave.
+        exc: ExceptionInfo,
+        /// Traceback text.
+        traceback: Option<String>,
+        /// Seconds until the retry is due.
+        countdown: f64,
+    },
     /// The child process died while running it (how it exited).
     WorkerLost(String),
     /// Killed at its hard time limit (seconds).
@@ -84,6 +95,7 @@ pub struct Pool {
     default_limits: TaskOptions,
     rates: HashMap<String, f64>,
     autoscale: Option<Autoscaler>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What the pool is built from.
@@ -104,6 +116,8 @@ pub struct PoolArgs {
     /// `--autoscale` (max, min) and the keepalive before shrinking; `concurrency` is then the
     /// starting size (min).
     pub autoscale: Option<((usize, usize), Duration)>,
+    /// Where child recycling, kills and deaths, and queue waits are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The rate limits a worker starts with: per task, the config's `[task.rate_limits]` entry,
@@ -144,6 +158,7 @@ impl Pool {
             autoscale: args
                 .autoscale
                 .map(|((max, min), keepalive)| Autoscaler::new(max, min, keepalive)),
+            metrics: args.metrics,
         }
     }
 }
@@ -316,6 +331,7 @@ struct Running {
     request: Arc<TaskRequest>,
     delivery: crate::consumer::DeliveryRef,
     was_scheduled: bool,
+    received: Instant,
     since: Instant,
     started_at: f64,
 }
@@ -341,6 +357,7 @@ pub struct PoolState {
     rate_timer: Option<AbortOnDrop<Result<(), ractor::MessagingErr<PoolMessage>>>>,
     /// With `--autoscale`.
     autoscaler: Option<Autoscaler>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Actor for Pool {
@@ -360,6 +377,7 @@ impl Actor for Pool {
             target: self.concurrency,
             rate_timer: None,
             autoscaler: self.autoscale,
+            metrics: self.metrics.clone(),
             slots: HashMap::new(),
             reserved: VecDeque::new(),
             consumer: None,
@@ -426,6 +444,7 @@ impl Actor for Pool {
                     });
                 }
                 if let Some(why) = recycle {
+                    state.metrics.recycled();
                     // Take it out of the pool before it stops, so its supervision event is not
                     // mistaken for a death; the replacement starts right away.
                     if let Some(old) = state.slots.remove(&child) {
@@ -613,6 +632,7 @@ impl Actor for Pool {
                 request: run.request,
                 delivery: run.delivery,
                 was_scheduled: run.was_scheduled,
+                received: run.received,
             });
             let outcome = match reason.strip_prefix(HARD_LIMIT_REASON) {
                 _ if slot.terminating => TaskOutcome::Revoked("terminated".into()),
@@ -637,6 +657,7 @@ impl Actor for Pool {
                 &format!("died before it was ready ({reason})"),
             ),
             Some(pid) if reason.starts_with(HARD_LIMIT_REASON) => {
+                state.metrics.killed();
                 info!(
                     child_pid = pid,
                     "Child process killed at the hard time limit; replacing it."
@@ -644,6 +665,7 @@ impl Actor for Pool {
                 self.schedule_spawn(&myself, state);
             }
             Some(pid) => {
+                state.metrics.lost();
                 warn!(child_pid = pid, reason = %reason, "Child process gone; starting a replacement.");
                 self.schedule_spawn(&myself, state);
             }
@@ -763,7 +785,7 @@ impl PoolState {
     /// Requests held: running, waiting for a child, or waiting for a rate-limit token (the
     /// autoscaler's load).
     fn held(&self) -> usize {
-        self.active() + self.reserved.len() + self.rates.iter().count()
+        self.active() + self.reserved.len() + self.rates.held()
     }
 
     /// Tells the consumer the prefetch count now follows `processes` children.
@@ -933,11 +955,16 @@ impl PoolState {
                 request: reserved.request.clone(),
                 delivery: reserved.delivery,
                 was_scheduled: reserved.was_scheduled,
+                received: reserved.received,
                 since: Instant::now(),
                 started_at: crate::protocol::time::epoch_f64(OffsetDateTime::now_utc()),
             };
             match slot.actor.cast(ChildMessage::Run(reserved, limits)) {
                 Ok(()) => {
+                    if !running.was_scheduled {
+                        let waited = running.since.saturating_duration_since(running.received);
+                        self.metrics.queue_wait(waited.as_secs_f64());
+                    }
                     *self
                         .total
                         .entry(running.request.display_name().to_owned())

@@ -145,6 +145,9 @@ pub struct WorkerSettings {
     pub send_events: bool,
     /// `--heartbeat-interval`: seconds between `worker-heartbeat` events. Default 2.
     pub heartbeat_interval: f64,
+    /// `--metrics-addr`: serve Prometheus metrics on `http://ADDR/metrics`, e.g.
+    /// `"127.0.0.1:9808"`. Unset (the default): no endpoint.
+    pub metrics_addr: Option<String>,
 }
 
 impl Default for WorkerSettings {
@@ -167,6 +170,7 @@ impl Default for WorkerSettings {
             pool_restarts: false,
             send_events: false,
             heartbeat_interval: 2.0,
+            metrics_addr: None,
         }
     }
 }
@@ -293,6 +297,14 @@ impl Settings {
         if let Some(a) = &self.worker.autoscale {
             parse_autoscale(a)
                 .map_err(|reason| ConfigError::invalid("worker.autoscale", reason))?;
+        }
+        if let Some(a) = &self.worker.metrics_addr
+            && a.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(ConfigError::invalid(
+                "worker.metrics_addr",
+                format!("{a:?} is not an address like 127.0.0.1:9808"),
+            ));
         }
         check_limit(self.worker.heartbeat_interval)
             .map_err(|reason| ConfigError::invalid("worker.heartbeat_interval", reason))?;
@@ -484,6 +496,20 @@ mod tests {
         assert_eq!(s.prefetch_count(), 12);
         s.worker.prefetch_multiplier = 0;
         assert_eq!(s.prefetch_count(), 0);
+    }
+
+    #[test]
+    fn metrics_addr_and_heartbeat_are_checked() {
+        let mut s = Settings::default();
+        s.worker.metrics_addr = Some("127.0.0.1:9808".into());
+        s.validate().unwrap();
+        s.worker.metrics_addr = Some("everywhere".into());
+        assert!(matches!(s.validate(),
+            Err(ConfigError::Invalid { key, .. }) if key == "worker.metrics_addr"));
+        let mut s = Settings::default();
+        s.worker.heartbeat_interval = 0.0;
+        assert!(matches!(s.validate(),
+            Err(ConfigError::Invalid { key, .. }) if key == "worker.heartbeat_interval"));
     }
 
     #[test]

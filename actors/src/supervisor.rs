@@ -17,6 +17,7 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{error, info, warn};
 
+use crate::child::AbortOnDrop;
 use crate::child::{ChildCommand, Recycling};
 use crate::clock::Clock;
 use crate::consumer::{Consumer, ConsumerMessage, ConsumerPeers};
@@ -24,6 +25,7 @@ use crate::control::custom::ControlCommands;
 use crate::control::info::TaskAttrs;
 use crate::control::{Control, ControlMessage, ControlPeers};
 use crate::events::{Events, EventsMessage, TaskEvents};
+use crate::metrics::{GaugeSources, Metrics};
 use crate::pool::{Pool, PoolArgs, PoolMessage, effective_rates};
 use crate::revoke::{RevokeMessage, RevokeRegistry};
 use crate::scheduler::{Scheduler, SchedulerMessage};
@@ -81,6 +83,8 @@ pub struct SupervisorState {
     consumer: ActorRef<ConsumerMessage>,
     control: ActorRef<ControlMessage>,
     events: ActorRef<EventsMessage>,
+    /// The metrics endpoint's task, stopped with the supervisor.
+    _metrics_endpoint: Option<AbortOnDrop<()>>,
     exit: UnboundedSender<ExitReason>,
     shutting_down: bool,
 }
@@ -106,6 +110,14 @@ impl Actor for Supervisor {
             max: settings.worker.revokes_max,
             expires: std::time::Duration::from_secs_f64(settings.worker.revoke_expires),
         };
+        // Bound before anything starts: an address in use stops the start with the reason.
+        let listener = match &settings.worker.metrics_addr {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                format!("cannot serve metrics on {addr} (worker.metrics_addr): {e}")
+            })?),
+            None => None,
+        };
+        let metrics = Metrics::new();
         let (revoke, _) = Actor::spawn_linked(None, registry, (), cell.clone()).await?;
         let pool = Pool::new(PoolArgs {
             command: args.child_command,
@@ -121,6 +133,7 @@ impl Actor for Supervisor {
                 let keepalive = settings.worker.autoscale_keepalive;
                 (bounds, std::time::Duration::from_secs_f64(keepalive))
             }),
+            metrics: metrics.clone(),
         });
         let attrs = task_attrs(&settings, &args.tasks);
         let registered: HashSet<String> = args.tasks.keys().cloned().collect();
@@ -142,6 +155,7 @@ impl Actor for Supervisor {
             revoke: revoke.clone(),
             events: events.clone(),
             task_events: task_events.clone(),
+            metrics: metrics.clone(),
         };
         let control_peers = ControlPeers {
             supervisor: myself.clone(),
@@ -168,6 +182,14 @@ impl Actor for Supervisor {
             pool: pool.clone(),
             scheduler: scheduler.clone(),
         })?;
+        let metrics_endpoint = listener.map(|l| {
+            let sources = GaugeSources {
+                pool: pool.clone(),
+                scheduler: scheduler.clone(),
+                revoke: revoke.clone(),
+            };
+            AbortOnDrop(tokio::spawn(crate::metrics::serve(l, metrics, sources)))
+        });
         info!(hostname = %args.hostname, concurrency = settings.effective_concurrency(),
             "{} ready.", args.hostname);
         Ok(SupervisorState {
@@ -177,6 +199,7 @@ impl Actor for Supervisor {
             consumer,
             control,
             events,
+            _metrics_endpoint: metrics_endpoint,
             exit: args.exit,
             shutting_down: false,
         })

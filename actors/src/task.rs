@@ -59,6 +59,8 @@ pub struct TaskError {
     pub exc_module: String,
     /// The exception args (usually one message string).
     pub args: Vec<Value>,
+    /// Set by [`TaskContext::retry`]: send the task again after this many seconds.
+    pub retry_in: Option<f64>,
 }
 
 impl TaskError {
@@ -74,6 +76,7 @@ impl TaskError {
             exc_type,
             exc_module: exc_module.to_owned(),
             args: vec![Value::String(message.into())],
+            retry_in: None,
         }
     }
 
@@ -95,6 +98,7 @@ impl TaskError {
             exc_type: "SoftTimeLimitExceeded".into(),
             exc_module: "billiard.exceptions".into(),
             args: Vec::new(),
+            retry_in: None,
         }
     }
 
@@ -151,6 +155,26 @@ impl TaskContext {
     /// Whether the soft time limit has passed.
     pub fn soft_time_limit_exceeded(&self) -> bool {
         self.soft_limit.load(Ordering::Relaxed)
+    }
+
+    /// Celery's `self.retry(exc=…, countdown=…, max_retries=…)`; return what it gives from the
+    /// task (`return Err(ctx.retry(e, 5.0, 3))`). While fewer than `max_retries` retries were
+    /// made, the worker sends the task again (same id, `retries + 1`, due `countdown` seconds
+    /// from now), reports RETRY with `exc` and sends `task-retried`. After that it is `exc`
+    /// itself and the task fails with it, as Celery re-raises the exception it was given.
+    pub fn retry(&self, exc: TaskError, countdown: f64, max_retries: u32) -> TaskError {
+        if self.retries >= max_retries {
+            return exc;
+        }
+        let countdown = if countdown.is_finite() {
+            countdown.max(0.0)
+        } else {
+            0.0
+        };
+        TaskError {
+            retry_in: Some(countdown),
+            ..exc
+        }
     }
 
     /// `Err(SoftTimeLimitExceeded)` once the soft time limit has passed; call it in loops and
@@ -380,6 +404,20 @@ mod tests {
 
     fn ctx() -> TaskContext {
         TaskContext::new("id".into(), "t".into(), 0, "h".into(), Arc::default())
+    }
+
+    #[test]
+    fn retry_asks_for_a_retry_until_max_retries() {
+        let e = TaskError::new("ValueError", "x");
+        assert_eq!(ctx().retry(e.clone(), 2.5, 3).retry_in, Some(2.5));
+        assert_eq!(ctx().retry(e.clone(), -1.0, 3).retry_in, Some(0.0));
+        let mut last = ctx();
+        last.retries = 3;
+        assert_eq!(
+            last.retry(e.clone(), 2.5, 3),
+            e,
+            "out of retries: the error itself"
+        );
     }
 
     #[test]

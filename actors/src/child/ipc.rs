@@ -54,6 +54,8 @@ pub enum JobOutcome {
         args_json: String,
         /// Traceback-like text.
         traceback: String,
+        /// The task asked to be retried after this many seconds.
+        retry_in: Option<f64>,
     },
 }
 

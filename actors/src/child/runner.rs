@@ -135,6 +135,7 @@ fn failure(e: &TaskError, traceback: String) -> JobOutcome {
         exc_module: e.exc_module.clone(),
         args_json: serde_json::to_string(&e.args).unwrap_or_else(|_| "[]".into()),
         traceback,
+        retry_in: e.retry_in,
     }
 }
 

@@ -179,6 +179,17 @@ pub async fn publish_task(
     queue: &str,
     msg: &crate::protocol::encode::TaskMessage,
 ) -> Result<(), BrokerError> {
+    publish_task_to(channel, "", queue, msg).await
+}
+
+/// Publishes a task message to `exchange` with `routing_key` (a retry goes where the original
+/// was sent).
+pub async fn publish_task_to(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    msg: &crate::protocol::encode::TaskMessage,
+) -> Result<(), BrokerError> {
     let mut props = BasicProperties::default()
         .with_content_type(ShortString::from("application/json"))
         .with_content_encoding(ShortString::from("utf-8"))
@@ -192,12 +203,13 @@ pub async fn publish_task(
     }
     channel
         .basic_publish(
-            "".into(),
-            queue.into(),
+            exchange.into(),
+            routing_key.into(),
             BasicPublishOptions::default(),
             &msg.body,
             props,
         )
+        .await?
         .await?;
     Ok(())
 }

@@ -121,6 +121,19 @@ pub fn error(text: impl Into<String>) -> Value {
     json!({ "error": text.into() })
 }
 
+/// Python's truth of an argument: clients send `true`, but also `1` (Flower's `strtobool`) or
+/// a non-empty string; absent and null are false.
+pub fn truthy(v: Option<&Value>) -> bool {
+    match v {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(Value::Number(n)) => n.as_f64().is_some_and(|f| f != 0.0),
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(Value::Object(o)) => !o.is_empty(),
+    }
+}
+
 /// The task ids of a `revoke` (`task_id` may be one id or a list).
 pub fn task_ids(args: &Map<String, Value>) -> Vec<String> {
     match args.get("task_id") {
@@ -198,5 +211,7 @@ mod tests {
         assert!(is_for(&pcre("celery|w1"), "w1@h"));
         assert!(!is_for(&pcre("("), "w1@h"), "a bad regex matches nothing");
         assert_eq!(py_set(&["a".into(), "b".into()]), "{'a', 'b'}");
+        assert!(truthy(Some(&json!(true))) && truthy(Some(&json!(1))) && truthy(Some(&json!("x"))));
+        assert!(!truthy(None) && !truthy(Some(&json!(0))) && !truthy(Some(&json!(null))));
     }
 }

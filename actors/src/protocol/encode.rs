@@ -97,10 +97,75 @@ impl TaskMessage {
     }
 }
 
+/// The message a retry sends (Celery's `Task.retry`): the same task id, name and arguments,
+/// `retries + 1` and an `eta` `countdown` seconds from `now`. The request's other headers
+/// (root and parent ids, group, time limits, stamps, origin…) and its embed (callbacks, chain)
+/// are kept.
+pub fn retry_message(req: &super::TaskRequest, countdown: f64, now: OffsetDateTime) -> TaskMessage {
+    let call = TaskCall {
+        name: req.task.clone(),
+        args: req.args.clone(),
+        kwargs: req.kwargs.clone(),
+        eta: Some(now + time::Duration::seconds_f64(countdown.max(0.0))),
+        expires: req.expires,
+        reply_to: req.reply_to.clone(),
+        id: Some(req.id.clone()),
+        origin: req.origin.clone().unwrap_or_default(),
+        priority: req.delivery_info.priority,
+    };
+    let mut msg = TaskMessage::new(&call, now);
+    for (k, v) in &req.headers {
+        if !matches!(k.as_str(), "id" | "task" | "eta" | "retries" | "expires") {
+            msg.headers.insert(k.clone(), v.clone());
+        }
+    }
+    msg.headers.insert("retries".into(), json!(req.retries + 1));
+    msg.body = serde_json::to_vec(&json!([req.args, req.kwargs, req.embed])).unwrap_or_default();
+    msg
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::protocol::{RawMessage, decode};
+
+    #[test]
+    fn a_retry_keeps_the_request_and_counts_up() {
+        let now = OffsetDateTime::now_utc();
+        let call = TaskCall {
+            name: "tasks.flaky".into(),
+            args: vec![json!(1)],
+            reply_to: Some("rq".into()),
+            origin: "gen1@h".into(),
+            ..Default::default()
+        };
+        let first = TaskMessage::new(&call, now);
+        let raw = RawMessage {
+            content_type: Some("application/json"),
+            content_encoding: Some("utf-8"),
+            headers: first.headers.clone(),
+            correlation_id: Some(&first.id),
+            reply_to: Some("rq"),
+            body: &first.body,
+            ..Default::default()
+        };
+        let req = decode(&raw).unwrap();
+        let again = retry_message(&req, 5.0, now);
+        assert_eq!(again.id, first.id);
+        assert_eq!(again.headers["retries"], 1);
+        assert_eq!(again.headers["root_id"], first.headers["root_id"]);
+        assert_eq!(again.reply_to, "rq");
+        let raw = RawMessage {
+            headers: again.headers.clone(),
+            body: &again.body,
+            ..raw
+        };
+        let req2 = decode(&raw).unwrap();
+        assert_eq!(req2.retries, 1);
+        assert_eq!(req2.args, vec![json!(1)]);
+        let due = req2.eta.unwrap() - (now + time::Duration::seconds(5));
+        assert!(due.abs() < time::Duration::milliseconds(1), "{due}");
+    }
 
     #[test]
     fn encoded_message_decodes_back() {

@@ -62,6 +62,13 @@ pub enum ResultState {
     },
     /// Revoked: reason is `revoked`, `expired` or `terminated`.
     Revoked(String),
+    /// To be retried; the exception that caused it.
+    Retry {
+        /// The exception.
+        exc: ExceptionInfo,
+        /// A traceback text, if any.
+        traceback: Option<String>,
+    },
 }
 
 impl ResultState {
@@ -72,12 +79,16 @@ impl ResultState {
             ResultState::Success(_) => "SUCCESS",
             ResultState::Failure { .. } => "FAILURE",
             ResultState::Revoked(_) => "REVOKED",
+            ResultState::Retry { .. } => "RETRY",
         }
     }
 
     /// Whether `AsyncResult.get()` returns on it.
     pub fn is_ready(&self) -> bool {
-        !matches!(self, ResultState::Started { .. })
+        !matches!(
+            self,
+            ResultState::Started { .. } | ResultState::Retry { .. }
+        )
     }
 }
 
@@ -92,7 +103,9 @@ pub fn result_body(
     let (result, traceback) = match state {
         ResultState::Started { pid, hostname } => (json!({"pid": pid, "hostname": hostname}), None),
         ResultState::Success(v) => (v.clone(), None),
-        ResultState::Failure { exc, traceback } => (exc.to_json(), traceback.clone()),
+        ResultState::Failure { exc, traceback } | ResultState::Retry { exc, traceback } => {
+            (exc.to_json(), traceback.clone())
+        }
         ResultState::Revoked(reason) => (
             ExceptionInfo::new("TaskRevokedError", "celery.exceptions", vec![json!(reason)])
                 .to_json(),

@@ -1,0 +1,394 @@
+//! Prometheus metrics (`--metrics-addr`): what Celery has no endpoint for. Counters and
+//! histograms live in a shared [`Metrics`] registry that the consumer and the pool update as
+//! things happen; gauges (pool size, busy children, held tasks, revoked ids) are read from the
+//! actors at scrape time. [`serve`] answers `GET /metrics` in the Prometheus text format.
+//!
+//! The endpoint is a task the supervisor owns, not an actor: it has no state of its own.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use ractor::ActorRef;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tracing::{debug, info};
+
+use crate::pool::PoolMessage;
+use crate::revoke::RevokeMessage;
+use crate::scheduler::SchedulerMessage;
+
+/// Histogram bucket bounds, in seconds.
+pub const BUCKETS: [f64; 13] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// A cumulative histogram with [`BUCKETS`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&mut self, seconds: f64) {
+        for (bound, n) in BUCKETS.iter().zip(self.counts.iter_mut()) {
+            if seconds <= *bound {
+                *n += 1;
+            }
+        }
+        self.sum += seconds;
+        self.count += 1;
+    }
+
+    fn render(&self, name: &str, labels: &str, out: &mut String) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (bound, n) in BUCKETS.iter().zip(self.counts.iter()) {
+            out.push_str(&format!(
+                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {n}\n"
+            ));
+        }
+        out.push_str(&format!(
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}\n",
+            self.count
+        ));
+        let braces = |s: &str| {
+            if s.is_empty() {
+                String::new()
+            } else {
+                format!("{{{s}}}")
+            }
+        };
+        out.push_str(&format!("{name}_sum{} {}\n", braces(labels), self.sum));
+        out.push_str(&format!("{name}_count{} {}\n", braces(labels), self.count));
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    tasks: BTreeMap<(String, &'static str), u64>,
+    runtime: BTreeMap<String, Histogram>,
+    queue_wait: Histogram,
+    recycled: u64,
+    killed: u64,
+    lost: u64,
+    reconnects: u64,
+}
+
+/// The shared registry of counters and histograms.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+/// Values read from the actors when scraped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Gauges {
+    /// Child processes.
+    pub processes: usize,
+    /// Children running a task.
+    pub busy: usize,
+    /// Requests waiting for a child (or a rate-limit token).
+    pub reserved: usize,
+    /// ETA requests held by the scheduler.
+    pub scheduled: usize,
+    /// Revoked ids kept.
+    pub revoked: usize,
+}
+
+impl Metrics {
+    /// An empty registry, shared.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Metrics::default())
+    }
+
+    fn with(&self, f: impl FnOnce(&mut Inner)) {
+        if let Ok(mut inner) = self.inner.lock() {
+            f(&mut inner);
+        }
+    }
+
+    /// A task reached `state` (`received`, `succeeded`, `failed`, `retried`, `revoked`,
+    /// `rejected`).
+    pub fn task(&self, name: &str, state: &'static str) {
+        self.with(|i| *i.tasks.entry((name.to_owned(), state)).or_default() += 1);
+    }
+
+    /// A task ran for `seconds`.
+    pub fn runtime(&self, name: &str, seconds: f64) {
+        self.with(|i| {
+            i.runtime
+                .entry(name.to_owned())
+                .or_default()
+                .observe(seconds)
+        });
+    }
+
+    /// A task waited `seconds` between being received and starting.
+    pub fn queue_wait(&self, seconds: f64) {
+        self.with(|i| i.queue_wait.observe(seconds));
+    }
+
+    /// A child was replaced after `max_tasks_per_child`/`max_memory_per_child`.
+    pub fn recycled(&self) {
+        self.with(|i| i.recycled += 1);
+    }
+
+    /// A child was killed at a hard time limit.
+    pub fn killed(&self) {
+        self.with(|i| i.killed += 1);
+    }
+
+    /// A child died on its own.
+    pub fn lost(&self) {
+        self.with(|i| i.lost += 1);
+    }
+
+    /// The consumer reconnected to the broker.
+    pub fn reconnected(&self) {
+        self.with(|i| i.reconnects += 1);
+    }
+
+    /// The Prometheus text exposition of everything, with `gauges`.
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let Ok(i) = self.inner.lock() else {
+            return String::new();
+        };
+        let mut out = String::new();
+        let head = |out: &mut String, name: &str, kind: &str, help: &str| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        };
+        head(
+            &mut out,
+            "celeryd_tasks_total",
+            "counter",
+            "Tasks by name and state reached.",
+        );
+        for ((task, state), n) in &i.tasks {
+            let task = escape(task);
+            out.push_str(&format!(
+                "celeryd_tasks_total{{task=\"{task}\",state=\"{state}\"}} {n}\n"
+            ));
+        }
+        head(
+            &mut out,
+            "celeryd_task_runtime_seconds",
+            "histogram",
+            "Task run time.",
+        );
+        for (task, h) in &i.runtime {
+            h.render(
+                "celeryd_task_runtime_seconds",
+                &format!("task=\"{}\"", escape(task)),
+                &mut out,
+            );
+        }
+        head(
+            &mut out,
+            "celeryd_task_queue_wait_seconds",
+            "histogram",
+            "Time from receipt to start (ETA tasks excluded).",
+        );
+        i.queue_wait
+            .render("celeryd_task_queue_wait_seconds", "", &mut out);
+        let counters = [
+            (
+                "celeryd_children_recycled_total",
+                "Children replaced after their task or memory limit.",
+                i.recycled,
+            ),
+            (
+                "celeryd_children_killed_total",
+                "Children killed at a hard time limit.",
+                i.killed,
+            ),
+            (
+                "celeryd_children_lost_total",
+                "Children that died on their own.",
+                i.lost,
+            ),
+            (
+                "celeryd_broker_reconnects_total",
+                "Reconnections to the broker.",
+                i.reconnects,
+            ),
+        ];
+        for (name, help, n) in counters {
+            head(&mut out, name, "counter", help);
+            out.push_str(&format!("{name} {n}\n"));
+        }
+        let gauges = [
+            (
+                "celeryd_pool_processes",
+                "Child processes.",
+                gauges.processes,
+            ),
+            ("celeryd_pool_busy", "Children running a task.", gauges.busy),
+            (
+                "celeryd_tasks_reserved",
+                "Tasks waiting for a child.",
+                gauges.reserved,
+            ),
+            (
+                "celeryd_tasks_scheduled",
+                "ETA tasks held.",
+                gauges.scheduled,
+            ),
+            (
+                "celeryd_revoked_ids",
+                "Revoked task ids kept.",
+                gauges.revoked,
+            ),
+        ];
+        for (name, help, n) in gauges {
+            head(&mut out, name, "gauge", help);
+            out.push_str(&format!("{name} {n}\n"));
+        }
+        out
+    }
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The actors the gauges are read from.
+#[derive(Debug, Clone)]
+pub struct GaugeSources {
+    /// The pool.
+    pub pool: ActorRef<PoolMessage>,
+    /// The scheduler.
+    pub scheduler: ActorRef<SchedulerMessage>,
+    /// The revoke registry.
+    pub revoke: ActorRef<RevokeMessage>,
+}
+
+impl GaugeSources {
+    async fn read(&self) -> Gauges {
+        let tasks =
+            ractor::call!(self.pool, |reply| PoolMessage::GetTasks { reply }).unwrap_or_default();
+        let scheduled = ractor::call!(self.scheduler, SchedulerMessage::GetScheduled)
+            .map(|s| s.len())
+            .unwrap_or_default();
+        let revoked = ractor::call!(self.revoke, RevokeMessage::GetRevoked)
+            .map(|r| r.len())
+            .unwrap_or_default();
+        Gauges {
+            processes: tasks.processes.len(),
+            busy: tasks.active.len(),
+            reserved: tasks.reserved.len(),
+            scheduled,
+            revoked,
+        }
+    }
+}
+
+/// Answers `GET /metrics` (404 for anything else) on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, sources: GaugeSources) {
+    if let Ok(addr) = listener.local_addr() {
+        info!("Metrics on http://{addr}/metrics");
+    }
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let (metrics, sources) = (metrics.clone(), sources.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut len = 0;
+            while len < buf.len() && !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf[len..]).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => len += n,
+                }
+            }
+            let request = String::from_utf8_lossy(&buf[..len]);
+            let response = match request_path(&request) {
+                Some("/metrics") => {
+                    let body = metrics.render(&sources.read().await);
+                    http_response("200 OK", "text/plain; version=0.0.4", &body)
+                }
+                _ => http_response("404 Not Found", "text/plain", "not found: try /metrics\n"),
+            };
+            if let Err(e) = stream.write_all(response.as_bytes()).await {
+                debug!(error = %e, "Metrics response not sent.");
+            }
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+/// The path of a `GET` request line (query string dropped).
+pub fn request_path(request: &str) -> Option<&str> {
+    let mut words = request.lines().next()?.split_whitespace();
+    if words.next()? != "GET" {
+        return None;
+    }
+    words.next()?.split('?').next()
+}
+
+fn http_response(status: &str, content_type: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_histograms_and_gauges() {
+        let m = Metrics::new();
+        m.task("tasks.add", "succeeded");
+        m.task("tasks.add", "succeeded");
+        m.task("we\"ird", "failed");
+        m.runtime("tasks.add", 0.003);
+        m.runtime("tasks.add", 2.0);
+        m.queue_wait(0.02);
+        m.killed();
+        let text = m.render(&Gauges {
+            processes: 2,
+            busy: 1,
+            ..Default::default()
+        });
+        assert!(text.contains("celeryd_tasks_total{task=\"tasks.add\",state=\"succeeded\"} 2\n"));
+        assert!(text.contains("celeryd_tasks_total{task=\"we\\\"ird\",state=\"failed\"} 1\n"));
+        assert!(
+            text.contains(
+                "celeryd_task_runtime_seconds_bucket{task=\"tasks.add\",le=\"0.005\"} 1\n"
+            )
+        );
+        assert!(
+            text.contains(
+                "celeryd_task_runtime_seconds_bucket{task=\"tasks.add\",le=\"+Inf\"} 2\n"
+            )
+        );
+        assert!(text.contains("celeryd_task_runtime_seconds_count{task=\"tasks.add\"} 2\n"));
+        assert!(text.contains("celeryd_task_queue_wait_seconds_bucket{le=\"0.025\"} 1\n"));
+        assert!(text.contains("celeryd_task_queue_wait_seconds_count 1\n"));
+        assert!(text.contains("celeryd_children_killed_total 1\n"));
+        assert!(text.contains("celeryd_pool_processes 2\n"));
+        assert!(text.contains("# TYPE celeryd_pool_busy gauge\n"));
+    }
+
+    #[test]
+    fn only_get_metrics_is_served() {
+        assert_eq!(
+            request_path("GET /metrics HTTP/1.1\r\n\r\n"),
+            Some("/metrics")
+        );
+        assert_eq!(
+            request_path("GET /metrics?x=1 HTTP/1.0\r\n"),
+            Some("/metrics")
+        );
+        assert_eq!(request_path("POST /metrics HTTP/1.1\r\n"), None);
+        assert_eq!(request_path(""), None);
+    }
+}

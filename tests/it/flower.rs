@@ -1,0 +1,162 @@
+//! Flower (pinned, Python) against celeryd: the worker page's data (stats, queues, registered
+//! tasks) from inspect, tasks moving through received → started → succeeded from events, and
+//! Flower's control buttons, all through Flower's HTTP API.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::block_on;
+use crate::support::{
+    Worker, amqp_url, call_task, delete_queue, eventually, free_port, http, python, spawn_task,
+    unique_queue,
+};
+
+struct Flower {
+    child: Child,
+    port: u16,
+}
+
+impl Flower {
+    fn start() -> Flower {
+        let port = free_port();
+        let url = amqp_url().replace("/%2f", "//").replace("/%2F", "//");
+        // With an app that declares celeryd's task names: Flower's rate-limit and time-limit
+        // buttons refuse names its own app does not know.
+        let child = Command::new(python().with_file_name("celery"))
+            .current_dir(crate::support::repo().join("tests/python"))
+            .args([
+                "-A",
+                "celeryd_app",
+                "-b",
+                &url,
+                "flower",
+                "--address=127.0.0.1",
+            ])
+            .arg(format!("--port={port}"))
+            .args(["--inspect_timeout=3000", "--persistent=False"])
+            .env("FLOWER_UNAUTHENTICATED_API", "true")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start flower");
+        eventually(Duration::from_secs(60), "Flower to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Flower { child, port }
+    }
+
+    fn get(&self, path: &str) -> Value {
+        let (status, body) = http("GET", self.port, path);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+    }
+
+    fn post(&self, path: &str) -> (u16, String) {
+        http("POST", self.port, path)
+    }
+}
+
+impl Drop for Flower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn flower_shows_and_controls_a_celeryd_worker() {
+    let flower = Flower::start();
+    let queue = unique_queue("flower");
+    let mut worker = Worker::start(&queue, "", &["-c", "1"]);
+    let node = worker.nodename();
+    // The worker page: stats, queues and registered tasks, gathered by Flower's inspect.
+    let mut workers = Value::Null;
+    eventually(Duration::from_secs(30), "Flower to list the worker", || {
+        workers = flower.get("/api/workers?refresh=1");
+        workers[&node]["stats"].is_object() && workers[&node]["active_queues"].is_array()
+    });
+    let w = &workers[&node];
+    assert_eq!(w["stats"]["pool"]["max-concurrency"], 1, "{w}");
+    assert_eq!(w["active_queues"][0]["name"], queue.as_str(), "{w}");
+    assert!(
+        w["registered"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "tasks.add"),
+        "{w}"
+    );
+    // Flower turns task events on by itself (enable_events every few seconds): a task is
+    // followed through its states.
+    let mut id = String::new();
+    eventually(Duration::from_secs(30), "a task SUCCESS in Flower", || {
+        let r = call_task(&queue, "tasks.add", "[2, 3]", &[]);
+        id = r["id"].as_str().unwrap().to_owned();
+        std::thread::sleep(Duration::from_millis(500));
+        flower.get(&format!("/api/task/info/{id}"))["state"] == "SUCCESS"
+    });
+    let info = flower.get(&format!("/api/task/info/{id}"));
+    assert_eq!(info["name"], "tasks.add", "{info}");
+    assert_eq!(info["result"], "5", "{info}");
+    assert_eq!(info["worker"], node.as_str(), "{info}");
+    assert!(
+        info["received"].is_f64() && info["started"].is_f64(),
+        "{info}"
+    );
+    let tasks = flower.get("/api/tasks");
+    assert_eq!(tasks[&id]["state"], "SUCCESS");
+    // Control buttons.
+    let ok = |path: &str| {
+        let (status, body) = flower.post(path);
+        assert_eq!(status, 200, "POST {path}: {body}");
+        body
+    };
+    ok(&format!("/api/worker/pool/grow/{node}?n=1"));
+    eventually(Duration::from_secs(10), "2 children", || {
+        worker.children().len() == 2
+    });
+    ok(&format!("/api/worker/pool/shrink/{node}?n=1"));
+    eventually(Duration::from_secs(10), "1 child", || {
+        worker.children().len() == 1
+    });
+    let extra = unique_queue("flower-extra");
+    ok(&format!(
+        "/api/worker/queue/add-consumer/{node}?queue={extra}"
+    ));
+    let r = call_task(&extra, "tasks.add", "[1, 1]", &[]);
+    assert_eq!(r["result"], json!(2));
+    ok(&format!(
+        "/api/worker/queue/cancel-consumer/{node}?queue={extra}"
+    ));
+    let body = ok(&format!(
+        "/api/task/rate-limit/tasks.noop?workername={node}&ratelimit=10/m"
+    ));
+    assert!(body.contains("new rate limit set successfully"), "{body}");
+    let body = ok(&format!(
+        "/api/task/timeout/tasks.noop?workername={node}&hard=5&soft=2"
+    ));
+    assert!(body.contains("time limits set successfully"), "{body}");
+    let (status, body) = flower.post(&format!("/api/worker/pool/autoscale/{node}?min=1&max=2"));
+    assert_eq!(
+        status, 403,
+        "no autoscaler: Flower reports the worker's error: {body}"
+    );
+    assert!(body.contains("Autoscale not enabled"), "{body}");
+    let running = spawn_task(&queue, "tasks.sleep", "[30]", &[]);
+    worker.wait_for_log("Task tasks.sleep[", Duration::from_secs(20));
+    let active = flower.get(&format!("/api/workers?refresh=1&workername={node}"));
+    let sleeping = active[&node]["active"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(&format!("/api/task/revoke/{sleeping}?terminate=true"));
+    let r = crate::support::parse_client_output(&running.wait_with_output().unwrap());
+    assert_eq!(r["state"], "REVOKED", "{r}");
+    ok(&format!("/api/worker/shutdown/{node}"));
+    assert!(worker.wait_exit(Duration::from_secs(20)).success());
+    drop(worker);
+    block_on(delete_queue(&queue));
+    block_on(delete_queue(&extra));
+}

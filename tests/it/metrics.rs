@@ -1,0 +1,66 @@
+//! The Prometheus endpoint (`--metrics-addr`), scraped over HTTP while the worker runs tasks.
+
+use std::time::Duration;
+
+use crate::block_on;
+use crate::support::{Worker, call_task, delete_queue, eventually, free_port, http, unique_queue};
+
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+}
+
+#[test]
+fn metrics_endpoint_counts_tasks_children_and_pool() {
+    let queue = unique_queue("metrics");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let worker = Worker::start(&queue, "", &["-c", "1", "--metrics-addr", &addr]);
+    call_task(&queue, "tasks.add", "[1, 2]", &[]);
+    call_task(&queue, "tasks.add", "[3, 4]", &[]);
+    call_task(&queue, "tasks.fail", "[\"x\"]", &[]);
+    call_task(&queue, "tasks.flaky", "[1]", &[]);
+    let r = call_task(&queue, "tasks.spin", "[10]", &["--time-limit", "0.3"]);
+    assert_eq!(r["exc_type"], "TimeLimitExceeded", "{r}");
+    let scrape = || {
+        let (status, body) = http("GET", port, "/metrics");
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    eventually(Duration::from_secs(10), "the replacement child", || {
+        value(&scrape(), "celeryd_pool_processes") == 1.0
+    });
+    let text = scrape();
+    let total = |task: &str, state: &str| {
+        value(
+            &text,
+            &format!("celeryd_tasks_total{{task=\"{task}\",state=\"{state}\"}}"),
+        )
+    };
+    assert_eq!(total("tasks.add", "received"), 2.0);
+    assert_eq!(total("tasks.add", "succeeded"), 2.0);
+    assert_eq!(total("tasks.fail", "failed"), 1.0);
+    assert_eq!(total("tasks.flaky", "retried"), 1.0);
+    assert_eq!(total("tasks.flaky", "succeeded"), 1.0);
+    assert_eq!(total("tasks.spin", "failed"), 1.0);
+    assert_eq!(
+        value(
+            &text,
+            "celeryd_task_runtime_seconds_count{task=\"tasks.add\"}"
+        ),
+        2.0
+    );
+    assert!(
+        value(&text, "celeryd_task_queue_wait_seconds_count") >= 5.0,
+        "{text}"
+    );
+    assert_eq!(value(&text, "celeryd_children_killed_total"), 1.0);
+    assert_eq!(value(&text, "celeryd_pool_busy"), 0.0);
+    assert!(text.contains("# TYPE celeryd_task_runtime_seconds histogram"));
+    let (status, _) = http("GET", port, "/other");
+    assert_eq!(status, 404);
+    drop(worker);
+    block_on(delete_queue(&queue));
+}
