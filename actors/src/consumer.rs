@@ -726,10 +726,11 @@ impl Consumer {
             | TaskOutcome::TimeLimitExceeded(_)
             | TaskOutcome::WorkerLost(_) => "failed",
             TaskOutcome::Retry { .. } => "retried",
-            TaskOutcome::Revoked(_) => "revoked",
+            TaskOutcome::Revoked(_) | TaskOutcome::Terminated(_) => "revoked",
         };
         metrics.task(&req.task, counted);
         if !matches!(outcome, TaskOutcome::Revoked(_)) {
+            // Terminated tasks ran: their run time counts.
             metrics.runtime(&req.task, secs);
         }
         match outcome {
@@ -746,16 +747,7 @@ impl Consumer {
             }
             TaskOutcome::Failure { exc, traceback } => {
                 error!(task_id = %id, runtime = secs, "Task {name}[{id}] raised unexpected: {}", exc.repr());
-                state.event(|| {
-                    event::task_failed(id, &exc.repr(), traceback.as_deref().unwrap_or_default())
-                });
-                let st = ResultState::Failure { exc, traceback };
-                state.publish_state(&reserved, &st, ignore, true).await;
-                if task.acks_late {
-                    state
-                        .settle(reserved.delivery, task.acks_on_failure_or_timeout)
-                        .await;
-                }
+                self.fail(state, &reserved, exc, traceback, false).await;
             }
             TaskOutcome::Retry {
                 exc,
@@ -785,14 +777,7 @@ impl Consumer {
                     Err(e) => {
                         error!(task_id = %id, error = %e,
                             "Task {name}[{id}] could not be sent for retry; it fails: {}", exc.repr());
-                        state.event(|| event::task_failed(id, &exc.repr(), &tb));
-                        let st = ResultState::Failure { exc, traceback };
-                        state.publish_state(&reserved, &st, ignore, true).await;
-                        if task.acks_late {
-                            state
-                                .settle(reserved.delivery, task.acks_on_failure_or_timeout)
-                                .await;
-                        }
+                        self.fail(state, &reserved, exc, traceback, false).await;
                     }
                 }
             }
@@ -807,15 +792,7 @@ impl Consumer {
                 error!(task_id = %id, "Task handler raised error: WorkerLostError('{msg}') for {name}[{id}]");
                 let exc =
                     ExceptionInfo::new("WorkerLostError", "billiard.exceptions", vec![json!(msg)]);
-                state.event(|| event::task_failed(id, &exc.repr(), ""));
-                let st = ResultState::Failure {
-                    exc,
-                    traceback: None,
-                };
-                state.publish_state(&reserved, &st, ignore, true).await;
-                if task.acks_late {
-                    state.ack(reserved.delivery).await;
-                }
+                self.fail(state, &reserved, exc, None, true).await;
             }
             TaskOutcome::TimeLimitExceeded(seconds) => {
                 let exc = ExceptionInfo::new(
@@ -824,23 +801,17 @@ impl Consumer {
                     vec![json!(seconds)],
                 );
                 error!(task_id = %id, "Task {name}[{id}] raised unexpected: {}", exc.repr());
-                state.event(|| event::task_failed(id, &exc.repr(), ""));
-                let st = ResultState::Failure {
-                    exc,
-                    traceback: None,
-                };
-                state.publish_state(&reserved, &st, ignore, true).await;
-                if task.acks_late {
-                    state
-                        .settle(reserved.delivery, task.acks_on_failure_or_timeout)
-                        .await;
-                }
+                self.fail(state, &reserved, exc, None, false).await;
             }
-            TaskOutcome::Revoked(reason) => {
+            TaskOutcome::Revoked(_) | TaskOutcome::Terminated(_) => {
+                let (reason, signum) = match outcome {
+                    TaskOutcome::Terminated(signum) => ("terminated".to_owned(), Some(signum)),
+                    TaskOutcome::Revoked(reason) => (reason, None),
+                    _ => unreachable!("matched above"),
+                };
                 info!(task_id = %id, "Discarding revoked task: {name}[{id}] ({reason}).");
                 state.event(|| {
-                    let terminated = reason == "terminated";
-                    event::task_revoked(id, terminated, None, reason == "expired")
+                    event::task_revoked(id, signum.is_some(), signum, reason == "expired")
                 });
                 if reserved.was_scheduled {
                     state.held_eta = state.held_eta.saturating_sub(1);
@@ -851,6 +822,34 @@ impl Consumer {
                     .await;
                 state.ack(reserved.delivery).await;
             }
+        }
+    }
+}
+
+impl Consumer {
+    /// Reports a failed task: `task-failed`, a FAILURE result, and with acks_late the delivery
+    /// settled: acked when `ack_anyway` (a lost child), else as `acks_on_failure_or_timeout`
+    /// says.
+    async fn fail(
+        &self,
+        state: &mut ConsumerState,
+        reserved: &Reserved,
+        exc: ExceptionInfo,
+        traceback: Option<String>,
+        ack_anyway: bool,
+    ) {
+        let task = &self.settings.task;
+        let id = &reserved.request.id;
+        state.event(|| {
+            event::task_failed(id, &exc.repr(), traceback.as_deref().unwrap_or_default())
+        });
+        let st = ResultState::Failure { exc, traceback };
+        state
+            .publish_state(reserved, &st, task.ignore_result, true)
+            .await;
+        if task.acks_late {
+            let ack = ack_anyway || task.acks_on_failure_or_timeout;
+            state.settle(reserved.delivery, ack).await;
         }
     }
 }

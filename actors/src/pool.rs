@@ -83,6 +83,8 @@ pub enum TaskOutcome {
     TimeLimitExceeded(f64),
     /// Not run: revoked, with the reason (`expired`, `revoked`).
     Revoked(String),
+    /// Revoked with `terminate` while it ran: the signal number it was sent.
+    Terminated(i32),
 }
 
 /// The pool actor's configuration.
@@ -321,7 +323,7 @@ struct Slot {
     /// mailbox) has its task reported lost rather than dropped.
     running: Option<Running>,
     /// Its task was revoked with `terminate`: however it ends, it is REVOKED `terminated`.
-    terminating: bool,
+    terminating: Option<i32>,
     /// `pool_restart` asked for it to be replaced once its task ends.
     retire: bool,
 }
@@ -431,10 +433,9 @@ impl Actor for Pool {
                 slot.busy = false;
                 slot.running = None;
                 let recycle = recycle.or_else(|| slot.retire.then(|| "pool_restart".to_owned()));
-                let outcome = if std::mem::take(&mut slot.terminating) {
-                    TaskOutcome::Revoked("terminated".into())
-                } else {
-                    outcome
+                let outcome = match slot.terminating.take() {
+                    Some(signum) => TaskOutcome::Terminated(signum),
+                    None => outcome,
                 };
                 if let Some(c) = &state.consumer {
                     let _ = c.cast(ConsumerMessage::TaskFinished {
@@ -635,7 +636,9 @@ impl Actor for Pool {
                 received: run.received,
             });
             let outcome = match reason.strip_prefix(HARD_LIMIT_REASON) {
-                _ if slot.terminating => TaskOutcome::Revoked("terminated".into()),
+                _ if slot.terminating.is_some() => {
+                    TaskOutcome::Terminated(slot.terminating.unwrap_or_default())
+                }
                 Some(secs) => TaskOutcome::TimeLimitExceeded(secs.parse().unwrap_or_default()),
                 None => TaskOutcome::WorkerLost(reason.clone()),
             };
@@ -732,7 +735,7 @@ impl Pool {
                 pid: None,
                 busy: false,
                 running: None,
-                terminating: false,
+                terminating: None,
                 retire: false,
             },
         );
@@ -840,7 +843,7 @@ impl PoolState {
                     run.request.display_name(),
                     run.request.id
                 );
-                slot.terminating = true;
+                slot.terminating = Some(signal as i32);
                 let _ = slot.actor.cast(ChildMessage::Terminate(signal));
             }
         }

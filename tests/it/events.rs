@@ -162,6 +162,37 @@ fn worker_and_task_events_reach_celerys_receiver() {
             "task-succeeded"
         ]
     );
+    // A terminated task: task-revoked with the signal number.
+    let before = capture.of(&node, "task-started").len();
+    let sleeper = crate::support::spawn_task(&queue, "tasks.sleep", "[30]", &[]);
+    eventually(
+        Duration::from_secs(10),
+        "the sleeper's task-started",
+        || capture.of(&node, "task-started").len() > before,
+    );
+    let started = capture.of(&node, "task-started");
+    let sleeping = started.last().unwrap()["uuid"].as_str().unwrap().to_owned();
+    let out = celery_cli(&["control", "terminate", "SIGKILL", &sleeping, "-d", &node]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("terminate:"),
+        "{out:?}"
+    );
+    eventually(Duration::from_secs(10), "task-revoked", || {
+        capture
+            .for_task(&sleeping)
+            .contains(&"task-revoked".to_owned())
+    });
+    let revoked = capture.of(&node, "task-revoked").pop().unwrap();
+    assert_eq!(
+        (
+            &revoked["terminated"],
+            &revoked["signum"],
+            &revoked["expired"]
+        ),
+        (&json!(true), &json!(9), &json!(false)),
+        "{revoked}"
+    );
+    let _ = sleeper.wait_with_output();
     // disable_events: task events stop, worker events go on.
     assert!(control(&node, "disable_events").contains("task events disabled"));
     let r = call_task(&queue, "tasks.add", "[4, 4]", &[]);

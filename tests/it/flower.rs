@@ -144,6 +144,20 @@ fn flower_shows_and_controls_a_celeryd_worker() {
         "no autoscaler: Flower reports the worker's error: {body}"
     );
     assert!(body.contains("Autoscale not enabled"), "{body}");
+    let scaling = Worker::start(&queue, "", &["--autoscale", "2,1"]);
+    let scaling_node = scaling.nodename();
+    eventually(
+        Duration::from_secs(30),
+        "Flower to list the autoscaling worker",
+        || flower.get("/api/workers?refresh=1")[&scaling_node]["stats"]["autoscaler"].is_object(),
+    );
+    ok(&format!(
+        "/api/worker/pool/autoscale/{scaling_node}?min=2&max=3"
+    ));
+    eventually(Duration::from_secs(10), "min raised to 2", || {
+        scaling.children().len() == 2
+    });
+    drop(scaling);
     let running = spawn_task(&queue, "tasks.sleep", "[30]", &[]);
     worker.wait_for_log("Task tasks.sleep[", Duration::from_secs(20));
     let active = flower.get(&format!("/api/workers?refresh=1&workername={node}"));
