@@ -69,6 +69,52 @@ fn ctl_prints_what_the_celery_cli_prints() {
     // status: the node lines only.
     let out = ctl_ok(&["status", "-d", &node]);
     assert_eq!(out, format!("->  {node}: OK\n\n1 node online.\n"));
+    // clock, report, memsample, and the hidden hello / election through broadcast.
+    let json_of = |args: &[&str]| -> Value {
+        let mut a = args.to_vec();
+        a.extend_from_slice(&["--json", "-d", &node]);
+        serde_json::from_str(&ctl_ok(&a)).unwrap()
+    };
+    let c1 = json_of(&["clock"])[&node]["clock"].as_u64().unwrap();
+    let c2 = json_of(&["clock"])[&node]["clock"].as_u64().unwrap();
+    assert!(c2 > c1, "the Lamport clock moves: {c1} then {c2}");
+    let report = json_of(&["report"]);
+    assert!(
+        report[&node]["ok"].as_str().unwrap().contains("celeryd"),
+        "{report}"
+    );
+    assert!(
+        !report.to_string().contains("guest:guest"),
+        "password masked"
+    );
+    let mem = json_of(&["memsample"]);
+    assert!(mem[&node].as_str().unwrap().ends_with("MB"), "{mem}");
+    let hello = json_of(&[
+        "broadcast",
+        "hello",
+        "--arguments",
+        r#"{"from_node": "other@h"}"#,
+    ]);
+    assert!(
+        hello[0][&node]["revoked"].is_array() && hello[0][&node]["clock"].is_u64(),
+        "{hello}"
+    );
+    let own = json_of(&[
+        "broadcast",
+        "hello",
+        "--arguments",
+        &json!({"from_node": node}).to_string(),
+    ]);
+    assert_eq!(own[0][&node], Value::Null, "no hello to itself");
+    let election = json_of(&[
+        "broadcast",
+        "election",
+        "--arguments",
+        r#"{"id": "1", "topic": "t"}"#,
+    ]);
+    assert_eq!(election[0][&node], Value::Null);
+    let unknown = json_of(&["broadcast", "no_such_command"]);
+    assert_eq!(unknown[0][&node]["error"], "KeyError('no_such_command')");
     // The application's own command, through ctl and through Python's broadcast().
     let out = ctl_ok(&["broadcast", "task_counts", "--json", "-d", &node]);
     let v: Value = serde_json::from_str(&out).unwrap();
