@@ -862,9 +862,10 @@ pub fn broker_delay(eta: OffsetDateTime, now: OffsetDateTime, hold_max: f64) -> 
     (hold_max > 0.0 && wait > hold_max).then(|| wait.floor() as u64)
 }
 
-/// Delay before connection attempt `n` (1-based): 1 s, 2 s, 4 s … capped at 16 s.
+/// Delay before connection attempt `n` (1-based): 1 s, 2 s, then every 4 s, so a worker is
+/// back within 4 s of the broker returning.
 pub fn connect_backoff(attempt: u32) -> Duration {
-    Duration::from_secs(1u64 << attempt.saturating_sub(1).min(4))
+    Duration::from_secs(1u64 << attempt.saturating_sub(1).min(2))
 }
 
 /// Consumes `queue` and forwards its deliveries to the actor.
@@ -1077,7 +1078,7 @@ mod tests {
     fn connect_backoff_doubles_and_caps() {
         assert_eq!(connect_backoff(1), Duration::from_secs(1));
         assert_eq!(connect_backoff(2), Duration::from_secs(2));
-        assert_eq!(connect_backoff(5), Duration::from_secs(16));
-        assert_eq!(connect_backoff(50), Duration::from_secs(16));
+        assert_eq!(connect_backoff(3), Duration::from_secs(4));
+        assert_eq!(connect_backoff(50), Duration::from_secs(4));
     }
 }

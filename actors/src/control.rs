@@ -127,6 +127,9 @@ pub struct ControlState {
     link: Option<(Connection, Channel, AbortOnDrop)>,
     generation: u64,
     reply_exchanges: HashSet<String>,
+    /// Replies go out on their own channel: a request naming a reply exchange the broker
+    /// refuses closes that channel, never the one the pidbox is consumed on. Re-opened on use.
+    reply_channel: Option<Channel>,
 }
 
 impl std::fmt::Debug for ControlState {
@@ -156,6 +159,7 @@ impl Actor for Control {
             link: None,
             generation: 0,
             reply_exchanges: HashSet::new(),
+            reply_channel: None,
         };
         match self.open(&myself, &mut state).await {
             Ok(()) => {}
@@ -269,6 +273,7 @@ impl Control {
             .await?;
         state.generation += 1;
         state.reply_exchanges.clear();
+        state.reply_channel = None;
         let generation = state.generation;
         let me = myself.clone();
         let task = tokio::spawn(async move {
@@ -310,12 +315,18 @@ impl Control {
         let Some(reply) = self.dispatch(state, &req).await else {
             return;
         };
-        if let (Some((exchange, key)), Some(ch)) =
-            (&req.reply_to, state.link.as_ref().map(|l| l.1.clone()))
-            && let Err(e) =
-                publish_reply(state, &ch, exchange, key, &req, &self.nodename, reply).await
+        let Some((exchange, key)) = &req.reply_to else {
+            return;
+        };
+        let Some(ch) = reply_channel(state).await else {
+            warn!("Cannot send a control reply: no channel.");
+            return;
+        };
+        if let Err(e) = publish_reply(state, &ch, exchange, key, &req, &self.nodename, reply).await
         {
-            warn!(error = %e, "Cannot send a control reply.");
+            warn!(error = %e, exchange = %exchange, "Cannot send a control reply.");
+            state.reply_channel = None;
+            state.reply_exchanges.clear();
         }
     }
 
@@ -453,7 +464,10 @@ impl Control {
             }
             "query_task" => self.query_task(peers, args).await,
             "pool_grow" | "pool_shrink" => {
-                let n = int_arg(args, "n").unwrap_or(1);
+                let n = match int_arg(args, "n") {
+                    Ok(n) => n.unwrap_or(1),
+                    Err(e) => return Some(e),
+                };
                 let grow = req.method == "pool_grow";
                 let done = if grow {
                     ractor::call!(peers.pool, |reply| PoolMessage::Grow { n, reply })
@@ -482,7 +496,10 @@ impl Control {
                 }
             }
             "autoscale" => {
-                let (max, min) = (int_arg(args, "max"), int_arg(args, "min"));
+                let (max, min) = match (int_arg(args, "max"), int_arg(args, "min")) {
+                    (Ok(max), Ok(min)) => (max, min),
+                    (Err(e), _) | (_, Err(e)) => return Some(e),
+                };
                 let bounds = ractor::call!(peers.pool, |reply| PoolMessage::Autoscale {
                     max,
                     min,
@@ -746,12 +763,24 @@ fn positive(args: &Map<String, Value>, key: &str) -> Option<f64> {
     args.get(key).and_then(Value::as_f64).filter(|v| *v > 0.0)
 }
 
-/// A whole-number argument, given as a number or as digits (the CLI sends strings).
-fn int_arg(args: &Map<String, Value>, key: &str) -> Option<usize> {
-    match args.get(key)? {
-        Value::Number(n) => n.as_u64().and_then(|n| usize::try_from(n).ok()),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
+/// A whole-number argument (0 to 1024), given as a number or as digits (the CLI sends
+/// strings); absent or null is `Ok(None)`, anything else an error reply naming it.
+fn int_arg(args: &Map<String, Value>, key: &str) -> Result<Option<usize>, Value> {
+    let n = match args.get(key) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => n.as_u64().and_then(|n| usize::try_from(n).ok()),
+        Some(Value::String(s)) => s.trim().parse().ok(),
+        Some(_) => None,
+    };
+    match n.filter(|n| *n <= 1024) {
+        Some(n) => Ok(Some(n)),
+        None => Err(error(format!(
+            "ValueError('{key} must be a whole number from 0 to 1024, not {}')",
+            args.get(key)
+                .map(Value::to_string)
+                .unwrap_or_default()
+                .replace('\'', "\"")
+        ))),
     }
 }
 
@@ -768,6 +797,9 @@ fn add_consumer(consumer: Option<&ActorRef<ConsumerMessage>>, args: &Map<String,
     let Some(queue) = args.get("queue").and_then(Value::as_str) else {
         return missing_argument("add_consumer", "queue");
     };
+    if queue.is_empty() || queue.len() > 255 {
+        return error("ValueError('a queue name is 1 to 255 bytes')");
+    }
     let text = |k: &str| {
         args.get(k)
             .and_then(Value::as_str)
@@ -925,6 +957,20 @@ async fn time_limit(peers: &ControlPeers, args: &Map<String, Value>) -> Value {
     }
 }
 
+/// The reply channel, opened on the pidbox connection when there is none (or it was closed).
+async fn reply_channel(state: &mut ControlState) -> Option<Channel> {
+    if let Some(ch) = &state.reply_channel
+        && ch.status().connected()
+    {
+        return Some(ch.clone());
+    }
+    let conn = &state.link.as_ref()?.0;
+    let ch = conn.create_channel().await.ok()?;
+    state.reply_exchanges.clear();
+    state.reply_channel = Some(ch.clone());
+    Some(ch)
+}
+
 async fn publish_reply(
     state: &mut ControlState,
     ch: &Channel,
@@ -934,7 +980,8 @@ async fn publish_reply(
     nodename: &str,
     value: Value,
 ) -> Result<(), lapin::Error> {
-    if !state.reply_exchanges.contains(exchange) {
+    // `amq.*` names are the broker's own: never declared (the broker refuses it).
+    if !state.reply_exchanges.contains(exchange) && !exchange.starts_with("amq.") {
         ch.exchange_declare(
             exchange.into(),
             ExchangeKind::Direct,

@@ -1,0 +1,29 @@
+//! Fault injection: the real `worker` binary and the real RabbitMQ under kill -9, a broker
+//! restart, children killed at random, a flood of malformed messages and hostile control
+//! messages. Every test holds one lock: they are heavy, and one restarts the broker (this
+//! binary runs after the `it` suite, never beside it).
+#![allow(missing_docs, unreachable_pub, clippy::unwrap_used, dead_code)]
+
+#[path = "../it/support.rs"]
+mod support;
+
+mod chaos;
+mod hostile;
+
+use std::sync::{Mutex, MutexGuard};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Taken by every test for its whole run.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A small runtime for the tests' own AMQP calls.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
