@@ -36,6 +36,11 @@ pub struct BrokerSettings {
     /// RabbitMQ 3.x: the limit can then be raised while consuming, which holding ETA tasks
     /// needs. Set false for RabbitMQ 4.x / quorum queues, which refuse global qos. Default true.
     pub global_qos: bool,
+    /// Largest AMQP frame in bytes (4096 to 131072); bigger messages are split into frames.
+    /// The AMQP client keeps two buffers of 32 frames per connection, so this sizes the
+    /// worker's memory: 16384 (the default) costs 1 MiB per connection instead of the 8 MiB
+    /// of RabbitMQ's own 131072, for the same throughput on task-sized messages.
+    pub frame_max: u32,
 }
 
 impl Default for BrokerSettings {
@@ -46,6 +51,7 @@ impl Default for BrokerSettings {
             connection_retry_on_startup: true,
             connection_max_retries: 100,
             global_qos: true,
+            frame_max: 16_384,
         }
     }
 }
@@ -240,6 +246,12 @@ impl Settings {
             return Err(ConfigError::invalid(
                 "broker.url",
                 format!("cannot parse {:?}", mask_password(url)),
+            ));
+        }
+        if !(4096..=131_072).contains(&self.broker.frame_max) {
+            return Err(ConfigError::invalid(
+                "broker.frame_max",
+                format!("{} is not from 4096 to 131072", self.broker.frame_max),
             ));
         }
         if self.worker.concurrency > 1024 {

@@ -1,7 +1,7 @@
 //! Fault injection: the real `worker` binary and the real RabbitMQ under kill -9, a broker
 //! restart, children killed at random, a flood of malformed messages and hostile control
-//! messages. Every test holds one lock: they are heavy, and one restarts the broker (this
-//! binary runs after the `it` suite, never beside it).
+//! messages. Every test holds one lock: they are heavy, and one restarts the broker (cargo
+//! runs test binaries one after another, so this never runs beside the `it` suite).
 #![allow(missing_docs, unreachable_pub, clippy::unwrap_used, dead_code)]
 
 #[path = "../it/support.rs"]

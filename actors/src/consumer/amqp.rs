@@ -22,6 +22,7 @@ pub async fn connect(
         .parse()
         .map_err(|e: String| BrokerError::Url(e))?;
     uri.query.heartbeat = Some(settings.heartbeat);
+    uri.query.frame_max = Some(settings.frame_max);
     if uri.query.connection_timeout.is_none() {
         uri.query.connection_timeout = Some(5_000);
     }
