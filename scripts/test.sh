@@ -15,7 +15,9 @@ export AMQP_URL="${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-# Library, binary and test targets; not the benchmarks, which `--all-targets` would also run
+# The example worker, which the integration tests run.
+cargo build --workspace --examples
+# Library, binary, example and test targets; not the benchmarks, which `--all-targets` would also run
 # (harness = false). Clippy above still compiles and checks them.
-cargo test --workspace --lib --bins --tests
+cargo test --workspace --lib --bins --tests --examples
 cargo test --workspace --doc

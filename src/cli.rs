@@ -18,6 +18,11 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
+    /// Print the effective configuration (file, `CELERYD_<SECTION>_<KEY>` environment
+    /// variables and flags; password masked) as TOML, and exit.
+    #[arg(long)]
+    pub print_config: bool,
+
     /// Worker options (when no subcommand is given, the worker runs).
     #[command(flatten)]
     pub run: RunArgs,
@@ -69,6 +74,15 @@ pub struct RunArgs {
     /// Seconds between worker-heartbeat events (default 2).
     #[arg(long, value_name = "SECONDS")]
     pub heartbeat_interval: Option<f64>,
+    /// Log line format: text (Celery's layout) or json.
+    #[arg(long, value_name = "text|json")]
+    pub log_format: Option<String>,
+    /// Write the log to this file (reopened on SIGUSR2, for log rotation).
+    #[arg(short = 'f', long, value_name = "FILE")]
+    pub logfile: Option<String>,
+    /// Write the main process's pid to this file (refuses to start over a live one).
+    #[arg(long, value_name = "FILE")]
+    pub pidfile: Option<String>,
     /// Serve Prometheus metrics on http://ADDR/metrics, e.g. `127.0.0.1:9808`.
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<String>,
@@ -87,7 +101,11 @@ pub enum Command {
     Ctl(CtlArgs),
     /// Child-process mode (internal: the worker starts its pool processes this way).
     #[command(hide = true)]
-    Child,
+    Child {
+        /// The node the child works for (shown by `ps`).
+        #[arg(long = "of")]
+        of: Option<String>,
+    },
 }
 
 /// `worker call` arguments.
@@ -176,4 +194,27 @@ fn ctl_commands_help() -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The systemd units' command lines are ones this CLI accepts.
+    #[test]
+    fn systemd_units_start_the_worker_with_valid_flags() {
+        for unit in [
+            include_str!("../config/celeryd.service"),
+            include_str!("../config/celeryd@.service"),
+        ] {
+            let line = unit
+                .lines()
+                .find_map(|l| l.strip_prefix("ExecStart="))
+                .expect("an ExecStart line");
+            let words = line.replace("%i", "w1").replace("%H", "host.example");
+            let cli = Cli::try_parse_from(words.split_whitespace()).unwrap();
+            assert!(cli.command.is_none());
+            assert!(cli.run.pidfile.is_some());
+        }
+    }
 }

@@ -17,6 +17,9 @@ pub enum StartupError {
     /// The actor tree failed to start or stopped on a failure.
     #[error("worker failed: {0}")]
     Runtime(String),
+    /// The pidfile names a running worker, or cannot be written.
+    #[error("{0}")]
+    Pidfile(String),
 }
 
 impl StartupError {
@@ -38,13 +41,14 @@ impl StartupError {
     }
 
     /// The process exit code: `EX_CONFIG` (78), `EX_UNAVAILABLE` (69), `EX_IOERR` (74, the
-    /// statedb) or `EX_SOFTWARE` (70).
+    /// statedb), `EX_SOFTWARE` (70) or `EX_CANTCREAT` (73, the pidfile).
     pub fn exit_code(&self) -> u8 {
         match self {
             StartupError::Config(_) => 78,
             StartupError::Broker(_) => 69,
             StartupError::Store(_) => 74,
             StartupError::Runtime(_) => 70,
+            StartupError::Pidfile(_) => 73,
         }
     }
 }

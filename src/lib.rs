@@ -15,6 +15,7 @@ pub mod call;
 pub mod cli;
 pub mod ctl;
 pub mod error;
+pub mod pidfile;
 pub mod settings;
 pub mod signals;
 pub mod tasks;
@@ -58,8 +59,13 @@ pub async fn run(
     let (sup, handle) = ractor::Actor::spawn(None, Supervisor, args)
         .await
         .map_err(|e| StartupError::from_spawn(&e.to_string()))?;
+    let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+        .map_err(|e| StartupError::Runtime(e.to_string()))?;
     let reason = loop {
         tokio::select! {
+            Some(()) = usr1.recv() => {
+                let _ = sup.cast(celeryd_actors::SupervisorMessage::DumpActive);
+            }
             Some(mode) = shutdown.recv() => {
                 let _ = sup.cast(celeryd_actors::SupervisorMessage::Shutdown(mode));
             }
@@ -81,7 +87,8 @@ pub async fn run(
 pub fn main_with(registry: Registry) -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Child) => {
+        Some(Command::Child { .. }) => {
+            set_process_name("celeryd: child");
             let code = celeryd_actors::child::runner::run_child(&registry);
             return ExitCode::from(u8::try_from(code).unwrap_or(1));
         }
@@ -105,11 +112,34 @@ pub fn main_with(registry: Registry) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
-    telemetry::init(&settings.worker.loglevel);
+    if cli.print_config {
+        print!("{}", settings::render(&settings));
+        return ExitCode::SUCCESS;
+    }
+    let sink = match telemetry::LogSink::new(settings.worker.logfile.as_ref().map(Into::into)) {
+        Ok(s) => s,
+        Err(e) => return fail(&StartupError::Config(e)),
+    };
+    let format = telemetry::LogFormat::parse(&settings.worker.log_format)
+        .unwrap_or(telemetry::LogFormat::Text);
+    telemetry::init(&settings.worker.loglevel, format, sink.clone());
+    let _pidfile =
+        match settings.worker.pidfile.as_deref().map(|p| {
+            pidfile::Pidfile::acquire(std::path::Path::new(p)).map_err(StartupError::Pidfile)
+        }) {
+            Some(Err(e)) => return fail(&e),
+            Some(Ok(p)) => Some(p),
+            None => None,
+        };
+    set_process_name("celeryd: main");
+    let host = celeryd_actors::hostname::this_host();
+    let node = celeryd_actors::hostname::expand_nodename(&settings.worker.hostname, &host)
+        .unwrap_or_default();
     let child_command = match std::env::current_exe() {
+        // `ps` shows which node a child belongs to: `worker child --of w1@host`.
         Ok(program) => ChildCommand {
             program,
-            args: vec!["child".to_owned()],
+            args: vec!["child".to_owned(), "--of".to_owned(), node],
         },
         Err(e) => {
             return fail(&StartupError::Runtime(format!(
@@ -123,6 +153,17 @@ pub fn main_with(registry: Registry) -> ExitCode {
     let restart_requested = restart.clone();
     let code = with_runtime(|| async move {
         let mut requests = signals::listen().map_err(|e| StartupError::Runtime(e.to_string()))?;
+        let mut usr2 =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())
+                .map_err(|e| StartupError::Runtime(e.to_string()))?;
+        tokio::spawn(async move {
+            while usr2.recv().await.is_some() {
+                match sink.reopen() {
+                    Ok(()) => tracing::info!("Log file reopened (SIGUSR2)."),
+                    Err(e) => eprintln!("celeryd: cannot reopen the log file: {e}"),
+                }
+            }
+        });
         let (tx, shutdown) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Some(request) = requests.recv().await {
@@ -190,4 +231,11 @@ where
 fn fail(e: &StartupError) -> ExitCode {
     eprintln!("worker: {e}");
     ExitCode::from(e.exit_code())
+}
+
+/// Sets this process's name as `ps -o comm` and `top` show it (at most 15 bytes).
+pub fn set_process_name(name: &str) {
+    if let Ok(c) = std::ffi::CString::new(name) {
+        let _ = nix::sys::prctl::set_name(&c);
+    }
 }

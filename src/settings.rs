@@ -1,4 +1,5 @@
-//! Loading settings in layers: defaults, then the TOML file, then CLI flags; then validation.
+//! Loading settings in layers: defaults, then the TOML file, then `CELERYD_<SECTION>_<KEY>`
+//! environment variables, then CLI flags; then validation.
 
 use std::path::Path;
 
@@ -7,16 +8,19 @@ use celeryd_actors::Settings;
 use crate::cli::RunArgs;
 use crate::error::StartupError;
 
-/// Reads `path` (if given) over the defaults and applies the CLI overrides, then validates.
+/// Reads `path` (if given) over the defaults, then the environment, applies the CLI
+/// overrides, then validates.
 pub fn load(path: Option<&Path>, overrides: &RunArgs) -> Result<Settings, StartupError> {
-    let mut settings = match path {
+    let (text, origin) = match path {
         Some(p) => {
             let text = std::fs::read_to_string(p)
                 .map_err(|e| StartupError::Config(format!("cannot read {}: {e}", p.display())))?;
-            parse(&text).map_err(|e| StartupError::Config(format!("{}: {e}", p.display())))?
+            (text, p.display().to_string())
         }
-        None => Settings::default(),
+        None => (String::new(), "defaults".to_owned()),
     };
+    let mut settings = parse_with_env(&text, std::env::vars())
+        .map_err(|e| StartupError::Config(format!("{origin}: {e}")))?;
     apply(&mut settings, overrides);
     settings
         .validate()
@@ -27,6 +31,61 @@ pub fn load(path: Option<&Path>, overrides: &RunArgs) -> Result<Settings, Startu
 /// Parses a config file; unknown keys and wrong types are errors naming the key.
 pub fn parse(text: &str) -> Result<Settings, String> {
     toml::from_str::<Settings>(text).map_err(|e| e.to_string().trim_end().to_owned())
+}
+
+/// The sections environment variables may set.
+pub const ENV_SECTIONS: &[&str] = &["broker", "worker", "task"];
+
+/// Parses a config file with `CELERYD_<SECTION>_<KEY>` variables from `env` laid over it
+/// (`CELERYD_BROKER_URL`, `CELERYD_WORKER_CONCURRENCY=8`, `CELERYD_TASK_ACKS_LATE=true`,
+/// `CELERYD_WORKER_QUEUES='["a", "b"]'`). A value is read as a TOML value when it is one,
+/// else as a string. A variable naming no key is an error naming the variable, as a bad value
+/// names the key; variables of other sections (`CELERYD_PYTHON`) are not the config's.
+pub fn parse_with_env(
+    text: &str,
+    env: impl Iterator<Item = (String, String)>,
+) -> Result<Settings, String> {
+    let mut table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| e.to_string().trim_end().to_owned())?;
+    let mut vars: Vec<(String, String)> = env.filter(|(k, _)| k.starts_with("CELERYD_")).collect();
+    vars.sort();
+    for (name, raw) in vars {
+        let rest = name["CELERYD_".len()..].to_ascii_lowercase();
+        let Some((section, key)) = ENV_SECTIONS.iter().find_map(|s| {
+            rest.strip_prefix(s)
+                .and_then(|r| r.strip_prefix('_'))
+                .map(|k| (*s, k.to_owned()))
+        }) else {
+            continue;
+        };
+        let value = format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(raw));
+        let entry = table
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let Some(section_table) = entry.as_table_mut() else {
+            return Err(format!("[{section}] must be a table"));
+        };
+        section_table.insert(key.clone(), value);
+        // Checked one by one so an error names the variable, not only the key.
+        toml::Value::Table(table.clone())
+            .try_into::<Settings>()
+            .map_err(|e| format!("{name} ({section}.{key}): {}", e.to_string().trim_end()))?;
+    }
+    toml::Value::Table(table)
+        .try_into::<Settings>()
+        .map_err(|e| e.to_string().trim_end().to_owned())
+}
+
+/// The effective configuration as TOML, the broker password masked (`--print-config`).
+pub fn render(settings: &Settings) -> String {
+    let mut shown = settings.clone();
+    shown.broker.url = settings.broker.safe_url();
+    toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
 }
 
 /// Applies CLI flags over the file's values.
@@ -73,6 +132,15 @@ pub fn apply(settings: &mut Settings, o: &RunArgs) {
     if let Some(v) = &o.metrics_addr {
         w.metrics_addr = Some(v.clone());
     }
+    if let Some(v) = &o.log_format {
+        w.log_format = v.clone();
+    }
+    if let Some(v) = &o.logfile {
+        w.logfile = Some(v.clone());
+    }
+    if let Some(v) = &o.pidfile {
+        w.pidfile = Some(v.clone());
+    }
     if let Some(v) = o.heartbeat_interval {
         w.heartbeat_interval = v;
     }
@@ -108,6 +176,63 @@ mod tests {
         assert!(e.contains("concurrency"), "{e}");
         let e = parse("[task]\nacks_late = 1\n").unwrap_err();
         assert!(e.contains("acks_late"), "{e}");
+    }
+
+    fn env(vars: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+        vars.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let file = "[worker]\nconcurrency = 2\n";
+        let s = parse_with_env(
+            file,
+            env(&[
+                ("CELERYD_BROKER_URL", "amqp://u:secret@h:5672//"),
+                ("CELERYD_WORKER_CONCURRENCY", "8"),
+                ("CELERYD_WORKER_QUEUES", r#"["a", "b"]"#),
+                ("CELERYD_TASK_ACKS_LATE", "true"),
+                ("CELERYD_TASK_TIME_LIMIT", "30"),
+                ("CELERYD_PYTHON", "/usr/bin/python3"),
+                ("HOME", "/root"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.broker.url, "amqp://u:secret@h:5672//");
+        assert_eq!(s.worker.concurrency, 8);
+        assert_eq!(s.worker.queues, vec!["a", "b"]);
+        assert!(s.task.acks_late);
+        assert_eq!(s.task.time_limit, Some(30.0));
+    }
+
+    #[test]
+    fn a_bad_environment_value_names_the_variable() {
+        let e = parse_with_env("", env(&[("CELERYD_WORKER_CONCURRENCY", "many")])).unwrap_err();
+        assert!(
+            e.contains("CELERYD_WORKER_CONCURRENCY") && e.contains("worker.concurrency"),
+            "{e}"
+        );
+        let e = parse_with_env("", env(&[("CELERYD_WORKER_CONCURENCY", "2")])).unwrap_err();
+        assert!(e.contains("CELERYD_WORKER_CONCURENCY"), "{e}");
+    }
+
+    #[test]
+    fn printed_config_masks_the_password_and_reads_back() {
+        let s = parse_with_env(
+            "",
+            env(&[("CELERYD_BROKER_URL", "amqp://u:secret@h:5672//")]),
+        )
+        .unwrap();
+        let text = render(&s);
+        assert!(
+            !text.contains("secret") && text.contains("u:********@h"),
+            "{text}"
+        );
+        let back = parse(&text).unwrap();
+        assert_eq!(back.worker, s.worker);
     }
 
     #[test]

@@ -115,6 +115,14 @@ pub struct WorkerSettings {
     pub queues: Vec<String>,
     /// Log level: `debug`, `info`, `warning`, `error`, `critical`. Default `info`.
     pub loglevel: String,
+    /// `--log-format`: `text` (Celery's layout, the default) or `json` (one object per line).
+    pub log_format: String,
+    /// `--logfile` (`-f`): write the log to this file (appended; reopened on SIGUSR2 for log
+    /// rotation). Unset (the default): stderr.
+    pub logfile: Option<String>,
+    /// `--pidfile`: write the main process's pid here; a live pid in it refuses the start, a
+    /// stale one is replaced. Unset by default.
+    pub pidfile: Option<String>,
     /// `worker_max_tasks_per_child`: replace a child process after this many tasks.
     /// 0 (the default) = never.
     pub max_tasks_per_child: u64,
@@ -164,6 +172,9 @@ impl Default for WorkerSettings {
             prefetch_multiplier: 4,
             queues: vec!["celery".to_owned()],
             loglevel: "info".to_owned(),
+            log_format: "text".to_owned(),
+            logfile: None,
+            pidfile: None,
             max_tasks_per_child: 0,
             max_memory_per_child: 0,
             eta_hold_max: 600.0,
@@ -283,6 +294,23 @@ impl Settings {
                     LOG_LEVELS.join(", ")
                 ),
             ));
+        }
+        if !matches!(
+            self.worker.log_format.to_ascii_lowercase().as_str(),
+            "text" | "json"
+        ) {
+            return Err(ConfigError::invalid(
+                "worker.log_format",
+                format!("{:?} is not text or json", self.worker.log_format),
+            ));
+        }
+        for (key, value) in [
+            ("worker.logfile", &self.worker.logfile),
+            ("worker.pidfile", &self.worker.pidfile),
+        ] {
+            if value.as_deref().is_some_and(str::is_empty) {
+                return Err(ConfigError::invalid(key, "must be a path"));
+            }
         }
         for (key, value) in [
             ("task.time_limit", self.task.time_limit),

@@ -70,6 +70,8 @@ pub struct Supervisor;
 pub enum SupervisorMessage {
     /// Shut down (a signal arrived, or the `shutdown` control command).
     Shutdown(ShutdownMode),
+    /// Log what runs and waits (SIGUSR1).
+    DumpActive,
     /// The warm shutdown sequence finished (sent by its own task).
     Drained,
 }
@@ -228,6 +230,9 @@ impl Actor for Supervisor {
                 warn!("worker: Cold shutdown (MainProcess)");
                 state.stop_all(&myself, ExitReason::Cold, true);
             }
+            SupervisorMessage::DumpActive => {
+                tokio::spawn(dump_active(state.pool.clone(), state.scheduler.clone()));
+            }
             SupervisorMessage::Drained => {
                 info!("Warm shutdown complete.");
                 state.stop_all(&myself, ExitReason::Warm, false);
@@ -362,4 +367,30 @@ fn task_attrs(
             (name.clone(), attrs)
         })
         .collect()
+}
+
+/// SIGUSR1: logs the tasks running now (with child pid and time so far), and how many wait.
+async fn dump_active(pool: ActorRef<PoolMessage>, scheduler: ActorRef<SchedulerMessage>) {
+    let tasks = ractor::call!(pool, |reply| PoolMessage::GetTasks { reply }).unwrap_or_default();
+    let held = ractor::call!(scheduler, SchedulerMessage::GetScheduled)
+        .map(|h| h.len())
+        .unwrap_or_default();
+    let now = crate::protocol::time::epoch_f64(time::OffsetDateTime::now_utc());
+    let mut text = format!(
+        "Dump of active tasks (SIGUSR1): {} running, {} reserved, {held} scheduled, {} children",
+        tasks.active.len(),
+        tasks.reserved.len(),
+        tasks.processes.len()
+    );
+    for (req, pid, started) in &tasks.active {
+        text.push_str(&format!(
+            "\n  * {}[{}] pid={pid} running {:.1}s args={} kwargs={}",
+            req.display_name(),
+            req.id,
+            now - started,
+            req.argsrepr,
+            req.kwargsrepr
+        ));
+    }
+    warn!("{text}");
 }
