@@ -41,6 +41,10 @@ pub struct BrokerSettings {
     /// worker's memory: 16384 (the default) costs 1 MiB per connection instead of the 8 MiB
     /// of RabbitMQ's own 131072, for the same throughput on task-sized messages.
     pub frame_max: u32,
+    /// `broker_use_ssl = {"ca_certs": …}`: a PEM file of the certificate authorities to
+    /// trust for an `amqps://` broker (e.g. a self-signed one), besides the system's.
+    /// Unset by default.
+    pub ssl_ca_file: Option<String>,
 }
 
 impl Default for BrokerSettings {
@@ -52,6 +56,7 @@ impl Default for BrokerSettings {
             connection_max_retries: 100,
             global_qos: true,
             frame_max: 16_384,
+            ssl_ca_file: None,
         }
     }
 }

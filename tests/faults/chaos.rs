@@ -149,9 +149,13 @@ fn broker_restart_mid_run_loses_nothing_with_acks_late() {
     eventually(Duration::from_secs(60), "a third done", || {
         counted(&[], &worker, "tasks.sleep").len() >= N / 3
     });
-    rabbitmqctl(&["stop_app"]);
-    std::thread::sleep(Duration::from_secs(2));
-    rabbitmqctl(&["start_app"]);
+    // The whole node: shut down, then started again as scripts/ensure-broker.sh starts it.
+    rabbitmqctl(&["shutdown"]);
+    std::thread::sleep(Duration::from_secs(1));
+    let started = Command::new(crate::support::repo().join("scripts/ensure-broker.sh"))
+        .status()
+        .unwrap();
+    assert!(started.success(), "RabbitMQ did not come back");
     let back = Instant::now();
     worker.wait_for_log("Connected to the broker again", Duration::from_secs(30));
     eprintln!(

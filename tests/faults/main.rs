@@ -9,6 +9,7 @@ mod support;
 
 mod chaos;
 mod hostile;
+mod tls;
 
 use std::sync::{Mutex, MutexGuard};
 

@@ -172,6 +172,17 @@ impl Worker {
         )
     }
 
+    /// Starts the worker on `queue` with `toml` as the whole config file (its own `[broker]`).
+    #[allow(dead_code)] // used by the fault suite (tests/faults), which shares this file
+    pub fn start_with_toml(queue: &str, toml: &str, flags: &[&str]) -> Worker {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("worker.toml");
+        std::fs::write(&config, toml).unwrap();
+        let nodename = format!("it-{}@%h", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let exe = Path::new(env!("CARGO_BIN_EXE_worker"));
+        Self::start_with_config(exe, &config, queue, &nodename, flags, dir)
+    }
+
     /// Like [`Worker::start`], running the worker executable at `exe`.
     pub fn start_exe(exe: &Path, queue: &str, extra_config: &str, flags: &[&str]) -> Worker {
         let dir = tempfile::tempdir().unwrap();

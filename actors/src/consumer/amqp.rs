@@ -27,7 +27,24 @@ pub async fn connect(
         uri.query.connection_timeout = Some(5_000);
     }
     let props = ConnectionProperties::default().with_connection_name(nodename.into());
-    let conn = Connection::connect_uri(uri, props).await?;
+    let conn = match &settings.ssl_ca_file {
+        Some(path) if matches!(uri.scheme, lapin::uri::AMQPScheme::AMQPS) => {
+            let pem = std::fs::read_to_string(path).map_err(|e| {
+                BrokerError::Url(format!("broker.ssl_ca_file: cannot read {path}: {e}"))
+            })?;
+            let tls = lapin::tcp::OwnedTLSConfig {
+                identity: None,
+                cert_chain: Some(pem),
+            };
+            lapin::DefaultConnectionBuilder::new()?
+                .with_uri(uri)
+                .with_properties(props)
+                .with_tls_config(tls)
+                .connect()
+                .await?
+        }
+        _ => Connection::connect_uri(uri, props).await?,
+    };
     let channel = conn.create_channel().await?;
     Ok((conn, channel))
 }
