@@ -25,7 +25,7 @@ use time::OffsetDateTime;
 
 use celeryd_actors::consumer::amqp::publish_result;
 use celeryd_actors::protocol::{ResultState, result_body};
-use support::{amqp_url, env_or, publish, setup, start_worker};
+use support::{amqp_url, delete_queue, env_or, publish, setup, start_worker};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Subject {
@@ -218,7 +218,7 @@ async fn drain(subject: Subject, n: usize, concurrency: usize) -> Drain {
     }
     let end = Instant::now();
     running.stop().await;
-    cleanup(&ch, &queue).await;
+    delete_queue(&ch, &queue).await;
     let _ = conn.close(200, "bye".into()).await;
     let first = first.expect("no result arrived");
     assert_eq!(got, n, "{} lost results", subject.name());
@@ -226,13 +226,6 @@ async fn drain(subject: Subject, n: usize, concurrency: usize) -> Drain {
         start_to_first: (first - started).as_secs_f64(),
         throughput: (got - 1) as f64 / (end - first).as_secs_f64().max(1e-9),
     }
-}
-
-async fn cleanup(ch: &Channel, queue: &str) {
-    let _ = ch
-        .queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default())
-        .await;
-    let _ = ch.exchange_delete(queue.into(), Default::default()).await;
 }
 
 struct Idle {
@@ -261,7 +254,7 @@ async fn idle(subject: Subject, roundtrips: usize, concurrency: usize) -> Idle {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_mib = running.pid().map(|p| tree_pss_kib(p) as f64 / 1024.0);
     running.stop().await;
-    cleanup(&ch, &queue).await;
+    delete_queue(&ch, &queue).await;
     let _ = conn.close(200, "bye".into()).await;
     times.sort_by(f64::total_cmp);
     let at = |q: f64| times[((times.len() as f64 - 1.0) * q).round() as usize];

@@ -94,6 +94,11 @@ pub async fn teardown(mut worker: Child, ch: &Channel, queue: &str) {
     let pid = nix::unistd::Pid::from_raw(worker.id() as i32);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     let _ = worker.wait();
+    delete_queue(ch, queue).await;
+}
+
+/// Deletes a benchmark queue and its exchange (best effort).
+pub async fn delete_queue(ch: &Channel, queue: &str) {
     let _ = ch
         .queue_delete(queue.into(), QueueDeleteOptions::default())
         .await;

@@ -20,17 +20,12 @@ impl Clock {
 
     /// Takes in a received clock value: `max(own, other) + 1`; returns the new value.
     pub fn adjust(&self, other: u64) -> u64 {
-        let mut current = self.0.load(Ordering::SeqCst);
-        loop {
-            let next = current.max(other) + 1;
-            match self
-                .0
-                .compare_exchange(current, next, Ordering::SeqCst, Ordering::SeqCst)
-            {
-                Ok(_) => return next,
-                Err(seen) => current = seen,
-            }
-        }
+        let step = |c: u64| Some(c.max(other) + 1);
+        let previous = self
+            .0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, step)
+            .unwrap_or_default();
+        previous.max(other) + 1
     }
 
     /// The current value.

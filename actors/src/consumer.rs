@@ -716,7 +716,7 @@ impl Consumer {
         let (name, id) = (req.display_name(), &req.id);
         let secs = runtime.as_secs_f64();
         let ignore = task.ignore_result;
-        let metrics = state.peers.metrics.clone();
+        let metrics = &state.peers.metrics;
         let counted = match &outcome {
             TaskOutcome::Success(_) => "succeeded",
             TaskOutcome::WorkerLost(_) if task.acks_late && task.reject_on_worker_lost => {

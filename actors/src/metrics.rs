@@ -67,7 +67,9 @@ impl Histogram {
 
 #[derive(Debug, Default)]
 struct Inner {
-    tasks: BTreeMap<(String, &'static str), u64>,
+    /// Task name -> state -> count (looked up by `&str`: no allocation per task once a name
+    /// has been seen).
+    tasks: BTreeMap<String, BTreeMap<&'static str, u64>>,
     runtime: BTreeMap<String, Histogram>,
     queue_wait: Histogram,
     recycled: u64,
@@ -112,16 +114,24 @@ impl Metrics {
     /// A task reached `state` (`received`, `succeeded`, `failed`, `retried`, `revoked`,
     /// `rejected`).
     pub fn task(&self, name: &str, state: &'static str) {
-        self.with(|i| *i.tasks.entry((name.to_owned(), state)).or_default() += 1);
+        self.with(|i| match i.tasks.get_mut(name) {
+            Some(states) => *states.entry(state).or_default() += 1,
+            None => {
+                i.tasks
+                    .insert(name.to_owned(), BTreeMap::from([(state, 1)]));
+            }
+        });
     }
 
     /// A task ran for `seconds`.
     pub fn runtime(&self, name: &str, seconds: f64) {
-        self.with(|i| {
-            i.runtime
-                .entry(name.to_owned())
-                .or_default()
-                .observe(seconds)
+        self.with(|i| match i.runtime.get_mut(name) {
+            Some(h) => h.observe(seconds),
+            None => {
+                let mut h = Histogram::default();
+                h.observe(seconds);
+                i.runtime.insert(name.to_owned(), h);
+            }
         });
     }
 
@@ -165,11 +175,13 @@ impl Metrics {
             "counter",
             "Tasks by name and state reached.",
         );
-        for ((task, state), n) in &i.tasks {
+        for (task, states) in &i.tasks {
             let task = escape(task);
-            out.push_str(&format!(
-                "celeryd_tasks_total{{task=\"{task}\",state=\"{state}\"}} {n}\n"
-            ));
+            for (state, n) in states {
+                out.push_str(&format!(
+                    "celeryd_tasks_total{{task=\"{task}\",state=\"{state}\"}} {n}\n"
+                ));
+            }
         }
         head(
             &mut out,

@@ -4,15 +4,13 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{Channel, Connection};
 use time::OffsetDateTime;
 
 use celeryd_actors::consumer::amqp::{TaskQueue, declare_task_queue, publish_task};
 use celeryd_actors::protocol::encode::{TaskCall, TaskMessage};
 
-use crate::support::{
-    Worker, alive, amqp_url, connect, delete_queue, eventually, queue_depth, unique_queue,
-};
+use crate::support::{Worker, alive, connect, delete_queue, eventually, queue_depth, unique_queue};
 use crate::{block_on, serial};
 
 const ACKS_LATE: &str = "[task]\nacks_late = true\n";
@@ -44,9 +42,7 @@ async fn publish(
 }
 
 async fn channel() -> (Connection, Channel) {
-    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
-        .await
-        .unwrap();
+    let conn = connect().await;
     let ch = conn.create_channel().await.unwrap();
     (conn, ch)
 }

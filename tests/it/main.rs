@@ -23,11 +23,4 @@ mod revoke;
 mod shutdown;
 mod support;
 
-/// A small runtime for the tests' own AMQP calls.
-pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
+pub use support::block_on;

@@ -34,6 +34,15 @@ pub async fn connect() -> Connection {
     }
 }
 
+/// A small runtime for the tests' own AMQP calls.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
 /// A queue name no other test uses.
 pub fn unique_queue(prefix: &str) -> String {
     format!("it-{prefix}-{}", uuid::Uuid::new_v4().simple())
@@ -211,17 +220,7 @@ impl Worker {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start the worker binary");
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[worker] {line}");
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
+        let log = capture_log(child.stderr.take().unwrap(), "worker");
         let name = nodename.split('@').next().unwrap_or_default().to_owned();
         let w = Worker {
             child: Some(child),
@@ -294,6 +293,21 @@ impl Drop for Worker {
             let _ = c.wait();
         }
     }
+}
+
+/// Collects a child's stderr lines (echoed with a `[tag]` prefix) into a shared string.
+fn capture_log(stderr: std::process::ChildStderr, tag: &'static str) -> Arc<Mutex<String>> {
+    let log = Arc::new(Mutex::new(String::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[{tag}] {line}");
+            let mut l = sink.lock().unwrap();
+            l.push_str(&line);
+            l.push('\n');
+        }
+    });
+    log
 }
 
 /// Pids whose parent is `ppid`.
@@ -389,17 +403,7 @@ impl PyWorker {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start the Python worker");
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[pyworker] {line}");
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
+        let log = capture_log(child.stderr.take().unwrap(), "pyworker");
         let w = PyWorker {
             child,
             log,
