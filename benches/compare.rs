@@ -3,16 +3,24 @@
 //! (installed into the test virtualenv by scripts/ensure-python.sh), all running no-op tasks
 //! with rpc:// results.
 //!
+//! Each subject is its own process (the echo consumer is this benchmark re-executed in echo
+//! mode), so the CPU time of each can be read from /proc: per task, the subject's whole
+//! process tree, the broker (RabbitMQ's Erlang VM) and the benchmark's own publisher/result
+//! reader. The machine is shared and noisy, so the subjects are measured in interleaved rounds
+//! (ceiling, celeryd, Celery, ceiling, …) and the medians are reported; the celeryd/ceiling
+//! ratio is also taken per round (the two drains of a round run back to back).
+//!
 //! Run: `cargo bench --profile dev --bench compare`. Env: BENCH_TASKS (drain, default 10000),
-//! BENCH_ROUNDTRIPS (latency, default 300), BENCH_SWEEP_TASKS (per point of the concurrency
-//! sweep, default 4000; 0 skips the sweep), BENCH_PYTHON=0 to leave Python Celery out,
-//! AMQP_URL. Prints a table with ratios and writes `benches/output/throughput.svg`.
+//! BENCH_ROUNDS (default 3), BENCH_ROUNDTRIPS (latency, default 300), BENCH_SWEEP_TASKS (per
+//! point of the concurrency sweep, default 4000; 0 skips the sweep), BENCH_PYTHON=0 to leave
+//! Python Celery out, BENCH_BASELINE_BIN=path to run another worker binary (a build of an
+//! earlier commit, say) beside this one for before/after figures, AMQP_URL. Prints tables with
+//! ratios and writes `benches/output/throughput.svg`.
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub, dead_code)] // a benchmark
 
 #[path = "support.rs"]
 mod support;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,18 +28,32 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{Connection, ConnectionProperties};
 use time::OffsetDateTime;
 
 use celeryd_actors::consumer::amqp::publish_result;
 use celeryd_actors::protocol::{ResultState, result_body};
-use support::{amqp_url, delete_queue, env_or, publish, setup, start_worker};
+use support::{
+    amqp_url, broker_processes, cpu_seconds, delete_queue, env_or, process_tree, publish, setup,
+    start_worker, start_worker_program,
+};
+
+/// Set (to the queue name) when this benchmark runs as the echo consumer.
+const ECHO_QUEUE: &str = "COMPARE_ECHO_QUEUE";
+/// The echo consumer's prefetch count.
+const ECHO_PREFETCH: &str = "COMPARE_ECHO_PREFETCH";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Subject {
     Ceiling,
     Celeryd,
+    /// Another worker binary (`BENCH_BASELINE_BIN`).
+    Baseline,
     Celery,
+}
+
+fn baseline_bin() -> Option<PathBuf> {
+    std::env::var_os("BENCH_BASELINE_BIN").map(PathBuf::from)
 }
 
 impl Subject {
@@ -39,42 +61,30 @@ impl Subject {
         match self {
             Subject::Ceiling => "AMQP echo consumer (ceiling)",
             Subject::Celeryd => "celeryd",
+            Subject::Baseline => "celeryd (BENCH_BASELINE_BIN)",
             Subject::Celery => "Python Celery 5.7 prefork",
         }
     }
 }
 
-/// A running subject: a process (celeryd, Celery) or the in-bench consumer task.
-enum Running {
-    Process(Child, tempfile::TempDir),
-    Task(tokio::task::JoinHandle<()>, Connection),
-}
+/// A running subject: always a process of its own.
+struct Running(Child, tempfile::TempDir);
 
 impl Running {
-    fn pid(&self) -> Option<u32> {
-        match self {
-            Running::Process(c, _) => Some(c.id()),
-            Running::Task(..) => None,
-        }
+    fn pid(&self) -> u32 {
+        self.0.id()
     }
 
     async fn stop(self) {
-        match self {
-            Running::Process(mut c, _dir) => {
-                let pid = nix::unistd::Pid::from_raw(c.id() as i32);
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-                let deadline = Instant::now() + Duration::from_secs(20);
-                while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-            Running::Task(task, conn) => {
-                task.abort();
-                let _ = conn.close(200, "bye".into()).await;
-            }
+        let Running(mut c, _dir) = self;
+        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let _ = c.kill();
+        let _ = c.wait();
     }
 }
 
@@ -98,22 +108,25 @@ fn celery_exe() -> Option<PathBuf> {
     Some(PathBuf::from(python).with_file_name("celery"))
 }
 
-async fn start(subject: Subject, queue: &str, concurrency: usize) -> Running {
+fn start(subject: Subject, queue: &str, concurrency: usize) -> Running {
     let c = concurrency.to_string();
-    match subject {
-        Subject::Celeryd => {
-            let dir = tempfile::tempdir().unwrap();
-            let child = start_worker(dir.path(), queue, "", &["-c", &c]);
-            Running::Process(child, dir)
-        }
+    let dir = tempfile::tempdir().unwrap();
+    let child = match subject {
+        Subject::Celeryd => start_worker(dir.path(), queue, "", &["-c", &c]),
+        Subject::Baseline => start_worker_program(
+            &baseline_bin().expect("BENCH_BASELINE_BIN"),
+            dir.path(),
+            queue,
+            "",
+            &["-c", &c],
+        ),
         Subject::Celery => {
-            let dir = tempfile::tempdir().unwrap();
             let url = amqp_url().replace("/%2f", "//").replace("/%2F", "//");
             let node = format!(
                 "bench-py-{}@%h",
                 &uuid::Uuid::new_v4().simple().to_string()[..8]
             );
-            let child = Command::new(celery_exe().expect("python celery"))
+            Command::new(celery_exe().expect("python celery"))
                 .current_dir(python_dir())
                 .args([
                     "-A",
@@ -136,33 +149,39 @@ async fn start(subject: Subject, queue: &str, concurrency: usize) -> Running {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .expect("start celery worker");
-            Running::Process(child, dir)
+                .expect("start celery worker")
         }
-        Subject::Ceiling => {
-            let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
-                .await
-                .unwrap();
-            let ch = conn.create_channel().await.unwrap();
-            ch.basic_qos((concurrency * 4) as u16, BasicQosOptions::default())
-                .await
-                .unwrap();
-            let consumer = ch
-                .basic_consume(
-                    queue.into(),
-                    "echo".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .unwrap();
-            Running::Task(tokio::spawn(echo(ch, consumer)), conn)
-        }
-    }
+        // The same prefetch as a worker with this concurrency (multiplier 4).
+        Subject::Ceiling => Command::new(std::env::current_exe().unwrap())
+            .env(ECHO_QUEUE, queue)
+            .env(ECHO_PREFETCH, (concurrency * 4).to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the echo consumer"),
+    };
+    Running(child, dir)
 }
 
-/// The ceiling: consume, parse the body and headers, publish a SUCCESS result, ack.
-async fn echo(ch: Channel, mut consumer: lapin::Consumer) {
+/// The ceiling, run as its own process: consume, parse the body and headers, publish a
+/// SUCCESS result, ack; one message at a time.
+async fn echo_main(queue: String, prefetch: u16) {
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = ch
+        .basic_consume(
+            queue.as_str().into(),
+            "echo".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
     while let Some(Ok(d)) = consumer.next().await {
         let _body: serde_json::Value = serde_json::from_slice(&d.data).unwrap_or_default();
         let id = d
@@ -189,9 +208,22 @@ async fn echo(ch: Channel, mut consumer: lapin::Consumer) {
     }
 }
 
+/// CPU time per task, in microseconds, during a drain.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    /// The subject's process tree.
+    subject: f64,
+    /// The broker.
+    broker: f64,
+    /// This benchmark (results consumer).
+    bench: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
 struct Drain {
     start_to_first: f64,
     throughput: f64,
+    cpu: Cpu,
 }
 
 /// Preloads `n` no-op tasks, starts the subject, and times the results.
@@ -204,8 +236,11 @@ async fn drain(subject: Subject, n: usize, concurrency: usize) -> Drain {
         publish(&ch, &queue, &reply, "tasks.noop", Vec::new()).await;
     }
     ch.wait_for_confirms().await.unwrap();
+    let broker = broker_processes();
+    let me = [std::process::id()];
+    let (broker_cpu0, bench_cpu0) = (cpu_seconds(&broker), cpu_seconds(&me));
     let started = Instant::now();
-    let running = start(subject, &queue, concurrency).await;
+    let running = start(subject, &queue, concurrency);
     let (mut first, mut got) = (None, 0);
     while got < n {
         match tokio::time::timeout(Duration::from_secs(300), results.next()).await {
@@ -217,6 +252,12 @@ async fn drain(subject: Subject, n: usize, concurrency: usize) -> Drain {
         }
     }
     let end = Instant::now();
+    let per_task = |secs: f64| secs * 1e6 / n as f64;
+    let cpu = Cpu {
+        subject: per_task(cpu_seconds(&process_tree(running.pid()))),
+        broker: per_task(cpu_seconds(&broker) - broker_cpu0),
+        bench: per_task(cpu_seconds(&me) - bench_cpu0),
+    };
     running.stop().await;
     delete_queue(&ch, &queue).await;
     let _ = conn.close(200, "bye".into()).await;
@@ -225,20 +266,22 @@ async fn drain(subject: Subject, n: usize, concurrency: usize) -> Drain {
     Drain {
         start_to_first: (first - started).as_secs_f64(),
         throughput: (got - 1) as f64 / (end - first).as_secs_f64().max(1e-9),
+        cpu,
     }
 }
 
+#[derive(Debug, Clone, Copy)]
 struct Idle {
     p50: f64,
     p99: f64,
-    rss_mib: Option<f64>,
+    rss_mib: f64,
 }
 
 /// Sequential round trips (publish, wait for the result) against an idle subject, then the
 /// proportional set size of its whole process tree.
 async fn idle(subject: Subject, roundtrips: usize, concurrency: usize) -> Idle {
     let (conn, ch, queue, reply, mut results) = setup("latency").await;
-    let running = start(subject, &queue, concurrency).await;
+    let running = start(subject, &queue, concurrency);
     // Warm up: the first result also means the subject is ready.
     for _ in 0..20 {
         publish(&ch, &queue, &reply, "tasks.noop", Vec::new()).await;
@@ -252,7 +295,7 @@ async fn idle(subject: Subject, roundtrips: usize, concurrency: usize) -> Idle {
         times.push(t.elapsed().as_secs_f64());
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_mib = running.pid().map(|p| tree_pss_kib(p) as f64 / 1024.0);
+    let rss_mib = tree_pss_kib(running.pid()) as f64 / 1024.0;
     running.stop().await;
     delete_queue(&ch, &queue).await;
     let _ = conn.close(200, "bye".into()).await;
@@ -268,92 +311,149 @@ async fn idle(subject: Subject, roundtrips: usize, concurrency: usize) -> Idle {
 /// PSS (shared pages split between the processes that map them) of `pid` and every
 /// descendant, in KiB.
 fn tree_pss_kib(pid: u32) -> u64 {
-    let mut parents: HashMap<u32, Vec<u32>> = HashMap::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        if let Some(pp) = rest.split_whitespace().nth(1).and_then(|x| x.parse().ok()) {
-            parents.entry(pp).or_default().push(p);
-        }
-    }
-    let (mut total, mut todo) = (0, vec![pid]);
-    while let Some(p) = todo.pop() {
-        let text = std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).unwrap_or_default();
-        total += text
-            .lines()
-            .find_map(|l| l.strip_prefix("Pss:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .unwrap_or(0);
-        todo.extend(parents.get(&p).cloned().unwrap_or_default());
-    }
-    total
+    process_tree(pid)
+        .iter()
+        .map(|p| {
+            let text =
+                std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).unwrap_or_default();
+            text.lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// The median of `v`, and its smallest and largest values.
+fn median_range(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    let median = if v.len().is_multiple_of(2) {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    };
+    (median, v[0], v[v.len() - 1])
 }
 
 fn main() {
+    if let Ok(queue) = std::env::var(ECHO_QUEUE) {
+        let prefetch = env_or(ECHO_PREFETCH, 8);
+        return support::run(echo_main(queue, prefetch));
+    }
     support::run(bench());
+}
+
+/// Everything measured of one subject, one entry per round.
+struct Rows {
+    subject: Subject,
+    drains: Vec<Drain>,
+    idles: Vec<Idle>,
+}
+
+impl Rows {
+    fn median(&self, f: impl Fn(&Drain) -> f64) -> (f64, f64, f64) {
+        median_range(self.drains.iter().map(f).collect())
+    }
+
+    fn idle_median(&self, f: impl Fn(&Idle) -> f64) -> f64 {
+        median_range(self.idles.iter().map(f).collect()).0
+    }
 }
 
 async fn bench() {
     let n: usize = env_or("BENCH_TASKS", 10_000);
+    let rounds: usize = env_or("BENCH_ROUNDS", 3).max(1);
     let roundtrips: usize = env_or("BENCH_ROUNDTRIPS", 300);
     let sweep: usize = env_or("BENCH_SWEEP_TASKS", 4_000);
     let mut subjects = vec![Subject::Ceiling, Subject::Celeryd];
+    if baseline_bin().is_some() {
+        subjects.push(Subject::Baseline);
+    }
     if celery_exe().is_some() {
         subjects.push(Subject::Celery);
     }
-    let mut rows = Vec::new();
-    for &s in &subjects {
-        eprintln!("measuring {} …", s.name());
-        let d = drain(s, n, 2).await;
-        let i = idle(s, roundtrips, 4).await;
-        rows.push((s, d, i));
+    let mut rows: Vec<Rows> = subjects
+        .iter()
+        .map(|&subject| Rows {
+            subject,
+            drains: Vec::new(),
+            idles: Vec::new(),
+        })
+        .collect();
+    for round in 1..=rounds {
+        for r in rows.iter_mut() {
+            eprintln!("round {round}/{rounds}: {} …", r.subject.name());
+            r.drains.push(drain(r.subject, n, 2).await);
+            r.idles.push(idle(r.subject, roundtrips, 4).await);
+        }
     }
-    println!("\nno-op tasks with rpc:// results, same broker, same run");
+    println!(
+        "\nno-op tasks with rpc:// results, same broker, {rounds} interleaved rounds (median, min–max)"
+    );
     println!(
         "| subject | drain {n} (-c 2) | start → first result | round trip p50 | p99 | idle PSS, whole tree (-c 4) |"
     );
     println!("|---|---|---|---|---|---|");
-    for (s, d, i) in &rows {
+    for r in &rows {
+        let (t, lo, hi) = r.median(|d| d.throughput);
+        let (s, ..) = r.median(|d| d.start_to_first);
+        let pss = if r.subject == Subject::Ceiling {
+            "–".to_owned()
+        } else {
+            format!("{:.1} MiB", r.idle_median(|i| i.rss_mib))
+        };
         println!(
-            "| {} | {:.0} tasks/s | {:.1} ms | {:.2} ms | {:.2} ms | {} |",
-            s.name(),
-            d.throughput,
-            d.start_to_first * 1e3,
-            i.p50 * 1e3,
-            i.p99 * 1e3,
-            i.rss_mib.map_or("–".to_owned(), |m| format!("{m:.1} MiB"))
+            "| {} | {t:.0} tasks/s ({lo:.0}–{hi:.0}) | {:.1} ms | {:.2} ms | {:.2} ms | {pss} |",
+            r.subject.name(),
+            s * 1e3,
+            r.idle_median(|i| i.p50) * 1e3,
+            r.idle_median(|i| i.p99) * 1e3,
         );
     }
-    let find = |s: Subject| rows.iter().find(|(x, ..)| *x == s);
-    if let (Some((_, ceil, _)), Some((_, ours, our_idle))) =
-        (find(Subject::Ceiling), find(Subject::Celeryd))
-    {
+    println!("\nCPU time per task during the drain (µs, median)");
+    println!("| subject | subject's processes | broker | benchmark (publisher, results) |");
+    println!("|---|---|---|---|");
+    for r in &rows {
         println!(
-            "\nceleryd/ceiling drain: {:.2} (target ≥ 0.80)",
-            ours.throughput / ceil.throughput
+            "| {} | {:.0} | {:.0} | {:.0} |",
+            r.subject.name(),
+            r.median(|d| d.cpu.subject).0,
+            r.median(|d| d.cpu.broker).0,
+            r.median(|d| d.cpu.bench).0,
         );
-        if let Some((_, py, py_idle)) = find(Subject::Celery) {
+    }
+    let find = |s: Subject| rows.iter().find(|r| r.subject == s);
+    if let (Some(ceil), Some(ours)) = (find(Subject::Ceiling), find(Subject::Celeryd)) {
+        let per_round: Vec<f64> = ours
+            .drains
+            .iter()
+            .zip(&ceil.drains)
+            .map(|(o, c)| o.throughput / c.throughput)
+            .collect();
+        let cells: Vec<String> = per_round.iter().map(|r| format!("{r:.2}")).collect();
+        let (ratio, ..) = median_range(per_round);
+        println!(
+            "\nceleryd/ceiling drain: {:.2} by medians, {ratio:.2} median of rounds ({}) (target ≥ 0.80)",
+            ours.median(|d| d.throughput).0 / ceil.median(|d| d.throughput).0,
+            cells.join(", ")
+        );
+        if let Some(py) = find(Subject::Celery) {
             println!(
-                "celeryd/Celery: drain ×{:.1}, p50 ×{:.2}, start ×{:.2}, PSS ×{:.2}",
-                ours.throughput / py.throughput,
-                our_idle.p50 / py_idle.p50,
-                ours.start_to_first / py.start_to_first,
-                our_idle.rss_mib.unwrap_or(0.0) / py_idle.rss_mib.unwrap_or(f64::NAN)
+                "celeryd/Celery: drain ×{:.1}, p50 ×{:.2}, start ×{:.2}, PSS ×{:.2}, CPU per task ×{:.2}",
+                ours.median(|d| d.throughput).0 / py.median(|d| d.throughput).0,
+                ours.idle_median(|i| i.p50) / py.idle_median(|i| i.p50),
+                ours.median(|d| d.start_to_first).0 / py.median(|d| d.start_to_first).0,
+                ours.idle_median(|i| i.rss_mib) / py.idle_median(|i| i.rss_mib),
+                ours.median(|d| d.cpu.subject).0 / py.median(|d| d.cpu.subject).0,
             );
         }
         println!(
             "targets: p50 ≤ 0.5 ms ({:.2}), p99 ≤ 1 ms ({:.2}), start ≤ 50 ms ({:.1}), PSS ≤ 24 MB ({:.1} MiB)",
-            our_idle.p50 * 1e3,
-            our_idle.p99 * 1e3,
-            ours.start_to_first * 1e3,
-            our_idle.rss_mib.unwrap_or(0.0)
+            ours.idle_median(|i| i.p50) * 1e3,
+            ours.idle_median(|i| i.p99) * 1e3,
+            ours.median(|d| d.start_to_first).0 * 1e3,
+            ours.idle_median(|i| i.rss_mib)
         );
     }
     if sweep == 0 {

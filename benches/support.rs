@@ -72,13 +72,31 @@ pub async fn publish(
 
 /// Starts the worker binary on `queue` with extra TOML config and flags.
 pub fn start_worker(dir: &Path, queue: &str, config: &str, flags: &[&str]) -> Child {
+    start_worker_program(
+        Path::new(env!("CARGO_BIN_EXE_worker")),
+        dir,
+        queue,
+        config,
+        flags,
+    )
+}
+
+/// Starts `program` (a worker binary: this build's or another) on `queue` with extra TOML
+/// config and flags.
+pub fn start_worker_program(
+    program: &Path,
+    dir: &Path,
+    queue: &str,
+    config: &str,
+    flags: &[&str],
+) -> Child {
     let path = dir.join("w.toml");
     std::fs::write(
         &path,
         format!("[broker]\nurl = \"{}\"\n{config}\n", amqp_url()),
     )
     .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_worker"))
+    Command::new(program)
         .arg("--config")
         .arg(&path)
         .args(["-Q", queue, "-l", "warning", "-n", "bench@%h"])
@@ -110,4 +128,69 @@ pub fn median_p90(v: &mut [f64]) -> (f64, f64) {
     v.sort_by(f64::total_cmp);
     let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
     (at(0.5), at(0.9))
+}
+
+/// Every process id under /proc with its parent's id.
+fn process_parents() -> Vec<(u32, u32)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if let Some(pp) = rest.split_whitespace().nth(1).and_then(|x| x.parse().ok()) {
+            out.push((p, pp));
+        }
+    }
+    out
+}
+
+/// `pid` and all its descendants.
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let all = process_parents();
+    let (mut tree, mut todo) = (Vec::new(), vec![pid]);
+    while let Some(p) = todo.pop() {
+        tree.push(p);
+        todo.extend(all.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+    }
+    tree
+}
+
+/// The RabbitMQ node's processes (the Erlang VM and its helpers), found by name.
+pub fn broker_processes() -> Vec<u32> {
+    process_parents()
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| {
+            let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+            matches!(comm.trim(), "beam.smp" | "erl_child_setup" | "epmd")
+        })
+        .collect()
+}
+
+/// CPU time (user + system) used so far by these processes, in seconds, with what their
+/// reaped children used.
+pub fn cpu_seconds(pids: &[u32]) -> f64 {
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let ticks: u64 = pids
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|stat| {
+            let (_, rest) = stat.rsplit_once(')')?;
+            // Fields after the command: state is index 0, utime 11, stime 12, cutime 13,
+            // cstime 14.
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let n = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+            Some(n(11) + n(12) + n(13) + n(14))
+        })
+        .sum();
+    ticks as f64 / hz
 }

@@ -15,13 +15,14 @@
 pub mod amqp;
 pub mod decide;
 pub mod delay;
+pub mod outbox;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicRejectOptions};
+use lapin::options::BasicCancelOptions;
 use lapin::{Channel, Connection};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::json;
@@ -30,6 +31,7 @@ use tracing::{debug, error, info, warn};
 
 use self::amqp::TaskQueue;
 use self::decide::{Decision, decide};
+use self::outbox::{Outbox, PendingResult};
 use crate::child::AbortOnDrop;
 use crate::error::BrokerError;
 use crate::events::build as event;
@@ -97,6 +99,8 @@ pub struct ConsumerPeers {
     pub scheduler: ActorRef<SchedulerMessage>,
     /// The revoked-id registry.
     pub revoke: ActorRef<RevokeMessage>,
+    /// Whether the registry holds any revoke (no need to ask it when not).
+    pub revoked: crate::revoke::RevokedCount,
     /// The event dispatcher.
     pub events: ActorRef<EventsMessage>,
     /// Whether task events are sent now.
@@ -219,7 +223,10 @@ pub struct ConsumerState {
     prefetch_dirty: bool,
     /// An `ApplyPrefetch` is in the mailbox.
     prefetch_flush_queued: bool,
-    pending_results: VecDeque<(String, String, Vec<u8>)>,
+    /// Results handed to lapin and not yet reported written.
+    outbox: Outbox,
+    /// Results to publish once connected again, oldest first.
+    pending_results: VecDeque<PendingResult>,
 }
 
 impl std::fmt::Debug for ConsumerState {
@@ -263,6 +270,7 @@ impl Actor for Consumer {
             delay_declared: false,
             prefetch_dirty: false,
             prefetch_flush_queued: false,
+            outbox: Outbox::default(),
             pending_results: VecDeque::new(),
         })
     }
@@ -336,7 +344,7 @@ impl Actor for Consumer {
             }
             ConsumerMessage::Requeue { reserved, reply } => {
                 for r in reserved {
-                    state.reject(r.delivery, true).await;
+                    state.reject(r.delivery, true);
                 }
                 let _ = reply.send(());
             }
@@ -345,6 +353,7 @@ impl Actor for Consumer {
                 let _ = reply.send(());
             }
         }
+        state.reap_outbox();
         if state.prefetch_dirty && !state.prefetch_flush_queued {
             state.prefetch_flush_queued = true;
             let _ = myself.cast(ConsumerMessage::ApplyPrefetch);
@@ -560,7 +569,7 @@ impl Consumer {
                         "Received invalid task message: {e}. Rejected."
                     );
                 }
-                state.reject(delivery, false).await;
+                state.reject(delivery, false);
                 return;
             }
         };
@@ -589,7 +598,7 @@ impl Consumer {
                 state
                     .publish_state(&reserved, &st, self.settings.task.ignore_result, true)
                     .await;
-                state.reject(delivery, false).await;
+                state.reject(delivery, false);
             }
             Decision::Revoke(reason) => {
                 info!(task_id = %reserved.request.id, "Discarding revoked task: {}[{}] ({reason}).",
@@ -601,7 +610,7 @@ impl Consumer {
                 state
                     .publish_state(&reserved, &st, self.settings.task.ignore_result, false)
                     .await;
-                state.ack(delivery).await;
+                state.ack(delivery);
             }
             Decision::Schedule(eta) => {
                 state.peers.metrics.task(&reserved.request.task, "received");
@@ -615,7 +624,7 @@ impl Consumer {
                     info!(task_id = %reserved.request.id,
                         "Task {}[{}] waits in the broker for {seconds}s (beyond eta_hold_max).",
                         reserved.request.display_name(), reserved.request.id);
-                    state.ack(delivery).await;
+                    state.ack(delivery);
                     return;
                 }
                 state.held_eta = state.held_eta.saturating_add(1);
@@ -685,7 +694,7 @@ impl Consumer {
             state.prefetch_dirty = true;
         }
         if !self.settings.task.acks_late {
-            state.ack(info.delivery).await;
+            state.ack(info.delivery);
         }
         state.event(|| event::task_started(&info.task_id));
         let ignore = info
@@ -742,7 +751,7 @@ impl Consumer {
                     .publish_state(&reserved, &ResultState::Success(value), ignore, false)
                     .await;
                 if task.acks_late {
-                    state.ack(reserved.delivery).await;
+                    state.ack(reserved.delivery);
                 }
             }
             TaskOutcome::Failure { exc, traceback } => {
@@ -772,7 +781,7 @@ impl Consumer {
                         state.event(|| event::task_retried(id, &exc.repr(), &tb));
                         let st = ResultState::Retry { exc, traceback };
                         state.publish_state(&reserved, &st, ignore, false).await;
-                        state.ack(reserved.delivery).await;
+                        state.ack(reserved.delivery);
                     }
                     Err(e) => {
                         error!(task_id = %id, error = %e,
@@ -785,7 +794,7 @@ impl Consumer {
                 if task.acks_late && task.reject_on_worker_lost {
                     error!(task_id = %id, "Task {name}[{id}] lost its child process ({how}); requeued.");
                     state.event(|| event::task_rejected(id, true));
-                    state.reject(reserved.delivery, true).await;
+                    state.reject(reserved.delivery, true);
                     return;
                 }
                 let msg = format!("Worker exited prematurely: {how}.");
@@ -820,7 +829,7 @@ impl Consumer {
                 state
                     .publish_state(&reserved, &ResultState::Revoked(reason), ignore, false)
                     .await;
-                state.ack(reserved.delivery).await;
+                state.ack(reserved.delivery);
             }
         }
     }
@@ -849,7 +858,7 @@ impl Consumer {
             .await;
         if task.acks_late {
             let ack = ack_anyway || task.acks_on_failure_or_timeout;
-            state.settle(reserved.delivery, ack).await;
+            state.settle(reserved.delivery, ack);
         }
     }
 }
@@ -929,46 +938,39 @@ impl ConsumerState {
     }
 
     async fn is_revoked(&self, request: &crate::protocol::TaskRequest) -> bool {
+        if self.peers.revoked.is_zero() {
+            return false;
+        }
         let id = request.id.clone();
         let stamps = crate::revoke::stamps::request_stamps(request);
         let ask = |reply| RevokeMessage::IsRevoked { id, stamps, reply };
         ractor::call_t!(self.peers.revoke, ask, 5000).unwrap_or(false)
     }
 
-    async fn ack(&mut self, d: DeliveryRef) {
+    fn ack(&mut self, d: DeliveryRef) {
         if d.generation != self.generation || !self.unacked.remove(&d.tag) {
             return;
         }
-        if let Some(link) = &self.link
-            && let Err(e) = link
-                .channel
-                .basic_ack(d.tag, BasicAckOptions::default())
-                .await
-        {
-            warn!(delivery_tag = d.tag, error = %e, "Ack failed; the broker will redeliver.");
+        if let Some(link) = &self.link {
+            Outbox::ack(&link.channel, d.tag, false);
         }
     }
 
-    async fn reject(&mut self, d: DeliveryRef, requeue: bool) {
+    fn reject(&mut self, d: DeliveryRef, requeue: bool) {
         if d.generation != self.generation || !self.unacked.remove(&d.tag) {
             return;
         }
-        if let Some(link) = &self.link
-            && let Err(e) = link
-                .channel
-                .basic_reject(d.tag, BasicRejectOptions { requeue })
-                .await
-        {
-            warn!(delivery_tag = d.tag, error = %e, "Reject failed.");
+        if let Some(link) = &self.link {
+            Outbox::reject(&link.channel, d.tag, requeue);
         }
     }
 
     /// Ack, or requeue when `ack` is false.
-    async fn settle(&mut self, d: DeliveryRef, ack: bool) {
+    fn settle(&mut self, d: DeliveryRef, ack: bool) {
         if ack {
-            self.ack(d).await
+            self.ack(d)
         } else {
-            self.reject(d, true).await
+            self.reject(d, true)
         }
     }
 
@@ -999,29 +1001,61 @@ impl ConsumerState {
     }
 
     async fn publish(&mut self, queue: &str, correlation_id: &str, body: Vec<u8>) {
-        if let Some(link) = &self.link {
-            match amqp::publish_result(&link.channel, queue, correlation_id, &body).await {
-                Ok(()) => return,
-                Err(e) => {
-                    warn!(error = %e, "Cannot publish a result now; it will be sent after reconnecting.")
+        let result = PendingResult {
+            queue: queue.to_owned(),
+            correlation_id: correlation_id.to_owned(),
+            body,
+        };
+        let failed = match &self.link {
+            Some(link) if self.pending_results.is_empty() => {
+                if self.outbox.is_full() {
+                    let failed = self.outbox.settle().await;
+                    self.pending_results.extend(failed);
                 }
+                self.outbox.publish(&link.channel, result)
             }
+            _ => {
+                // Keep results in order: what lapin still holds goes first.
+                self.absorb_outbox().await;
+                Some(result)
+            }
+        };
+        self.pending_results.extend(failed);
+    }
+
+    /// Moves the publishes lapin reports failed to `pending_results` (checked without
+    /// waiting; called after every message the actor handles).
+    fn reap_outbox(&mut self) {
+        let failed = self.outbox.reap();
+        self.pending_results.extend(failed);
+    }
+
+    /// Waits until lapin is done with every publish it holds, keeping the failed ones to send
+    /// again.
+    async fn absorb_outbox(&mut self) {
+        if self.outbox.is_empty() {
+            return;
         }
-        self.pending_results
-            .push_back((queue.to_owned(), correlation_id.to_owned(), body));
+        let failed = self.outbox.settle().await;
+        self.pending_results.extend(failed);
     }
 
     async fn flush_pending_results(&mut self) {
-        while let Some((q, cid, body)) = self.pending_results.pop_front() {
+        self.absorb_outbox().await;
+        while let Some(result) = self.pending_results.pop_front() {
             let Some(link) = &self.link else {
-                self.pending_results.push_front((q, cid, body));
+                self.pending_results.push_front(result);
                 return;
             };
-            if amqp::publish_result(&link.channel, &q, &cid, &body)
-                .await
-                .is_err()
-            {
-                self.pending_results.push_front((q, cid, body));
+            let sent = amqp::publish_result(
+                &link.channel,
+                &result.queue,
+                &result.correlation_id,
+                &result.body,
+            )
+            .await;
+            if sent.is_err() {
+                self.pending_results.push_front(result);
                 return;
             }
         }
@@ -1044,6 +1078,7 @@ impl ConsumerState {
 
     async fn close(&mut self) {
         self.closed = true;
+        self.absorb_outbox().await;
         if let Some(link) = self.link.take() {
             let _ = link.channel.close(200, "worker shutdown".into()).await;
             let _ = link.connection.close(200, "worker shutdown".into()).await;

@@ -13,6 +13,7 @@ pub mod store;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::Signal;
@@ -161,6 +162,24 @@ pub fn parse_signal(text: &str) -> Result<Signal, String> {
         .map_err(|_| format!("unknown signal {text:?}"))
 }
 
+/// How many revoked ids and stamp revokes the registry holds, kept current by the registry
+/// and read by the consumer: while it is zero (the usual case) no delivery can be revoked, and
+/// the consumer skips the round trip to the registry. The registry raises it before it passes
+/// a revoke on to the pool and the scheduler, so a delivery decided after that asks.
+#[derive(Debug, Clone, Default)]
+pub struct RevokedCount(Arc<AtomicUsize>);
+
+impl RevokedCount {
+    /// Whether the registry holds no revoke at all.
+    pub fn is_zero(&self) -> bool {
+        self.0.load(Ordering::Acquire) == 0
+    }
+
+    fn set(&self, n: usize) {
+        self.0.store(n, Ordering::Release);
+    }
+}
+
 /// The registry's configuration.
 #[derive(Debug, Clone)]
 pub struct RevokeRegistry {
@@ -170,6 +189,8 @@ pub struct RevokeRegistry {
     pub max: usize,
     /// How long an id stays revoked.
     pub expires: Duration,
+    /// Published for the consumer's fast path.
+    pub count: RevokedCount,
 }
 
 impl Default for RevokeRegistry {
@@ -178,6 +199,7 @@ impl Default for RevokeRegistry {
             statedb: None,
             max: DEFAULT_MAX,
             expires: DEFAULT_EXPIRES,
+            count: RevokedCount::default(),
         }
     }
 }
@@ -262,6 +284,7 @@ impl Actor for RevokeRegistry {
         })
         .await??;
         info!("Loaded {} revoked task ids from the statedb.", set.len());
+        self.count.set(set.len());
         Ok(RevokeState {
             set,
             stamps: RevokedStamps::new(),
@@ -294,6 +317,8 @@ impl Actor for RevokeRegistry {
                 for id in &ids {
                     dropped.extend(state.set.add(id.clone(), now));
                 }
+                // Before anything is passed on (see RevokedCount).
+                state.publish_count(&self.count);
                 if let Some(store) = &state.store {
                     let store = store.clone();
                     let added = ids.clone();
@@ -330,10 +355,12 @@ impl Actor for RevokeRegistry {
             }
             RevokeMessage::RevokeStamps { headers, reply } => {
                 state.stamps.add(&headers);
+                state.publish_count(&self.count);
                 let _ = reply.send(());
             }
             RevokeMessage::GetRevoked(reply) => {
                 let dropped = state.set.purge(now);
+                state.publish_count(&self.count);
                 if let (Some(store), false) = (&state.store, dropped.is_empty()) {
                     let store = store.clone();
                     if let Err(e) =
@@ -346,6 +373,12 @@ impl Actor for RevokeRegistry {
             }
         }
         Ok(())
+    }
+}
+
+impl RevokeState {
+    fn publish_count(&self, count: &RevokedCount) {
+        count.set(self.set.len() + self.stamps.len());
     }
 }
 

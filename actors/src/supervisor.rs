@@ -27,7 +27,7 @@ use crate::control::{Control, ControlMessage, ControlPeers};
 use crate::events::{Events, EventsMessage, TaskEvents};
 use crate::metrics::{GaugeSources, Metrics};
 use crate::pool::{Pool, PoolArgs, PoolMessage, effective_rates};
-use crate::revoke::{RevokeMessage, RevokeRegistry};
+use crate::revoke::{RevokeMessage, RevokeRegistry, RevokedCount};
 use crate::scheduler::{Scheduler, SchedulerMessage};
 use crate::settings::Settings;
 use crate::shutdown::ShutdownMode;
@@ -111,7 +111,9 @@ impl Actor for Supervisor {
                 .map(std::path::PathBuf::from),
             max: settings.worker.revokes_max,
             expires: std::time::Duration::from_secs_f64(settings.worker.revoke_expires),
+            count: RevokedCount::default(),
         };
+        let revoked = registry.count.clone();
         // Bound before anything starts: an address in use stops the start with the reason.
         let listener = match &settings.worker.metrics_addr {
             Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -155,6 +157,7 @@ impl Actor for Supervisor {
             pool: pool.clone(),
             scheduler: scheduler.clone(),
             revoke: revoke.clone(),
+            revoked,
             events: events.clone(),
             task_events: task_events.clone(),
             metrics: metrics.clone(),

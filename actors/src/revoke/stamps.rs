@@ -40,6 +40,11 @@ impl RevokedStamps {
         self.map.is_empty()
     }
 
+    /// How many stamp names have revoked values.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
     /// The stamp that revokes a request with these stamps, if any: `(name, value)`.
     pub fn matches(&self, stamps: &[(String, Value)]) -> Option<(String, Value)> {
         let (name, stamped) = stamps.iter().find(|(n, _)| self.map.contains_key(n))?;

@@ -61,6 +61,7 @@ async fn revokes_survive_a_restart_with_a_statedb() {
         ..Default::default()
     };
     let (actor, handle) = Actor::spawn(None, registry.clone(), ()).await.unwrap();
+    assert!(registry.count.is_zero(), "nothing revoked yet");
     let ids = vec!["t1".to_owned(), "t2".to_owned()];
     ractor::call!(actor, |reply| RevokeMessage::Revoke {
         ids,
@@ -69,9 +70,18 @@ async fn revokes_survive_a_restart_with_a_statedb() {
     })
     .unwrap();
     assert!(is_revoked(&actor, "t1".to_owned()).await);
+    assert!(!registry.count.is_zero(), "the consumer must ask now");
     actor.stop(None);
     handle.await.unwrap();
-    let (actor, handle) = Actor::spawn(None, registry, ()).await.unwrap();
+    let registry = RevokeRegistry {
+        count: RevokedCount::default(),
+        ..registry
+    };
+    let (actor, handle) = Actor::spawn(None, registry.clone(), ()).await.unwrap();
+    assert!(
+        !registry.count.is_zero(),
+        "ids loaded from the statedb count"
+    );
     assert!(is_revoked(&actor, "t2".to_owned()).await);
     assert!(!is_revoked(&actor, "t3".to_owned()).await);
     let mut ids = ractor::call!(actor, RevokeMessage::GetRevoked).unwrap();
