@@ -185,7 +185,9 @@ impl Actor for ChildProcess {
             .map_err(ChildError::Spawn)?;
         let pid = process.id().unwrap_or_default();
         let stdin = process.stdin.take().ok_or(ChildError::Exited)?;
-        let mut stdout = process.stdout.take().ok_or(ChildError::Exited)?;
+        // Buffered: a frame's length and payload then usually take one read, not two.
+        let mut stdout =
+            tokio::io::BufReader::new(process.stdout.take().ok_or(ChildError::Exited)?);
         let reader = tokio::spawn(async move {
             loop {
                 match ipc::read_frame::<FromChild>(&mut stdout).await {
@@ -255,6 +257,7 @@ impl ChildProcess {
             kwargs_json: serde_json::to_string(&r.request.kwargs).unwrap_or_else(|_| "{}".into()),
             retries: r.request.retries,
             hostname: self.hostname.clone(),
+            measure_memory: self.recycling.max_memory_kib > 0,
         };
         state.current = Some((r, Instant::now()));
         state.seq += 1;

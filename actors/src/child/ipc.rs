@@ -27,6 +27,9 @@ pub struct Job {
     pub retries: u32,
     /// The worker's node name.
     pub hostname: String,
+    /// Report the child's resident memory after the task (`max_memory_per_child` is set);
+    /// otherwise the child does not measure it.
+    pub measure_memory: bool,
 }
 
 /// Parent -> child.
@@ -71,20 +74,21 @@ pub enum FromChild {
     Done {
         /// How it ended.
         outcome: JobOutcome,
-        /// The child's resident memory afterwards, in KiB (for `max_memory_per_child`).
+        /// The child's resident memory afterwards, in KiB (for `max_memory_per_child`); 0 when
+        /// the job did not ask for it.
         rss_kib: u64,
     },
 }
 
-/// Encodes one frame (length prefix included).
+/// Encodes one frame (length prefix included), in one buffer.
 pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, ChildError> {
-    let payload = bincode::serde::encode_to_vec(msg, bincode::config::standard())
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(&[0u8; 4]);
+    bincode::serde::encode_into_std_write(msg, &mut out, bincode::config::standard())
         .map_err(|e| ChildError::Frame(e.to_string()))?;
     let len =
-        u32::try_from(payload.len()).map_err(|_| ChildError::Frame("frame too large".into()))?;
-    let mut out = Vec::with_capacity(4 + payload.len());
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&payload);
+        u32::try_from(out.len() - 4).map_err(|_| ChildError::Frame("frame too large".into()))?;
+    out[..4].copy_from_slice(&len.to_le_bytes());
     Ok(out)
 }
 
@@ -164,6 +168,7 @@ mod tests {
             kwargs_json: "{}".into(),
             retries: 0,
             hostname: "celery@h".into(),
+            measure_memory: false,
         });
         let mut buf = Vec::new();
         write_frame_blocking(&mut buf, &job).unwrap();
