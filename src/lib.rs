@@ -85,13 +85,15 @@ pub async fn run(
 /// The whole program: parses the command line and runs the worker, `call`, or child mode,
 /// with `registry` as the task registry. Call it from your own `main`.
 pub fn main_with(registry: Registry) -> ExitCode {
+    // A pool process (started by the worker as `worker child --of NODE`) goes straight to its
+    // loop: building the whole command-line parser would only leave its memory behind in
+    // every child.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "child") {
+        return run_child(&registry);
+    }
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Child { .. }) => {
-            set_process_name("celeryd: child");
-            let code = celeryd_actors::child::runner::run_child(&registry);
-            return ExitCode::from(u8::try_from(code).unwrap_or(1));
-        }
+        Some(Command::Child { .. }) => return run_child(&registry),
         Some(Command::Ctl(args)) => {
             let settings = match settings::load(cli.config.as_deref(), &cli.run) {
                 Ok(s) => s,
@@ -189,6 +191,12 @@ pub fn main_with(registry: Registry) -> ExitCode {
         return reexec();
     }
     code
+}
+
+fn run_child(registry: &Registry) -> ExitCode {
+    set_process_name("celeryd: child");
+    let code = celeryd_actors::child::runner::run_child(registry);
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
 /// Replaces this process with a fresh run of the same command line (same pid; the config file

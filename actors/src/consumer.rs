@@ -58,33 +58,21 @@ pub struct DeliveryRef {
 pub struct StartedInfo {
     /// The delivery (acked now unless acks_late).
     pub delivery: DeliveryRef,
-    /// Task id.
-    pub task_id: String,
-    /// Where results go.
-    pub reply_to: Option<String>,
-    /// Result correlation id.
-    pub correlation_id: String,
-    /// Whether results are suppressed by the message.
-    pub ignore_result: Option<bool>,
+    /// The request (shared, not copied).
+    pub request: Arc<crate::protocol::TaskRequest>,
     /// The child's pid.
     pub pid: u32,
-    /// The node name (for the STARTED result).
-    pub hostname: String,
     /// Whether the scheduler held it (lowers the prefetch bump).
     pub was_scheduled: bool,
 }
 
 impl StartedInfo {
     /// Extracts the fields from a reserved request.
-    pub fn of(r: &Reserved, pid: u32, hostname: &str) -> Self {
+    pub fn of(r: &Reserved, pid: u32) -> Self {
         StartedInfo {
             delivery: r.delivery,
-            task_id: r.request.id.clone(),
-            reply_to: r.request.result_queue().map(str::to_owned),
-            correlation_id: r.request.correlation_id.clone(),
-            ignore_result: r.request.ignore_result,
+            request: r.request.clone(),
             pid,
-            hostname: hostname.to_owned(),
             was_scheduled: r.was_scheduled,
         }
     }
@@ -555,7 +543,7 @@ impl Consumer {
                 redelivered: d.redelivered,
             },
         };
-        let request = match decode(&raw) {
+        let request = match decode(raw) {
             Ok(r) => r,
             Err(e) => {
                 if e == crate::error::ProtocolError::UnknownMessage {
@@ -696,20 +684,22 @@ impl Consumer {
         if !self.settings.task.acks_late {
             state.ack(info.delivery);
         }
-        state.event(|| event::task_started(&info.task_id));
-        let ignore = info
+        let req = &info.request;
+        state.event(|| event::task_started(&req.id));
+        let ignore = req
             .ignore_result
             .unwrap_or(self.settings.task.ignore_result);
         if self.settings.task.track_started
             && !ignore
-            && let Some(q) = &info.reply_to
+            && let Some(q) = req.result_queue()
         {
             let st = ResultState::Started {
                 pid: info.pid,
-                hostname: info.hostname.clone(),
+                hostname: self.hostname.clone(),
             };
-            let body = result_body(&info.task_id, &st, None, None, OffsetDateTime::now_utc());
-            state.publish(q, &info.correlation_id, body).await;
+            let body = result_body(&req.id, &st, None, None, OffsetDateTime::now_utc());
+            let (queue, cid) = (q.to_owned(), req.correlation_id.clone());
+            state.publish(queue, cid, body).await;
         }
     }
 
@@ -744,9 +734,13 @@ impl Consumer {
         }
         match outcome {
             TaskOutcome::Success(value) => {
-                let repr = truncate(py_repr(&value), 1024);
-                info!(task_id = %id, runtime = secs, "Task {name}[{id}] succeeded in {secs:.6}s: {repr}");
-                state.event(|| event::task_succeeded(id, &repr, secs));
+                // The repr is only built for the log line and the event, when they are on.
+                let events = state.peers.task_events.enabled();
+                if events || tracing::enabled!(tracing::Level::INFO) {
+                    let repr = truncate(py_repr(&value), 1024);
+                    info!(task_id = %id, runtime = secs, "Task {name}[{id}] succeeded in {secs:.6}s: {repr}");
+                    state.event(|| event::task_succeeded(id, &repr, secs));
+                }
                 state
                     .publish_state(&reserved, &ResultState::Success(value), ignore, false)
                     .await;
@@ -995,15 +989,14 @@ impl ConsumerState {
             r.request.group.as_deref(),
             OffsetDateTime::now_utc(),
         );
-        let queue = queue.to_owned();
-        let cid = r.request.correlation_id.clone();
-        self.publish(&queue, &cid, body).await;
+        let (queue, cid) = (queue.to_owned(), r.request.correlation_id.clone());
+        self.publish(queue, cid, body).await;
     }
 
-    async fn publish(&mut self, queue: &str, correlation_id: &str, body: Vec<u8>) {
+    async fn publish(&mut self, queue: String, correlation_id: String, body: Vec<u8>) {
         let result = PendingResult {
-            queue: queue.to_owned(),
-            correlation_id: correlation_id.to_owned(),
+            queue,
+            correlation_id,
             body,
         };
         let failed = match &self.link {

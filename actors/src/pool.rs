@@ -408,14 +408,14 @@ impl Actor for Pool {
                 if state.autoscaler.is_some() && state.idle_slot().is_none() {
                     self.autoscale(&myself, state).await;
                 }
-                state.dispatch(&myself, &self.hostname, self.default_limits);
+                state.dispatch(&myself, self.default_limits);
             }
             PoolMessage::SetConsumer(c) => state.consumer = Some(c),
             PoolMessage::ChildReady { child, pid } => {
                 if let Some(slot) = state.slots.get_mut(&child) {
                     slot.pid = Some(pid);
                 }
-                state.dispatch(&myself, &self.hostname, self.default_limits);
+                state.dispatch(&myself, self.default_limits);
             }
             PoolMessage::JobFinished {
                 child,
@@ -462,7 +462,7 @@ impl Actor for Pool {
                     }
                 }
                 state.shrink();
-                state.dispatch(&myself, &self.hostname, self.default_limits);
+                state.dispatch(&myself, self.default_limits);
                 state.wake_idle_waiters();
             }
             PoolMessage::SetTimeLimit {
@@ -522,11 +522,11 @@ impl Actor for Pool {
                     state.prefetch_follows(bounds.0);
                 }
                 self.autoscale(&myself, state).await;
-                state.dispatch(&myself, &self.hostname, self.default_limits);
+                state.dispatch(&myself, self.default_limits);
             }
             PoolMessage::AutoscaleTick => {
                 self.autoscale(&myself, state).await;
-                state.dispatch(&myself, &self.hostname, self.default_limits);
+                state.dispatch(&myself, self.default_limits);
             }
             PoolMessage::Restart { reply } => {
                 let _ = reply.send(state.slots.len());
@@ -570,7 +570,7 @@ impl Actor for Pool {
                     for r in released.into_iter().rev() {
                         state.reserved.push_front(r);
                     }
-                    state.dispatch(&myself, &self.hostname, self.default_limits);
+                    state.dispatch(&myself, self.default_limits);
                 }
                 let _ = reply.send(known);
             }
@@ -601,7 +601,7 @@ impl Actor for Pool {
             }
             PoolMessage::RateLimitReady => {
                 state.rate_timer = None;
-                state.dispatch(&myself, &self.hostname, self.default_limits);
+                state.dispatch(&myself, self.default_limits);
             }
             PoolMessage::WaitIdle { reply } => {
                 state.idle_waiters.push(reply);
@@ -918,7 +918,7 @@ impl PoolState {
         None
     }
 
-    fn dispatch(&mut self, myself: &ActorRef<PoolMessage>, hostname: &str, defaults: TaskOptions) {
+    fn dispatch(&mut self, myself: &ActorRef<PoolMessage>, defaults: TaskOptions) {
         if self.draining {
             return;
         }
@@ -952,7 +952,7 @@ impl PoolState {
                 break;
             };
             let pid = slot.pid.unwrap_or_default();
-            let info = StartedInfo::of(&reserved, pid, hostname);
+            let info = StartedInfo::of(&reserved, pid);
             slot.busy = true;
             let running = Running {
                 request: reserved.request.clone(),
@@ -968,17 +968,20 @@ impl PoolState {
                         let waited = running.since.saturating_duration_since(running.received);
                         self.metrics.queue_wait(waited.as_secs_f64());
                     }
-                    *self
-                        .total
-                        .entry(running.request.display_name().to_owned())
-                        .or_default() += 1;
+                    let name = running.request.display_name();
+                    match self.total.get_mut(name) {
+                        Some(n) => *n += 1,
+                        None => {
+                            self.total.insert(name.to_owned(), 1);
+                        }
+                    }
                     slot.running = Some(running);
                     let _ = consumer.cast(ConsumerMessage::TaskStarted(Box::new(info)));
                 }
                 Err(ractor::MessagingErr::SendErr(ChildMessage::Run(back, _))) => {
                     // The child actor is gone (its supervision event will replace it and
                     // clear the slot, which stays busy meanwhile): queue the request again.
-                    info!(task_id = %info.task_id, "Child went away; task goes back to the queue.");
+                    info!(task_id = %info.request.id, "Child went away; task goes back to the queue.");
                     self.reserved.push_front(back);
                 }
                 Err(_) => {}

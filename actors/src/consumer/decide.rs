@@ -52,7 +52,7 @@ mod tests {
             body: b"[[],{},{}]",
             ..Default::default()
         };
-        decode(&raw).unwrap()
+        decode(raw).unwrap()
     }
 
     #[test]

@@ -157,7 +157,7 @@ mod tests {
             body: b"[[1,2],{},{}]",
             ..Default::default()
         };
-        let req = decode(&raw).unwrap();
+        let req = decode(raw).unwrap();
         let v = task_info(&req, "celery@h", Some(1.5), true, Some(7), false);
         assert_eq!(v["name"], "s.add");
         assert_eq!(v["type"], "tasks.add");

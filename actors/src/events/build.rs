@@ -175,7 +175,7 @@ mod tests {
             body: b"[[2,3],{},{}]",
             ..Default::default()
         };
-        let e = task_received(&decode(&raw).unwrap());
+        let e = task_received(&decode(raw).unwrap());
         assert_eq!(e.routing_key(), "task.received");
         assert!(e.is_task_event());
         let b = body(&e, "celery@h", 42, 7, 1.5);

@@ -149,7 +149,7 @@ mod tests {
             body: &first.body,
             ..Default::default()
         };
-        let req = decode(&raw).unwrap();
+        let req = decode(raw.clone()).unwrap();
         let again = retry_message(&req, 5.0, now);
         assert_eq!(again.id, first.id);
         assert_eq!(again.headers["retries"], 1);
@@ -160,7 +160,7 @@ mod tests {
             body: &again.body,
             ..raw
         };
-        let req2 = decode(&raw).unwrap();
+        let req2 = decode(raw).unwrap();
         assert_eq!(req2.retries, 1);
         assert_eq!(req2.args, vec![json!(1)]);
         let due = req2.eta.unwrap() - (now + time::Duration::seconds(5));
@@ -189,7 +189,7 @@ mod tests {
             body: &msg.body,
             ..Default::default()
         };
-        let req = decode(&raw).unwrap();
+        let req = decode(raw).unwrap();
         assert_eq!(req.task, "tasks.add");
         assert_eq!(req.args, vec![json!(2), json!(3)]);
         assert_eq!(req.argsrepr, "(2, 3)");

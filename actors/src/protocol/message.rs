@@ -105,8 +105,9 @@ impl TaskRequest {
     }
 }
 
-/// Decodes a delivery into a task request, or says why it is not one.
-pub fn decode(raw: &RawMessage<'_>) -> Result<TaskRequest, ProtocolError> {
+/// Decodes a delivery into a task request, or says why it is not one. Takes the message by
+/// value: its headers move into the request.
+pub fn decode(raw: RawMessage<'_>) -> Result<TaskRequest, ProtocolError> {
     check_content_type(raw.content_type)?;
     let body = decompress(raw.headers.get("compression"), raw.body)?;
     let body: Value =
@@ -142,9 +143,12 @@ fn check_content_type(content_type: Option<&str>) -> Result<(), ProtocolError> {
     }
 }
 
-fn decompress(compression: Option<&Value>, body: &[u8]) -> Result<Vec<u8>, ProtocolError> {
+fn decompress<'a>(
+    compression: Option<&Value>,
+    body: &'a [u8],
+) -> Result<std::borrow::Cow<'a, [u8]>, ProtocolError> {
     let Some(compression) = compression else {
-        return Ok(body.to_vec());
+        return Ok(std::borrow::Cow::Borrowed(body));
     };
     let Value::String(name) = compression else {
         return Err(ProtocolError::Compression(compression.to_string()));
@@ -156,13 +160,13 @@ fn decompress(compression: Option<&Value>, body: &[u8]) -> Result<Vec<u8>, Proto
             flate2::read::ZlibDecoder::new(body)
                 .read_to_end(&mut out)
                 .map_err(|e| ProtocolError::Decompress(e.to_string()))?;
-            Ok(out)
+            Ok(std::borrow::Cow::Owned(out))
         }
         other => Err(ProtocolError::Compression(other.to_owned())),
     }
 }
 
-fn from_v2(raw: &RawMessage<'_>, task: String, body: Value) -> Result<TaskRequest, ProtocolError> {
+fn from_v2(raw: RawMessage<'_>, task: String, body: Value) -> Result<TaskRequest, ProtocolError> {
     let h = &raw.headers;
     let id = required_str(h, "id")?;
     let Value::Array(mut parts) = body else {
@@ -209,8 +213,6 @@ fn from_v2(raw: &RawMessage<'_>, task: String, body: Value) -> Result<TaskReques
         origin: opt_str(h, "origin"),
         ignore_result: h.get("ignore_result").and_then(Value::as_bool),
         reply_to: raw.reply_to.map(str::to_owned),
-        delivery_info: raw.delivery_info.clone(),
-        headers: h.clone(),
         id,
         task,
         args,
@@ -218,11 +220,13 @@ fn from_v2(raw: &RawMessage<'_>, task: String, body: Value) -> Result<TaskReques
         embed,
         argsrepr,
         kwargsrepr,
+        delivery_info: raw.delivery_info,
+        headers: raw.headers,
     })
 }
 
 fn from_v1_fields(
-    raw: &RawMessage<'_>,
+    raw: RawMessage<'_>,
     f: Map<String, Value>,
 ) -> Result<TaskRequest, ProtocolError> {
     let task = required_str(&f, "task")?;
@@ -256,8 +260,8 @@ fn from_v1_fields(
         origin: opt_str(&f, "origin"),
         ignore_result: f.get("ignore_result").and_then(Value::as_bool),
         reply_to: raw.reply_to.map(str::to_owned),
-        delivery_info: raw.delivery_info.clone(),
-        headers: raw.headers.clone(),
+        delivery_info: raw.delivery_info,
+        headers: raw.headers,
         argsrepr: truncate(args_repr(&args), 1024),
         kwargsrepr: truncate(py_repr(&Value::Object(kwargs.clone())), 1024),
         embed: Value::Object(embed),

@@ -1,6 +1,6 @@
 //! rpc:// result bodies, as a Python `AsyncResult` expects them.
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use super::time::format_iso;
@@ -92,6 +92,30 @@ impl ResultState {
     }
 }
 
+/// The JSON body of an rpc:// result, in the order Celery writes the keys. It borrows the
+/// state's parts: a result is serialized straight into the message body.
+#[derive(serde::Serialize)]
+struct Body<'a> {
+    status: &'static str,
+    result: ResultValue<'a>,
+    traceback: Option<&'a str>,
+    children: [(); 0],
+    date_done: Option<String>,
+    task_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group_id: Option<&'a str>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum ResultValue<'a> {
+    Value(&'a Value),
+    Started { pid: u32, hostname: &'a str },
+    Exception(Value),
+}
+
 /// Builds the JSON body of an rpc:// result message.
 pub fn result_body(
     task_id: &str,
@@ -101,38 +125,36 @@ pub fn result_body(
     now: OffsetDateTime,
 ) -> Vec<u8> {
     let (result, traceback) = match state {
-        ResultState::Started { pid, hostname } => (json!({"pid": pid, "hostname": hostname}), None),
-        ResultState::Success(v) => (v.clone(), None),
+        ResultState::Started { pid, hostname } => (
+            ResultValue::Started {
+                pid: *pid,
+                hostname,
+            },
+            None,
+        ),
+        ResultState::Success(v) => (ResultValue::Value(v), None),
         ResultState::Failure { exc, traceback } | ResultState::Retry { exc, traceback } => {
-            (exc.to_json(), traceback.clone())
+            (ResultValue::Exception(exc.to_json()), traceback.as_deref())
         }
         ResultState::Revoked(reason) => (
-            ExceptionInfo::new("TaskRevokedError", "celery.exceptions", vec![json!(reason)])
-                .to_json(),
+            ResultValue::Exception(
+                ExceptionInfo::new("TaskRevokedError", "celery.exceptions", vec![json!(reason)])
+                    .to_json(),
+            ),
             None,
         ),
     };
-    let mut body = Map::new();
-    body.insert("status".into(), json!(state.name()));
-    body.insert("result".into(), result);
-    body.insert("traceback".into(), json!(traceback));
-    body.insert("children".into(), json!([]));
-    body.insert(
-        "date_done".into(),
-        if state.is_ready() {
-            json!(format_iso(now))
-        } else {
-            Value::Null
-        },
-    );
-    body.insert("task_id".into(), json!(task_id));
-    if let Some(p) = parent_id {
-        body.insert("parent_id".into(), json!(p));
-    }
-    if let Some(g) = group_id {
-        body.insert("group_id".into(), json!(g));
-    }
-    serde_json::to_vec(&Value::Object(body)).unwrap_or_default()
+    let body = Body {
+        status: state.name(),
+        result,
+        traceback,
+        children: [],
+        date_done: state.is_ready().then(|| format_iso(now)),
+        task_id,
+        parent_id,
+        group_id,
+    };
+    serde_json::to_vec(&body).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -157,6 +179,12 @@ mod tests {
             b,
             json!({"status":"SUCCESS","result":5,"traceback":null,"children":[],
                    "date_done":"2026-11-23T23:17:59.494388+00:00","task_id":"tid-1"})
+        );
+        // Keys in the order Celery's backend writes them.
+        let text = result_body("t", &ResultState::Success(json!(5)), Some("p"), None, now);
+        assert_eq!(
+            String::from_utf8(text).unwrap(),
+            r#"{"status":"SUCCESS","result":5,"traceback":null,"children":[],"date_done":"2026-11-23T23:17:59.494388+00:00","task_id":"t","parent_id":"p"}"#
         );
     }
 

@@ -191,7 +191,7 @@ mod tests {
             body: b"[[],{},{}]",
             ..Default::default()
         };
-        let req = decode(&raw).unwrap();
+        let req = decode(raw).unwrap();
         assert_eq!(request_stamps(&req), vec![("s".to_owned(), json!("v"))]);
     }
 }

@@ -24,7 +24,7 @@ fn v2_headers() -> Value {
 #[test]
 fn decodes_v2() {
     let body = br#"[[2,3],{},{"callbacks":null,"errbacks":null,"chain":null,"chord":null}]"#;
-    let req = decode(&raw(v2_headers(), body)).unwrap();
+    let req = decode(raw(v2_headers(), body)).unwrap();
     assert_eq!(req.id, "tid");
     assert_eq!(req.task, "tasks.add");
     assert_eq!(req.args, vec![json!(2), json!(3)]);
@@ -40,7 +40,7 @@ fn decodes_v1() {
     let body = br#"{"task":"x.add","id":"i1","args":[1,2],"kwargs":{},"retries":1,
         "eta":"2026-11-23T23:17:21.850145+00:00","expires":null,"utc":true,"callbacks":null,
         "errbacks":null,"timelimit":[null,null],"taskset":"g1","chord":null}"#;
-    let req = decode(&raw(json!({}), body)).unwrap();
+    let req = decode(raw(json!({}), body)).unwrap();
     assert_eq!(req.task, "x.add");
     assert_eq!(req.retries, 1);
     assert_eq!(req.group.as_deref(), Some("g1"));
@@ -52,7 +52,7 @@ fn decodes_v1() {
 fn timelimit_is_hard_then_soft() {
     let mut h = v2_headers();
     h["timelimit"] = json!([30, 20.5]);
-    let req = decode(&raw(h, br#"[[],{},{}]"#)).unwrap();
+    let req = decode(raw(h, br#"[[],{},{}]"#)).unwrap();
     assert_eq!(req.timelimit, (Some(30.0), Some(20.5)));
 }
 
@@ -67,20 +67,20 @@ fn rejects_what_is_not_a_task() {
         (json!({"task":"t"}), br#"[[],{},{}]"#, "missing id"),
     ];
     for (h, body, what) in cases {
-        assert!(decode(&raw(h, body)).is_err(), "{what} should be rejected");
+        assert!(decode(raw(h, body)).is_err(), "{what} should be rejected");
     }
     let mut h = v2_headers();
     h["eta"] = json!("next tuesday");
     assert!(matches!(
-        decode(&raw(h, br#"[[],{},{}]"#)),
+        decode(raw(h, br#"[[],{},{}]"#)),
         Err(ProtocolError::Invalid { field: "eta", .. })
     ));
     let mut r = raw(v2_headers(), br#"[[],{},{}]"#);
     r.content_type = Some("application/x-python-serialize");
-    assert!(matches!(decode(&r), Err(ProtocolError::ContentType(_))));
+    assert!(matches!(decode(r), Err(ProtocolError::ContentType(_))));
     let bad_utf8: &[u8] = b"[[\"\xff\xfe\"],{},{}]";
     assert!(matches!(
-        decode(&raw(v2_headers(), bad_utf8)),
+        decode(raw(v2_headers(), bad_utf8)),
         Err(ProtocolError::Json(_))
     ));
 }
@@ -93,12 +93,12 @@ fn decompresses_zlib_bodies() {
     let body = enc.finish().unwrap();
     let mut h = v2_headers();
     h["compression"] = json!("application/x-gzip");
-    let req = decode(&raw(h, &body)).unwrap();
+    let req = decode(raw(h, &body)).unwrap();
     assert_eq!(req.args, vec![json!(4), json!(5)]);
     let mut h = v2_headers();
     h["compression"] = json!("application/x-brotli");
     assert!(matches!(
-        decode(&raw(h, &body)),
+        decode(raw(h, &body)),
         Err(ProtocolError::Compression(_))
     ));
 }
@@ -132,7 +132,7 @@ fn decodes_captured_python_messages() {
             body: &body,
             delivery_info: DeliveryInfo::default(),
         };
-        let req = decode(&r).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let req = decode(r).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(!req.id.is_empty(), "{name}");
         assert!(req.task.starts_with("tasks."), "{name}: {}", req.task);
         if let Some(id) = headers.get("id") {
