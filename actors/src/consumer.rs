@@ -999,6 +999,10 @@ impl ConsumerState {
             correlation_id,
             body,
         };
+        if self.link.is_some() && !self.pending_results.is_empty() {
+            // Older results that failed first (rare: the connection usually went with them).
+            self.flush_pending_results().await;
+        }
         let failed = match &self.link {
             Some(link) if self.pending_results.is_empty() => {
                 if self.outbox.is_full() {

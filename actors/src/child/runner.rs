@@ -105,7 +105,7 @@ pub fn run_job(registry: &Registry, job: Job, soft_limit: &Arc<AtomicBool>) -> J
 
 /// This process's resident memory in KiB (from /proc/self/statm), 0 if unknown.
 pub fn resident_kib() -> u64 {
-    std::fs::read("/proc/self/statm").map_or(0, |text| statm_resident_kib(&text, page_size()))
+    ResidentMemory::default().kib()
 }
 
 fn page_size() -> u64 {

@@ -40,7 +40,8 @@ pub struct PendingResult {
     pub body: Vec<u8>,
 }
 
-type Send = Pin<Box<dyn Future<Output = Option<PendingResult>> + std::marker::Send>>;
+/// A publish lapin holds: resolves to the result again if it could not be written.
+type InFlight = Pin<Box<dyn Future<Output = Option<PendingResult>> + Send>>;
 
 /// Publishes handed to lapin and not yet reported written, oldest first.
 ///
@@ -48,7 +49,7 @@ type Send = Pin<Box<dyn Future<Output = Option<PendingResult>> + std::marker::Se
 /// `Send` but not `Sync`); it is reached through `&mut self` and `Mutex::get_mut`, never locked.
 #[derive(Default)]
 pub struct Outbox {
-    in_flight: Mutex<VecDeque<Send>>,
+    in_flight: Mutex<VecDeque<InFlight>>,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -68,7 +69,7 @@ fn poll_once<F: Future + ?Sized>(fut: Pin<&mut F>) -> Poll<F::Output> {
 }
 
 impl Outbox {
-    fn queue(&mut self) -> &mut VecDeque<Send> {
+    fn queue(&mut self) -> &mut VecDeque<InFlight> {
         self.in_flight
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner)
@@ -113,7 +114,7 @@ impl Outbox {
     }
 
     /// Polls a new send once (queueing its frames) and keeps it if lapin is not done with it.
-    fn push(&mut self, mut send: Send) -> Option<PendingResult> {
+    fn push(&mut self, mut send: InFlight) -> Option<PendingResult> {
         match poll_once(send.as_mut()) {
             Poll::Ready(failed) => failed,
             Poll::Pending => {
@@ -179,7 +180,7 @@ mod tests {
     }
 
     /// A send that is pending until `gate` opens, then fails (returns its result) or not.
-    fn gated(gate: &std::sync::Arc<std::sync::atomic::AtomicBool>, fail: Option<u8>) -> Send {
+    fn gated(gate: &std::sync::Arc<std::sync::atomic::AtomicBool>, fail: Option<u8>) -> InFlight {
         let gate = gate.clone();
         Box::pin(std::future::poll_fn(move |_| {
             if gate.load(std::sync::atomic::Ordering::SeqCst) {
@@ -224,9 +225,8 @@ mod tests {
         let gate = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut out = Outbox::default();
         out.push(gated(&gate, Some(7)));
-        let opener = gate.clone();
-        // poll_fn registers no waker; the flag is set before settle polls again.
-        opener.store(true, std::sync::atomic::Ordering::SeqCst);
+        // poll_fn registers no waker: open the gate before settle polls it again.
+        gate.store(true, std::sync::atomic::Ordering::SeqCst);
         assert_eq!(out.settle().await, vec![result(7)]);
         assert!(out.is_empty());
     }
