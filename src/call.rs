@@ -32,19 +32,28 @@ pub fn build_call(args: &CallArgs, now: OffsetDateTime) -> Result<TaskCall, Star
             .map_err(|e| bad("--kwargs must be a JSON object", e.to_string()))?,
         None => Map::new(),
     };
-    let secs = |s: f64| time::Duration::seconds_f64(s);
+    let later = |s: f64| celeryd_actors::protocol::time::after(now, s);
     let eta = match (&args.eta, args.countdown) {
         (Some(_), Some(_)) => return Err(bad("--eta", "use either --eta or --countdown".into())),
         (Some(iso), None) => Some(parse_iso(iso).map_err(|e| bad("--eta", e))?),
-        (None, Some(c)) if c.is_finite() => Some(now + secs(c)),
-        (None, Some(_)) => return Err(bad("--countdown", "must be a number".into())),
+        (None, Some(c)) => Some(later(c).ok_or_else(|| {
+            bad(
+                "--countdown",
+                "must be a number of seconds within the calendar".into(),
+            )
+        })?),
         (None, None) => None,
     };
     let expires = match &args.expires {
         None => None,
         Some(e) => match e.parse::<f64>() {
-            Ok(s) if s.is_finite() => Some(now + secs(s)),
-            _ => Some(parse_iso(e).map_err(|err| bad("--expires", err))?),
+            Ok(s) => Some(later(s).ok_or_else(|| {
+                bad(
+                    "--expires",
+                    "must be a number of seconds within the calendar".into(),
+                )
+            })?),
+            Err(_) => Some(parse_iso(e).map_err(|err| bad("--expires", err))?),
         },
     };
     let host = celeryd_actors::hostname::this_host();

@@ -72,7 +72,7 @@ pub struct RunArgs {
     #[arg(short = 'E', long = "events")]
     pub events: bool,
     /// Seconds between worker-heartbeat events (default 2).
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", value_parser = seconds)]
     pub heartbeat_interval: Option<f64>,
     /// Log line format: text (Celery's layout) or json.
     #[arg(long, value_name = "text|json")]
@@ -134,7 +134,7 @@ pub struct CallArgs {
     #[arg(long)]
     pub wait: bool,
     /// With --wait: give up after this many seconds (exit 2).
-    #[arg(long, default_value_t = 60.0)]
+    #[arg(long, default_value_t = 60.0, value_parser = seconds)]
     pub timeout: f64,
 }
 
@@ -150,7 +150,7 @@ pub struct CtlArgs {
     #[arg(short = 'd', long, value_delimiter = ',')]
     pub destination: Vec<String>,
     /// Seconds to wait for a further reply.
-    #[arg(short = 't', long, default_value_t = 1.0)]
+    #[arg(short = 't', long, default_value_t = 1.0, value_parser = seconds)]
     pub timeout: f64,
     /// Stop after this many replies (default: the number of destinations, else no limit).
     #[arg(long)]
@@ -194,6 +194,17 @@ fn ctl_commands_help() -> String {
         ));
     }
     out
+}
+
+/// A number of seconds on the command line: finite, from 0 to a year (a clear error instead of
+/// a panic where it becomes a `Duration`).
+fn seconds(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=31_536_000.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{text:?} is not a number of seconds from 0 to 31536000"
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -228,7 +228,7 @@ pub async fn broadcast(
 ) -> Result<(), String> {
     let host = celeryd_actors::hostname::this_host();
     let name = format!("worker ctl@{host}");
-    let (conn, ch) = celeryd_actors::consumer::amqp::connect(&settings.broker, &name)
+    let (conn, ch) = celeryd_actors::consumer::amqp::connect(&settings.broker, &name, None)
         .await
         .map_err(|e| e.to_string())?;
     let result = exchange(&ch, plan, args, timeout, limit, &mut on_reply).await;

@@ -83,8 +83,10 @@ pub async fn run(
 }
 
 /// The whole program: parses the command line and runs the worker, `call`, or child mode,
-/// with `registry` as the task registry. Call it from your own `main`.
+/// with `registry` as the task registry. Call it from your own `main`, before it starts any
+/// thread (it sets the default stack size of threads the AMQP client starts).
 pub fn main_with(registry: Registry) -> ExitCode {
+    deep_thread_stacks();
     // A pool process (started by the worker as `worker child --of NODE`) goes straight to its
     // loop: building the whole command-line parser would only leave its memory behind in
     // every child.
@@ -193,6 +195,46 @@ pub fn main_with(registry: Registry) -> ExitCode {
     code
 }
 
+/// The stack size given to threads the worker does not create itself (the AMQP client's I/O
+/// threads, one per connection), unless `RUST_MIN_STACK` says otherwise: 128 MiB of address
+/// space, of which only what is used becomes memory. The AMQP client parses a header frame
+/// recursively, about 2.7 KiB of stack per level of nesting, and a 128 KiB frame can nest an
+/// array 26,000 levels deep: with the default 2 MiB, one such message (2,000 levels) aborts the
+/// whole worker on a stack overflow, and its redelivery again, for ever.
+const AMQP_THREAD_STACK: &str = "134217728";
+
+/// Makes threads spawned without an explicit stack size (the AMQP client's) get
+/// [`AMQP_THREAD_STACK`]. Runs first thing in [`main_with`].
+#[allow(unsafe_code)]
+fn deep_thread_stacks() {
+    if std::env::var_os("RUST_MIN_STACK").is_none() {
+        // SAFETY: called at the very start of `main_with`, before this process has spawned
+        // any thread, so nothing can read the environment concurrently. The standard library
+        // reads RUST_MIN_STACK when it spawns its first thread.
+        unsafe { std::env::set_var("RUST_MIN_STACK", AMQP_THREAD_STACK) };
+    }
+}
+
+/// Waits for this process's exited children (the old pool, killed at the warm stop) so none is
+/// left a zombie: the re-executed image does not know them and would never wait for them.
+/// Returns when there is no child left, or after `limit`.
+fn reap_children(limit: std::time::Duration) {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {
+                if std::time::Instant::now() >= deadline {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Ok(_) => {}       // reaped one; look for the next
+            Err(_) => return, // ECHILD: none left
+        }
+    }
+}
+
 fn run_child(registry: &Registry) -> ExitCode {
     set_process_name("celeryd: child");
     let code = celeryd_actors::child::runner::run_child(registry);
@@ -203,6 +245,7 @@ fn run_child(registry: &Registry) -> ExitCode {
 /// is read again). Only returns if the exec failed.
 fn reexec() -> ExitCode {
     use std::os::unix::process::CommandExt;
+    reap_children(std::time::Duration::from_secs(5));
     let program = match std::env::current_exe() {
         Ok(p) => p,
         Err(e) => return fail(&StartupError::Runtime(format!("cannot re-exec: {e}"))),
@@ -220,6 +263,8 @@ where
 {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // Deep enough to drop (and look at) the deepest header a 128 KiB frame can carry.
+        .thread_stack_size(32 << 20)
         .enable_all()
         .build()
     {
@@ -237,7 +282,12 @@ where
 }
 
 fn fail(e: &StartupError) -> ExitCode {
-    eprintln!("worker: {e}");
+    // Whatever printed a URL (a TOML error quotes the line, a library error its input), its
+    // password never reaches the terminal or the journal.
+    eprintln!(
+        "worker: {}",
+        celeryd_actors::settings::mask_urls(&e.to_string())
+    );
     ExitCode::from(e.exit_code())
 }
 

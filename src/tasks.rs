@@ -76,15 +76,23 @@ fn add(x: &Value, y: &Value) -> Result<Value, TaskError> {
     }
 }
 
+/// `seconds` from now, for a finite number from 0 to a year (task arguments come from
+/// outside: `NaN` or `1e300` must be an error, not a panic).
+fn deadline(seconds: f64) -> Option<Instant> {
+    if !(0.0..=31_536_000.0).contains(&seconds) {
+        return None;
+    }
+    Instant::now().checked_add(Duration::try_from_secs_f64(seconds).ok()?)
+}
+
 /// Sleeps in small steps, giving up with `SoftTimeLimitExceeded` when the soft limit passes.
 fn sleep(ctx: &TaskContext, seconds: f64) -> Result<f64, TaskError> {
-    if !seconds.is_finite() || seconds < 0.0 {
+    let Some(end) = deadline(seconds) else {
         return Err(TaskError::new(
             "ValueError",
-            "seconds must be a non-negative number",
+            "seconds must be a number from 0 to 31536000",
         ));
-    }
-    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    };
     loop {
         ctx.check_soft_time_limit()?;
         let now = Instant::now();
@@ -108,7 +116,7 @@ fn hog(mib: usize) -> usize {
 
 /// Burns CPU for `seconds`, ignoring soft limits; returns the number of loop iterations.
 fn spin(seconds: f64) -> u64 {
-    let end = Instant::now() + Duration::from_secs_f64(seconds.clamp(0.0, 1e6));
+    let end = deadline(seconds.clamp(0.0, 1e6)).unwrap_or_else(Instant::now);
     let mut n: u64 = 0;
     while Instant::now() < end {
         n = std::hint::black_box(n.wrapping_add(1));

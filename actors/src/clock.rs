@@ -15,17 +15,18 @@ impl Clock {
 
     /// Ticks for a message sent; returns the new value.
     pub fn forward(&self) -> u64 {
-        self.0.fetch_add(1, Ordering::SeqCst) + 1
+        self.adjust(0)
     }
 
-    /// Takes in a received clock value: `max(own, other) + 1`; returns the new value.
+    /// Takes in a received clock value: `max(own, other) + 1`; returns the new value. Received
+    /// values come from outside: at `u64::MAX` the clock stays there instead of overflowing.
     pub fn adjust(&self, other: u64) -> u64 {
-        let step = |c: u64| Some(c.max(other) + 1);
+        let step = |c: u64| Some(c.max(other).saturating_add(1));
         let previous = self
             .0
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, step)
             .unwrap_or_default();
-        previous.max(other) + 1
+        previous.max(other).saturating_add(1)
     }
 
     /// The current value.
@@ -47,5 +48,8 @@ mod tests {
         let shared = c.clone();
         assert_eq!(shared.forward(), 13);
         assert_eq!(c.value(), 13);
+        // A hostile clock value saturates; it never overflows.
+        assert_eq!(c.adjust(u64::MAX), u64::MAX);
+        assert_eq!(c.forward(), u64::MAX);
     }
 }

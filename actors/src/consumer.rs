@@ -37,9 +37,11 @@ use crate::error::BrokerError;
 use crate::events::build as event;
 use crate::events::{EventsMessage, TaskEvents};
 use crate::pool::{PoolMessage, Reserved, TaskOutcome};
-use crate::protocol::amqp_value::table_to_json;
+use crate::protocol::amqp_value::headers_to_json;
 use crate::protocol::repr::{py_repr, truncate};
-use crate::protocol::{DeliveryInfo, ExceptionInfo, RawMessage, ResultState, decode, result_body};
+use crate::protocol::{
+    DeliveryInfo, ExceptionInfo, RawMessage, ResultState, decode_with_limit, result_body,
+};
 use crate::revoke::RevokeMessage;
 use crate::scheduler::SchedulerMessage;
 use crate::settings::Settings;
@@ -62,8 +64,9 @@ pub struct StartedInfo {
     pub request: Arc<crate::protocol::TaskRequest>,
     /// The child's pid.
     pub pid: u32,
-    /// Whether the scheduler held it (lowers the prefetch bump).
-    pub was_scheduled: bool,
+    /// Whether it was counted in the prefetch bump (held for an ETA or a rate-limit token):
+    /// starting releases it.
+    pub holds_prefetch: bool,
 }
 
 impl StartedInfo {
@@ -73,7 +76,7 @@ impl StartedInfo {
             delivery: r.delivery,
             request: r.request.clone(),
             pid,
-            was_scheduled: r.was_scheduled,
+            holds_prefetch: r.holds_prefetch,
         }
     }
 }
@@ -155,12 +158,20 @@ pub enum ConsumerMessage {
     },
     /// Apply the pending prefetch change (sent to itself).
     ApplyPrefetch,
+    /// The pool holds one more request for a rate-limit token (marked `holds_prefetch`):
+    /// raise the prefetch by one until it starts, so other tasks keep flowing past it.
+    HoldPrefetch,
     /// The pool now has (or, autoscaling, may have) this many children: the prefetch count
     /// follows (`pool_grow`, `pool_shrink`, `autoscale`), as Celery's does.
     SetConcurrency(usize),
-    /// `add_consumer`: start consuming this queue too (declared first). Nothing happens when
-    /// it is consumed already.
-    AddQueue(TaskQueue),
+    /// `add_consumer`: start consuming this queue too (declared first, on a channel of its
+    /// own, so a refusal closes nothing else). Nothing happens when it is consumed already.
+    AddQueue {
+        /// The queue and its binding.
+        queue: TaskQueue,
+        /// `Err` with the broker's reason when it refused the queue.
+        reply: RpcReplyPort<Result<(), String>>,
+    },
     /// `cancel_consumer`: stop consuming this queue (what was delivered still runs).
     CancelQueue(String),
     /// The queues consumed now (`active_queues`).
@@ -202,11 +213,16 @@ pub struct ConsumerState {
     unacked: HashSet<u64>,
     consuming: bool,
     closed: bool,
-    held_eta: u16,
+    held: u16,
     /// The prefetch count without the held ETA tasks.
     base_prefetch: u16,
     /// Whether the delay ladder was declared on this connection.
     delay_declared: bool,
+    /// The channel for what the worker publishes on its own account (far-ETA copies into the
+    /// delay ladder, retries), in confirm mode: the original delivery is acked only once the
+    /// broker confirmed the copy, and a broker refusal (a deleted exchange: 404) closes this
+    /// channel only, never the one the tasks are consumed and acked on. Opened on first use.
+    side: Option<Channel>,
     /// The prefetch count must be re-sent.
     prefetch_dirty: bool,
     /// An `ApplyPrefetch` is in the mailbox.
@@ -215,7 +231,19 @@ pub struct ConsumerState {
     outbox: Outbox,
     /// Results to publish once connected again, oldest first.
     pending_results: VecDeque<PendingResult>,
+    /// The frame size asked for instead of the configured one, once a header frame did not
+    /// fit ([`amqp::FRAME_MAX_RAISED`]); kept for the rest of the process's life.
+    frame_max: Option<u32>,
+    /// When the current connection was made.
+    connected_at: Option<std::time::Instant>,
+    /// Connections lost in a row within [`STABLE_CONNECTION`] of being made: the next
+    /// reconnect waits [`connect_backoff`] of it, so a connection that keeps dying (a message
+    /// that breaks it, a broker that closes it) is retried at most every 4 s, not in a loop.
+    quick_drops: u32,
 }
+
+/// A connection that lived this long was not broken by what it received at once.
+const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for ConsumerState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -223,7 +251,7 @@ impl std::fmt::Debug for ConsumerState {
             .field("connected", &self.link.is_some())
             .field("generation", &self.generation)
             .field("unacked", &self.unacked.len())
-            .field("held_eta", &self.held_eta)
+            .field("held", &self.held)
             .finish()
     }
 }
@@ -253,13 +281,17 @@ impl Actor for Consumer {
             unacked: HashSet::new(),
             consuming: true,
             closed: false,
-            held_eta: 0,
+            held: 0,
             base_prefetch: self.settings.prefetch_count(),
             delay_declared: false,
+            side: None,
             prefetch_dirty: false,
             prefetch_flush_queued: false,
             outbox: Outbox::default(),
             pending_results: VecDeque::new(),
+            frame_max: None,
+            connected_at: None,
+            quick_drops: 0,
         })
     }
 
@@ -289,7 +321,10 @@ impl Actor for Consumer {
             } => {
                 self.on_stream_end(&myself, state, generation, &queue, error);
             }
-            ConsumerMessage::AddQueue(queue) => self.add_queue(&myself, state, queue).await,
+            ConsumerMessage::AddQueue { queue, reply } => {
+                let added = self.add_queue(&myself, state, queue).await;
+                let _ = reply.send(added);
+            }
             ConsumerMessage::CancelQueue(name) => {
                 state.queues.retain(|q| q.name != name);
                 if let Some(link) = &mut state.link
@@ -310,6 +345,10 @@ impl Actor for Consumer {
             }
             ConsumerMessage::SetConcurrency(n) => {
                 state.base_prefetch = self.settings.prefetch_for(n);
+                state.prefetch_dirty = true;
+            }
+            ConsumerMessage::HoldPrefetch => {
+                state.held = state.held.saturating_add(1);
                 state.prefetch_dirty = true;
             }
             ConsumerMessage::ApplyPrefetch => {
@@ -370,6 +409,7 @@ impl Consumer {
                     info!(broker = %broker.safe_url(), "Connected to the broker.");
                 }
                 state.link = Some(link);
+                state.connected_at = Some(std::time::Instant::now());
                 state.flush_pending_results().await;
                 Ok(())
             }
@@ -406,13 +446,25 @@ impl Consumer {
         myself: &ActorRef<ConsumerMessage>,
         state: &mut ConsumerState,
     ) -> Result<Link, BrokerError> {
-        let (connection, channel) = amqp::connect(&self.settings.broker, &self.hostname).await?;
+        let (connection, channel) =
+            amqp::connect(&self.settings.broker, &self.hostname, state.frame_max).await?;
+        let configured = &self.settings.worker.queues;
+        let mut refused = Vec::new();
         for q in &state.queues {
-            amqp::declare_task_queue(&channel, q).await?;
+            if configured.contains(&q.name) {
+                amqp::declare_task_queue(&channel, q).await?;
+            } else if let Err(e) = amqp::declare_on_own_channel(&connection, q).await {
+                // Added by `add_consumer` and refused now (deleted and declared otherwise
+                // since): dropped, not a reason to stop consuming the others.
+                error!(queue = %q.name, error = %e, "No longer consuming an added queue the broker now refuses.");
+                refused.push(q.name.clone());
+            }
         }
+        state.queues.retain(|q| !refused.contains(&q.name));
         state.generation += 1;
         state.unacked.clear();
         state.delay_declared = false;
+        state.side = None;
         let prefetch = Self::prefetch(state);
         amqp::set_prefetch(&channel, prefetch, self.settings.broker.global_qos).await?;
         let mut consumers = HashMap::new();
@@ -434,37 +486,41 @@ impl Consumer {
         myself: &ActorRef<ConsumerMessage>,
         state: &mut ConsumerState,
         queue: TaskQueue,
-    ) {
+    ) -> Result<(), String> {
         if state.queues.iter().any(|q| q.name == queue.name) {
             info!(queue = %queue.name, "Already consuming from queue.");
-            return;
+            return Ok(());
         }
+        let Some(link) = &mut state.link else {
+            return Err("not connected to the broker now; try again once it is".to_owned());
+        };
+        amqp::declare_on_own_channel(&link.connection, &queue)
+            .await
+            .map_err(|e| {
+                warn!(queue = %queue.name, error = %e, "The broker refused the added queue.");
+                e.to_string()
+            })?;
         state.queues.push(queue.clone());
         state.delay_declared = false;
-        let Some(link) = &mut state.link else {
-            return; // consumed once connected
-        };
         if !state.consuming {
-            return;
+            return Ok(());
         }
-        let started = async {
-            amqp::declare_task_queue(&link.channel, &queue).await?;
-            start_consumer(
-                &link.channel,
-                myself,
-                &self.hostname,
-                state.generation,
-                &queue,
-            )
-            .await
-        };
+        let started = start_consumer(
+            &link.channel,
+            myself,
+            &self.hostname,
+            state.generation,
+            &queue,
+        );
         match started.await {
             Ok(c) => {
                 link.consumers.insert(queue.name.clone(), c);
+                Ok(())
             }
             Err(e) => {
                 error!(queue = %queue.name, error = %e, "Cannot consume from the added queue.");
                 state.queues.retain(|q| q.name != queue.name);
+                Err(e.to_string())
             }
         }
     }
@@ -472,7 +528,7 @@ impl Consumer {
     fn prefetch(state: &ConsumerState) -> u16 {
         match state.base_prefetch {
             0 => 0,
-            n => n.saturating_add(state.held_eta),
+            n => n.saturating_add(state.held),
         }
     }
 
@@ -495,12 +551,26 @@ impl Consumer {
         if error.is_none() && cancelled_here {
             return; // our own basic.cancel
         }
+        let why = error
+            .as_deref()
+            .unwrap_or("consumer cancelled by the broker");
         warn!(
-            error = error
-                .as_deref()
-                .unwrap_or("consumer cancelled by the broker"),
+            error = why,
             "Connection to the broker lost; reconnecting. Unacked messages return to the queue."
         );
+        if state.frame_max.is_none() && amqp::is_frame_too_large(why) {
+            warn!(
+                frame_max = self.settings.broker.frame_max,
+                "A message's header frame is larger than broker.frame_max; reconnecting with \
+                 the broker's own frame size so that it can be received."
+            );
+            state.frame_max = Some(amqp::FRAME_MAX_RAISED);
+        }
+        let quick = state
+            .connected_at
+            .take()
+            .is_some_and(|t| t.elapsed() < STABLE_CONNECTION);
+        state.quick_drops = if quick { state.quick_drops + 1 } else { 0 };
         state.link = None;
         state.unacked.clear();
         let _ = state.peers.pool.cast(PoolMessage::Forget { generation });
@@ -508,8 +578,18 @@ impl Consumer {
             .peers
             .scheduler
             .cast(SchedulerMessage::Forget { generation });
-        state.held_eta = 0;
-        let _ = myself.cast(ConsumerMessage::Connect { attempt: 1 });
+        state.held = 0;
+        if state.quick_drops >= 2 {
+            let delay = connect_backoff(state.quick_drops - 1);
+            warn!(
+                "The connection was lost {} times in a row soon after it was made; next attempt in {:.0} s.",
+                state.quick_drops,
+                delay.as_secs_f64()
+            );
+            myself.send_after(delay, || ConsumerMessage::Connect { attempt: 1 });
+        } else {
+            let _ = myself.cast(ConsumerMessage::Connect { attempt: 1 });
+        }
     }
 
     async fn on_delivery(
@@ -523,12 +603,18 @@ impl Consumer {
             generation: state.generation,
         };
         state.unacked.insert(d.delivery_tag);
-        let headers = d
-            .properties
-            .headers()
-            .as_ref()
-            .map(table_to_json)
-            .unwrap_or_default();
+        let headers = match d.properties.headers().as_ref().map(headers_to_json) {
+            None => serde_json::Map::new(),
+            Some(Ok(h)) => h,
+            Some(Err(e)) => {
+                error!(
+                    delivery_tag = d.delivery_tag,
+                    "Received invalid task message: {e}. Rejected."
+                );
+                state.reject(delivery, false);
+                return;
+            }
+        };
         let raw = RawMessage {
             content_type: d.properties.content_type().as_ref().map(|s| s.as_str()),
             content_encoding: d.properties.content_encoding().as_ref().map(|s| s.as_str()),
@@ -543,7 +629,7 @@ impl Consumer {
                 redelivered: d.redelivered,
             },
         };
-        let request = match decode(raw) {
+        let request = match decode_with_limit(raw, self.settings.worker.max_message_size) {
             Ok(r) => r,
             Err(e) => {
                 if e == crate::error::ProtocolError::UnknownMessage {
@@ -565,10 +651,11 @@ impl Consumer {
         let revoked = registered && state.is_revoked(&request).await;
         let now = OffsetDateTime::now_utc();
         let decision = decide(&request, registered, revoked, now);
-        let reserved = Box::new(Reserved {
+        let mut reserved = Box::new(Reserved {
             request: Arc::new(request),
             delivery,
             was_scheduled: false,
+            holds_prefetch: false,
             received: std::time::Instant::now(),
         });
         match decision {
@@ -615,8 +702,9 @@ impl Consumer {
                     state.ack(delivery);
                     return;
                 }
-                state.held_eta = state.held_eta.saturating_add(1);
+                state.held = state.held.saturating_add(1);
                 state.prefetch_dirty = true;
+                reserved.holds_prefetch = true;
                 let _ = state
                     .peers
                     .scheduler
@@ -641,21 +729,27 @@ impl Consumer {
         queue: &str,
         seconds: u64,
     ) -> bool {
-        let Some(link) = &state.link else {
+        if !delay::can_delay(queue) {
+            return false; // its name makes the ladder's routing key too long: held instead
+        }
+        let Some(ch) = state.side_channel().await else {
             return false;
         };
         if !state.delay_declared {
             let names: Vec<String> = state.queues.iter().map(|q| q.name.clone()).collect();
-            if let Err(e) = amqp::declare_delay_topology(&link.channel, &names).await {
+            if let Err(e) = amqp::declare_delay_topology(&ch, &names).await {
                 warn!(error = %e, "Cannot declare the delay topology; holding ETA tasks instead.");
+                state.side = None;
                 return false;
             }
             state.delay_declared = true;
         }
-        match amqp::publish_delayed(&link.channel, d, queue, seconds).await {
+        match amqp::publish_delayed(&ch, d, queue, seconds).await {
             Ok(()) => true,
             Err(e) => {
                 warn!(error = %e, "Cannot move an ETA task to the broker; holding it instead.");
+                state.side = None;
+                state.delay_declared = false;
                 false
             }
         }
@@ -677,8 +771,8 @@ impl Consumer {
     }
 
     async fn on_started(&self, state: &mut ConsumerState, info: StartedInfo) {
-        if info.was_scheduled {
-            state.held_eta = state.held_eta.saturating_sub(1);
+        if info.holds_prefetch {
+            state.held = state.held.saturating_sub(1);
             state.prefetch_dirty = true;
         }
         if !self.settings.task.acks_late {
@@ -759,12 +853,16 @@ impl Consumer {
             } => {
                 let now = OffsetDateTime::now_utc();
                 let again = crate::protocol::encode::retry_message(req, countdown, now);
-                let sent = match &state.link {
-                    Some(link) => {
+                let sent = match state.side_channel().await {
+                    Some(ch) => {
                         let d = &req.delivery_info;
-                        amqp::publish_task_to(&link.channel, &d.exchange, &d.routing_key, &again)
+                        let sent = amqp::publish_task_to(&ch, &d.exchange, &d.routing_key, &again)
                             .await
-                            .map_err(|e| e.to_string())
+                            .map_err(|e| e.to_string());
+                        if sent.is_err() {
+                            state.side = None;
+                        }
+                        sent
                     }
                     None => Err("not connected to the broker".to_owned()),
                 };
@@ -816,8 +914,10 @@ impl Consumer {
                 state.event(|| {
                     event::task_revoked(id, signum.is_some(), signum, reason == "expired")
                 });
-                if reserved.was_scheduled {
-                    state.held_eta = state.held_eta.saturating_sub(1);
+                // Only a request that never started still holds its bump (a terminated one
+                // released it when it started).
+                if reserved.holds_prefetch && signum.is_none() {
+                    state.held = state.held.saturating_sub(1);
                     state.prefetch_dirty = true;
                 }
                 state
@@ -924,6 +1024,34 @@ fn forward(
 }
 
 impl ConsumerState {
+    /// The side channel (see the `side` field), opened in confirm mode when there is none or
+    /// it was closed; `None` when not connected or the broker refused it.
+    async fn side_channel(&mut self) -> Option<Channel> {
+        if let Some(ch) = &self.side
+            && ch.status().connected()
+        {
+            return Some(ch.clone());
+        }
+        let link = self.link.as_ref()?;
+        let opened = async {
+            let ch = link.connection.create_channel().await?;
+            ch.confirm_select(lapin::options::ConfirmSelectOptions::default())
+                .await?;
+            Ok::<_, lapin::Error>(ch)
+        };
+        match opened.await {
+            Ok(ch) => {
+                self.side = Some(ch.clone());
+                self.delay_declared = false;
+                Some(ch)
+            }
+            Err(e) => {
+                warn!(error = %e, "Cannot open a channel to publish on.");
+                None
+            }
+        }
+    }
+
     /// Sends a task event, built only when task events are on.
     fn event(&self, build: impl FnOnce() -> event::Event) {
         if self.peers.task_events.enabled() {

@@ -11,6 +11,8 @@
 
 pub mod custom;
 pub mod info;
+#[cfg(test)]
+mod proptests;
 pub mod request;
 
 use std::collections::{BTreeMap, HashSet};
@@ -29,7 +31,7 @@ use tracing::{debug, info, warn};
 
 use self::custom::{ControlCommands, ControlHandle};
 use self::info::TaskAttrs;
-use self::request::{ControlRequest, error, ok, py_set, task_ids, truthy};
+use self::request::{ControlRequest, error, int_arg, ok, py_set, seconds_arg, task_ids, truthy};
 use crate::child::AbortOnDrop;
 use crate::consumer::ConsumerMessage;
 use crate::consumer::amqp::TaskQueue;
@@ -232,7 +234,7 @@ impl Control {
         state: &mut ControlState,
     ) -> Result<(), BrokerError> {
         let name = format!("{} (pidbox)", self.nodename);
-        let (conn, ch) = crate::consumer::amqp::connect(&self.settings.broker, &name).await?;
+        let (conn, ch) = crate::consumer::amqp::connect(&self.settings.broker, &name, None).await?;
         let plain = ExchangeDeclareOptions::default();
         ch.exchange_declare(
             PIDBOX_EXCHANGE.into(),
@@ -350,11 +352,20 @@ impl Control {
                     .cast(SupervisorMessage::Shutdown(ShutdownMode::Warm));
                 return None;
             }
-            "revoke" => {
-                let terminate = truthy(args.get("terminate"));
-                revoke(peers, task_ids(args), terminate, args.get("signal")).await
+            "revoke" | "terminate" => {
+                let terminate = req.method == "terminate" || truthy(args.get("terminate"));
+                let ids = task_ids(args);
+                let max = self.settings.worker.revokes_max;
+                if ids.len() > max {
+                    error(format!(
+                        "ValueError('{} task ids in one request; the worker keeps at most {max} \
+                         (worker.revokes_max): send fewer at a time')",
+                        ids.len()
+                    ))
+                } else {
+                    revoke(peers, ids, terminate, args.get("signal")).await
+                }
             }
-            "terminate" => revoke(peers, task_ids(args), true, args.get("signal")).await,
             "revoke_by_stamped_headers" => revoke_stamped(peers, args).await,
             "revoked" | "dump_revoked" => {
                 let ids =
@@ -370,16 +381,16 @@ impl Control {
                 }
                 reply
             }
-            "time_limit" => {
-                let reply = time_limit(peers, args).await;
-                if reply.get("ok").is_some()
-                    && let Some(attrs) = task_name(args).and_then(|t| state.tasks.get_mut(t))
-                {
-                    attrs.time_limit = positive(args, "hard");
-                    attrs.soft_time_limit = positive(args, "soft");
+            "time_limit" => match time_limit(peers, args).await {
+                Ok((soft, hard)) => {
+                    if let Some(attrs) = task_name(args).and_then(|t| state.tasks.get_mut(t)) {
+                        attrs.time_limit = hard;
+                        attrs.soft_time_limit = soft;
+                    }
+                    ok("time limits set successfully")
                 }
-                reply
-            }
+                Err(e) => e,
+            },
             "clock" => json!({ "clock": peers.clock.value() }),
             "enable_events" => {
                 if peers.task_events.set(true) {
@@ -411,7 +422,7 @@ impl Control {
                 };
                 json!(queues.iter().map(info::queue_info).collect::<Vec<_>>())
             }
-            "add_consumer" => add_consumer(state.consumer.as_ref(), args),
+            "add_consumer" => add_consumer(state.consumer.as_ref(), args).await,
             "cancel_consumer" => match args.get("queue").and_then(Value::as_str) {
                 None => missing_argument("cancel_consumer", "queue"),
                 Some(queue) => {
@@ -464,11 +475,22 @@ impl Control {
             }
             "query_task" => self.query_task(peers, args).await,
             "pool_grow" | "pool_shrink" => {
-                let n = match int_arg(args, "n") {
+                let limit = self.settings.pool_size_limit();
+                let n = match int_arg(args, "n", 1024) {
                     Ok(n) => n.unwrap_or(1),
                     Err(e) => return Some(e),
                 };
                 let grow = req.method == "pool_grow";
+                if grow {
+                    let now = pool_tasks(peers).await.target;
+                    if now.saturating_add(n) > limit {
+                        return Some(error(format!(
+                            "ValueError('pool_grow by {n} would make {} processes; at most \
+                             {limit} are allowed (worker.max_pool_size)')",
+                            now.saturating_add(n)
+                        )));
+                    }
+                }
                 let done = if grow {
                     ractor::call!(peers.pool, |reply| PoolMessage::Grow { n, reply })
                 } else {
@@ -496,10 +518,17 @@ impl Control {
                 }
             }
             "autoscale" => {
-                let (max, min) = match (int_arg(args, "max"), int_arg(args, "min")) {
+                let (max, min) = match (int_arg(args, "max", 1024), int_arg(args, "min", 1024)) {
                     (Ok(max), Ok(min)) => (max, min),
                     (Err(e), _) | (_, Err(e)) => return Some(e),
                 };
+                let limit = self.settings.pool_size_limit();
+                if let Some(n) = max.into_iter().chain(min).find(|n| *n > limit) {
+                    return Some(error(format!(
+                        "ValueError('autoscale to {n} processes: at most {limit} are allowed \
+                         (worker.max_pool_size)')"
+                    )));
+                }
                 let bounds = ractor::call!(peers.pool, |reply| PoolMessage::Autoscale {
                     max,
                     min,
@@ -730,8 +759,16 @@ async fn revoke(
         terminate: signal,
         reply: Some(reply)
     });
-    if stored.is_err() {
-        return error("revoke registry unavailable");
+    match stored {
+        Err(_) => return error("revoke registry unavailable"),
+        Ok(Err(reason)) => {
+            // In force all the same (in memory): say so, and why it would not survive a restart.
+            return error(format!(
+                "tasks {} flagged as revoked in memory only ({reason}); they are written to the statedb with the next revoke that can be",
+                py_set(&ids)
+            ));
+        }
+        Ok(Ok(())) => {}
     }
     if signal.is_none() {
         return ok(format!("tasks {} flagged as revoked", py_set(&ids)));
@@ -758,32 +795,6 @@ fn rate_text(args: &Map<String, Value>) -> Option<String> {
     }
 }
 
-/// A positive number argument (0, null or absent = none).
-fn positive(args: &Map<String, Value>, key: &str) -> Option<f64> {
-    args.get(key).and_then(Value::as_f64).filter(|v| *v > 0.0)
-}
-
-/// A whole-number argument (0 to 1024), given as a number or as digits (the CLI sends
-/// strings); absent or null is `Ok(None)`, anything else an error reply naming it.
-fn int_arg(args: &Map<String, Value>, key: &str) -> Result<Option<usize>, Value> {
-    let n = match args.get(key) {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::Number(n)) => n.as_u64().and_then(|n| usize::try_from(n).ok()),
-        Some(Value::String(s)) => s.trim().parse().ok(),
-        Some(_) => None,
-    };
-    match n.filter(|n| *n <= 1024) {
-        Some(n) => Ok(Some(n)),
-        None => Err(error(format!(
-            "ValueError('{key} must be a whole number from 0 to 1024, not {}')",
-            args.get(key)
-                .map(Value::to_string)
-                .unwrap_or_default()
-                .replace('\'', "\"")
-        ))),
-    }
-}
-
 /// Python's error for a handler called without a required argument.
 fn missing_argument(command: &str, name: &str) -> Value {
     error(format!(
@@ -792,8 +803,13 @@ fn missing_argument(command: &str, name: &str) -> Value {
 }
 
 /// `add_consumer`: the queue (and its exchange, type and routing key, defaulting to the
-/// queue's name and `direct`) is declared and consumed by the consumer actor, after the reply.
-fn add_consumer(consumer: Option<&ActorRef<ConsumerMessage>>, args: &Map<String, Value>) -> Value {
+/// queue's name and `direct`) is declared and consumed by the consumer actor; the reply waits
+/// for it, so a queue the broker refuses (an `amq.*` name, an existing queue with other
+/// arguments) is an error reply, and nothing else is disturbed.
+async fn add_consumer(
+    consumer: Option<&ActorRef<ConsumerMessage>>,
+    args: &Map<String, Value>,
+) -> Value {
     let Some(queue) = args.get("queue").and_then(Value::as_str) else {
         return missing_argument("add_consumer", "queue");
     };
@@ -811,14 +827,24 @@ fn add_consumer(consumer: Option<&ActorRef<ConsumerMessage>>, args: &Map<String,
         exchange_type: text("exchange_type").unwrap_or("direct").to_owned(),
         routing_key: text("routing_key").unwrap_or(queue).to_owned(),
     };
-    if let Err(e) = spec.kind() {
-        return error(format!("ValueError('{e}')"));
+    if let Err(e) = spec.check() {
+        return error(format!("ValueError('{}')", e.replace('\'', "\"")));
     }
-    match consumer {
-        Some(c) if c.cast(ConsumerMessage::AddQueue(spec)).is_ok() => {
-            ok(format!("add consumer {queue}"))
-        }
-        _ => error("consumer unavailable"),
+    let Some(c) = consumer else {
+        return error("consumer unavailable");
+    };
+    let added = ractor::call_t!(
+        c,
+        |reply| ConsumerMessage::AddQueue { queue: spec, reply },
+        10_000
+    );
+    match added {
+        Ok(Ok(())) => ok(format!("add consumer {queue}")),
+        Ok(Err(reason)) => error(format!(
+            "cannot consume from {queue}: {}",
+            reason.replace('\'', "\"")
+        )),
+        Err(e) => error(format!("consumer unavailable: {e}")),
     }
 }
 
@@ -842,8 +868,10 @@ async fn revoke_stamped(peers: &ControlPeers, args: &Map<String, Value>) -> Valu
         headers: headers.clone(),
         reply
     });
-    if stored.is_err() {
-        return error("revoke registry unavailable");
+    match stored {
+        Err(_) => return error("revoke registry unavailable"),
+        Ok(Err(reason)) => return error(format!("ValueError('{reason}')")),
+        Ok(Ok(())) => {}
     }
     let mut revoked = RevokedStamps::new();
     revoked.add(&headers);
@@ -934,15 +962,17 @@ async fn rate_limit(peers: &ControlPeers, args: &Map<String, Value>) -> Value {
     }
 }
 
-async fn time_limit(peers: &ControlPeers, args: &Map<String, Value>) -> Value {
+/// `time_limit`: the (soft, hard) limits set, or the error reply (unknown task, or an
+/// argument that is not a number of seconds).
+async fn time_limit(
+    peers: &ControlPeers,
+    args: &Map<String, Value>,
+) -> Result<(Option<f64>, Option<f64>), Value> {
     let Some(task) = task_name(args) else {
-        return error("unknown task");
+        return Err(error("unknown task"));
     };
-    let (soft, hard, task) = (
-        positive(args, "soft"),
-        positive(args, "hard"),
-        task.to_owned(),
-    );
+    let (soft, hard) = (seconds_arg(args, "soft")?, seconds_arg(args, "hard")?);
+    let task = task.to_owned();
     let known = ractor::call!(peers.pool, |reply| PoolMessage::SetTimeLimit {
         task,
         soft,
@@ -951,9 +981,9 @@ async fn time_limit(peers: &ControlPeers, args: &Map<String, Value>) -> Value {
     })
     .unwrap_or(false);
     if known {
-        ok("time limits set successfully")
+        Ok((soft, hard))
     } else {
-        error("unknown task")
+        Err(error("unknown task"))
     }
 }
 

@@ -16,6 +16,14 @@ pub enum ProtocolError {
     /// The body could not be decompressed.
     #[error("cannot decompress message body: {0}")]
     Decompress(String),
+    /// The body (after decompression) is larger than `worker.max_message_size`.
+    #[error("message {what} is larger than {limit} bytes (worker.max_message_size)")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: usize,
+        /// `body` or `decompressed body`.
+        what: &'static str,
+    },
     /// The body is not valid (UTF-8) JSON.
     #[error("cannot decode message body: {0}")]
     Json(String),
@@ -54,6 +62,10 @@ pub enum BrokerError {
         /// The last error seen.
         last: String,
     },
+    /// The broker refused to take a published message (a negative publisher confirm); the
+    /// original delivery is kept.
+    #[error("the broker refused the message (publisher confirm nack)")]
+    Nacked,
     /// A queue is declared with different arguments by someone else (406).
     #[error("queue or exchange {name:?} clashes with an existing declaration: {reason}")]
     Clash {

@@ -189,7 +189,7 @@ impl Actor for Events {
 impl Events {
     async fn open(&self) -> Result<(Connection, Channel), crate::error::BrokerError> {
         let name = format!("{} (events)", self.nodename);
-        let (conn, ch) = crate::consumer::amqp::connect(&self.settings.broker, &name).await?;
+        let (conn, ch) = crate::consumer::amqp::connect(&self.settings.broker, &name, None).await?;
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..Default::default()

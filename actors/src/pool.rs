@@ -33,8 +33,12 @@ pub struct Reserved {
     pub request: Arc<TaskRequest>,
     /// The delivery to ack or reject.
     pub delivery: DeliveryRef,
-    /// Held by the scheduler before (the consumer counted it in its prefetch bump).
+    /// Held by the scheduler before (its wait is not a queue wait).
     pub was_scheduled: bool,
+    /// Counted in the consumer's prefetch bump (held for an ETA, or for a rate-limit token):
+    /// released when it starts or is discarded, so held requests never fill the prefetch
+    /// window.
+    pub holds_prefetch: bool,
     /// When the consumer received it (for the queue-wait metric).
     pub received: Instant,
 }
@@ -633,6 +637,7 @@ impl Actor for Pool {
                 request: run.request,
                 delivery: run.delivery,
                 was_scheduled: run.was_scheduled,
+                holds_prefetch: false, // released when it started
                 received: run.received,
             });
             let outcome = match reason.strip_prefix(HARD_LIMIT_REASON) {
@@ -906,13 +911,24 @@ impl PoolState {
         if let Some(r) = self.rates.pop_ready(now) {
             return Some(r);
         }
-        while let Some(r) = self.reserved.pop_front() {
+        while let Some(mut r) = self.reserved.pop_front() {
             if self.rates.is_empty() {
                 return Some(r);
             }
             let task = r.request.task.clone();
-            if let Some(r) = self.rates.admit(&task, r, now) {
-                return Some(r);
+            let bump = !r.holds_prefetch;
+            r.holds_prefetch = true;
+            match self.rates.admit(&task, r, now) {
+                Some(mut r) => {
+                    r.holds_prefetch = !bump;
+                    return Some(r);
+                }
+                None if bump => {
+                    if let Some(c) = &self.consumer {
+                        let _ = c.cast(ConsumerMessage::HoldPrefetch);
+                    }
+                }
+                None => {}
             }
         }
         None

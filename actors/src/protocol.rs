@@ -11,5 +11,5 @@ pub mod repr;
 pub mod result;
 pub mod time;
 
-pub use message::{DeliveryInfo, RawMessage, TaskRequest, decode};
+pub use message::{DeliveryInfo, RawMessage, TaskRequest, decode, decode_with_limit};
 pub use result::{ExceptionInfo, ResultState, result_body};

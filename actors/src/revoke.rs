@@ -220,8 +220,10 @@ pub enum RevokeMessage {
         ids: Vec<String>,
         /// Signal for running tasks (`terminate`), if any.
         terminate: Option<Signal>,
-        /// Answered once the ids are stored (durable, with a statedb).
-        reply: Option<RpcReplyPort<()>>,
+        /// Answered once the ids are stored (durable, with a statedb); `Err` says the statedb
+        /// could not be written (a full disk, say): the revoke is in force in memory all the
+        /// same, and is written with the next revoke that can be.
+        reply: Option<RpcReplyPort<Result<(), String>>>,
     },
     /// Whether a request is revoked: by its id, or by one of its stamps.
     IsRevoked {
@@ -233,12 +235,13 @@ pub enum RevokeMessage {
         reply: RpcReplyPort<bool>,
     },
     /// `revoke_by_stamped_headers`: revoke every request stamped with one of these values
-    /// (kept in memory, as Celery does). Answered once stored.
+    /// (kept in memory, as Celery does). Answered once stored; `Err` when that would hold more
+    /// values than the cap on revoked ids (`revokes_max`), and then nothing is added.
     RevokeStamps {
         /// Stamp name -> value or list of values.
         headers: Vec<(String, serde_json::Value)>,
         /// Answered once stored.
-        reply: RpcReplyPort<()>,
+        reply: RpcReplyPort<Result<(), String>>,
     },
     /// All revoked ids.
     GetRevoked(RpcReplyPort<Vec<String>>),
@@ -250,6 +253,10 @@ pub struct RevokeState {
     set: RevokedSet,
     stamps: RevokedStamps,
     store: Option<Arc<RevokeStore>>,
+    /// Revoked ids (with their time) the statedb failed to take, written with the next
+    /// revoke; and ids dropped from the set that the statedb still holds.
+    unsaved: Vec<(String, u64)>,
+    undeleted: Vec<String>,
     pool: Option<ActorRef<PoolMessage>>,
     scheduler: Option<ActorRef<SchedulerMessage>>,
 }
@@ -271,6 +278,8 @@ impl Actor for RevokeRegistry {
                 set: RevokedSet::new(self.max, self.expires),
                 stamps: RevokedStamps::new(),
                 store: None,
+                unsaved: Vec::new(),
+                undeleted: Vec::new(),
                 pool: None,
                 scheduler: None,
             });
@@ -289,13 +298,16 @@ impl Actor for RevokeRegistry {
             set,
             stamps: RevokedStamps::new(),
             store: Some(Arc::new(store)),
+            unsaved: Vec::new(),
+            undeleted: Vec::new(),
             pool: None,
             scheduler: None,
         })
     }
 
-    /// A statedb write error stops the registry (the supervisor then stops the worker): a revoke
-    /// that cannot be made durable must not be acknowledged as if it were.
+    /// A statedb write error (a full disk) neither stops the registry nor loses the revoke: it
+    /// is in force in memory, the requester is told it is not durable, and it is written with
+    /// the next revoke that can be. Only a failing blocking task (a panic) is an error here.
     async fn handle(
         &self,
         _myself: ActorRef<Self::Msg>,
@@ -319,15 +331,9 @@ impl Actor for RevokeRegistry {
                 }
                 // Before anything is passed on (see RevokedCount).
                 state.publish_count(&self.count);
-                if let Some(store) = &state.store {
-                    let store = store.clone();
-                    let added = ids.clone();
-                    tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
-                        store.add(&added, now)?;
-                        store.remove(&dropped)
-                    })
-                    .await??;
-                }
+                let stored = state
+                    .persist(self.statedb.as_deref(), &ids, now, dropped)
+                    .await?;
                 let ids: Arc<HashSet<String>> = Arc::new(ids.into_iter().collect());
                 if let Some(pool) = &state.pool {
                     let _ = pool.cast(PoolMessage::Revoked {
@@ -339,7 +345,7 @@ impl Actor for RevokeRegistry {
                     let _ = scheduler.cast(SchedulerMessage::Revoked(ids));
                 }
                 if let Some(reply) = reply {
-                    let _ = reply.send(());
+                    let _ = reply.send(stored);
                 }
             }
             RevokeMessage::IsRevoked { id, stamps, reply } => {
@@ -354,9 +360,19 @@ impl Actor for RevokeRegistry {
                 let _ = reply.send(by_id || (!stamps.is_empty() && by_stamp()));
             }
             RevokeMessage::RevokeStamps { headers, reply } => {
+                let held = state.stamps.value_count();
+                let new = RevokedStamps::count_new(&headers);
+                if held.saturating_add(new) > self.max {
+                    let _ = reply.send(Err(format!(
+                        "{new} more stamp values would make {} revoked ones; the worker keeps at most {} (worker.revokes_max)",
+                        held.saturating_add(new),
+                        self.max
+                    )));
+                    return Ok(());
+                }
                 state.stamps.add(&headers);
                 state.publish_count(&self.count);
-                let _ = reply.send(());
+                let _ = reply.send(Ok(()));
             }
             RevokeMessage::GetRevoked(reply) => {
                 let dropped = state.set.purge(now);
@@ -377,6 +393,66 @@ impl Actor for RevokeRegistry {
 }
 
 impl RevokeState {
+    /// Writes newly revoked ids (and what failed to be written before) to the statedb, and
+    /// deletes the dropped ones. A write error is logged and kept for the next call, which
+    /// first reopens the database: RocksDB refuses every write after a failed one (a full disk)
+    /// until it is opened again, and opening replays its log.
+    async fn persist(
+        &mut self,
+        path: Option<&std::path::Path>,
+        ids: &[String],
+        now: u64,
+        dropped: Vec<String>,
+    ) -> Result<Result<(), String>, tokio::task::JoinError> {
+        let Some(path) = path else {
+            return Ok(Ok(()));
+        };
+        let failed_before = !self.unsaved.is_empty() || !self.undeleted.is_empty();
+        if failed_before || self.store.is_none() {
+            // The blocking tasks that used the store have finished: this is the last handle,
+            // and dropping it closes the database before it is opened again.
+            self.store = None;
+            let path = path.to_owned();
+            match tokio::task::spawn_blocking(move || RevokeStore::open(&path)).await? {
+                Ok(store) => self.store = Some(Arc::new(store)),
+                Err(e) => {
+                    let mut added = std::mem::take(&mut self.unsaved);
+                    added.extend(ids.iter().map(|id| (id.clone(), now)));
+                    self.unsaved = added;
+                    self.undeleted.extend(dropped);
+                    tracing::error!(error = %e, "Cannot reopen the statedb; revokes are kept in memory.");
+                    return Ok(Err(format!("cannot reopen the statedb: {e}")));
+                }
+            }
+        }
+        let Some(store) = self.store.clone() else {
+            return Ok(Ok(()));
+        };
+        let mut added = std::mem::take(&mut self.unsaved);
+        added.extend(ids.iter().map(|id| (id.clone(), now)));
+        let mut removed = std::mem::take(&mut self.undeleted);
+        removed.extend(dropped);
+        let (added, removed, written) = tokio::task::spawn_blocking(move || {
+            let written = store.add_at(&added).and_then(|()| store.remove(&removed));
+            (added, removed, written)
+        })
+        .await?;
+        Ok(match written {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::error!(error = %e, ids = added.len(),
+                    "Cannot write revoked ids to the statedb; they are revoked in memory and will be written with the next revoke.");
+                // Only what is still revoked needs writing later (the set is capped).
+                self.unsaved = added
+                    .into_iter()
+                    .filter(|(id, _)| self.set.contains(id, now))
+                    .collect();
+                self.undeleted = removed;
+                Err(format!("cannot write the statedb: {e}"))
+            }
+        })
+    }
+
     fn publish_count(&self, count: &RevokedCount) {
         count.set(self.set.len() + self.stamps.len());
     }

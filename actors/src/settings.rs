@@ -83,24 +83,68 @@ impl BrokerSettings {
     }
 }
 
-/// Replaces the password of a `scheme://user:password@host…` URL with `********`.
+/// Replaces the password of a `scheme://user:password@host…` URL with `********`; each URL of
+/// a `;`-separated failover list is masked. Also for text that does not parse as a URL (a
+/// typo in it is exactly when it gets printed): whatever stands between the user name's `:`
+/// and the last `@` is masked.
+///
+/// ```
+/// use celeryd_actors::settings::mask_password;
+/// assert_eq!(mask_password("amqp://u:pw@h//"), "amqp://u:********@h//");
+/// assert_eq!(mask_password("amqp:/u:pw@h"), "amqp:/u:********@h");
+/// assert_eq!(mask_password("amqp://a:1@h1;amqp://b:2@h2"), "amqp://a:********@h1;amqp://b:********@h2");
+/// ```
 pub fn mask_password(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
+    url.split(';').map(mask_one).collect::<Vec<_>>().join(";")
+}
+
+fn mask_one(url: &str) -> String {
+    let Some(at) = url.rfind('@') else {
         return url.to_owned();
     };
-    let rest = &url[scheme_end + 3..];
-    let Some(at) = rest.rfind('@') else {
-        return url.to_owned();
+    let head = &url[..at];
+    // Where the user name starts: after `scheme://`, after a `scheme:/` typo, else at once
+    // (then a bare `scheme:` counts as the user name, and all after it is masked).
+    let start = match head.find("://") {
+        Some(i) => i + 3,
+        None => head
+            .find(":/")
+            .filter(|&i| {
+                let scheme = &head[..i];
+                scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                    && scheme
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
+            })
+            .map_or(0, |i| {
+                i + 1 + head[i + 1..].len() - head[i + 1..].trim_start_matches('/').len()
+            }),
     };
-    let userinfo = &rest[..at];
-    match userinfo.find(':') {
-        Some(colon) => format!(
-            "{}{}:********{}",
-            &url[..scheme_end + 3],
-            &userinfo[..colon],
-            &rest[at..]
-        ),
+    let colon = head[start..].find(':').map(|c| start + c);
+    match colon {
+        Some(c) => format!("{}:********{}", &url[..c], &url[at..]),
         None => url.to_owned(),
+    }
+}
+
+/// Masks the password of every `scheme://user:password@` URL inside free text (an error
+/// message from a library, say), as [`mask_password`] does for one URL.
+///
+/// ```
+/// use celeryd_actors::settings::mask_urls;
+/// assert_eq!(
+///     mask_urls("cannot parse \"amqp://guest:s3cret@host:99999//\": bad port"),
+///     "cannot parse \"amqp://guest:********@host:99999//\": bad port"
+/// );
+/// ```
+pub fn mask_urls(text: &str) -> String {
+    static URL: std::sync::OnceLock<Option<regex::Regex>> = std::sync::OnceLock::new();
+    let re = URL.get_or_init(|| {
+        regex::Regex::new(r#"([A-Za-z][A-Za-z0-9+.-]*:/+[^\s"'/:@;]*:)[^\s"';]*@"#).ok()
+    });
+    match re {
+        Some(re) => re.replace_all(text, "${1}********@").into_owned(),
+        None => text.to_owned(),
     }
 }
 
@@ -164,6 +208,14 @@ pub struct WorkerSettings {
     pub send_events: bool,
     /// `--heartbeat-interval`: seconds between `worker-heartbeat` events. Default 2.
     pub heartbeat_interval: f64,
+    /// The largest task message body accepted, in bytes, after decompression: a larger one
+    /// (a zlib body that inflates without end, say) is rejected without requeue and logged.
+    /// 1024 to 2147483648. Default 67108864 (64 MiB).
+    pub max_message_size: usize,
+    /// The most child processes `pool_grow` and `autoscale` may ask for (1 to 1024); a request
+    /// beyond it gets an error reply. 0 (the default) = four per CPU, and never less than
+    /// `concurrency` or the autoscale maximum.
+    pub max_pool_size: usize,
     /// `--metrics-addr`: serve Prometheus metrics on `http://ADDR/metrics`, e.g.
     /// `"127.0.0.1:9808"`. Unset (the default): no endpoint.
     pub metrics_addr: Option<String>,
@@ -192,6 +244,8 @@ impl Default for WorkerSettings {
             pool_restarts: false,
             send_events: false,
             heartbeat_interval: 2.0,
+            max_message_size: crate::protocol::message::DEFAULT_MAX_BODY,
+            max_pool_size: 0,
             metrics_addr: None,
         }
     }
@@ -256,6 +310,16 @@ impl Settings {
             return Err(ConfigError::invalid(
                 "broker.url",
                 format!("{:?} is not an amqp:// or amqps:// URL", mask_password(url)),
+            ));
+        }
+        if url.contains(';') {
+            return Err(ConfigError::invalid(
+                "broker.url",
+                format!(
+                    "{:?} is a failover list (URLs separated by ';'), which this worker does not \
+                     support yet: give one URL",
+                    mask_password(url)
+                ),
             ));
         }
         if url.parse::<lapin::uri::AMQPUri>().is_err() {
@@ -353,6 +417,40 @@ impl Settings {
         }
         check_limit(self.worker.heartbeat_interval)
             .map_err(|reason| ConfigError::invalid("worker.heartbeat_interval", reason))?;
+        if self.worker.heartbeat_interval < 0.1 {
+            return Err(ConfigError::invalid(
+                "worker.heartbeat_interval",
+                format!(
+                    "{} s is below the shortest interval, 0.1 s (each heartbeat is a broker publish)",
+                    self.worker.heartbeat_interval
+                ),
+            ));
+        }
+        if !(1024..=(2usize << 30)).contains(&self.worker.max_message_size) {
+            return Err(ConfigError::invalid(
+                "worker.max_message_size",
+                format!(
+                    "{} is not from 1024 to 2147483648 bytes",
+                    self.worker.max_message_size
+                ),
+            ));
+        }
+        if self.worker.max_pool_size > 1024 {
+            return Err(ConfigError::invalid(
+                "worker.max_pool_size",
+                "must be at most 1024 (0 = four per CPU)",
+            ));
+        }
+        if self.worker.max_pool_size > 0 && self.worker.max_pool_size < self.max_concurrency() {
+            return Err(ConfigError::invalid(
+                "worker.max_pool_size",
+                format!(
+                    "{} is below the pool's own size {} (worker.concurrency or the autoscale maximum)",
+                    self.worker.max_pool_size,
+                    self.max_concurrency()
+                ),
+            ));
+        }
         check_limit(self.worker.autoscale_keepalive)
             .map_err(|reason| ConfigError::invalid("worker.autoscale_keepalive", reason))?;
         if self.worker.statedb.as_deref().is_some_and(str::is_empty) {
@@ -407,6 +505,18 @@ impl Settings {
         match self.autoscale() {
             Some((max, _)) => max,
             None => self.effective_concurrency(),
+        }
+    }
+
+    /// The most child processes `pool_grow` and `autoscale` may reach: `worker.max_pool_size`,
+    /// or when 0 four per CPU, never less than the pool's own size.
+    pub fn pool_size_limit(&self) -> usize {
+        match self.worker.max_pool_size {
+            0 => {
+                let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+                cpus.saturating_mul(4).max(self.max_concurrency()).min(1024)
+            }
+            n => n,
         }
     }
 
@@ -473,6 +583,24 @@ mod tests {
         );
         assert_eq!(mask_password("amqp://h:5672//"), "amqp://h:5672//");
         assert_eq!(mask_password("amqp://user@h//"), "amqp://user@h//");
+        // Unparsable ones too: an '@' in the password, no "//", no scheme, a bad port.
+        for (url, secret) in [
+            ("amqp://guest:p@ss@h//", "p@ss"),
+            ("amqp:/guest:secret@h", "secret"),
+            ("guest:secret@h", "secret"),
+            ("amqp://guest:secret@h:99999//", "secret"),
+            ("amqp://guest:secret@h:x//", "secret"),
+            ("amqp://a:one@h1;amqp://b:two@h2", "two"),
+        ] {
+            let masked = mask_password(url);
+            assert!(!masked.contains(secret), "{url} -> {masked}");
+            if url.contains(":/") {
+                assert!(
+                    !mask_urls(&format!("error: {url:?} at x")).contains(secret),
+                    "{url}"
+                );
+            }
+        }
         let b = BrokerSettings {
             url: "amqp://u:pw@h//".into(),
             ..Default::default()

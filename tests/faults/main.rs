@@ -8,6 +8,7 @@
 mod support;
 
 mod chaos;
+mod hardening;
 mod hostile;
 mod tls;
 

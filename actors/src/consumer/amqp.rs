@@ -13,16 +13,20 @@ use crate::settings::BrokerSettings;
 /// Opens a connection (with the configured heartbeat) and one channel. The connection is named
 /// after the node (`connection_name` client property), so operators can find it in
 /// `rabbitmqctl list_connections name client_properties`.
+///
+/// `frame_max` overrides the configured frame size: the consumer raises it after a message's
+/// header frame did not fit (see [`FRAME_MAX_RAISED`]).
 pub async fn connect(
     settings: &BrokerSettings,
     nodename: &str,
+    frame_max: Option<u32>,
 ) -> Result<(Connection, Channel), BrokerError> {
     let mut uri: lapin::uri::AMQPUri = settings
         .url
         .parse()
-        .map_err(|e: String| BrokerError::Url(e))?;
+        .map_err(|e: String| BrokerError::Url(crate::settings::mask_urls(&e)))?;
     uri.query.heartbeat = Some(settings.heartbeat);
-    uri.query.frame_max = Some(settings.frame_max);
+    uri.query.frame_max = Some(frame_max.unwrap_or(settings.frame_max));
     if uri.query.connection_timeout.is_none() {
         uri.query.connection_timeout = Some(5_000);
     }
@@ -49,6 +53,22 @@ pub async fn connect(
     Ok((conn, channel))
 }
 
+/// The frame size asked for once a message's header frame was larger than the configured
+/// `frame_max` (the broker sends a header frame whole, whatever was negotiated, and the AMQP
+/// client then closes the connection: without this the message would come back for ever).
+/// This is RabbitMQ's default `frame_max`, and the broker accepts no message whose header
+/// exceeds its own, so on such a broker every message fits then. (A broker configured with a
+/// larger `frame_max` can still send a header this does not take: the connection then drops
+/// and is retried at most every 4 s, logged as an error each time.)
+pub const FRAME_MAX_RAISED: u32 = 131_072;
+
+/// Whether a connection error is the AMQP client refusing a frame larger than `frame_max`.
+pub fn is_frame_too_large(error: &str) -> bool {
+    error.contains("frame too large")
+        || error.contains("FRAME_ERROR")
+        || error.contains("FRAMEERROR")
+}
+
 /// A queue the worker consumes from, with the exchange it is bound to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskQueue {
@@ -72,6 +92,22 @@ impl TaskQueue {
             exchange_type: "direct".to_owned(),
             routing_key: name.to_owned(),
         }
+    }
+
+    /// Checks what the broker would refuse on the wire: names and the binding key are AMQP
+    /// short strings (at most 255 bytes; a queue name at least 1), and the exchange type is
+    /// one RabbitMQ has.
+    pub fn check(&self) -> Result<(), String> {
+        if self.name.is_empty() || self.name.len() > 255 {
+            return Err("a queue name is 1 to 255 bytes".to_owned());
+        }
+        if self.exchange.len() > 255 {
+            return Err("an exchange name is at most 255 bytes".to_owned());
+        }
+        if self.routing_key.len() > 255 {
+            return Err("a routing key is at most 255 bytes".to_owned());
+        }
+        self.kind().map(|_| ())
     }
 
     /// The exchange kind, or an error naming the type.
@@ -139,6 +175,25 @@ pub async fn declare_task_queue(channel: &Channel, queue: &TaskQueue) -> Result<
         .await
         .map_err(clash)?;
     Ok(())
+}
+
+/// Declares `queue` on a channel opened for it and closed after, so that a refusal (403 for an
+/// `amq.*` name, 406 for other arguments, 405 for another connection's exclusive queue) closes
+/// only that channel: the consumer's channel and its unacked deliveries are untouched.
+pub async fn declare_on_own_channel(
+    connection: &Connection,
+    queue: &TaskQueue,
+) -> Result<(), BrokerError> {
+    queue.check().map_err(|reason| BrokerError::Clash {
+        name: queue.name.clone(),
+        reason,
+    })?;
+    let channel = connection.create_channel().await?;
+    let declared = declare_task_queue(&channel, queue).await;
+    if channel.status().connected() {
+        let _ = channel.close(200, "declared".into()).await;
+    }
+    declared
 }
 
 /// Sets the prefetch count (0 = unlimited): for the whole channel when `global` (RabbitMQ
@@ -219,7 +274,7 @@ pub async fn publish_task_to(
     if let Some(exp) = &msg.expiration {
         props = props.with_expiration(ShortString::from(exp.as_str()));
     }
-    channel
+    let confirm = channel
         .basic_publish(
             exchange.into(),
             routing_key.into(),
@@ -229,6 +284,9 @@ pub async fn publish_task_to(
         )
         .await?
         .await?;
+    if confirm.is_nack() {
+        return Err(BrokerError::Nacked);
+    }
     Ok(())
 }
 
@@ -267,7 +325,8 @@ pub async fn declare_delay_topology(
     queues: &[String],
 ) -> Result<(), BrokerError> {
     use super::delay::{
-        DELIVER_EXCHANGE, LEVELS, bit_pattern, deliver_pattern, level_name, next_exchange,
+        DELIVER_EXCHANGE, LEVELS, bit_pattern, can_delay, deliver_pattern, legacy_wildcard_pattern,
+        level_name, next_exchange,
     };
     use lapin::types::{AMQPValue, LongString};
     let durable = ExchangeDeclareOptions {
@@ -327,7 +386,7 @@ pub async fn declare_delay_topology(
             )
             .await?;
     }
-    for q in queues {
+    for q in queues.iter().filter(|q| can_delay(q)) {
         channel
             .queue_bind(
                 q.as_str().into(),
@@ -337,12 +396,23 @@ pub async fn declare_delay_topology(
                 FieldTable::default(),
             )
             .await?;
+        if let Some(old) = legacy_wildcard_pattern(q) {
+            // Removing a binding that is not there is no error for RabbitMQ.
+            channel
+                .queue_unbind(
+                    q.as_str().into(),
+                    DELIVER_EXCHANGE.into(),
+                    old.as_str().into(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
     }
     Ok(())
 }
 
-/// Re-publishes a delivery into the delay ladder for `seconds`, unchanged but for its
-/// `expiration` property (a per-message TTL would cut the wait short; the `expires` header
+/// Re-publishes a delivery into the delay ladder for `seconds` (on a confirm-mode channel,
+/// returns once the broker has it), unchanged but for its `expiration` property (a per-message TTL would cut the wait short; the `expires` header
 /// still applies when it comes back).
 pub async fn publish_delayed(
     channel: &Channel,
@@ -354,7 +424,7 @@ pub async fn publish_delayed(
     let mut props = delivery.properties.clone();
     props = props.with_delivery_mode(2);
     let props = strip_expiration(props);
-    channel
+    let confirm = channel
         .basic_publish(
             level_name(LEVELS - 1).as_str().into(),
             routing_key(seconds, queue).as_str().into(),
@@ -364,6 +434,9 @@ pub async fn publish_delayed(
         )
         .await?
         .await?;
+    if confirm.is_nack() {
+        return Err(BrokerError::Nacked);
+    }
     Ok(())
 }
 

@@ -9,6 +9,10 @@
 //! exchange routes it by the trailing queue name back to the task queue, where the worker
 //! receives it again shortly before its ETA. Every queue of a level has one fixed TTL, so
 //! RabbitMQ's expire-at-the-head behaviour keeps the order right.
+//!
+//! The queue name is one word of the key, escaped ([`escape_word`]): a topic pattern has no
+//! escape of its own, so a queue called `#` or `a.*` would otherwise bind as a wildcard and
+//! receive every delayed message of every queue.
 
 /// Number of levels: delays up to 2^28 − 1 s (8.5 years), as Celery's native delayed delivery.
 pub const LEVELS: u32 = 28;
@@ -31,13 +35,41 @@ pub const DELIVER_EXCHANGE: &str = "celeryd.delayed.deliver";
 /// ```
 pub fn routing_key(seconds: u64, queue: &str) -> String {
     let seconds = seconds.min((1 << LEVELS) - 1);
-    let mut key = String::with_capacity(2 * LEVELS as usize + queue.len());
+    let word = escape_word(queue);
+    let mut key = String::with_capacity(2 * LEVELS as usize + word.len());
     for k in (0..LEVELS).rev() {
         key.push(if seconds & (1 << k) != 0 { '1' } else { '0' });
         key.push('.');
     }
-    key.push_str(queue);
+    key.push_str(&word);
     key
+}
+
+/// The longest routing key AMQP carries; a queue whose escaped name makes the key longer is
+/// not delayed in the broker (its far-ETA tasks are held in the worker instead).
+pub const MAX_KEY: usize = 255;
+
+/// A queue name as one literal topic word: `%`, `.`, `*` and `#` percent-escaped, the rest
+/// unchanged (so `celery` stays `celery`, and bindings made before escaping still match).
+///
+/// ```
+/// use celeryd_actors::consumer::delay::escape_word;
+/// assert_eq!(escape_word("celery"), "celery");
+/// assert_eq!(escape_word("#"), "%23");
+/// assert_eq!(escape_word("a.*"), "a%2E%2A");
+/// ```
+pub fn escape_word(queue: &str) -> String {
+    let mut out = String::with_capacity(queue.len());
+    for c in queue.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '.' => out.push_str("%2E"),
+            '*' => out.push_str("%2A"),
+            '#' => out.push_str("%23"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The binding pattern at level `k` that matches bit `k` set to `bit`.
@@ -54,8 +86,25 @@ pub fn bit_pattern(k: u32, bit: bool) -> String {
 /// The pattern binding `queue` to the deliver exchange.
 pub fn deliver_pattern(queue: &str) -> String {
     let mut p = "*.".repeat(LEVELS as usize);
-    p.push_str(queue);
+    p.push_str(&escape_word(queue));
     p
+}
+
+/// The pattern earlier versions bound `queue` with (the name unescaped), when it differs from
+/// [`deliver_pattern`] and is a wildcard: such a binding matches other queues' messages, so
+/// it is removed.
+pub fn legacy_wildcard_pattern(queue: &str) -> Option<String> {
+    (queue.contains('*') || queue.contains('#')).then(|| {
+        let mut p = "*.".repeat(LEVELS as usize);
+        p.push_str(queue);
+        p
+    })
+}
+
+/// Whether the broker could route `queue`'s delayed messages back to it: a topic routing key
+/// is at most [`MAX_KEY`] bytes.
+pub fn can_delay(queue: &str) -> bool {
+    routing_key(0, queue).len() <= MAX_KEY
 }
 
 /// Where level `k` dead-letters to.
@@ -92,7 +141,12 @@ mod tests {
             (1 << 28) - 1,
             "capped"
         );
-        assert!(routing_key(1, "my.queue").ends_with(".0.1.my.queue"));
+        assert!(routing_key(1, "my.queue").ends_with(".0.1.my%2Equeue"));
+        assert_eq!(
+            routing_key(7, "#").split('.').count(),
+            29,
+            "one word, whatever the name"
+        );
     }
 
     #[test]
@@ -104,6 +158,12 @@ mod tests {
         );
         assert!(deliver_pattern("celery").ends_with("*.celery"));
         assert_eq!(next_exchange(0), DELIVER_EXCHANGE);
+        assert!(!deliver_pattern("#").contains('#'));
+        assert!(!deliver_pattern("a.*.b").ends_with("*.b"));
+        assert_eq!(legacy_wildcard_pattern("celery"), None);
+        assert!(legacy_wildcard_pattern("#").is_some());
+        assert!(can_delay("celery"));
+        assert!(!can_delay(&"q".repeat(255)));
         assert_eq!(next_exchange(3), "celeryd.delayed.2");
     }
 }

@@ -21,6 +21,12 @@ pub struct ControlRequest {
 
 /// Decodes a pidbox message body.
 pub fn decode(body: &[u8]) -> Result<ControlRequest, String> {
+    if body.len() > MAX_BODY {
+        return Err(format!(
+            "{} bytes is over the {MAX_BODY}-byte limit for control messages",
+            body.len()
+        ));
+    }
     let v: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
     let Value::Object(m) = v else {
         return Err("not a JSON object".into());
@@ -144,6 +150,86 @@ pub fn task_ids(args: &Map<String, Value>) -> Vec<String> {
             .map(str::to_owned)
             .collect(),
         _ => Vec::new(),
+    }
+}
+
+/// The largest pidbox message body decoded (bytes). A `revoke` of the most ids a worker keeps
+/// (50,000 by default) is about 2 MB; anything far larger is refused before it is parsed.
+pub const MAX_BODY: usize = 8 << 20;
+
+/// The longest time limit accepted, in seconds (a year), as for the configuration.
+pub const MAX_SECONDS: f64 = 31_536_000.0;
+
+/// A number of seconds (`time_limit`'s `soft` and `hard`): a number or a numeric string (the
+/// CLI sends floats, Flower form fields); absent, null, `""` or 0 mean "no limit". Anything
+/// else (negative, not a number, infinite, above a year) is an error reply naming the
+/// argument, so a typo never silently removes a limit.
+///
+/// ```
+/// use celeryd_actors::control::request::seconds_arg;
+/// use serde_json::json;
+/// let args = json!({"soft": "1.5", "hard": 0, "x": "abc", "y": -1}).as_object().unwrap().clone();
+/// assert_eq!(seconds_arg(&args, "soft"), Ok(Some(1.5)));
+/// assert_eq!(seconds_arg(&args, "hard"), Ok(None));
+/// assert!(seconds_arg(&args, "x").is_err());
+/// assert!(seconds_arg(&args, "y").is_err());
+/// ```
+pub fn seconds_arg(args: &Map<String, Value>, key: &str) -> Result<Option<f64>, Value> {
+    let value = match args.get(key) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() => return Ok(None),
+        Some(Value::Number(n)) => n.as_f64(),
+        Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
+        Some(_) => None,
+    };
+    match value {
+        Some(0.0) => Ok(None),
+        Some(v) if v.is_finite() && v > 0.0 && v <= MAX_SECONDS => Ok(Some(v)),
+        _ => Err(error(format!(
+            "ValueError('{key} must be a number of seconds from 0 (no limit) to {MAX_SECONDS}, not {}')",
+            shown(args.get(key))
+        ))),
+    }
+}
+
+/// A whole-number argument from 0 to `max`, given as a number or as digits (the CLI sends
+/// strings); absent or null is `Ok(None)`, anything else an error reply naming it.
+///
+/// ```
+/// use celeryd_actors::control::request::int_arg;
+/// use serde_json::json;
+/// let args = json!({"n": "3", "m": -1, "k": 2000}).as_object().unwrap().clone();
+/// assert_eq!(int_arg(&args, "n", 1024), Ok(Some(3)));
+/// assert_eq!(int_arg(&args, "absent", 1024), Ok(None));
+/// assert!(int_arg(&args, "m", 1024).is_err());
+/// assert!(int_arg(&args, "k", 1024).is_err());
+/// ```
+pub fn int_arg(args: &Map<String, Value>, key: &str, max: usize) -> Result<Option<usize>, Value> {
+    let n = match args.get(key) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => n.as_u64().and_then(|n| usize::try_from(n).ok()),
+        Some(Value::String(s)) => s.trim().parse().ok(),
+        Some(_) => None,
+    };
+    match n.filter(|n| *n <= max) {
+        Some(n) => Ok(Some(n)),
+        None => Err(error(format!(
+            "ValueError('{key} must be a whole number from 0 to {max}, not {}')",
+            shown(args.get(key))
+        ))),
+    }
+}
+
+/// An argument as shown inside an error reply: JSON, at most 64 characters, with no quote
+/// that would end the Python-style string around it.
+fn shown(v: Option<&Value>) -> String {
+    let text = v
+        .map(Value::to_string)
+        .unwrap_or_default()
+        .replace('\'', "\"");
+    match text.char_indices().nth(64) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
     }
 }
 

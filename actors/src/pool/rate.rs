@@ -3,9 +3,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+/// The slowest rate accepted: one task a year. Celery takes any positive float, but a rate
+/// below this is a typo (`1e-300/s`) whose wait no timer can represent.
+pub const MIN_RATE: f64 = 1.0 / 31_536_000.0;
+
 /// Parses a Celery rate limit: `"10/s"`, `"200/m"`, `"100/h"`, or a bare number (per second).
 /// Returns tasks per second; `None` for "no limit" (an empty string or zero, which Celery
-/// reads as disabling the limit).
+/// reads as disabling the limit). A rate slower than one task a year ([`MIN_RATE`]) or one
+/// that is not a finite number is an error.
 ///
 /// ```
 /// use celeryd_actors::pool::rate::parse_rate;
@@ -39,7 +44,13 @@ pub fn parse_rate(text: &str) -> Result<Option<f64>, String> {
             "invalid rate limit {text:?}: must be a non-negative number"
         ));
     }
-    Ok(Some(ops / per).filter(|r| *r > 0.0))
+    let rate = ops / per;
+    if rate > 0.0 && rate < MIN_RATE {
+        return Err(format!(
+            "invalid rate limit {text:?}: slower than one task a year (use 0 or \"\" for no limit)"
+        ));
+    }
+    Ok(Some(rate).filter(|r| *r > 0.0))
 }
 
 /// A token bucket holding at most one token (Celery's rate limits allow no bursts), refilled
@@ -87,7 +98,11 @@ impl TokenBucket {
     pub fn wait_time(&mut self, now: Instant) -> Duration {
         self.refill(now);
         let missing = (1.0 - self.tokens).max(0.0);
-        Duration::from_secs_f64(missing / self.rate)
+        // `rate` is at least MIN_RATE when parsed, but a bucket may be built from anything:
+        // never a panic, at worst a wait of a year.
+        Duration::try_from_secs_f64(missing / self.rate)
+            .unwrap_or(Duration::MAX)
+            .min(Duration::from_secs(31_536_000))
     }
 }
 
@@ -116,7 +131,9 @@ mod tests {
         assert_eq!(parse_rate("1.5/s"), Ok(Some(1.5)));
         assert_eq!(parse_rate(""), Ok(None));
         assert_eq!(parse_rate("0/m"), Ok(None));
-        for bad in ["ten/s", "10/d", "-1/s", "/s", "10/s/s", "NaN"] {
+        for bad in [
+            "ten/s", "10/d", "-1/s", "/s", "10/s/s", "NaN", "1e-300/s", "1e400/s", "inf",
+        ] {
             assert!(parse_rate(bad).is_err(), "{bad}");
         }
         assert_eq!(format_rate(10.0), "10/s");
@@ -138,6 +155,10 @@ mod tests {
         let later = t0 + Duration::from_secs(60);
         assert!(b.try_take(later));
         assert!(!b.try_take(later));
+        // A bucket with an absurd rate waits a year at most, without panicking.
+        let mut tiny = TokenBucket::new(1e-300, t0);
+        assert!(tiny.try_take(t0));
+        assert_eq!(tiny.wait_time(t0), Duration::from_secs(31_536_000));
     }
 }
 

@@ -4,17 +4,70 @@
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use serde_json::{Map, Number, Value};
 
-/// Converts an AMQP field table (message headers) to a JSON object.
+/// How deeply tables and arrays may nest in message headers (Celery's own headers nest two
+/// levels). Deeper headers are refused: converting them would only recurse for nothing.
+pub const MAX_HEADER_DEPTH: usize = 32;
+
+/// Converts an AMQP field table (message headers) to a JSON object; values nested deeper than
+/// [`MAX_HEADER_DEPTH`] become `null`.
 pub fn table_to_json(table: &FieldTable) -> Map<String, Value> {
+    table_at(table, 0)
+}
+
+/// Like [`table_to_json`], but an error when anything nests deeper than [`MAX_HEADER_DEPTH`]
+/// (the consumer rejects such a message).
+pub fn headers_to_json(table: &FieldTable) -> Result<Map<String, Value>, String> {
+    if table_depth(table, 0) > MAX_HEADER_DEPTH {
+        return Err(format!(
+            "headers nest deeper than {MAX_HEADER_DEPTH} levels"
+        ));
+    }
+    Ok(table_at(table, 0))
+}
+
+/// The nesting depth of a table, counting no further than one level past the limit.
+fn table_depth(table: &FieldTable, depth: usize) -> usize {
+    table
+        .inner()
+        .values()
+        .map(|v| value_depth(v, depth + 1))
+        .max()
+        .unwrap_or(depth)
+}
+
+fn value_depth(value: &AMQPValue, depth: usize) -> usize {
+    if depth > MAX_HEADER_DEPTH {
+        return depth;
+    }
+    match value {
+        AMQPValue::FieldArray(a) => a
+            .as_slice()
+            .iter()
+            .map(|v| value_depth(v, depth + 1))
+            .max()
+            .unwrap_or(depth),
+        AMQPValue::FieldTable(t) => table_depth(t, depth),
+        _ => depth,
+    }
+}
+
+fn table_at(table: &FieldTable, depth: usize) -> Map<String, Value> {
     table
         .inner()
         .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), value_to_json(v)))
+        .map(|(k, v)| (k.as_str().to_owned(), value_at(v, depth + 1)))
         .collect()
 }
 
 /// Converts one AMQP value to JSON; byte strings are decoded as UTF-8 (lossy).
 pub fn value_to_json(value: &AMQPValue) -> Value {
+    value_at(value, 0)
+}
+
+fn value_at(value: &AMQPValue, depth: usize) -> Value {
+    if depth > MAX_HEADER_DEPTH {
+        return Value::Null;
+    }
     match value {
         AMQPValue::Boolean(b) => Value::Bool(*b),
         AMQPValue::ShortShortInt(n) => Value::from(*n),
@@ -32,9 +85,14 @@ pub fn value_to_json(value: &AMQPValue) -> Value {
         }
         AMQPValue::ShortString(s) => Value::String(s.as_str().to_owned()),
         AMQPValue::LongString(s) => Value::String(String::from_utf8_lossy(s.as_bytes()).into()),
-        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(value_to_json).collect()),
+        AMQPValue::FieldArray(a) => Value::Array(
+            a.as_slice()
+                .iter()
+                .map(|v| value_at(v, depth + 1))
+                .collect(),
+        ),
         AMQPValue::Timestamp(t) => Value::from(*t),
-        AMQPValue::FieldTable(t) => Value::Object(table_to_json(t)),
+        AMQPValue::FieldTable(t) => Value::Object(table_at(t, depth)),
         AMQPValue::ByteArray(b) => Value::String(String::from_utf8_lossy(b.as_slice()).into()),
         AMQPValue::Void => Value::Null,
     }
@@ -78,6 +136,30 @@ pub fn json_to_value(value: &Value) -> AMQPValue {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn headers_nested_too_deep_are_refused() {
+        let nest = |depth: usize| {
+            let mut v = AMQPValue::Void;
+            for _ in 0..depth {
+                v = AMQPValue::FieldArray(vec![v].into());
+            }
+            let mut t = FieldTable::default();
+            t.insert("x".into(), v);
+            t
+        };
+        assert!(headers_to_json(&nest(MAX_HEADER_DEPTH - 1)).is_ok());
+        assert!(headers_to_json(&nest(MAX_HEADER_DEPTH + 1)).is_err());
+        // table_to_json never recurses past the limit either: deeper values become null.
+        let deep = table_to_json(&nest(10 * MAX_HEADER_DEPTH));
+        let mut v = &deep["x"];
+        let mut levels = 0;
+        while let Value::Array(a) = v {
+            v = &a[0];
+            levels += 1;
+        }
+        assert!(levels <= MAX_HEADER_DEPTH, "{levels}");
+    }
 
     #[test]
     fn round_trips_celery_headers() {

@@ -106,7 +106,8 @@ pub fn retry_message(req: &super::TaskRequest, countdown: f64, now: OffsetDateTi
         name: req.task.clone(),
         args: req.args.clone(),
         kwargs: req.kwargs.clone(),
-        eta: Some(now + time::Duration::seconds_f64(countdown.max(0.0))),
+        // A countdown past the calendar's end (or NaN) retries at once rather than panicking.
+        eta: Some(super::time::after(now, countdown.max(0.0)).unwrap_or(now)),
         expires: req.expires,
         reply_to: req.reply_to.clone(),
         id: Some(req.id.clone()),
@@ -119,7 +120,8 @@ pub fn retry_message(req: &super::TaskRequest, countdown: f64, now: OffsetDateTi
             msg.headers.insert(k.clone(), v.clone());
         }
     }
-    msg.headers.insert("retries".into(), json!(req.retries + 1));
+    msg.headers
+        .insert("retries".into(), json!(req.retries.saturating_add(1)));
     msg.body = serde_json::to_vec(&json!([req.args, req.kwargs, req.embed])).unwrap_or_default();
     msg
 }

@@ -105,11 +105,32 @@ impl TaskRequest {
     }
 }
 
-/// Decodes a delivery into a task request, or says why it is not one. Takes the message by
-/// value: its headers move into the request.
+/// The default limit on a message body, after decompression: 64 MiB (`worker.max_message_size`).
+/// Half of RabbitMQ 3.x's own `max_message_size`, four times RabbitMQ 4's: a compressed body
+/// may inflate to more than the broker takes uncompressed, but not without bound (a 1 MB zlib
+/// body can inflate to gigabytes).
+pub const DEFAULT_MAX_BODY: usize = 64 << 20;
+
+/// Decodes a delivery into a task request, or says why it is not one, with the default body
+/// limit ([`DEFAULT_MAX_BODY`]). Takes the message by value: its headers move into the request.
 pub fn decode(raw: RawMessage<'_>) -> Result<TaskRequest, ProtocolError> {
+    decode_with_limit(raw, DEFAULT_MAX_BODY)
+}
+
+/// [`decode`] with a limit on the body's size in bytes, after decompression: a larger body is
+/// [`ProtocolError::TooLarge`] (decompression stops as soon as it passes the limit).
+pub fn decode_with_limit(
+    raw: RawMessage<'_>,
+    max_body: usize,
+) -> Result<TaskRequest, ProtocolError> {
     check_content_type(raw.content_type)?;
-    let body = decompress(raw.headers.get("compression"), raw.body)?;
+    if raw.body.len() > max_body {
+        return Err(ProtocolError::TooLarge {
+            limit: max_body,
+            what: "body",
+        });
+    }
+    let body = decompress(raw.headers.get("compression"), raw.body, max_body)?;
     let body: Value =
         serde_json::from_slice(&body).map_err(|e| ProtocolError::Json(e.to_string()))?;
     if let Some(Value::String(task)) = raw.headers.get("task") {
@@ -146,6 +167,7 @@ fn check_content_type(content_type: Option<&str>) -> Result<(), ProtocolError> {
 fn decompress<'a>(
     compression: Option<&Value>,
     body: &'a [u8],
+    max_body: usize,
 ) -> Result<std::borrow::Cow<'a, [u8]>, ProtocolError> {
     let Some(compression) = compression else {
         return Ok(std::borrow::Cow::Borrowed(body));
@@ -156,10 +178,21 @@ fn decompress<'a>(
     match name.as_str() {
         // kombu's `zlib` and `gzip` both produce zlib-wrapped deflate.
         "application/x-gzip" | "application/x-zlib" | "zlib" | "gzip" => {
-            let mut out = Vec::with_capacity(body.len() * 4);
+            let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(max_body));
+            // One byte past the limit tells "too large" from "exactly the limit".
+            let limit = u64::try_from(max_body)
+                .unwrap_or(u64::MAX)
+                .saturating_add(1);
             flate2::read::ZlibDecoder::new(body)
+                .take(limit)
                 .read_to_end(&mut out)
                 .map_err(|e| ProtocolError::Decompress(e.to_string()))?;
+            if out.len() > max_body {
+                return Err(ProtocolError::TooLarge {
+                    limit: max_body,
+                    what: "decompressed body",
+                });
+            }
             Ok(std::borrow::Cow::Owned(out))
         }
         other => Err(ProtocolError::Compression(other.to_owned())),
@@ -335,5 +368,7 @@ fn timelimit(v: Option<&Value>) -> Result<(Option<f64>, Option<f64>), ProtocolEr
     }
 }
 
+#[cfg(test)]
+pub(crate) mod proptests;
 #[cfg(test)]
 mod tests;

@@ -17,6 +17,20 @@ pub fn parse_iso(s: &str) -> Result<OffsetDateTime, String> {
     }
 }
 
+/// `seconds` after `now`, or `None` when that is no time at all (not finite, or past the
+/// calendar's end): countdowns come from outside and must never overflow into a panic.
+///
+/// ```
+/// use celeryd_actors::protocol::time::after;
+/// let now = time::OffsetDateTime::UNIX_EPOCH;
+/// assert_eq!(after(now, 1.5), Some(now + time::Duration::milliseconds(1500)));
+/// assert_eq!(after(now, 1e300), None);
+/// assert_eq!(after(now, f64::NAN), None);
+/// ```
+pub fn after(now: OffsetDateTime, seconds: f64) -> Option<OffsetDateTime> {
+    now.checked_add(time::Duration::checked_seconds_f64(seconds)?)
+}
+
 /// Formats like Python's `datetime.isoformat()` for an aware UTC time:
 /// `2026-11-23T23:17:21.850145+00:00` (no fraction when it is zero).
 pub fn format_iso(t: OffsetDateTime) -> String {

@@ -25,14 +25,27 @@ impl RevokedStamps {
         RevokedStamps::default()
     }
 
-    /// Adds revoked values (a value or a list of values per name).
+    /// Adds revoked values (a value or a list of values per name); a value revoked already is
+    /// not added twice.
     pub fn add(&mut self, headers: &[(String, Value)]) {
         for (name, values) in headers {
-            self.map
-                .entry(name.clone())
-                .or_default()
-                .extend(as_list(values));
+            let held = self.map.entry(name.clone()).or_default();
+            for v in as_list(values) {
+                if !held.contains(&v) {
+                    held.push(v);
+                }
+            }
         }
+    }
+
+    /// How many values `headers` would add (an upper bound: repeats are counted).
+    pub fn count_new(headers: &[(String, Value)]) -> usize {
+        headers.iter().map(|(_, v)| as_list(v).len()).sum()
+    }
+
+    /// How many revoked values are held, over every name.
+    pub fn value_count(&self) -> usize {
+        self.map.values().map(Vec::len).sum()
     }
 
     /// Whether nothing is revoked by stamp.

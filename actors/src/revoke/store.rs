@@ -64,6 +64,20 @@ impl RevokeStore {
             .map_err(|e| StoreError::Io(e.to_string()))
     }
 
+    /// Records revoked ids, each with its own time (one write).
+    pub fn add_at(&self, ids: &[(String, u64)]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        for (id, at_ms) in ids {
+            batch.put(key(id), at_ms.to_be_bytes());
+        }
+        self.db
+            .write(batch)
+            .map_err(|e| StoreError::Io(e.to_string()))
+    }
+
     /// Forgets ids (expired or over the cap).
     pub fn remove(&self, ids: &[String]) -> Result<(), StoreError> {
         if ids.is_empty() {

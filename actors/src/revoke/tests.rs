@@ -68,6 +68,7 @@ async fn revokes_survive_a_restart_with_a_statedb() {
         terminate: None,
         reply: Some(reply)
     })
+    .unwrap()
     .unwrap();
     assert!(is_revoked(&actor, "t1".to_owned()).await);
     assert!(!registry.count.is_zero(), "the consumer must ask now");
