@@ -971,6 +971,26 @@ pub fn connect_backoff(attempt: u32) -> Duration {
     Duration::from_secs(1u64 << attempt.saturating_sub(1).min(2))
 }
 
+/// The consumer tag for `queue`: `node-generation-queue`, unique on the channel. A tag is an
+/// AMQP short string: when that would pass 255 bytes (a long node name and a long queue name
+/// from `add_consumer`), the queue is named by a hash of its name instead, and the node name
+/// is cut to fit.
+pub fn consumer_tag(hostname: &str, generation: u64, queue: &str) -> String {
+    let tag = format!("{hostname}-{generation}-{queue}");
+    if tag.len() <= 255 {
+        return tag;
+    }
+    let hashed = uuid::Uuid::new_v3(&uuid::Uuid::NAMESPACE_OID, queue.as_bytes()).simple();
+    let mut tag = format!("{generation}-{hashed}-");
+    for c in hostname.chars() {
+        if tag.len() + c.len_utf8() > 255 {
+            break;
+        }
+        tag.push(c);
+    }
+    tag
+}
+
 /// Consumes `queue` and forwards its deliveries to the actor.
 async fn start_consumer(
     channel: &Channel,
@@ -979,7 +999,7 @@ async fn start_consumer(
     generation: u64,
     queue: &TaskQueue,
 ) -> Result<(String, AbortOnDrop), BrokerError> {
-    let tag = format!("{hostname}-{generation}-{}", queue.name);
+    let tag = consumer_tag(hostname, generation, &queue.name);
     let stream = amqp::consume(channel, &queue.name, &tag).await?;
     info!(queue = %queue.name, "Consuming from queue.");
     let name: Arc<str> = queue.name.as_str().into();
@@ -1236,6 +1256,10 @@ mod tests {
 
     #[test]
     fn connect_backoff_doubles_and_caps() {
+        assert_eq!(consumer_tag("w@h", 2, "celery"), "w@h-2-celery");
+        let long = consumer_tag(&"n".repeat(200), 7, &"q".repeat(255));
+        assert!(long.len() <= 255 && long.starts_with("7-"), "{long}");
+        assert_ne!(long, consumer_tag(&"n".repeat(200), 7, &"r".repeat(255)));
         assert_eq!(connect_backoff(1), Duration::from_secs(1));
         assert_eq!(connect_backoff(2), Duration::from_secs(2));
         assert_eq!(connect_backoff(3), Duration::from_secs(4));

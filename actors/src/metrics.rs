@@ -304,19 +304,37 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, sources: GaugeS
     if let Ok(addr) = listener.local_addr() {
         info!("Metrics on http://{addr}/metrics");
     }
+    // At most this many scrapes at once, each given a few seconds: a client that connects and
+    // never sends (or floods connections) holds neither memory nor tasks without bound.
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
+        let (mut stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of file descriptors, say: wait instead of spinning on the error.
+                debug!(error = %e, "Cannot accept a metrics connection.");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue; // too many at once: this one is closed at once
         };
         let (metrics, sources) = (metrics.clone(), sources.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             let mut buf = vec![0u8; 4096];
             let mut len = 0;
-            while len < buf.len() && !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buf[len..]).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => len += n,
+            let read = async {
+                while len < buf.len() && !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf[len..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => len += n,
+                    }
                 }
+            };
+            if tokio::time::timeout(SCRAPE_TIMEOUT, read).await.is_err() {
+                return;
             }
             let request = String::from_utf8_lossy(&buf[..len]);
             let response = match request_path(&request) {
@@ -326,13 +344,21 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, sources: GaugeS
                 }
                 _ => http_response("404 Not Found", "text/plain", "not found: try /metrics\n"),
             };
-            if let Err(e) = stream.write_all(response.as_bytes()).await {
-                debug!(error = %e, "Metrics response not sent.");
+            let write = stream.write_all(response.as_bytes());
+            match tokio::time::timeout(SCRAPE_TIMEOUT, write).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!(error = %e, "Metrics response not sent."),
+                Err(_) => debug!("Metrics response not taken in time."),
             }
             let _ = stream.shutdown().await;
         });
     }
 }
+
+/// Scrapes served at once; more connections are closed at once.
+const MAX_SCRAPES: usize = 16;
+/// How long a scrape may take to send its request, and to take the response.
+const SCRAPE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The path of a `GET` request line (query string dropped).
 pub fn request_path(request: &str) -> Option<&str> {

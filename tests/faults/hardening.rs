@@ -704,3 +704,52 @@ fn a_refused_delay_publish_holds_the_task_and_keeps_the_connection() {
     assert_eq!(log.matches("Task tasks.add[side-2] succeeded").count(), 1);
     drop(worker);
 }
+
+#[test]
+fn names_longer_than_amqp_short_strings_never_break_a_connection() {
+    let _serial = serial();
+    let queue = unique_queue("longnames");
+    let worker = Worker::start(&queue, "", &["-c", "1"]);
+    let node = worker.nodename();
+    // A 250-byte queue name is valid; the consumer tag built from it must still fit.
+    let long_queue = format!("{queue}-{}", "q".repeat(250 - queue.len() - 1));
+    let reply = control_call(&node, "add_consumer", json!({"queue": long_queue}));
+    assert!(reply["ok"].is_string(), "{reply}");
+    let r = call_task(&long_queue, "tasks.add", "[1, 1]", &[]);
+    assert_eq!(r["result"], json!(2), "{r}");
+    // A task id too long to be a result's correlation id is rejected, once.
+    publish_raw(
+        &queue,
+        task_headers("tasks.add", &"i".repeat(300)),
+        b"[[1, 1], {}, {}]",
+    );
+    worker.wait_for_log("longer than 255 bytes", Duration::from_secs(20));
+    // A reply exchange name too long for AMQP: the request is ignored, nothing else.
+    block_on(async {
+        let conn = connect().await;
+        let ch = conn.create_channel().await.unwrap();
+        let body = json!({"method": "ping", "arguments": {}, "destination": [node], "ticket": "t",
+                          "reply_to": {"exchange": "x".repeat(300), "routing_key": "r"}});
+        ch.basic_publish(
+            "celery.pidbox".into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            body.to_string().as_bytes(),
+            BasicProperties::default().with_content_type("application/json".into()),
+        )
+        .await
+        .unwrap();
+        let _ = conn.close(200, "bye".into()).await;
+    });
+    worker.wait_for_log("reply_to names longer than 255", Duration::from_secs(20));
+    assert_healthy(&worker, &queue);
+    let log = worker.log();
+    assert!(
+        !log.contains("Connection to the broker lost"),
+        "no connection reset"
+    );
+    assert!(!log.contains("panicked"), "no panic");
+    drop(worker);
+    block_on(delete_queue(&queue));
+    block_on(delete_queue(&long_queue));
+}

@@ -64,6 +64,12 @@ pub fn decode(body: &[u8]) -> Result<ControlRequest, String> {
             r.get("routing_key")?.as_str()?.to_owned(),
         ))
     });
+    if let Some((exchange, key)) = &reply_to
+        && (exchange.len() > 255 || key.len() > 255)
+    {
+        // AMQP short strings: no reply could be sent there.
+        return Err("reply_to names longer than 255 bytes".into());
+    }
     Ok(ControlRequest {
         method,
         arguments,
@@ -242,6 +248,15 @@ pub fn py_set(ids: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reply_names_longer_than_a_short_string_are_refused() {
+        let long = "e".repeat(256);
+        let body = json!({"method": "ping", "reply_to": {"exchange": long, "routing_key": "k"}});
+        assert!(decode(body.to_string().as_bytes()).is_err());
+        let body = json!({"method": "ping", "reply_to": {"exchange": "e", "routing_key": "k"}});
+        assert!(decode(body.to_string().as_bytes()).is_ok());
+    }
 
     #[test]
     fn decodes_a_celery_request() {

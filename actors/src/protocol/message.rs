@@ -314,6 +314,10 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> ProtocolError {
 
 fn required_str(m: &Map<String, Value>, key: &'static str) -> Result<String, ProtocolError> {
     match m.get(key) {
+        // The id goes back as the result's `correlation_id`, an AMQP short string.
+        Some(Value::String(s)) if key == "id" && s.len() > 255 => {
+            Err(invalid(key, "longer than 255 bytes"))
+        }
         Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
         None | Some(Value::Null) => Err(ProtocolError::Missing(key)),
         Some(_) => Err(invalid(key, "must be a non-empty string")),

@@ -168,3 +168,11 @@ fn base64_decode(s: &str) -> Vec<u8> {
     }
     out
 }
+
+#[test]
+fn an_id_longer_than_an_amqp_short_string_is_invalid() {
+    let mut h = v2_headers();
+    h["id"] = json!("i".repeat(256));
+    let err = decode(raw(h, br#"[[], {}, {}]"#)).unwrap_err();
+    assert!(err.to_string().contains("longer than 255 bytes"), "{err}");
+}
