@@ -11,61 +11,38 @@ pub const MAX_HEADER_DEPTH: usize = 32;
 /// Converts an AMQP field table (message headers) to a JSON object; values nested deeper than
 /// [`MAX_HEADER_DEPTH`] become `null`.
 pub fn table_to_json(table: &FieldTable) -> Map<String, Value> {
-    table_at(table, 0)
+    table_at(table, 0, &mut false)
 }
 
 /// Like [`table_to_json`], but an error when anything nests deeper than [`MAX_HEADER_DEPTH`]
-/// (the consumer rejects such a message).
+/// (the consumer rejects such a message). One pass: the conversion notes when it stopped.
 pub fn headers_to_json(table: &FieldTable) -> Result<Map<String, Value>, String> {
-    if table_depth(table, 0) > MAX_HEADER_DEPTH {
+    let mut too_deep = false;
+    let map = table_at(table, 0, &mut too_deep);
+    if too_deep {
         return Err(format!(
             "headers nest deeper than {MAX_HEADER_DEPTH} levels"
         ));
     }
-    Ok(table_at(table, 0))
+    Ok(map)
 }
 
-/// The nesting depth of a table, counting no further than one level past the limit.
-fn table_depth(table: &FieldTable, depth: usize) -> usize {
-    table
-        .inner()
-        .values()
-        .map(|v| value_depth(v, depth + 1))
-        .max()
-        .unwrap_or(depth)
-}
-
-fn value_depth(value: &AMQPValue, depth: usize) -> usize {
-    if depth > MAX_HEADER_DEPTH {
-        return depth;
-    }
-    match value {
-        AMQPValue::FieldArray(a) => a
-            .as_slice()
-            .iter()
-            .map(|v| value_depth(v, depth + 1))
-            .max()
-            .unwrap_or(depth),
-        AMQPValue::FieldTable(t) => table_depth(t, depth),
-        _ => depth,
-    }
-}
-
-fn table_at(table: &FieldTable, depth: usize) -> Map<String, Value> {
+fn table_at(table: &FieldTable, depth: usize, too_deep: &mut bool) -> Map<String, Value> {
     table
         .inner()
         .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), value_at(v, depth + 1)))
+        .map(|(k, v)| (k.as_str().to_owned(), value_at(v, depth + 1, too_deep)))
         .collect()
 }
 
 /// Converts one AMQP value to JSON; byte strings are decoded as UTF-8 (lossy).
 pub fn value_to_json(value: &AMQPValue) -> Value {
-    value_at(value, 0)
+    value_at(value, 0, &mut false)
 }
 
-fn value_at(value: &AMQPValue, depth: usize) -> Value {
+fn value_at(value: &AMQPValue, depth: usize, too_deep: &mut bool) -> Value {
     if depth > MAX_HEADER_DEPTH {
+        *too_deep = true;
         return Value::Null;
     }
     match value {
@@ -88,11 +65,11 @@ fn value_at(value: &AMQPValue, depth: usize) -> Value {
         AMQPValue::FieldArray(a) => Value::Array(
             a.as_slice()
                 .iter()
-                .map(|v| value_at(v, depth + 1))
+                .map(|v| value_at(v, depth + 1, too_deep))
                 .collect(),
         ),
         AMQPValue::Timestamp(t) => Value::from(*t),
-        AMQPValue::FieldTable(t) => Value::Object(table_at(t, depth)),
+        AMQPValue::FieldTable(t) => Value::Object(table_at(t, depth, too_deep)),
         AMQPValue::ByteArray(b) => Value::String(String::from_utf8_lossy(b.as_slice()).into()),
         AMQPValue::Void => Value::Null,
     }
