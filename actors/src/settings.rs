@@ -103,22 +103,20 @@ fn mask_one(url: &str) -> String {
         return url.to_owned();
     };
     let head = &url[..at];
-    // Where the user name starts: after `scheme://`, after a `scheme:/` typo, else at once
-    // (then a bare `scheme:` counts as the user name, and all after it is masked).
-    let start = match head.find("://") {
-        Some(i) => i + 3,
-        None => head
-            .find(":/")
-            .filter(|&i| {
-                let scheme = &head[..i];
-                scheme.starts_with(|c: char| c.is_ascii_alphabetic())
-                    && scheme
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
-            })
-            .map_or(0, |i| {
-                i + 1 + head[i + 1..].len() - head[i + 1..].trim_start_matches('/').len()
-            }),
+    // Where the user name starts: after a leading `scheme:` and its slashes (`amqp://`, or
+    // an `amqp:/` typo), else at once (then a bare `scheme:` counts as the user name, and all
+    // after it is masked). A `://` inside the password is not a scheme.
+    let is_scheme = |t: &str| {
+        t.starts_with(|c: char| c.is_ascii_alphabetic())
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
+    };
+    let start = match head.find(":/") {
+        Some(i) if is_scheme(&head[..i]) => {
+            let rest = &head[i + 1..];
+            i + 1 + rest.len() - rest.trim_start_matches('/').len()
+        }
+        _ => 0,
     };
     let colon = head[start..].find(':').map(|c| start + c);
     match colon {
@@ -591,6 +589,7 @@ mod tests {
             ("amqp://guest:secret@h:99999//", "secret"),
             ("amqp://guest:secret@h:x//", "secret"),
             ("amqp://a:one@h1;amqp://b:two@h2", "two"),
+            ("amqp:/guest:se://cret@h", "cret"),
         ] {
             let masked = mask_password(url);
             assert!(!masked.contains(secret), "{url} -> {masked}");
