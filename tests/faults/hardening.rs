@@ -60,15 +60,7 @@ fn control_call(node: &str, method: &str, arguments: Value) -> Value {
             .unwrap();
         let body = json!({"method": method, "arguments": arguments, "destination": [node],
                           "ticket": key, "reply_to": {"exchange": "amq.direct", "routing_key": key}});
-        ch.basic_publish(
-            "celery.pidbox".into(),
-            "".into(),
-            BasicPublishOptions::default(),
-            body.to_string().as_bytes(),
-            BasicProperties::default().with_content_type("application/json".into()),
-        )
-        .await
-        .unwrap();
+        publish_control(&ch, &body).await;
         let reply = tokio::time::timeout(Duration::from_secs(15), replies.next())
             .await
             .unwrap_or_else(|_| panic!("no reply from {node} to {method}"))
@@ -78,6 +70,19 @@ fn control_call(node: &str, method: &str, arguments: Value) -> Value {
         let v: Value = serde_json::from_slice(&reply.data).unwrap();
         v[node].clone()
     })
+}
+
+/// Publishes a control request body to the pidbox exchange, as a client does.
+async fn publish_control(ch: &lapin::Channel, body: &Value) {
+    ch.basic_publish(
+        "celery.pidbox".into(),
+        "".into(),
+        BasicPublishOptions::default(),
+        body.to_string().as_bytes(),
+        BasicProperties::default().with_content_type("application/json".into()),
+    )
+    .await
+    .unwrap();
 }
 
 fn error_text(reply: &Value) -> &str {
@@ -128,6 +133,17 @@ fn task_headers(name: &str, id: &str) -> FieldTable {
     h
 }
 
+/// Runs `check` against a worker started on a fresh queue (`prefix` names it; `config` and
+/// `flags` as for [`Worker::start`]), under the suite's lock; the queue is deleted after.
+fn with_worker(prefix: &str, config: &str, flags: &[&str], check: impl FnOnce(&Worker, &str)) {
+    let _serial = serial();
+    let queue = unique_queue(prefix);
+    let worker = Worker::start(&queue, config, flags);
+    check(&worker, &queue);
+    drop(worker);
+    block_on(delete_queue(&queue));
+}
+
 /// The peak resident memory of a process, KiB (`VmHWM`).
 fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -174,65 +190,59 @@ fn a_tiny_rate_limit_is_refused_remotely_and_in_the_config() {
 
 #[test]
 fn a_header_frame_larger_than_frame_max_is_received_once() {
-    let _serial = serial();
-    let queue = unique_queue("bigheader");
-    let worker = Worker::start(&queue, "", &["-c", "1"]);
-    // 40 kB of headers: more than the worker's frame_max (16384), less than the broker's.
-    let id = uuid::Uuid::new_v4().to_string();
-    let mut h = task_headers("tasks.add", &id);
-    h.insert("x-padding".into(), text(&"p".repeat(40_000)));
-    publish_raw(&queue, h, br#"[[1, 2], {}, {}]"#);
-    let after = spawn_task(&queue, "tasks.add", "[3, 4]", &[]);
-    worker.wait_for_log(
-        &format!("Task tasks.add[{id}] succeeded"),
-        Duration::from_secs(60),
-    );
-    let r = crate::support::parse_client_output(&after.wait_with_output().unwrap());
-    assert_eq!(r["result"], json!(7), "the task behind it ran: {r}");
-    let log = worker.log();
-    assert!(
-        log.contains("header frame is larger"),
-        "explained in the log"
-    );
-    assert!(
-        log.matches("Connection to the broker lost").count() <= 1,
-        "one reconnect, not a loop"
-    );
-    assert_eq!(
-        log.matches(&format!("Task tasks.add[{id}] succeeded"))
-            .count(),
-        1
-    );
-    assert_healthy(&worker, &queue);
-    drop(worker);
-    block_on(delete_queue(&queue));
+    with_worker("bigheader", "", &["-c", "1"], |worker, queue| {
+        // 40 kB of headers: more than the worker's frame_max (16384), less than the broker's.
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut h = task_headers("tasks.add", &id);
+        h.insert("x-padding".into(), text(&"p".repeat(40_000)));
+        publish_raw(queue, h, br#"[[1, 2], {}, {}]"#);
+        let after = spawn_task(queue, "tasks.add", "[3, 4]", &[]);
+        worker.wait_for_log(
+            &format!("Task tasks.add[{id}] succeeded"),
+            Duration::from_secs(60),
+        );
+        let r = crate::support::parse_client_output(&after.wait_with_output().unwrap());
+        assert_eq!(r["result"], json!(7), "the task behind it ran: {r}");
+        let log = worker.log();
+        assert!(
+            log.contains("header frame is larger"),
+            "explained in the log"
+        );
+        assert!(
+            log.matches("Connection to the broker lost").count() <= 1,
+            "one reconnect, not a loop"
+        );
+        assert_eq!(
+            log.matches(&format!("Task tasks.add[{id}] succeeded"))
+                .count(),
+            1
+        );
+        assert_healthy(worker, queue);
+    });
 }
 
 #[test]
 fn a_zlib_bomb_is_rejected_without_inflating_it() {
-    let _serial = serial();
-    let queue = unique_queue("zbomb");
-    let worker = Worker::start(&queue, "", &["-c", "1"]);
-    // 1 GiB of spaces, about 1 MB compressed.
-    let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
-    let chunk = vec![b' '; 1 << 20];
-    for _ in 0..1024 {
-        std::io::Write::write_all(&mut enc, &chunk).unwrap();
-    }
-    let bomb = enc.finish().unwrap();
-    assert!(bomb.len() < 2 << 20, "{} bytes", bomb.len());
-    let mut h = task_headers("tasks.add", "bomb-1");
-    h.insert("compression".into(), text("application/x-gzip"));
-    publish_raw(&queue, h, &bomb);
-    assert_healthy(&worker, &queue);
-    worker.wait_for_log("larger than 67108864 bytes", Duration::from_secs(30));
-    let peak = peak_rss_kib(worker.pid());
-    assert!(
-        peak < 512 * 1024,
-        "peak resident memory {peak} KiB: the body was inflated past the limit"
-    );
-    drop(worker);
-    block_on(delete_queue(&queue));
+    with_worker("zbomb", "", &["-c", "1"], |worker, queue| {
+        // 1 GiB of spaces, about 1 MB compressed.
+        let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        let chunk = vec![b' '; 1 << 20];
+        for _ in 0..1024 {
+            std::io::Write::write_all(&mut enc, &chunk).unwrap();
+        }
+        let bomb = enc.finish().unwrap();
+        assert!(bomb.len() < 2 << 20, "{} bytes", bomb.len());
+        let mut h = task_headers("tasks.add", "bomb-1");
+        h.insert("compression".into(), text("application/x-gzip"));
+        publish_raw(queue, h, &bomb);
+        assert_healthy(worker, queue);
+        worker.wait_for_log("larger than 67108864 bytes", Duration::from_secs(30));
+        let peak = peak_rss_kib(worker.pid());
+        assert!(
+            peak < 512 * 1024,
+            "peak resident memory {peak} KiB: the body was inflated past the limit"
+        );
+    });
 }
 
 #[test]
@@ -290,39 +300,37 @@ fn add_consumer_of_a_refused_queue_is_an_error_reply_and_disturbs_nothing() {
 
 #[test]
 fn rate_limited_tasks_waiting_for_a_token_do_not_block_other_tasks() {
-    let _serial = serial();
-    let queue = unique_queue("ratewindow");
-    // Prefetch 2 (-c 1 × 2): eight tasks waiting for a token would fill it four times over.
-    let worker = Worker::start(
-        &queue,
+    with_worker(
+        "ratewindow",
         "[worker]\nprefetch_multiplier = 2\n[task.rate_limits]\n\"tasks.noop\" = \"1/m\"\n",
         &["-c", "1"],
+        |worker, queue| {
+            // Prefetch 2 (-c 1 × 2): eight tasks waiting for a token would fill it four times over.
+            let limited = spawn_task(queue, "tasks.noop", "[]", &["--count", "8", "--no-wait"]);
+            assert!(limited.wait_with_output().unwrap().status.success());
+            worker.wait_for_log("Task tasks.noop[", Duration::from_secs(30));
+            // Other tasks still flow: each is delivered and runs while the seven wait.
+            let r = call_task(queue, "tasks.add", "[1, 2]", &["--count", "5"]);
+            let results: Vec<&Value> = r.as_array().unwrap().iter().map(|x| &x["result"]).collect();
+            assert_eq!(results, vec![&json!(3); 5], "{r}");
+            let log = worker.log();
+            let noops_done = log
+                .lines()
+                .filter(|l| l.contains("Task tasks.noop[") && l.contains("succeeded"))
+                .count();
+            assert!(
+                noops_done < 8,
+                "the adds ran while rate-limited tasks still waited ({noops_done} of 8 done)"
+            );
+            let (_, out, _) = worker_ctl(&["reserved", "--json", "-d", &worker.nodename()]);
+            let reserved: Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(
+                reserved[worker.nodename()].as_array().map(Vec::len),
+                Some(8 - noops_done),
+                "the rest still wait, reserved: {reserved}"
+            );
+        },
     );
-    let limited = spawn_task(&queue, "tasks.noop", "[]", &["--count", "8", "--no-wait"]);
-    assert!(limited.wait_with_output().unwrap().status.success());
-    worker.wait_for_log("Task tasks.noop[", Duration::from_secs(30));
-    // Other tasks still flow: each is delivered and runs while the seven wait.
-    let r = call_task(&queue, "tasks.add", "[1, 2]", &["--count", "5"]);
-    let results: Vec<&Value> = r.as_array().unwrap().iter().map(|x| &x["result"]).collect();
-    assert_eq!(results, vec![&json!(3); 5], "{r}");
-    let log = worker.log();
-    let noops_done = log
-        .lines()
-        .filter(|l| l.contains("Task tasks.noop[") && l.contains("succeeded"))
-        .count();
-    assert!(
-        noops_done < 8,
-        "the adds ran while rate-limited tasks still waited ({noops_done} of 8 done)"
-    );
-    let (_, out, _) = worker_ctl(&["reserved", "--json", "-d", &worker.nodename()]);
-    let reserved: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(
-        reserved[worker.nodename()].as_array().map(Vec::len),
-        Some(8 - noops_done),
-        "the rest still wait, reserved: {reserved}"
-    );
-    drop(worker);
-    block_on(delete_queue(&queue));
 }
 
 #[test]
@@ -361,51 +369,43 @@ fn an_unparsable_broker_url_is_never_echoed_with_its_password() {
 
 /// Pids of `ppid`'s zombie children.
 fn zombies_of(ppid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.first() == Some(&"Z") && fields.get(1).and_then(|p| p.parse().ok()) == Some(ppid)
-        {
-            out.push(pid);
-        }
-    }
-    out
+    crate::support::processes_of(ppid)
+        .into_iter()
+        .filter(|(_, state)| state == "Z")
+        .map(|(pid, _)| pid)
+        .collect()
 }
 
 #[test]
 fn sighup_leaves_no_zombie_children() {
-    let _serial = serial();
-    let queue = unique_queue("hupzombie");
-    let worker = Worker::start(&queue, "", &["-c", "3"]);
-    let pid = worker.pid() as i32;
-    eventually(Duration::from_secs(20), "three children", || {
-        worker.children().len() == 3
-    });
-    for round in 1..=2 {
-        let before = worker.children();
-        worker.signal(nix::sys::signal::Signal::SIGHUP);
-        eventually(Duration::from_secs(30), "a new pool after SIGHUP", || {
-            let now = worker.children();
-            now.len() == 3 && now.iter().all(|c| !before.contains(c))
+    with_worker("hupzombie", "", &["-c", "3"], |worker, queue| {
+        let pid = worker.pid() as i32;
+        eventually(Duration::from_secs(20), "three children", || {
+            worker.children().len() == 3
         });
-        assert!(
-            zombies_of(pid).is_empty(),
-            "round {round}: zombies {:?}",
-            zombies_of(pid)
+        for round in 1..=2 {
+            let before = worker.children();
+            worker.signal(nix::sys::signal::Signal::SIGHUP);
+            eventually(Duration::from_secs(30), "a new pool after SIGHUP", || {
+                let now = worker.children();
+                now.len() == 3 && now.iter().all(|c| !before.contains(c))
+            });
+            assert!(
+                zombies_of(pid).is_empty(),
+                "round {round}: zombies {:?}",
+                zombies_of(pid)
+            );
+        }
+        // The last image may still be connecting its pidbox (once, here, a run needed more
+        // than 10 s after two quick restarts; see the session note): ask until it answers.
+        let node = worker.nodename();
+        eventually(
+            Duration::from_secs(60),
+            "a ping reply after the restarts",
+            || worker_ctl(&["ping", "-d", &node, "-t", "2"]).0 == 0,
         );
-    }
-    assert_healthy(&worker, &queue);
-    drop(worker);
-    block_on(delete_queue(&queue));
+        assert_healthy(worker, queue);
+    });
 }
 
 #[test]
@@ -530,82 +530,76 @@ fn a_revoke_on_a_full_disk_is_an_error_reply_and_still_in_force() {
 
 #[test]
 fn bad_numbers_and_sizes_in_control_commands_are_error_replies() {
-    let _serial = serial();
-    let queue = unique_queue("badargs");
-    let worker = Worker::start(&queue, "", &["-c", "1"]);
-    let node = worker.nodename();
-    let reply = control_call(
-        &node,
-        "time_limit",
-        json!({"task_name": "tasks.sleep", "soft": 1, "hard": 10}),
-    );
-    assert_eq!(
-        reply["ok"],
-        json!("time limits set successfully"),
-        "{reply}"
-    );
-    for (soft, hard) in [
-        (json!("abc"), json!(10)),
-        (json!(1), json!(-1)),
-        (json!(1), json!("1e400")),
-        (json!([1]), json!(10)),
-    ] {
+    with_worker("badargs", "", &["-c", "1"], |worker, queue| {
+        let node = worker.nodename();
         let reply = control_call(
             &node,
             "time_limit",
-            json!({"task_name": "tasks.sleep", "soft": soft, "hard": hard}),
+            json!({"task_name": "tasks.sleep", "soft": 1, "hard": 10}),
         );
-        assert!(error_text(&reply).contains("number of seconds"), "{reply}");
-    }
-    // The limit set first is still in force.
-    let r = call_task(&queue, "tasks.sleep", "[3]", &[]);
-    assert_eq!(r["state"], json!("FAILURE"), "{r}");
-    assert_eq!(r["exc_type"], json!("SoftTimeLimitExceeded"), "{r}");
-    // One request cannot make a thousand children, nor revoke a million ids.
-    let reply = control_call(&node, "pool_grow", json!({"n": 1000}));
-    assert!(error_text(&reply).contains("max_pool_size"), "{reply}");
-    let ids: Vec<String> = (0..60_000).map(|i| format!("id-{i}")).collect();
-    let reply = control_call(&node, "revoke", json!({"task_id": ids}));
-    assert!(error_text(&reply).contains("revokes_max"), "{reply}");
-    assert_eq!(worker.children().len(), 1);
-    assert_healthy(&worker, &queue);
-    drop(worker);
-    block_on(delete_queue(&queue));
+        assert_eq!(
+            reply["ok"],
+            json!("time limits set successfully"),
+            "{reply}"
+        );
+        for (soft, hard) in [
+            (json!("abc"), json!(10)),
+            (json!(1), json!(-1)),
+            (json!(1), json!("1e400")),
+            (json!([1]), json!(10)),
+        ] {
+            let reply = control_call(
+                &node,
+                "time_limit",
+                json!({"task_name": "tasks.sleep", "soft": soft, "hard": hard}),
+            );
+            assert!(error_text(&reply).contains("number of seconds"), "{reply}");
+        }
+        // The limit set first is still in force.
+        let r = call_task(queue, "tasks.sleep", "[3]", &[]);
+        assert_eq!(r["state"], json!("FAILURE"), "{r}");
+        assert_eq!(r["exc_type"], json!("SoftTimeLimitExceeded"), "{r}");
+        // One request cannot make a thousand children, nor revoke a million ids.
+        let reply = control_call(&node, "pool_grow", json!({"n": 1000}));
+        assert!(error_text(&reply).contains("max_pool_size"), "{reply}");
+        let ids: Vec<String> = (0..60_000).map(|i| format!("id-{i}")).collect();
+        let reply = control_call(&node, "revoke", json!({"task_id": ids}));
+        assert!(error_text(&reply).contains("revokes_max"), "{reply}");
+        assert_eq!(worker.children().len(), 1);
+        assert_healthy(worker, queue);
+    });
 }
 
 #[test]
 fn deeply_nested_headers_are_rejected_and_nothing_else_stops() {
-    let _serial = serial();
-    let queue = unique_queue("nested");
-    let worker = Worker::start(&queue, "", &["-c", "1"]);
-    // 25,000 arrays inside one another (125 kB of header): parsing that once took the AMQP
-    // client's thread past its stack, and the whole worker with it, on every redelivery.
-    for depth in [40, 2_000, 25_000] {
-        let out = std::process::Command::new(crate::support::python())
-            .arg(crate::support::repo().join("tests/python/deep_headers.py"))
-            .args([queue.as_str(), &depth.to_string()])
-            .env("AMQP_URL", amqp_url())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+    with_worker("nested", "", &["-c", "1"], |worker, queue| {
+        // 25,000 arrays inside one another (125 kB of header): parsing that once took the AMQP
+        // client's thread past its stack, and the whole worker with it, on every redelivery.
+        for depth in [40, 2_000, 25_000] {
+            let out = std::process::Command::new(crate::support::python())
+                .arg(crate::support::repo().join("tests/python/deep_headers.py"))
+                .args([queue, &depth.to_string()])
+                .env("AMQP_URL", amqp_url())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert_healthy(worker, queue);
+        worker.wait_for_log(
+            "headers nest deeper than 32 levels",
+            Duration::from_secs(30),
         );
-    }
-    assert_healthy(&worker, &queue);
-    worker.wait_for_log(
-        "headers nest deeper than 32 levels",
-        Duration::from_secs(30),
-    );
-    eventually(
-        Duration::from_secs(30),
-        "each deep message rejected once",
-        || worker.log().matches("headers nest deeper than").count() == 3,
-    );
-    assert!(alive(worker.pid() as i32));
-    drop(worker);
-    block_on(delete_queue(&queue));
+        eventually(
+            Duration::from_secs(30),
+            "each deep message rejected once",
+            || worker.log().matches("headers nest deeper than").count() == 3,
+        );
+        assert!(alive(worker.pid() as i32));
+    });
 }
 
 /// A vhost of this test's own (created, and deleted when dropped), for a test that deletes
@@ -730,15 +724,7 @@ fn names_longer_than_amqp_short_strings_never_break_a_connection() {
         let ch = conn.create_channel().await.unwrap();
         let body = json!({"method": "ping", "arguments": {}, "destination": [node], "ticket": "t",
                           "reply_to": {"exchange": "x".repeat(300), "routing_key": "r"}});
-        ch.basic_publish(
-            "celery.pidbox".into(),
-            "".into(),
-            BasicPublishOptions::default(),
-            body.to_string().as_bytes(),
-            BasicProperties::default().with_content_type("application/json".into()),
-        )
-        .await
-        .unwrap();
+        publish_control(&ch, &body).await;
         let _ = conn.close(200, "bye".into()).await;
     });
     worker.wait_for_log("reply_to names longer than 255", Duration::from_secs(20));

@@ -310,8 +310,17 @@ fn capture_log(stderr: std::process::ChildStderr, tag: &'static str) -> Arc<Mute
     log
 }
 
-/// Pids whose parent is `ppid`.
+/// Pids whose parent is `ppid` (zombies left out).
 pub fn children_of(ppid: i32) -> Vec<i32> {
+    processes_of(ppid)
+        .into_iter()
+        .filter(|(_, state)| state != "Z")
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// `(pid, state)` of every process whose parent is `ppid`, from /proc (`Z` is a zombie).
+pub fn processes_of(ppid: i32) -> Vec<(i32, String)> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
@@ -325,8 +334,8 @@ pub fn children_of(ppid: i32) -> Vec<i32> {
             continue;
         };
         let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.get(1).and_then(|p| p.parse::<i32>().ok()) == Some(ppid) && fields[0] != "Z" {
-            out.push(pid);
+        if fields.get(1).and_then(|p| p.parse::<i32>().ok()) == Some(ppid) {
+            out.push((pid, fields[0].to_owned()));
         }
     }
     out
