@@ -238,6 +238,7 @@ fn a_zlib_bomb_is_rejected_without_inflating_it() {
         assert_healthy(worker, queue);
         worker.wait_for_log("larger than 67108864 bytes", Duration::from_secs(30));
         let peak = peak_rss_kib(worker.pid());
+        eprintln!("zlib bomb: peak resident memory of the worker {peak} KiB");
         assert!(
             peak < 512 * 1024,
             "peak resident memory {peak} KiB: the body was inflated past the limit"
