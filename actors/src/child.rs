@@ -9,6 +9,7 @@
 //! worker.
 
 pub mod ipc;
+pub mod python;
 pub mod runner;
 
 use std::path::PathBuf;

@@ -16,6 +16,7 @@ mod limits;
 mod malformed;
 mod metrics;
 mod ops;
+mod python_child;
 mod queues;
 mod rate;
 mod retry;

@@ -1,0 +1,398 @@
+//! The Python child's side of the pipe (`python/celeryd_child.py`, embedded here): the frame
+//! codec and the frames' shapes. Pure; the process is started and driven by its caller.
+//!
+//! A frame is the usual u32 little-endian length ([`super::ipc`]), then a payload of a u32
+//! little-endian JSON length, a JSON header and a raw blob: the task body, passed through as
+//! the broker delivered it (never decoded and encoded again).
+//!
+//! Part of issue 14 (Python tasks): the child script (`run` and `report`) and this codec are
+//! done and tested (`tests/it/python_child.rs`); the `ChildProcess` actor does not use them
+//! yet.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::ipc::MAX_FRAME;
+use crate::error::ChildError;
+use crate::protocol::DeliveryInfo;
+
+/// The child script, as shipped inside the binary (written to a file and run by the
+/// interpreter; see [`write_script`]).
+pub const CHILD_SCRIPT: &str = include_str!("../../../python/celeryd_child.py");
+
+/// Writes [`CHILD_SCRIPT`] into `dir` (created if missing) and returns its path. The file is
+/// rewritten only when its content differs, so several workers can share `dir`.
+pub fn write_script(dir: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("celeryd_child.py");
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(CHILD_SCRIPT) {
+        let tmp = dir.join(format!("celeryd_child.py.{}", std::process::id()));
+        std::fs::write(&tmp, CHILD_SCRIPT)?;
+        std::fs::rename(&tmp, &path)?;
+    }
+    Ok(path)
+}
+
+/// Encodes one frame: length, JSON length, JSON `header`, `blob`.
+pub fn encode_frame(header: &Value, blob: &[u8]) -> Result<Vec<u8>, ChildError> {
+    let json = serde_json::to_vec(header).map_err(|e| ChildError::Frame(e.to_string()))?;
+    let too_large = || ChildError::Frame("frame too large".into());
+    let json_len = u32::try_from(json.len()).map_err(|_| too_large())?;
+    let payload = 4 + json.len() + blob.len();
+    if payload > MAX_FRAME {
+        return Err(too_large());
+    }
+    let payload_len = u32::try_from(payload).map_err(|_| too_large())?;
+    let mut out = Vec::with_capacity(4 + payload);
+    out.extend_from_slice(&payload_len.to_le_bytes());
+    out.extend_from_slice(&json_len.to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(blob);
+    Ok(out)
+}
+
+/// Splits a payload (the bytes after the length) into its JSON header and its blob.
+pub fn decode_payload(payload: &[u8]) -> Result<(Value, &[u8]), ChildError> {
+    let bad = |why: &str| ChildError::Frame(format!("bad Python frame: {why}"));
+    let len_bytes: [u8; 4] = payload
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| bad("shorter than its JSON length"))?;
+    let json_len = u32::from_le_bytes(len_bytes) as usize;
+    let json = payload
+        .get(4..4 + json_len)
+        .ok_or_else(|| bad("JSON length past the end"))?;
+    let header = serde_json::from_slice(json).map_err(|e| bad(&e.to_string()))?;
+    Ok((header, &payload[4 + json_len..]))
+}
+
+/// Reads one frame, blocking: `Ok(None)` at a clean end of the stream.
+pub fn read_frame_blocking(r: &mut impl Read) -> Result<Option<(Value, Vec<u8>)>, ChildError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(ChildError::Frame(format!(
+            "frame of {len} bytes exceeds the limit"
+        )));
+    }
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload)?;
+    let (header, blob) = decode_payload(&payload)?;
+    Ok(Some((header, blob.to_vec())))
+}
+
+/// The message properties the child puts into the request dict (`request.properties`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Properties {
+    /// `content_type`.
+    pub content_type: Option<String>,
+    /// `content_encoding`.
+    pub content_encoding: Option<String>,
+    /// `correlation_id`.
+    pub correlation_id: Option<String>,
+    /// `reply_to`.
+    pub reply_to: Option<String>,
+    /// `priority`.
+    pub priority: Option<u8>,
+    /// `delivery_mode`.
+    pub delivery_mode: Option<u8>,
+}
+
+/// The header of a `run` frame (the body goes as the blob): what the child needs to build
+/// the request dict as Celery's MainProcess does.
+pub fn run_header(
+    seq: u64,
+    task: &str,
+    id: &str,
+    headers: &Map<String, Value>,
+    properties: &Properties,
+    delivery_info: &DeliveryInfo,
+) -> Value {
+    json!({
+        "op": "run",
+        "seq": seq,
+        "task": task,
+        "id": id,
+        "headers": headers,
+        "properties": {
+            "content_type": properties.content_type,
+            "content_encoding": properties.content_encoding,
+            "correlation_id": properties.correlation_id,
+            "reply_to": properties.reply_to,
+            "priority": properties.priority,
+            "delivery_mode": properties.delivery_mode,
+        },
+        "delivery_info": {
+            "exchange": delivery_info.exchange,
+            "routing_key": delivery_info.routing_key,
+            "redelivered": delivery_info.redelivered,
+        },
+    })
+}
+
+/// Why the parent asks the Python side to write a result (the cases where Celery's
+/// MainProcess does it itself).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReportKind {
+    /// The hard time limit passed (seconds).
+    TimeLimit(f64),
+    /// The child died mid-task: `signal 9 (SIGKILL)`, `exitcode 1`.
+    WorkerLost(String),
+    /// The task raised `Reject(requeue=False)` out of the tracer.
+    Rejected(String),
+    /// Revoked before it ran.
+    Revoked,
+    /// Expired before it ran.
+    Expired,
+    /// Revoked with terminate while it ran (the signal number).
+    Terminated(i32),
+    /// No such task in the app.
+    NotRegistered,
+}
+
+impl ReportKind {
+    fn to_json(&self) -> Value {
+        match self {
+            ReportKind::TimeLimit(s) => json!({"name": "time_limit", "timeout": s}),
+            ReportKind::WorkerLost(how) => json!({"name": "worker_lost", "how": how}),
+            ReportKind::Rejected(reason) => json!({"name": "rejected", "reason": reason}),
+            ReportKind::Revoked => json!({"name": "revoked"}),
+            ReportKind::Expired => json!({"name": "expired"}),
+            ReportKind::Terminated(signum) => json!({"name": "terminated", "signum": signum}),
+            ReportKind::NotRegistered => json!({"name": "not_registered"}),
+        }
+    }
+}
+
+/// The header of a `report` frame: the same fields as [`run_header`] (the body goes as the
+/// blob too) and what happened.
+pub fn report_header(
+    seq: u64,
+    task: &str,
+    id: &str,
+    headers: &Map<String, Value>,
+    properties: &Properties,
+    delivery_info: &DeliveryInfo,
+    kind: &ReportKind,
+) -> Value {
+    let mut h = run_header(seq, task, id, headers, properties, delivery_info);
+    h["op"] = json!("report");
+    h["kind"] = kind.to_json();
+    h
+}
+
+/// What Celery decided in a report: how to settle the delivery, and the events to send.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Reported {
+    /// The `seq` of the `report` frame.
+    pub seq: u64,
+    /// `ack`, `reject`, `requeue`, or none (leave the delivery as it is).
+    pub ack: Option<String>,
+    /// Task events Celery sent (`task-failed`, `task-revoked`…), each with its `type`.
+    pub events: Vec<Value>,
+    /// The report could not be carried out: why.
+    pub error: Option<String>,
+}
+
+/// Reads a `reported` frame's header.
+pub fn parse_reported(header: &Value) -> Result<Reported, ChildError> {
+    if header.get("op").and_then(Value::as_str) != Some("reported") {
+        return Err(ChildError::Frame(format!(
+            "expected a reported frame: {header}"
+        )));
+    }
+    serde_json::from_value(header.clone())
+        .map_err(|e| ChildError::Frame(format!("bad reported frame: {e}")))
+}
+
+/// A task as the child's `ready` frame describes it (its resolved attributes).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct PythonTask {
+    /// `Task.acks_late`.
+    pub acks_late: Option<bool>,
+    /// `Task.acks_on_failure_or_timeout`.
+    pub acks_on_failure_or_timeout: Option<bool>,
+    /// `Task.reject_on_worker_lost`.
+    pub reject_on_worker_lost: Option<bool>,
+    /// `Task.ignore_result`.
+    pub ignore_result: Option<bool>,
+    /// `Task.time_limit`, seconds.
+    pub time_limit: Option<f64>,
+    /// `Task.soft_time_limit`, seconds.
+    pub soft_time_limit: Option<f64>,
+    /// `Task.rate_limit` (Celery's rate string).
+    pub rate_limit: Option<String>,
+    /// `Task.track_started`.
+    pub track_started: Option<bool>,
+    /// `Task.max_retries`.
+    pub max_retries: Option<i64>,
+}
+
+/// The child's first frame: it loaded the app.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Ready {
+    /// The child's pid.
+    pub pid: u32,
+    /// The Celery version the child runs.
+    pub celery_version: String,
+    /// The node name the tasks see as `request.hostname`.
+    pub hostname: String,
+    /// Registered tasks by name.
+    pub tasks: BTreeMap<String, PythonTask>,
+    /// Worker-relevant `app.conf` values (the broker URL's password masked).
+    pub conf: Map<String, Value>,
+}
+
+/// How a task run ended, as the child's `done` frame says (Celery's tracer already wrote
+/// the result).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Done {
+    /// The `seq` of the `run` frame.
+    pub seq: u64,
+    /// `SUCCESS`, `FAILURE`, `RETRY`, `IGNORED`, `REJECTED` or `EXIT`.
+    pub state: String,
+    /// The result's repr (for `task-succeeded`).
+    pub retstr: Option<String>,
+    /// Seconds the task ran.
+    pub runtime: Option<f64>,
+    /// The exception's class name.
+    pub exc_type: Option<String>,
+    /// The exception's module.
+    pub exc_module: Option<String>,
+    /// The exception's repr (for `task-failed`).
+    pub exc_repr: Option<String>,
+    /// The traceback text.
+    pub traceback: Option<String>,
+    /// `REJECTED`: requeue it.
+    pub requeue: Option<bool>,
+    /// Raised out of the tracer: nothing was stored.
+    pub escaped: Option<bool>,
+}
+
+/// What the child said first: ready, or why the app could not be loaded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Hello {
+    /// The app is loaded.
+    Ready(Box<Ready>),
+    /// It is not: the Python traceback.
+    Failed(String),
+}
+
+/// Reads the child's first frame's header.
+pub fn parse_hello(header: &Value) -> Result<Hello, ChildError> {
+    match header.get("op").and_then(Value::as_str) {
+        Some("ready") => serde_json::from_value(header.clone())
+            .map(|r| Hello::Ready(Box::new(r)))
+            .map_err(|e| ChildError::Frame(format!("bad ready frame: {e}"))),
+        Some("error") => Ok(Hello::Failed(
+            header
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("the Python child failed without a reason")
+                .to_owned(),
+        )),
+        other => Err(ChildError::Frame(format!(
+            "expected a ready frame, got {other:?}"
+        ))),
+    }
+}
+
+/// Reads a `done` frame's header.
+pub fn parse_done(header: &Value) -> Result<Done, ChildError> {
+    if header.get("op").and_then(Value::as_str) != Some("done") {
+        return Err(ChildError::Frame(format!(
+            "expected a done frame: {header}"
+        )));
+    }
+    serde_json::from_value(header.clone())
+        .map_err(|e| ChildError::Frame(format!("bad done frame: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_with_the_body_untouched() {
+        let body = b"[[2, 3], {}, {\"chain\": null}]\xff";
+        let frame = encode_frame(&json!({"op": "run", "seq": 7}), body).unwrap();
+        let (header, blob) = read_frame_blocking(&mut &frame[..]).unwrap().unwrap();
+        assert_eq!(header["seq"], 7);
+        assert_eq!(blob, body);
+        assert!(read_frame_blocking(&mut &b""[..]).unwrap().is_none());
+    }
+
+    #[test]
+    fn bad_payloads_are_errors_not_panics() {
+        for payload in [
+            &b""[..],
+            b"\x01\x00",
+            b"\xff\xff\xff\x00{}",
+            b"\x02\x00\x00\x00{x",
+        ] {
+            assert!(decode_payload(payload).is_err(), "{payload:?}");
+        }
+        let huge = u32::MAX.to_le_bytes();
+        assert!(read_frame_blocking(&mut &huge[..]).is_err());
+    }
+
+    #[test]
+    fn hello_and_done_frames_are_read() {
+        let ready = json!({"op": "ready", "pid": 42, "celery_version": "5.7.0",
+            "hostname": "celery@h", "conf": {}, "tasks": {"proj.add": {"acks_late": true,
+            "time_limit": null, "rate_limit": "10/s", "Request": "celery.worker.request:Request"}}});
+        let Hello::Ready(r) = parse_hello(&ready).unwrap() else {
+            panic!("ready")
+        };
+        assert_eq!(r.tasks["proj.add"].acks_late, Some(true));
+        assert_eq!(r.tasks["proj.add"].rate_limit.as_deref(), Some("10/s"));
+        let failed = parse_hello(&json!({"op": "error", "error": "Traceback…"})).unwrap();
+        assert_eq!(failed, Hello::Failed("Traceback…".into()));
+        let done = parse_done(&json!({"op": "done", "seq": 3, "state": "FAILURE",
+            "exc_type": "Boom", "runtime": null}))
+        .unwrap();
+        assert_eq!((done.seq, done.state.as_str()), (3, "FAILURE"));
+        assert!(parse_done(&json!({"op": "ready"})).is_err());
+        let rep = parse_reported(&json!({"op": "reported", "seq": 4, "ack": "ack",
+            "events": [{"type": "task-revoked"}]}))
+        .unwrap();
+        assert_eq!(rep.ack.as_deref(), Some("ack"));
+        let h = report_header(
+            5,
+            "t",
+            "i",
+            &Map::new(),
+            &Properties::default(),
+            &DeliveryInfo::default(),
+            &ReportKind::TimeLimit(2.0),
+        );
+        assert_eq!(
+            (h["op"].as_str(), h["kind"]["timeout"].as_f64()),
+            (Some("report"), Some(2.0))
+        );
+    }
+
+    #[test]
+    fn the_embedded_script_is_the_repository_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_script(dir.path()).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), CHILD_SCRIPT);
+        assert!(CHILD_SCRIPT.contains("fast_trace_task"));
+        assert_eq!(
+            write_script(dir.path()).unwrap(),
+            path,
+            "rewriting is idempotent"
+        );
+    }
+}

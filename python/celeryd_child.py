@@ -1,0 +1,409 @@
+"""celeryd's Python child: runs a Celery app's own tasks through Celery's own tracer
+(`celery.app.trace.fast_trace_task`) for a parent that plays Celery's MainProcess.
+
+The parent (the Rust worker) consumes, reserves, enforces limits and acks; this process only
+initialises the app as a prefork child does (celery/concurrency/prefork.py
+`process_initializer`) and runs one task at a time. Results, retries, chains, links, chords
+and user hooks are Celery's own: this process writes them, through the app's backend.
+
+Frames on the pipe, both ways: a u32 little-endian length, then the payload, which is a u32
+little-endian JSON length, the JSON header, and a raw blob (the task body, passed through
+unchanged). fds 0 and 1 are taken for the frames at start; fd 1 then points at stderr, so
+nothing a task prints can corrupt the pipe.
+
+    python celeryd_child.py --app proj --hostname celery@host [--loglevel INFO]
+                            [--workdir DIR] [--no-main-signals]
+
+Parent to child: {"op": "run", "seq", "task", "id", "headers", "properties",
+"delivery_info"} + body; {"op": "report", the same fields, "kind": {"name": "time_limit"
+(with "timeout") | "worker_lost" (with "how") | "rejected" | "revoked" | "expired" |
+"terminated" (with "signum") | "not_registered"}} + body, for the cases where Celery's
+MainProcess writes the result itself; {"op": "exit"}.
+Child to parent: {"op": "ready", "pid", "celery_version", "hostname", "tasks", "conf"} once,
+or {"op": "error", "error": traceback} when the app cannot be loaded; then {"op": "done",
+"seq", "state", ...} per run, and {"op": "reported", "seq", "kind", "ack": "ack" | "reject" |
+"requeue" | null, "events": [...]} per report.
+"""
+
+import argparse
+import json
+import os
+import signal
+import struct
+import sys
+import time
+import traceback
+
+# The frame pipes, taken before anything can write to fd 1.
+_IN = os.fdopen(os.dup(0), "rb", buffering=1 << 16)
+_OUT_FD = os.dup(1)
+os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+os.dup2(2, 1)
+sys.stdout = sys.stderr
+
+# What the parent needs to know of each task (python-child.md, section 7).
+TASK_ATTRS = (
+    "acks_late",
+    "acks_on_failure_or_timeout",
+    "reject_on_worker_lost",
+    "ignore_result",
+    "store_errors_even_if_ignored",
+    "time_limit",
+    "soft_time_limit",
+    "rate_limit",
+    "send_events",
+    "max_retries",
+    "default_retry_delay",
+    "track_started",
+)
+
+
+def write_frame(header, blob=b""):
+    data = json.dumps(header, default=repr).encode()
+    payload = struct.pack("<I", len(data)) + data + blob
+    frame = struct.pack("<I", len(payload)) + payload
+    view = memoryview(frame)
+    while view:
+        n = os.write(_OUT_FD, view)
+        view = view[n:]
+
+
+def read_exact(n):
+    data = _IN.read(n)
+    if data is None or len(data) < n:
+        return None
+    return data
+
+
+def read_frame():
+    head = read_exact(4)
+    if head is None:
+        return None, b""
+    (length,) = struct.unpack("<I", head)
+    payload = read_exact(length)
+    if payload is None or length < 4:
+        return None, b""
+    (json_len,) = struct.unpack("<I", payload[:4])
+    header = json.loads(payload[4 : 4 + json_len])
+    return header, payload[4 + json_len :]
+
+
+def init_child(opts):
+    """Celery's prefork child initialiser, for a fresh interpreter (spawn branch)."""
+    os.environ["FORKED_BY_MULTIPROCESSING"] = "1"
+    from celery import platforms, signals
+    from celery.app import base as app_base
+    from celery.app import trace
+    from celery.app.utils import find_app
+    from celery.utils.imports import cwd_in_path
+    from celery.worker import state as worker_state
+
+    platforms.set_pdeathsig("SIGKILL")
+    from celery import result
+
+    result._set_task_join_will_block(True)
+    platforms.signals.reset("SIGTERM", "SIGHUP", "SIGTTIN", "SIGTTOU", "SIGUSR1")
+    platforms.signals.ignore("SIGINT")
+    platforms.set_mp_process_title("celeryd", hostname=opts.hostname)
+    app_base.USING_EXECV = True
+    with cwd_in_path():
+        app = find_app(opts.app)
+    app.loader.init_worker()
+    if opts.main_signals:
+        # Emulated once per child: what users connect to them (the Django fixup's
+        # worker_init) must run in the process that runs the tasks.
+        signals.celeryd_init.send(
+            sender=opts.hostname, instance=None, conf=app.conf, options={}
+        )
+        signals.worker_init.send(sender=None)
+    app.loader.init_worker_process()
+    app.log.setup(opts.loglevel, None, False, "WARNING", hostname=opts.hostname)
+    trace.setup_worker_optimizations(app, opts.hostname)
+    for name, task in app.tasks.items():
+        task.__trace__ = trace.build_tracer(
+            name, task, app.loader, opts.hostname, app=app
+        )
+    worker_state.reset_state()
+    signals.worker_process_init.send(sender=opts.hostname)
+    signal.signal(signal.SIGUSR1, soft_timeout)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return app
+
+
+def soft_timeout(signum, frame):
+    from billiard.exceptions import SoftTimeLimitExceeded
+
+    raise SoftTimeLimitExceeded()
+
+
+def task_meta(app):
+    tasks = {}
+    for name, task in sorted(app.tasks.items()):
+        meta = {attr: getattr(task, attr, None) for attr in TASK_ATTRS}
+        request = getattr(task, "Request", None)
+        meta["Request"] = request if isinstance(request, str) else repr(request)
+        tasks[name] = meta
+    return tasks
+
+
+def conf_meta(app):
+    keep = (
+        "broker_url",
+        "result_backend",
+        "accept_content",
+        "task_default_queue",
+        "task_acks_late",
+        "task_reject_on_worker_lost",
+        "task_acks_on_failure_or_timeout",
+        "task_time_limit",
+        "task_soft_time_limit",
+        "task_track_started",
+        "task_default_rate_limit",
+        "worker_concurrency",
+        "worker_prefetch_multiplier",
+        "worker_max_tasks_per_child",
+        "worker_max_memory_per_child",
+        "worker_send_task_events",
+        "worker_disable_rate_limits",
+        "worker_state_db",
+    )
+    conf = {}
+    for key in keep:
+        value = app.conf.get(key)
+        if key == "broker_url" and value:
+            value = app.connection_for_write().as_uri()  # password masked
+        conf[key] = value
+    return conf
+
+
+def request_dict(frame, hostname):
+    """The request dict MainProcess would build (celery/worker/request.py)."""
+    headers = dict(frame.get("headers") or {})
+    props = dict(frame.get("properties") or {})
+    props["application_headers"] = dict(headers)
+    info = frame.get("delivery_info") or {}
+    req = headers
+    req.update(
+        properties=props,
+        reply_to=props.get("reply_to"),
+        correlation_id=props.get("correlation_id"),
+        hostname=hostname,
+        delivery_info={
+            "exchange": info.get("exchange"),
+            "routing_key": info.get("routing_key"),
+            "priority": props.get("priority"),
+            "redelivered": info.get("redelivered", False),
+        },
+    )
+    return req
+
+
+def outcome(failed, retval, runtime):
+    from celery.exceptions import Ignore, Reject, Retry
+
+    if not failed:
+        return {"state": "SUCCESS", "retstr": retval, "runtime": runtime}
+    exc = getattr(retval, "exception", None)
+    info = {
+        "exc_type": type(exc).__name__,
+        "exc_module": type(exc).__module__,
+        "exc_repr": repr(exc),
+        "traceback": getattr(retval, "traceback", None),
+        "internal": bool(getattr(retval, "internal", False)),
+    }
+    if isinstance(exc, Retry):
+        return dict(info, state="RETRY", when=repr(getattr(exc, "when", None)))
+    if isinstance(exc, Ignore):
+        return dict(info, state="IGNORED")
+    if isinstance(exc, Reject):
+        return dict(info, state="REJECTED", requeue=bool(exc.requeue))
+    return dict(info, state="FAILURE")
+
+
+class _Decision:
+    """What Celery's Request decided, captured instead of done (the parent acts on it)."""
+
+    def __init__(self):
+        self.ack = None
+        self.events = []
+        self.enabled = True  # as an eventer
+
+    def on_ack(self, logger, connection_errors):
+        self.ack = self.ack or "ack"
+
+    def on_reject(self, logger, connection_errors, requeue=False):
+        self.ack = "requeue" if requeue else "reject"
+
+    def send(self, type, **fields):
+        self.events.append(dict(fields, type=type))
+
+
+def _einfo(exc):
+    from billiard.einfo import ExceptionInfo
+
+    try:
+        raise exc
+    except BaseException:
+        return ExceptionInfo()
+
+
+def report(app, frame, body, hostname):
+    """The cases where Celery's MainProcess writes a result itself (python-child.md,
+    section 3): the task's own Request methods run here, so chords, errbacks, chain failure
+    propagation and user hooks are Celery's; the ack/reject decision and the events are
+    captured and returned for the parent to carry out. The hard-limit failure path runs
+    once (Celery 5.7 runs it twice)."""
+    from billiard.exceptions import TimeLimitExceeded, WorkerLostError
+    from celery.app.task import Context
+    from celery.exceptions import NotRegistered, Reject
+    from kombu.message import Message
+    from kombu.utils.imports import symbol_by_name
+
+    kind = frame.get("kind") or {}
+    name = kind.get("name")
+    headers = dict(frame.get("headers") or {})
+    props = dict(frame.get("properties") or {})
+    decision = _Decision()
+    if name == "not_registered" or frame.get("task") not in app.tasks:
+        context = Context(
+            id=frame.get("id"),
+            reply_to=props.get("reply_to"),
+            correlation_id=props.get("correlation_id"),
+        )
+        app.backend.mark_as_failure(
+            frame.get("id"), NotRegistered(frame.get("task")), request=context
+        )
+        return {"kind": "not_registered", "ack": "reject", "events": []}
+    props["application_headers"] = dict(headers)
+    info = frame.get("delivery_info") or {}
+    message = Message(
+        body=body,
+        delivery_tag=0,
+        content_type=props.get("content_type", "application/json"),
+        content_encoding=props.get("content_encoding", "utf-8"),
+        delivery_info=info,
+        properties=props,
+        headers=headers,
+    )
+    task = app.tasks[frame["task"]]
+    request_cls = task.Request
+    if isinstance(request_cls, str):
+        request_cls = symbol_by_name(request_cls)
+    req = request_cls(
+        message,
+        on_ack=decision.on_ack,
+        on_reject=decision.on_reject,
+        hostname=hostname,
+        eventer=decision,
+        app=app,
+        task=task,
+    )
+    if name == "time_limit":
+        req.on_failure(_einfo(TimeLimitExceeded(kind.get("timeout"))), return_ok=False)
+    elif name == "worker_lost":
+        how = kind.get("how") or "signal 9 (SIGKILL)"
+        req.on_failure(_einfo(WorkerLostError(f"Worker exited prematurely: {how}.")))
+    elif name == "rejected":
+        req.on_failure(_einfo(Reject(kind.get("reason"), requeue=False)))
+    elif name in ("revoked", "expired"):
+        req._announce_revoked(name, False, None, name == "expired")
+    elif name == "terminated":
+        req._announce_revoked("terminated", True, str(kind.get("signum")), False)
+    else:
+        return {"kind": name, "error": f"unknown report kind {name!r}"}
+    return {"kind": name, "ack": decision.ack, "events": decision.events}
+
+
+def serve(app, opts):
+    from celery import signals
+    from celery.app import trace
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    while True:
+        frame, body = read_frame()
+        if frame is None or frame.get("op") == "exit":
+            break
+        if frame.get("op") == "report":
+            try:
+                out = report(app, frame, body, opts.hostname)
+            except BaseException as exc:
+                out = {"kind": (frame.get("kind") or {}).get("name"), "error": repr(exc),
+                       "traceback": traceback.format_exc()}
+            write_frame(dict(out, op="reported", seq=frame.get("seq")))
+            continue
+        if frame.get("op") != "run":
+            write_frame({"op": "done", "seq": frame.get("seq"), "state": "UNKNOWN_OP"})
+            continue
+        # A soft limit that came after the last task ended must not hit this one.
+        while signal.sigtimedwait({signal.SIGUSR1}, 0) is not None:
+            pass
+        props = frame.get("properties") or {}
+        req = request_dict(frame, opts.hostname)
+        started = time.monotonic()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
+        try:
+            failed, retval, runtime = trace.fast_trace_task(
+                frame["task"],
+                frame["id"],
+                req,
+                body,
+                props.get("content_type", "application/json"),
+                props.get("content_encoding", "utf-8"),
+            )
+            out = outcome(failed, retval, runtime)
+        except (SystemExit, KeyboardInterrupt):
+            write_frame({"op": "done", "seq": frame.get("seq"), "state": "EXIT"})
+            raise
+        except BaseException as exc:  # raised out of the tracer: nothing was stored
+            out = {
+                "state": "FAILURE",
+                "escaped": True,
+                "exc_type": type(exc).__name__,
+                "exc_module": type(exc).__module__,
+                "exc_repr": repr(exc),
+                "traceback": traceback.format_exc(),
+            }
+        finally:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+        out.setdefault("runtime", time.monotonic() - started)
+        write_frame(dict(out, op="done", seq=frame.get("seq")))
+    signals.worker_process_shutdown.send(
+        sender=opts.hostname, pid=os.getpid(), exitcode=0
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--app", required=True)
+    parser.add_argument("--hostname", required=True)
+    parser.add_argument("--loglevel", default="WARNING")
+    parser.add_argument("--workdir")
+    parser.add_argument(
+        "--no-main-signals", dest="main_signals", action="store_false"
+    )
+    opts = parser.parse_args()
+    if opts.workdir:
+        os.chdir(opts.workdir)
+    try:
+        app = init_child(opts)
+        import celery
+
+        write_frame(
+            {
+                "op": "ready",
+                "pid": os.getpid(),
+                "celery_version": celery.__version__,
+                "hostname": opts.hostname,
+                "tasks": task_meta(app),
+                "conf": conf_meta(app),
+            }
+        )
+    except BaseException:
+        write_frame({"op": "error", "error": traceback.format_exc()})
+        return 78
+    serve(app, opts)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
