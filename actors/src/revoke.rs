@@ -257,6 +257,8 @@ pub struct RevokeState {
     /// revoke; and ids dropped from the set that the statedb still holds.
     unsaved: Vec<(String, u64)>,
     undeleted: Vec<String>,
+    /// The last write failed: reopen the database before the next one.
+    reopen: bool,
     pool: Option<ActorRef<PoolMessage>>,
     scheduler: Option<ActorRef<SchedulerMessage>>,
 }
@@ -280,6 +282,7 @@ impl Actor for RevokeRegistry {
                 store: None,
                 unsaved: Vec::new(),
                 undeleted: Vec::new(),
+                reopen: false,
                 pool: None,
                 scheduler: None,
             });
@@ -300,6 +303,7 @@ impl Actor for RevokeRegistry {
             store: Some(Arc::new(store)),
             unsaved: Vec::new(),
             undeleted: Vec::new(),
+            reopen: false,
             pool: None,
             scheduler: None,
         })
@@ -407,14 +411,16 @@ impl RevokeState {
         let Some(path) = path else {
             return Ok(Ok(()));
         };
-        let failed_before = !self.unsaved.is_empty() || !self.undeleted.is_empty();
-        if failed_before || self.store.is_none() {
+        if self.reopen || self.store.is_none() {
             // The blocking tasks that used the store have finished: this is the last handle,
             // and dropping it closes the database before it is opened again.
             self.store = None;
             let path = path.to_owned();
             match tokio::task::spawn_blocking(move || RevokeStore::open(&path)).await? {
-                Ok(store) => self.store = Some(Arc::new(store)),
+                Ok(store) => {
+                    self.store = Some(Arc::new(store));
+                    self.reopen = false;
+                }
                 Err(e) => {
                     let mut added = std::mem::take(&mut self.unsaved);
                     added.extend(ids.iter().map(|id| (id.clone(), now)));
@@ -440,6 +446,7 @@ impl RevokeState {
         Ok(match written {
             Ok(()) => Ok(()),
             Err(e) => {
+                self.reopen = true;
                 tracing::error!(error = %e, ids = added.len(),
                     "Cannot write revoked ids to the statedb; they are revoked in memory and will be written with the next revoke.");
                 // Only what is still revoked needs writing later (the set is capped).
