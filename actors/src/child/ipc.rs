@@ -112,6 +112,15 @@ fn check_len(len: u32) -> Result<usize, ChildError> {
 pub fn read_frame_blocking<T: for<'de> Deserialize<'de>>(
     r: &mut impl Read,
 ) -> Result<Option<T>, ChildError> {
+    match read_payload_blocking(r)? {
+        Some(payload) => decode_payload(&payload).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Reads one frame's payload (the bytes after its length), blocking, whatever its encoding;
+/// `Ok(None)` at a clean end of stream. A length over [`MAX_FRAME`] is an error.
+pub fn read_payload_blocking(r: &mut impl Read) -> Result<Option<Vec<u8>>, ChildError> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len) {
         Ok(()) => {}
@@ -120,7 +129,7 @@ pub fn read_frame_blocking<T: for<'de> Deserialize<'de>>(
     }
     let mut payload = vec![0u8; check_len(u32::from_le_bytes(len))?];
     r.read_exact(&mut payload)?;
-    decode_payload(&payload).map(Some)
+    Ok(Some(payload))
 }
 
 /// Writes one frame, blocking, and flushes.

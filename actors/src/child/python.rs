@@ -71,20 +71,9 @@ pub fn decode_payload(payload: &[u8]) -> Result<(Value, &[u8]), ChildError> {
 
 /// Reads one frame, blocking: `Ok(None)` at a clean end of the stream.
 pub fn read_frame_blocking(r: &mut impl Read) -> Result<Option<(Value, Vec<u8>)>, ChildError> {
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
-    }
-    let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(ChildError::Frame(format!(
-            "frame of {len} bytes exceeds the limit"
-        )));
-    }
-    let mut payload = vec![0u8; len];
-    r.read_exact(&mut payload)?;
+    let Some(payload) = super::ipc::read_payload_blocking(r)? else {
+        return Ok(None);
+    };
     let (header, blob) = decode_payload(&payload)?;
     Ok(Some((header, blob.to_vec())))
 }
