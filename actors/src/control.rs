@@ -813,9 +813,6 @@ async fn add_consumer(
     let Some(queue) = args.get("queue").and_then(Value::as_str) else {
         return missing_argument("add_consumer", "queue");
     };
-    if queue.is_empty() || queue.len() > 255 {
-        return error("ValueError('a queue name is 1 to 255 bytes')");
-    }
     let text = |k: &str| {
         args.get(k)
             .and_then(Value::as_str)

@@ -345,12 +345,11 @@ impl Settings {
             ));
         }
         for q in &self.worker.queues {
-            if q.is_empty() || q.len() > 255 {
-                return Err(ConfigError::invalid(
-                    "worker.queues",
-                    format!("queue name {q:?} must be 1 to 255 bytes"),
-                ));
-            }
+            crate::consumer::amqp::TaskQueue::plain(q)
+                .check()
+                .map_err(|reason| {
+                    ConfigError::invalid("worker.queues", format!("{q:?}: {reason}"))
+                })?;
         }
         if !LOG_LEVELS.contains(&self.worker.loglevel.to_ascii_lowercase().as_str()) {
             return Err(ConfigError::invalid(

@@ -53,15 +53,10 @@ impl RevokeStore {
         Ok(out)
     }
 
-    /// Records revoked ids (one write).
+    /// Records revoked ids, all revoked at `at_ms` (one write).
     pub fn add(&self, ids: &[String], at_ms: u64) -> Result<(), StoreError> {
-        let mut batch = WriteBatch::default();
-        for id in ids {
-            batch.put(key(id), at_ms.to_be_bytes());
-        }
-        self.db
-            .write(batch)
-            .map_err(|e| StoreError::Io(e.to_string()))
+        let timed: Vec<(String, u64)> = ids.iter().map(|id| (id.clone(), at_ms)).collect();
+        self.add_at(&timed)
     }
 
     /// Records revoked ids, each with its own time (one write).
