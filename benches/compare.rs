@@ -10,6 +10,9 @@
 //! (ceiling, celeryd, Celery, ceiling, …) and the medians are reported; the celeryd/ceiling
 //! ratio is also taken per round (the two drains of a round run back to back).
 //!
+//! Python tasks: `celeryd -A celeryd_app` (the same Python app's no-op `tasks.noop`, run in
+//! Python children through Celery's tracer) against Celery's prefork worker on that app.
+//!
 //! Run: `cargo bench --profile dev --bench compare`. Env: BENCH_TASKS (drain, default 10000),
 //! BENCH_ROUNDS (default 3), BENCH_ROUNDTRIPS (latency, default 300), BENCH_SWEEP_TASKS (per
 //! point of the concurrency sweep, default 4000; 0 skips the sweep), BENCH_PYTHON=0 to leave
@@ -49,6 +52,8 @@ enum Subject {
     Celeryd,
     /// Another worker binary (`BENCH_BASELINE_BIN`).
     Baseline,
+    /// celeryd running the Python app's tasks (`-A celeryd_app`).
+    CeleryPy,
     Celery,
 }
 
@@ -62,6 +67,7 @@ impl Subject {
             Subject::Ceiling => "AMQP echo consumer (ceiling)",
             Subject::Celeryd => "celeryd",
             Subject::Baseline => "celeryd (BENCH_BASELINE_BIN)",
+            Subject::CeleryPy => "celeryd -A (Python tasks)",
             Subject::Celery => "Python Celery 5.7 prefork",
         }
     }
@@ -121,6 +127,11 @@ fn python_dir() -> PathBuf {
 }
 
 fn celery_exe() -> Option<PathBuf> {
+    python_exe().map(|p| p.with_file_name("celery"))
+}
+
+/// The test virtualenv's Python (with the pinned Celery), unless `BENCH_PYTHON=0`.
+fn python_exe() -> Option<PathBuf> {
     if std::env::var("BENCH_PYTHON").as_deref() == Ok("0") {
         return None;
     }
@@ -133,7 +144,7 @@ fn celery_exe() -> Option<PathBuf> {
         .last()?
         .trim()
         .to_owned();
-    Some(PathBuf::from(python).with_file_name("celery"))
+    Some(PathBuf::from(python))
 }
 
 fn start(subject: Subject, queue: &str, concurrency: usize) -> Running {
@@ -148,6 +159,22 @@ fn start(subject: Subject, queue: &str, concurrency: usize) -> Running {
             "",
             &["-c", &c],
         ),
+        Subject::CeleryPy => {
+            let python = python_exe().expect("python");
+            let (python, workdir) = (python.display().to_string(), python_dir());
+            let flags = [
+                "-c",
+                &c,
+                "-A",
+                "celeryd_app",
+                "--python",
+                &python,
+                "--workdir",
+            ];
+            let mut flags: Vec<&str> = flags.to_vec();
+            flags.push(workdir.to_str().unwrap());
+            start_worker(dir.path(), queue, "", &flags)
+        }
         Subject::Celery => {
             let url = amqp_url().replace("/%2f", "//").replace("/%2F", "//");
             let node = format!(
@@ -398,6 +425,7 @@ async fn bench() {
         subjects.push(Subject::Baseline);
     }
     if celery_exe().is_some() {
+        subjects.push(Subject::CeleryPy);
         subjects.push(Subject::Celery);
     }
     let mut rows: Vec<Rows> = subjects
@@ -470,6 +498,18 @@ async fn bench() {
                 "celeryd/Celery: drain ×{:.1}, p50 ×{:.2}, start ×{:.2}, PSS ×{:.2}, CPU per task ×{:.2}",
                 ours.median(|d| d.throughput).0 / py.median(|d| d.throughput).0,
                 ours.idle_median(|i| i.p50) / py.idle_median(|i| i.p50),
+                ours.median(|d| d.start_to_first).0 / py.median(|d| d.start_to_first).0,
+                ours.idle_median(|i| i.rss_mib) / py.idle_median(|i| i.rss_mib),
+                ours.median(|d| d.cpu.subject).0 / py.median(|d| d.cpu.subject).0,
+            );
+        }
+        if let (Some(ours), Some(py)) = (find(Subject::CeleryPy), find(Subject::Celery)) {
+            println!(
+                "Python tasks, celeryd -A/Celery prefork (same app): drain ×{:.2} (target ≥ 1.8), \
+                 p50 ×{:.2} (≤ 0.6), p99 ×{:.2}, start ×{:.2} (≤ 1), PSS ×{:.2} (≤ 0.7), CPU per task ×{:.2}",
+                ours.median(|d| d.throughput).0 / py.median(|d| d.throughput).0,
+                ours.idle_median(|i| i.p50) / py.idle_median(|i| i.p50),
+                ours.idle_median(|i| i.p99) / py.idle_median(|i| i.p99),
                 ours.median(|d| d.start_to_first).0 / py.median(|d| d.start_to_first).0,
                 ours.idle_median(|i| i.rss_mib) / py.idle_median(|i| i.rss_mib),
                 ours.median(|d| d.cpu.subject).0 / py.median(|d| d.cpu.subject).0,

@@ -127,7 +127,14 @@ def init_child(opts):
     signals.worker_process_init.send(sender=opts.hostname)
     signal.signal(signal.SIGUSR1, soft_timeout)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # As in a billiard child: TERM (a hard time limit's first step, or a revoke's terminate)
+    # raises SystemExit, so `finally` blocks and task_postrun still run before the KILL.
+    signal.signal(signal.SIGTERM, exit_on_term)
     return app
+
+
+def exit_on_term(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def soft_timeout(signum, frame):
@@ -147,33 +154,29 @@ def task_meta(app):
 
 
 def conf_meta(app):
-    keep = (
-        "broker_url",
-        "result_backend",
-        "accept_content",
-        "task_default_queue",
-        "task_acks_late",
-        "task_reject_on_worker_lost",
-        "task_acks_on_failure_or_timeout",
-        "task_time_limit",
-        "task_soft_time_limit",
-        "task_track_started",
-        "task_default_rate_limit",
-        "worker_concurrency",
-        "worker_prefetch_multiplier",
-        "worker_max_tasks_per_child",
-        "worker_max_memory_per_child",
-        "worker_send_task_events",
-        "worker_disable_rate_limits",
-        "worker_state_db",
-    )
-    conf = {}
-    for key in keep:
-        value = app.conf.get(key)
-        if key == "broker_url" and value:
-            value = app.connection_for_write().as_uri()  # password masked
-        conf[key] = value
-    return conf
+    """The settings the app changed from Celery's defaults (the parent maps the worker ones
+    onto its own and names the rest), with the broker URL resolved and the queues spelt out."""
+    conf = app.conf
+    changed = conf.table(with_defaults=False, censored=False)
+    out = {k: v for k, v in changed.items() if not callable(v)}
+    if "broker_url" in changed or os.environ.get("CELERY_BROKER_URL"):
+        # The real URL: the parent connects with it (the pipe is private; it masks it).
+        out["broker_url"] = app.connection_for_write().as_uri(include_password=True)
+    if conf.task_queues:
+        out["task_queues"] = [
+            {
+                "name": q.name,
+                "exchange": q.exchange.name if q.exchange is not None else None,
+                "exchange_type": q.exchange.type if q.exchange is not None else None,
+                "routing_key": q.routing_key,
+                "queue_arguments": q.queue_arguments,
+                "durable": q.durable,
+                "auto_delete": q.auto_delete,
+                "exclusive": q.exclusive,
+            }
+            for q in conf.task_queues
+        ]
+    return out
 
 
 def request_dict(frame, hostname):
@@ -201,9 +204,13 @@ def request_dict(frame, hostname):
 def outcome(failed, retval, runtime):
     from celery.exceptions import Ignore, Reject, Retry
 
+    from billiard.einfo import ExceptionWithTraceback
+
     if not failed:
         return {"state": "SUCCESS", "retstr": retval, "runtime": runtime}
     exc = getattr(retval, "exception", None)
+    if isinstance(exc, ExceptionWithTraceback):  # billiard's pickling wrapper
+        exc = exc.exc
     info = {
         "exc_type": type(exc).__name__,
         "exc_module": type(exc).__module__,
@@ -216,7 +223,7 @@ def outcome(failed, retval, runtime):
     if isinstance(exc, Ignore):
         return dict(info, state="IGNORED")
     if isinstance(exc, Reject):
-        return dict(info, state="REJECTED", requeue=bool(exc.requeue))
+        return dict(info, state="REJECTED", requeue=bool(exc.requeue), reason=exc.reason)
     return dict(info, state="FAILURE")
 
 
@@ -262,6 +269,7 @@ def report(app, frame, body, hostname):
     kind = frame.get("kind") or {}
     name = kind.get("name")
     headers = dict(frame.get("headers") or {})
+    headers.pop("compression", None)  # the body comes decompressed
     props = dict(frame.get("properties") or {})
     decision = _Decision()
     if name == "not_registered" or frame.get("task") not in app.tasks:
@@ -309,6 +317,8 @@ def report(app, frame, body, hostname):
         req._announce_revoked(name, False, None, name == "expired")
     elif name == "terminated":
         req._announce_revoked("terminated", True, str(kind.get("signum")), False)
+    elif name == "internal":
+        req.on_failure(_einfo(RuntimeError(kind.get("reason"))))
     else:
         return {"kind": name, "error": f"unknown report kind {name!r}"}
     return {"kind": name, "ack": decision.ack, "events": decision.events}

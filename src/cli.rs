@@ -89,6 +89,19 @@ pub struct RunArgs {
     /// Scale the pool by load between min and max child processes, e.g. `10,3`.
     #[arg(long, value_name = "MAX,MIN")]
     pub autoscale: Option<String>,
+    /// Run this Python Celery app's tasks, as `celery -A` names it (`proj`,
+    /// `proj.celery:app`); its app.conf is honoured under the config file.
+    #[arg(short = 'A', long, value_name = "MODULE[:ATTR]")]
+    pub app: Option<String>,
+    /// With -A: the Python interpreter (default $VIRTUAL_ENV/bin/python, else python3).
+    #[arg(long, value_name = "PATH")]
+    pub python: Option<String>,
+    /// With -A: the directory the app is imported from (default: the current one).
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// With -A: do not emulate celeryd_init and worker_init in the Python children.
+    #[arg(long)]
+    pub no_main_signals: bool,
 }
 
 /// Subcommands.

@@ -20,6 +20,10 @@ pub enum StartupError {
     /// The pidfile names a running worker, or cannot be written.
     #[error("{0}")]
     Pidfile(String),
+    /// The Python app (`-A`) cannot be loaded: no interpreter, no `celery` package, or an
+    /// import error (the message carries the Python traceback).
+    #[error("cannot load the Python app: {0}")]
+    Python(String),
 }
 
 impl StartupError {
@@ -40,11 +44,11 @@ impl StartupError {
         }
     }
 
-    /// The process exit code: `EX_CONFIG` (78), `EX_UNAVAILABLE` (69), `EX_IOERR` (74, the
+    /// The process exit code: `EX_CONFIG` (78; also a Python app that cannot be loaded), `EX_UNAVAILABLE` (69), `EX_IOERR` (74, the
     /// statedb), `EX_SOFTWARE` (70) or `EX_CANTCREAT` (73, the pidfile).
     pub fn exit_code(&self) -> u8 {
         match self {
-            StartupError::Config(_) => 78,
+            StartupError::Config(_) | StartupError::Python(_) => 78,
             StartupError::Broker(_) => 69,
             StartupError::Store(_) => 74,
             StartupError::Runtime(_) => 70,

@@ -11,11 +11,13 @@
 //!
 //! Your own worker binary builds a [`Registry`] and hands it to [`main_with`].
 
+pub mod appconf;
 pub mod call;
 pub mod cli;
 pub mod ctl;
 pub mod error;
 pub mod pidfile;
+pub mod python;
 pub mod settings;
 pub mod signals;
 pub mod tasks;
@@ -29,7 +31,7 @@ use tokio::sync::mpsc;
 
 use celeryd_actors::child::ChildCommand;
 use celeryd_actors::control::custom::ControlCommands;
-use celeryd_actors::supervisor::{ExitReason, Supervisor, SupervisorArgs};
+use celeryd_actors::supervisor::{ExitReason, PythonSetup, Supervisor, SupervisorArgs};
 use celeryd_actors::task::TaskOptions;
 pub use celeryd_actors::{Registry, Settings, ShutdownMode};
 
@@ -42,6 +44,7 @@ pub async fn run(
     tasks: HashMap<String, TaskOptions>,
     commands: ControlCommands,
     child_command: ChildCommand,
+    python: Option<PythonSetup>,
     mut shutdown: mpsc::UnboundedReceiver<ShutdownMode>,
 ) -> Result<ExitReason, StartupError> {
     let host = celeryd_actors::hostname::this_host();
@@ -55,6 +58,7 @@ pub async fn run(
         commands,
         child_command,
         exit: exit_tx,
+        python,
     };
     let (sup, handle) = ractor::Actor::spawn(None, Supervisor, args)
         .await
@@ -117,8 +121,18 @@ pub fn main_with(registry: Registry) -> ExitCode {
         Err(e) => return fail(&e),
     };
     if cli.print_config {
-        print!("{}", settings::render(&settings));
-        return ExitCode::SUCCESS;
+        // With -A the app's configuration is read first (its values are marked).
+        return with_runtime(|| async move {
+            let shown = if settings.python.app.is_some() {
+                let node = node_name(&settings);
+                let (_, prepared) = prepare_python(&cli, &settings, &node).await?;
+                appconf::annotate(&settings::render(&prepared.settings), &prepared.from_app)
+            } else {
+                settings::render(&settings)
+            };
+            print!("{shown}");
+            Ok(ExitCode::SUCCESS)
+        });
     }
     let sink = match telemetry::LogSink::new(settings.worker.logfile.as_ref().map(Into::into)) {
         Ok(s) => s,
@@ -136,14 +150,14 @@ pub fn main_with(registry: Registry) -> ExitCode {
             None => None,
         };
     set_process_name("celeryd: main");
-    let host = celeryd_actors::hostname::this_host();
-    let node = celeryd_actors::hostname::expand_nodename(&settings.worker.hostname, &host)
-        .unwrap_or_default();
-    let child_command = match std::env::current_exe() {
+    let node = node_name(&settings);
+    let rust_child = match std::env::current_exe() {
         // `ps` shows which node a child belongs to: `worker child --of w1@host`.
         Ok(program) => ChildCommand {
             program,
-            args: vec!["child".to_owned(), "--of".to_owned(), node],
+            args: vec!["child".to_owned(), "--of".to_owned(), node.clone()],
+            codec: celeryd_actors::child::Codec::Rust,
+            env: Vec::new(),
         },
         Err(e) => {
             return fail(&StartupError::Runtime(format!(
@@ -151,11 +165,18 @@ pub fn main_with(registry: Registry) -> ExitCode {
             )));
         }
     };
-    let tasks = registry.options();
+    let rust_tasks = registry.options();
     let commands = registry.control_commands().clone();
     let restart = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let restart_requested = restart.clone();
     let code = with_runtime(|| async move {
+        let (settings, tasks, child_command, python) = if settings.python.app.is_some() {
+            let (setup, prepared) = prepare_python(&cli, &settings, &node).await?;
+            let tasks = python::task_options(&setup.tasks);
+            (prepared.settings, tasks, prepared.command, Some(setup))
+        } else {
+            (settings, rust_tasks, rust_child, None)
+        };
         let mut requests = signals::listen().map_err(|e| StartupError::Runtime(e.to_string()))?;
         let mut usr2 =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())
@@ -184,7 +205,7 @@ pub fn main_with(registry: Registry) -> ExitCode {
                 }
             }
         });
-        match run(settings, tasks, commands, child_command, shutdown).await? {
+        match run(settings, tasks, commands, child_command, python, shutdown).await? {
             ExitReason::Cold => Ok(ExitCode::from(1)),
             _ => Ok(ExitCode::SUCCESS),
         }
@@ -193,6 +214,73 @@ pub fn main_with(registry: Registry) -> ExitCode {
         return reexec();
     }
     code
+}
+
+/// The expanded node name (`celery@%h` -> `celery@host`); empty if it cannot be (the
+/// supervisor then refuses to start with the reason).
+fn node_name(settings: &Settings) -> String {
+    let host = celeryd_actors::hostname::this_host();
+    celeryd_actors::hostname::expand_nodename(&settings.worker.hostname, &host).unwrap_or_default()
+}
+
+/// Settings and child command of a worker with Python tasks.
+struct PythonPrepared {
+    settings: Settings,
+    from_app: std::collections::BTreeMap<String, String>,
+    command: ChildCommand,
+}
+
+/// `-A`: starts the helper (the app loaded, or exit 78 with the Python traceback), lays the
+/// app's configuration under the file, the environment and the flags, and names the worker
+/// settings of the app celeryd does not honour.
+async fn prepare_python(
+    cli: &Cli,
+    settings: &Settings,
+    node: &str,
+) -> Result<(PythonSetup, PythonPrepared), StartupError> {
+    let (mut helper, ready, probe) = python::start_helper(settings, node, None).await?;
+    let layer = appconf::layer(&ready.conf).map_err(StartupError::Config)?;
+    let (settings, from_app) = settings::load_over(cli.config.as_deref(), &cli.run, &layer)?;
+    // The children (and the helper) publish results and send tasks through the app: it must
+    // use the broker the worker consumes from, as `celery -b` makes it (CELERY_BROKER_URL).
+    let broker = settings.broker.url.clone();
+    let command = python::with_broker(probe, &broker);
+    let app_broker = layer
+        .table
+        .get("broker")
+        .and_then(|b| b.get("url"))
+        .and_then(toml::Value::as_str);
+    if app_broker != Some(broker.as_str()) {
+        helper = python::start_helper(&settings, node, Some(&broker))
+            .await?
+            .0;
+    }
+    let app = settings.python.app.clone().unwrap_or_default();
+    tracing::info!(
+        "Python app {app}: Celery {}, {} tasks, interpreter {} (pid {}).",
+        ready.celery_version,
+        ready.tasks.len(),
+        command.program.display(),
+        ready.pid
+    );
+    if !layer.unhonoured.is_empty() {
+        tracing::warn!(
+            "app.conf settings celeryd does not honour (see README, \"Switching a Python Celery \
+             deployment\"): {}",
+            layer.unhonoured.join(", ")
+        );
+    }
+    let setup = PythonSetup {
+        helper,
+        helper_command: command.clone(),
+        tasks: ready.tasks.into_iter().collect(),
+    };
+    let prepared = PythonPrepared {
+        settings,
+        from_app,
+        command,
+    };
+    Ok((setup, prepared))
 }
 
 /// The stack size given to threads the worker does not create itself (the AMQP client's I/O

@@ -1,9 +1,13 @@
-//! Loading settings in layers: defaults, then the TOML file, then `CELERYD_<SECTION>_<KEY>`
-//! environment variables, then CLI flags; then validation.
+//! Loading settings in layers: defaults, then (with `-A`) the Python app's configuration,
+//! then the TOML file, then `CELERYD_<SECTION>_<KEY>` environment variables, then CLI flags;
+//! then validation.
 
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use celeryd_actors::Settings;
+
+use crate::appconf::AppLayer;
 
 use crate::cli::RunArgs;
 use crate::error::StartupError;
@@ -11,6 +15,17 @@ use crate::error::StartupError;
 /// Reads `path` (if given) over the defaults, then the environment, applies the CLI
 /// overrides, then validates.
 pub fn load(path: Option<&Path>, overrides: &RunArgs) -> Result<Settings, StartupError> {
+    load_over(path, overrides, &AppLayer::default()).map(|(s, _)| s)
+}
+
+/// [`load`] with a Python app's configuration under the file: defaults < app.conf < file <
+/// environment < flags. Also returns which settings kept the app's value (`section.key` ->
+/// Celery's name), for `--print-config`.
+pub fn load_over(
+    path: Option<&Path>,
+    overrides: &RunArgs,
+    app: &AppLayer,
+) -> Result<(Settings, BTreeMap<String, String>), StartupError> {
     let (text, origin) = match path {
         Some(p) => {
             let text = std::fs::read_to_string(p)
@@ -19,13 +34,32 @@ pub fn load(path: Option<&Path>, overrides: &RunArgs) -> Result<Settings, Startu
         }
         None => (String::new(), "defaults".to_owned()),
     };
-    let mut settings = parse_with_env(&text, std::env::vars())
+    let (mut settings, set_above) = parse_layers(&app.table, &text, std::env::vars())
         .map_err(|e| StartupError::Config(format!("{origin}: {e}")))?;
+    let as_table = |s: &Settings| {
+        toml::Value::try_from(s)
+            .ok()
+            .and_then(|v| v.as_table().cloned())
+            .unwrap_or_default()
+    };
+    let before = as_table(&settings);
     apply(&mut settings, overrides);
+    let after = as_table(&settings);
+    let value_of = |t: &toml::Table, key: &str| {
+        let (section, k) = key.split_once('.')?;
+        t.get(section)?.get(k).cloned()
+    };
+    let from_app = app
+        .origins
+        .iter()
+        .filter(|(key, _)| !set_above.contains(key.as_str()))
+        .filter(|(key, _)| value_of(&before, key) == value_of(&after, key))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     settings
         .validate()
         .map_err(|e| StartupError::Config(e.to_string()))?;
-    Ok(settings)
+    Ok((settings, from_app))
 }
 
 /// Parses a config file; unknown keys and wrong types are errors naming the key.
@@ -34,7 +68,7 @@ pub fn parse(text: &str) -> Result<Settings, String> {
 }
 
 /// The sections environment variables may set.
-pub const ENV_SECTIONS: &[&str] = &["broker", "worker", "task"];
+pub const ENV_SECTIONS: &[&str] = &["broker", "worker", "task", "python"];
 
 /// Parses a config file with `CELERYD_<SECTION>_<KEY>` variables from `env` laid over it
 /// (`CELERYD_BROKER_URL`, `CELERYD_WORKER_CONCURRENCY=8`, `CELERYD_TASK_ACKS_LATE=true`,
@@ -45,9 +79,42 @@ pub fn parse_with_env(
     text: &str,
     env: impl Iterator<Item = (String, String)>,
 ) -> Result<Settings, String> {
-    let mut table: toml::Table = text
+    parse_layers(&toml::Table::new(), text, env).map(|(s, _)| s)
+}
+
+/// [`parse_with_env`] over a `base` layer (a Python app's configuration): the file's keys,
+/// then the environment's, replace the base's. Also returns the `section.key`s that the file
+/// or the environment set.
+pub fn parse_layers(
+    base: &toml::Table,
+    text: &str,
+    env: impl Iterator<Item = (String, String)>,
+) -> Result<(Settings, HashSet<String>), String> {
+    let file: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| e.to_string().trim_end().to_owned())?;
+    // The file alone first, so that its errors name its own keys.
+    toml::Value::Table(file.clone())
+        .try_into::<Settings>()
+        .map_err(|e| e.to_string().trim_end().to_owned())?;
+    let mut set = HashSet::new();
+    let mut table = base.clone();
+    for (section, value) in file {
+        match (value, table.get_mut(&section)) {
+            (toml::Value::Table(keys), Some(toml::Value::Table(under))) => {
+                for (k, v) in keys {
+                    set.insert(format!("{section}.{k}"));
+                    under.insert(k, v);
+                }
+            }
+            (value, _) => {
+                if let toml::Value::Table(keys) = &value {
+                    set.extend(keys.keys().map(|k| format!("{section}.{k}")));
+                }
+                table.insert(section, value);
+            }
+        }
+    }
     let mut vars: Vec<(String, String)> = env.filter(|(k, _)| k.starts_with("CELERYD_")).collect();
     vars.sort();
     for (name, raw) in vars {
@@ -71,14 +138,16 @@ pub fn parse_with_env(
             return Err(format!("[{section}] must be a table"));
         };
         section_table.insert(key.clone(), value);
+        set.insert(format!("{section}.{key}"));
         // Checked one by one so an error names the variable, not only the key.
         toml::Value::Table(table.clone())
             .try_into::<Settings>()
             .map_err(|e| format!("{name} ({section}.{key}): {}", e.to_string().trim_end()))?;
     }
-    toml::Value::Table(table)
+    let settings = toml::Value::Table(table)
         .try_into::<Settings>()
-        .map_err(|e| e.to_string().trim_end().to_owned())
+        .map_err(|e| e.to_string().trim_end().to_owned())?;
+    Ok((settings, set))
 }
 
 /// The effective configuration as TOML, the broker password masked (`--print-config`).
@@ -149,6 +218,19 @@ pub fn apply(settings: &mut Settings, o: &RunArgs) {
     }
     if let Some(v) = o.soft_time_limit {
         settings.task.soft_time_limit = Some(v);
+    }
+    let p = &mut settings.python;
+    if let Some(v) = &o.app {
+        p.app = Some(v.clone());
+    }
+    if let Some(v) = &o.python {
+        p.executable = Some(v.clone());
+    }
+    if let Some(v) = &o.workdir {
+        p.workdir = Some(v.clone());
+    }
+    if o.no_main_signals {
+        p.main_signals = false;
     }
 }
 
@@ -233,6 +315,30 @@ mod tests {
         );
         let back = parse(&text).unwrap();
         assert_eq!(back.worker, s.worker);
+    }
+
+    #[test]
+    fn app_conf_lies_under_the_file_the_environment_and_the_flags() {
+        let app = crate::appconf::layer(
+            serde_json::json!({"worker_concurrency": 3, "worker_prefetch_multiplier": 2,
+                "task_acks_late": true, "worker_max_tasks_per_child": 7})
+            .as_object()
+            .unwrap(),
+        )
+        .unwrap();
+        let (s, set) = parse_layers(
+            &app.table,
+            "[worker]\nprefetch_multiplier = 5\n",
+            env(&[("CELERYD_WORKER_MAX_TASKS_PER_CHILD", "9")]),
+        )
+        .unwrap();
+        assert_eq!(s.worker.concurrency, 3, "from the app");
+        assert!(s.task.acks_late, "from the app");
+        assert_eq!(s.worker.prefetch_multiplier, 5, "the file wins");
+        assert_eq!(s.worker.max_tasks_per_child, 9, "the environment wins");
+        assert!(set.contains("worker.prefetch_multiplier") && !set.contains("task.acks_late"));
+        let e = parse_layers(&app.table, "[worker]\nconcurency = 1\n", env(&[])).unwrap_err();
+        assert!(e.contains("concurency"), "{e}");
     }
 
     #[test]

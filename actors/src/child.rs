@@ -1,6 +1,12 @@
-//! One actor per OS child process. The child is this same executable started in a hidden
-//! child mode; it runs one task at a time, receiving [`ipc::ToChild`] frames on stdin and
-//! answering with [`ipc::FromChild`] frames on stdout.
+//! One actor per OS child process, which runs one task at a time. Two kinds of child, one
+//! lifecycle: a Rust child is this same executable started in a hidden child mode, speaking
+//! [`ipc::ToChild`]/[`ipc::FromChild`] (bincode) on its stdin and stdout; a Python child is
+//! the embedded script ([`python::CHILD_SCRIPT`]) run by an interpreter, speaking the
+//! [`python`] frames (a JSON header and the task body as it was delivered), and running the
+//! app's own tasks through Celery's tracer, which writes their results itself.
+//!
+//! A hard time limit sends TERM to the child's process group, then KILL 0.1 s later, as
+//! billiard does (a Python child's `finally` blocks and `task_postrun` run in between).
 //!
 //! Supervised by [`Pool`](crate::pool::Pool), which hands it work and replaces it when it
 //! stops. When the OS process exits, the actor reports the running task (if any) as lost and
@@ -25,14 +31,32 @@ use crate::error::ChildError;
 use crate::pool::{PoolMessage, Reserved, TaskOutcome};
 use crate::protocol::ExceptionInfo;
 
-/// How to start a child process: the program and its arguments.
+/// How to start a child process: the program, its arguments and the frames it speaks.
 #[derive(Debug, Clone)]
 pub struct ChildCommand {
-    /// The executable (normally the worker binary itself).
+    /// The executable (the worker binary itself, or a Python interpreter).
     pub program: PathBuf,
     /// Arguments that put it in child mode.
     pub args: Vec<String>,
+    /// The wire codec.
+    pub codec: Codec,
+    /// Environment variables set for it (over the worker's own).
+    pub env: Vec<(String, String)>,
 }
+
+/// What a child process speaks on its pipes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Codec {
+    /// A Rust child (`worker child`): bincode [`ipc`] frames; the parent writes results.
+    #[default]
+    Rust,
+    /// A Python child (`celeryd_child.py`): [`python`] frames; Celery's tracer in the child
+    /// writes results, the parent never does.
+    Python,
+}
+
+/// The grace between TERM and KILL at a hard time limit (billiard's).
+pub const HARD_KILL_GRACE: Duration = Duration::from_millis(100);
 
 /// The stop reason of a child killed at its hard time limit: this prefix, then the limit in
 /// seconds. The pool turns it into a `TimeLimitExceeded` failure of the running task.
@@ -119,10 +143,36 @@ pub enum ChildMessage {
     },
     /// The running task was revoked with `terminate`: send the child this signal.
     Terminate(nix::sys::signal::Signal),
+    /// TERM went to the process group at the hard limit of job `seq`: now KILL.
+    KillNow {
+        /// Which job the limit was for.
+        seq: u64,
+        /// The limit, for the failure.
+        seconds: f64,
+    },
     /// A frame arrived from the process (sent by the actor's own reader task).
-    FrameReceived(FromChild),
+    FrameReceived(Incoming),
     /// The process closed its pipe: it exited or is about to.
     PipeClosed,
+}
+
+/// A frame from either kind of child, read into what the actor acts on.
+#[derive(Debug)]
+pub enum Incoming {
+    /// The child is up (its pid).
+    Ready(u32),
+    /// The current job ended.
+    Done {
+        /// How (for a Python child: what Celery's tracer did; it stored the result).
+        outcome: TaskOutcome,
+        /// Resident memory afterwards in KiB, when the child measured it (0 otherwise).
+        rss_kib: u64,
+    },
+    /// A Python child stops before the current job could end normally (SystemExit or
+    /// KeyboardInterrupt in the task): the exit that follows reports it lost.
+    Exiting,
+    /// A Python child could not load the app: the traceback.
+    Failed(String),
 }
 
 type Timer = AbortOnDrop<Result<(), ractor::MessagingErr<ChildMessage>>>;
@@ -140,6 +190,9 @@ pub struct ChildState {
     /// Soft and hard limit timers of the current job.
     timers: Vec<Timer>,
     tasks_done: u64,
+    /// The hard limit (seconds) passed and TERM was sent: the child is being killed, so
+    /// whatever it still says is ignored.
+    killing: Option<f64>,
 }
 
 impl Drop for ChildState {
@@ -173,31 +226,35 @@ impl Actor for ChildProcess {
         myself: ActorRef<Self::Msg>,
         _args: (),
     ) -> Result<Self::State, ActorProcessingErr> {
-        let mut process = Command::new(&self.command.program)
-            .args(&self.command.args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            // Own process group: a terminal's ^C reaches only the parent, and a hard kill
-            // can take the child's own children with it.
-            .process_group(0)
-            .spawn()
-            .map_err(ChildError::Spawn)?;
+        let mut process = spawn(&self.command)?;
         let pid = process.id().unwrap_or_default();
         let stdin = process.stdin.take().ok_or(ChildError::Exited)?;
         // Buffered: a frame's length and payload then usually take one read, not two.
         let mut stdout =
             tokio::io::BufReader::new(process.stdout.take().ok_or(ChildError::Exited)?);
+        let codec = self.command.codec;
         let reader = tokio::spawn(async move {
             loop {
-                match ipc::read_frame::<FromChild>(&mut stdout).await {
+                let frame = match codec {
+                    Codec::Rust => ipc::read_frame::<FromChild>(&mut stdout)
+                        .await
+                        .map(|f| f.map(incoming_of)),
+                    Codec::Python => ipc::read_payload(&mut stdout)
+                        .await
+                        .and_then(|p| p.map(|p| python_incoming(&p)).transpose()),
+                };
+                match frame {
                     Ok(Some(frame)) => {
                         if myself.cast(ChildMessage::FrameReceived(frame)).is_err() {
                             break;
                         }
                     }
-                    Ok(None) | Err(_) => {
+                    Ok(None) => {
+                        let _ = myself.cast(ChildMessage::PipeClosed);
+                        break;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "Unreadable frame from a child process; replacing it.");
                         let _ = myself.cast(ChildMessage::PipeClosed);
                         break;
                     }
@@ -213,7 +270,24 @@ impl Actor for ChildProcess {
             seq: 0,
             timers: Vec::new(),
             tasks_done: 0,
+            killing: None,
         })
+    }
+
+    /// A Python child that is idle is asked to exit (its `worker_process_shutdown` runs) and
+    /// given a second to do so; whatever is left is killed with its group (`Drop`).
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if self.command.codec == Codec::Python && state.current.is_none() {
+            if let Ok(frame) = python::encode_frame(&serde_json::json!({"op": "exit"}), b"") {
+                let _ = ipc::write_all(&mut state.stdin, &frame).await;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), state.process.wait()).await;
+        }
+        Ok(())
     }
 
     async fn handle(
@@ -236,6 +310,11 @@ impl Actor for ChildProcess {
             ChildMessage::HardLimitReached { seq, seconds } => {
                 state.hard_limit(&myself, seq, seconds);
             }
+            ChildMessage::KillNow { seq, seconds } => {
+                if seq == state.seq {
+                    state.kill_now(&myself, seconds);
+                }
+            }
             ChildMessage::FrameReceived(frame) => self.on_frame(&myself, state, frame),
             ChildMessage::PipeClosed => self.on_exit(&myself, state).await,
         }
@@ -251,18 +330,22 @@ impl ChildProcess {
         r: Box<Reserved>,
         limits: Limits,
     ) {
-        let job = Job {
-            task_id: r.request.id.clone(),
-            name: r.request.task.clone(),
-            args_json: serde_json::to_string(&r.request.args).unwrap_or_else(|_| "[]".into()),
-            kwargs_json: serde_json::to_string(&r.request.kwargs).unwrap_or_else(|_| "{}".into()),
-            retries: r.request.retries,
-            hostname: self.hostname.clone(),
-            measure_memory: self.recycling.max_memory_kib > 0,
-        };
-        state.current = Some((r, Instant::now()));
         state.seq += 1;
         let seq = state.seq;
+        let frame = match self.command.codec {
+            Codec::Rust => ipc::encode_frame(&ToChild::Run(Job {
+                task_id: r.request.id.clone(),
+                name: r.request.task.clone(),
+                args_json: serde_json::to_string(&r.request.args).unwrap_or_else(|_| "[]".into()),
+                kwargs_json: serde_json::to_string(&r.request.kwargs)
+                    .unwrap_or_else(|_| "{}".into()),
+                retries: r.request.retries,
+                hostname: self.hostname.clone(),
+                measure_memory: self.recycling.max_memory_kib > 0,
+            })),
+            Codec::Python => python::run_frame(seq, &r.request),
+        };
+        state.current = Some((r, Instant::now()));
         if let Some(seconds) = limits.soft {
             let t = myself.send_after(secs(seconds), move || ChildMessage::SoftLimitReached {
                 seq,
@@ -277,7 +360,11 @@ impl ChildProcess {
             });
             state.timers.push(AbortOnDrop(t));
         }
-        if let Err(e) = ipc::write_frame(&mut state.stdin, &ToChild::Run(job)).await {
+        let written = match frame {
+            Ok(frame) => ipc::write_all(&mut state.stdin, &frame).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
             warn!(child_pid = state.pid, error = %e, "Cannot hand a task to the child process.");
             // The reader will see the pipe close; make sure the child goes.
             let _ = state.process.start_kill();
@@ -285,9 +372,12 @@ impl ChildProcess {
         }
     }
 
-    fn on_frame(&self, myself: &ActorRef<ChildMessage>, state: &mut ChildState, frame: FromChild) {
+    fn on_frame(&self, myself: &ActorRef<ChildMessage>, state: &mut ChildState, frame: Incoming) {
+        if state.killing.is_some() {
+            return; // past its hard limit: only its exit counts now
+        }
         match frame {
-            FromChild::Ready { pid } => {
+            Incoming::Ready(pid) => {
                 debug!(child_pid = pid, "Child process ready.");
                 state.pid = pid;
                 let _ = self.pool.cast(PoolMessage::ChildReady {
@@ -295,8 +385,24 @@ impl ChildProcess {
                     pid,
                 });
             }
-            FromChild::Done { outcome, rss_kib } => {
+            Incoming::Failed(traceback) => {
+                error!(
+                    child_pid = state.pid,
+                    "The Python child cannot load the app:\n{traceback}"
+                );
+            }
+            Incoming::Exiting => {
+                debug!(
+                    child_pid = state.pid,
+                    "Child process exits during its task."
+                );
+            }
+            Incoming::Done { outcome, rss_kib } => {
                 state.timers.clear();
+                let rss_kib = match self.command.codec {
+                    Codec::Python if self.recycling.max_memory_kib > 0 => resident_kib(state.pid),
+                    _ => rss_kib,
+                };
                 let Some((reserved, started)) = state.current.take() else {
                     warn!(
                         child_pid = state.pid,
@@ -309,7 +415,7 @@ impl ChildProcess {
                 let _ = self.pool.cast(PoolMessage::JobFinished {
                     child: myself.get_id(),
                     reserved,
-                    outcome: outcome_of(outcome),
+                    outcome,
                     runtime: started.elapsed(),
                     recycle,
                 });
@@ -327,9 +433,13 @@ impl ChildProcess {
             }
         };
         // The pool reports the running task (if any) as lost when it sees this actor stop;
-        // the stop reason is the exit description it quotes.
+        // the stop reason is the exit description it quotes (or the hard limit it was
+        // killed at).
         debug!(child_pid = state.pid, exit = %how, busy = state.current.is_some(), "Child process exited.");
-        myself.stop(Some(how));
+        match state.killing {
+            Some(seconds) => myself.stop(Some(format!("{HARD_LIMIT_REASON}{seconds}"))),
+            None => myself.stop(Some(how)),
+        }
     }
 }
 
@@ -347,22 +457,54 @@ impl ChildState {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1);
     }
 
-    /// Kills the child's whole process group and stops the actor with a reason the pool turns
-    /// into `TimeLimitExceeded` for the running task.
+    /// Sends TERM to the child's whole process group and KILL [`HARD_KILL_GRACE`] later;
+    /// the actor then stops with a reason the pool turns into `TimeLimitExceeded` for the
+    /// running task.
     fn hard_limit(&mut self, myself: &ActorRef<ChildMessage>, seq: u64, seconds: f64) {
         let Some((r, _)) = self.current.as_ref().filter(|_| seq == self.seq) else {
             return;
         };
+        if self.killing.is_some() {
+            return;
+        }
         error!(
             "Hard time limit ({seconds}s) exceeded for {}[{}]",
             r.request.display_name(),
             r.request.id
         );
+        self.killing = Some(seconds);
+        let pgid = nix::unistd::Pid::from_raw(self.pid as i32);
+        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGTERM);
+        let t = myself.send_after(HARD_KILL_GRACE, move || ChildMessage::KillNow {
+            seq,
+            seconds,
+        });
+        self.timers.push(AbortOnDrop(t));
+    }
+
+    /// The grace after TERM is over: KILL the group and stop.
+    fn kill_now(&mut self, myself: &ActorRef<ChildMessage>, seconds: f64) {
         let pgid = nix::unistd::Pid::from_raw(self.pid as i32);
         let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
         let _ = self.process.start_kill();
         myself.stop(Some(format!("{HARD_LIMIT_REASON}{seconds}")));
     }
+}
+
+/// Starts `command` with piped stdin and stdout, in a process group of its own (a
+/// terminal's ^C reaches only the parent, and a hard kill can take the child's own children
+/// with it), killed if its handle is dropped.
+pub(crate) fn spawn(command: &ChildCommand) -> Result<Child, ChildError> {
+    Command::new(&command.program)
+        .args(&command.args)
+        .envs(command.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| ChildError::Spawn(command.program.display().to_string(), e))
 }
 
 fn secs(seconds: f64) -> Duration {
@@ -382,6 +524,48 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
         }
         _ => "unknown".to_owned(),
     }
+}
+
+fn incoming_of(frame: FromChild) -> Incoming {
+    match frame {
+        FromChild::Ready { pid } => Incoming::Ready(pid),
+        FromChild::Done { outcome, rss_kib } => Incoming::Done {
+            outcome: outcome_of(outcome),
+            rss_kib,
+        },
+    }
+}
+
+/// Reads a Python child's frame: `ready`, `error`, or `done` (an unknown op is an error).
+fn python_incoming(payload: &[u8]) -> Result<Incoming, ChildError> {
+    let (header, _) = python::decode_payload(payload)?;
+    match header.get("op").and_then(serde_json::Value::as_str) {
+        Some("ready") | Some("error") => match python::parse_hello(&header)? {
+            python::Hello::Ready(r) => Ok(Incoming::Ready(r.pid)),
+            python::Hello::Failed(traceback) => Ok(Incoming::Failed(traceback)),
+        },
+        _ => {
+            let done = python::parse_done(&header)?;
+            Ok(match done.state.as_str() {
+                "EXIT" => Incoming::Exiting,
+                _ => Incoming::Done {
+                    outcome: TaskOutcome::Python(Box::new(done)),
+                    rss_kib: 0,
+                },
+            })
+        }
+    }
+}
+
+/// Resident memory of process `pid` in KiB (from /proc), 0 if unknown.
+fn resident_kib(pid: u32) -> u64 {
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map_or(4096, |p| p as u64);
+    std::fs::read(format!("/proc/{pid}/statm"))
+        .map(|t| runner::statm_resident_kib(&t, page))
+        .unwrap_or(0)
 }
 
 fn outcome_of(outcome: JobOutcome) -> TaskOutcome {
@@ -428,5 +612,36 @@ mod tests {
         assert!(r.reason(3, 10).unwrap().contains("max_tasks_per_child"));
         assert!(r.reason(1, 2000).unwrap().contains("max_memory_per_child"));
         assert_eq!(Recycling::default().reason(1_000_000, 1 << 40), None);
+    }
+
+    fn payload(header: serde_json::Value) -> Vec<u8> {
+        python::encode_frame(&header, b"").unwrap().split_off(4)
+    }
+
+    #[test]
+    fn python_frames_become_what_the_actor_acts_on() {
+        let ready = payload(serde_json::json!({"op": "ready", "pid": 7,
+            "celery_version": "5.7.0", "hostname": "h", "tasks": {}, "conf": {}}));
+        assert!(matches!(python_incoming(&ready), Ok(Incoming::Ready(7))));
+        let failed = payload(serde_json::json!({"op": "error", "error": "Traceback"}));
+        assert!(matches!(python_incoming(&failed), Ok(Incoming::Failed(t)) if t == "Traceback"));
+        let done = payload(
+            serde_json::json!({"op": "done", "seq": 1, "state": "SUCCESS",
+            "retstr": "5", "runtime": 0.01}),
+        );
+        match python_incoming(&done) {
+            Ok(Incoming::Done {
+                outcome: TaskOutcome::Python(d),
+                ..
+            }) => assert_eq!(
+                (d.state.as_str(), d.retstr.as_deref()),
+                ("SUCCESS", Some("5"))
+            ),
+            other => panic!("{other:?}"),
+        }
+        let exit = payload(serde_json::json!({"op": "done", "seq": 1, "state": "EXIT"}));
+        assert!(matches!(python_incoming(&exit), Ok(Incoming::Exiting)));
+        assert!(python_incoming(&payload(serde_json::json!({"op": "what"}))).is_err());
+        assert!(python_incoming(b"\x05\x00").is_err());
     }
 }

@@ -16,6 +16,7 @@ pub mod amqp;
 pub mod decide;
 pub mod delay;
 pub mod outbox;
+pub mod python;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -32,7 +33,9 @@ use tracing::{debug, error, info, warn};
 use self::amqp::TaskQueue;
 use self::decide::{Decision, decide};
 use self::outbox::{Outbox, PendingResult};
+use self::python::{PythonTasks, Settle};
 use crate::child::AbortOnDrop;
+use crate::child::python::ReportKind;
 use crate::error::BrokerError;
 use crate::events::build as event;
 use crate::events::{EventsMessage, TaskEvents};
@@ -40,7 +43,8 @@ use crate::pool::{PoolMessage, Reserved, TaskOutcome};
 use crate::protocol::amqp_value::headers_to_json;
 use crate::protocol::repr::{py_repr, truncate};
 use crate::protocol::{
-    DeliveryInfo, ExceptionInfo, RawMessage, ResultState, decode_with_limit, result_body,
+    DeliveryInfo, ExceptionInfo, Properties, RawMessage, ResultState, decode_keeping_body,
+    decode_with_limit, result_body,
 };
 use crate::revoke::RevokeMessage;
 use crate::scheduler::SchedulerMessage;
@@ -98,6 +102,9 @@ pub struct ConsumerPeers {
     pub task_events: TaskEvents,
     /// Counters for the metrics endpoint.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// With Python tasks (`-A`): the helper and the app's tasks. The consumer then writes
+    /// no result itself.
+    pub python: Option<Arc<PythonTasks>>,
 }
 
 /// The consumer actor's configuration.
@@ -629,7 +636,25 @@ impl Consumer {
                 redelivered: d.redelivered,
             },
         };
-        let request = match decode_with_limit(raw, self.settings.worker.max_message_size) {
+        let max = self.settings.worker.max_message_size;
+        let decoded = match state.peers.python {
+            None => decode_with_limit(raw, max),
+            Some(_) => decode_keeping_body(raw, max).map(|(mut r, body)| {
+                let p = &d.properties;
+                let properties = Properties {
+                    content_type: p.content_type().as_ref().map(|s| s.as_str().to_owned()),
+                    content_encoding: p.content_encoding().as_ref().map(|s| s.as_str().to_owned()),
+                    correlation_id: p.correlation_id().as_ref().map(|s| s.as_str().to_owned()),
+                    reply_to: p.reply_to().as_ref().map(|s| s.as_str().to_owned()),
+                    priority: *p.priority(),
+                    delivery_mode: *p.delivery_mode(),
+                };
+                let m = crate::protocol::python::python_message(&r, body, properties);
+                r.python = Some(Box::new(m));
+                r
+            }),
+        };
+        let request = match decoded {
             Ok(r) => r,
             Err(e) => {
                 if e == crate::error::ProtocolError::UnknownMessage {
@@ -664,6 +689,12 @@ impl Consumer {
                 error!(task_id = %reserved.request.id,
                     "Received unregistered task of type '{name}'. The message has been rejected.");
                 state.event(|| event::task_unregistered(&reserved.request.id, name));
+                if let Some(py) = state.peers.python.clone() {
+                    let kind = ReportKind::NotRegistered;
+                    self.report(state, &py, &reserved, kind, Settle::Reject)
+                        .await;
+                    return;
+                }
                 let exc =
                     ExceptionInfo::new("NotRegistered", "celery.exceptions", vec![json!(name)]);
                 let st = ResultState::Failure {
@@ -678,6 +709,14 @@ impl Consumer {
             Decision::Revoke(reason) => {
                 info!(task_id = %reserved.request.id, "Discarding revoked task: {}[{}] ({reason}).",
                     reserved.request.display_name(), reserved.request.id);
+                if let Some(py) = state.peers.python.clone() {
+                    let kind = match reason {
+                        "expired" => ReportKind::Expired,
+                        _ => ReportKind::Revoked,
+                    };
+                    self.report(state, &py, &reserved, kind, Settle::Ack).await;
+                    return;
+                }
                 state.event(|| {
                     event::task_revoked(&reserved.request.id, false, None, reason == "expired")
                 });
@@ -775,11 +814,14 @@ impl Consumer {
             state.held = state.held.saturating_sub(1);
             state.prefetch_dirty = true;
         }
-        if !self.settings.task.acks_late {
+        let req = &info.request;
+        if !self.acks_late(state, &req.task) {
             state.ack(info.delivery);
         }
-        let req = &info.request;
         state.event(|| event::task_started(&req.id));
+        if state.peers.python.is_some() {
+            return; // Celery's tracer in the child stores STARTED (track_started)
+        }
         let ignore = req
             .ignore_result
             .unwrap_or(self.settings.task.ignore_result);
@@ -804,6 +846,11 @@ impl Consumer {
         outcome: TaskOutcome,
         runtime: Duration,
     ) {
+        if let Some(py) = state.peers.python.clone() {
+            return self
+                .on_python_finished(state, py, reserved, outcome, runtime)
+                .await;
+        }
         let task = &self.settings.task;
         let req = &reserved.request;
         let (name, id) = (req.display_name(), &req.id);
@@ -820,6 +867,7 @@ impl Consumer {
             | TaskOutcome::WorkerLost(_) => "failed",
             TaskOutcome::Retry { .. } => "retried",
             TaskOutcome::Revoked(_) | TaskOutcome::Terminated(_) => "revoked",
+            TaskOutcome::Python(_) => "failed",
         };
         metrics.task(&req.task, counted);
         if !matches!(outcome, TaskOutcome::Revoked(_)) {
@@ -903,6 +951,11 @@ impl Consumer {
                 );
                 error!(task_id = %id, "Task {name}[{id}] raised unexpected: {}", exc.repr());
                 self.fail(state, &reserved, exc, None, false).await;
+            }
+            TaskOutcome::Python(done) => {
+                // Only a Python child says this, and only a worker with the helper has them.
+                error!(task_id = %id, state = %done.state, "A Python outcome without Python tasks; acked.");
+                state.ack(reserved.delivery);
             }
             TaskOutcome::Revoked(_) | TaskOutcome::Terminated(_) => {
                 let (reason, signum) = match outcome {

@@ -87,9 +87,9 @@ impl BrokerError {
 /// `WorkerLostError` or is requeued.
 #[derive(Debug, Error)]
 pub enum ChildError {
-    /// Spawning the process failed.
-    #[error("cannot start child process: {0}")]
-    Spawn(std::io::Error),
+    /// Spawning the process (this program) failed.
+    #[error("cannot start child process {0}: {1}")]
+    Spawn(String, std::io::Error),
     /// Reading or writing the pipe failed.
     #[error("child pipe error: {0}")]
     Io(#[from] std::io::Error),

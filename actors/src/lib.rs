@@ -21,6 +21,7 @@ pub mod consumer;
 pub mod control;
 pub mod error;
 pub mod events;
+pub mod helper;
 pub mod hostname;
 pub mod metrics;
 pub mod pool;

@@ -89,6 +89,9 @@ pub enum TaskOutcome {
     Revoked(String),
     /// Revoked with `terminate` while it ran: the signal number it was sent.
     Terminated(i32),
+    /// A Python task ran through Celery's tracer, which stored its result: how it ended, as
+    /// the child says.
+    Python(Box<crate::child::python::Done>),
 }
 
 /// The pool actor's configuration.

@@ -7,9 +7,13 @@
 pub mod amqp_value;
 pub mod encode;
 pub mod message;
+pub mod python;
 pub mod repr;
 pub mod result;
 pub mod time;
 
-pub use message::{DeliveryInfo, RawMessage, TaskRequest, decode, decode_with_limit};
+pub use message::{
+    DeliveryInfo, RawMessage, TaskRequest, decode, decode_keeping_body, decode_with_limit,
+};
+pub use python::{Properties, PythonMessage};
 pub use result::{ExceptionInfo, ResultState, result_body};

@@ -16,6 +16,38 @@ pub struct Settings {
     pub worker: WorkerSettings,
     /// `[task]`: acknowledgement and result behaviour of tasks.
     pub task: TaskSettings,
+    /// `[python]`: run a Python Celery app's own tasks (`-A`).
+    pub python: PythonSettings,
+}
+
+/// `[python]` section: a Python Celery app whose tasks the worker runs, in Python children
+/// through Celery's own tracer. Without `app`, the worker runs its Rust tasks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PythonSettings {
+    /// `-A/--app`: the app, as `celery -A` takes it (`proj`, `proj.celery:app`). Unset by
+    /// default (Rust tasks).
+    pub app: Option<String>,
+    /// `--python`: the interpreter. Default: `$VIRTUAL_ENV/bin/python` when a virtualenv is
+    /// active, else `python3` on `PATH`.
+    pub executable: Option<String>,
+    /// `--workdir`: the directory the app is imported from (first on `sys.path`). Default:
+    /// the worker's current directory.
+    pub workdir: Option<String>,
+    /// Emulate `celeryd_init` and `worker_init` in each child (so that what an app connects
+    /// to them, the Django fixup among them, runs where the tasks run). Default true.
+    pub main_signals: bool,
+}
+
+impl Default for PythonSettings {
+    fn default() -> Self {
+        PythonSettings {
+            app: None,
+            executable: None,
+            workdir: None,
+            main_signals: true,
+        }
+    }
 }
 
 /// `[broker]` section.

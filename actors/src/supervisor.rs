@@ -18,13 +18,16 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::{error, info, warn};
 
 use crate::child::AbortOnDrop;
+use crate::child::python::PythonTask;
 use crate::child::{ChildCommand, Recycling};
 use crate::clock::Clock;
+use crate::consumer::python::PythonTasks;
 use crate::consumer::{Consumer, ConsumerMessage, ConsumerPeers};
 use crate::control::custom::ControlCommands;
 use crate::control::info::TaskAttrs;
 use crate::control::{Control, ControlMessage, ControlPeers};
 use crate::events::{Events, EventsMessage, TaskEvents};
+use crate::helper::{HelperMessage, HelperProcess, PythonHelper};
 use crate::metrics::{GaugeSources, Metrics};
 use crate::pool::{Pool, PoolArgs, PoolMessage, effective_rates};
 use crate::revoke::{RevokeMessage, RevokeRegistry, RevokedCount};
@@ -59,6 +62,20 @@ pub struct SupervisorArgs {
     pub child_command: ChildCommand,
     /// Receives the exit reason just before the supervisor stops.
     pub exit: UnboundedSender<ExitReason>,
+    /// With Python tasks (`-A`): the helper (already started: it said which tasks the app
+    /// has) and those tasks. `child_command` then starts Python children.
+    pub python: Option<PythonSetup>,
+}
+
+/// What a worker with Python tasks starts with.
+#[derive(Debug)]
+pub struct PythonSetup {
+    /// The helper process, started and ready.
+    pub helper: HelperProcess,
+    /// How to start another helper process if it dies.
+    pub helper_command: ChildCommand,
+    /// The app's tasks, from the helper's `ready` frame.
+    pub tasks: HashMap<String, PythonTask>,
 }
 
 /// The supervisor actor.
@@ -85,6 +102,8 @@ pub struct SupervisorState {
     consumer: ActorRef<ConsumerMessage>,
     control: ActorRef<ControlMessage>,
     events: ActorRef<EventsMessage>,
+    /// With Python tasks: the helper.
+    helper: Option<ActorRef<HelperMessage>>,
     /// The metrics endpoint's task, stopped with the supervisor.
     _metrics_endpoint: Option<AbortOnDrop<()>>,
     exit: UnboundedSender<ExitReason>,
@@ -123,6 +142,19 @@ impl Actor for Supervisor {
         };
         let metrics = Metrics::new();
         let (revoke, _) = Actor::spawn_linked(None, registry, (), cell.clone()).await?;
+        let (helper, python) = match args.python {
+            Some(setup) => {
+                let actor = PythonHelper::new(setup.helper_command);
+                let (helper, _) =
+                    Actor::spawn_linked(None, actor, Some(setup.helper), cell.clone()).await?;
+                let tasks = Arc::new(PythonTasks {
+                    helper: helper.clone(),
+                    tasks: setup.tasks,
+                });
+                (Some(helper), Some(tasks))
+            }
+            None => (None, None),
+        };
         let pool = Pool::new(PoolArgs {
             command: args.child_command,
             concurrency: settings.effective_concurrency(),
@@ -161,6 +193,7 @@ impl Actor for Supervisor {
             events: events.clone(),
             task_events: task_events.clone(),
             metrics: metrics.clone(),
+            python,
         };
         let control_peers = ControlPeers {
             supervisor: myself.clone(),
@@ -204,6 +237,7 @@ impl Actor for Supervisor {
             consumer,
             control,
             events,
+            helper,
             _metrics_endpoint: metrics_endpoint,
             exit: args.exit,
             shutting_down: false,
@@ -287,6 +321,8 @@ impl SupervisorState {
             "revoke-registry"
         } else if id == self.events.get_id() {
             "events"
+        } else if self.helper.as_ref().is_some_and(|h| h.get_id() == id) {
+            "python-helper"
         } else {
             "unknown"
         }
@@ -303,7 +339,8 @@ impl SupervisorState {
             self.pool.get_cell(),
             self.revoke.get_cell(),
         ];
-        for c in cells {
+        let helper = self.helper.as_ref().map(|h| h.get_cell());
+        for c in cells.into_iter().chain(helper) {
             if kill {
                 c.kill()
             } else {

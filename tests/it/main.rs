@@ -17,6 +17,7 @@ mod malformed;
 mod metrics;
 mod ops;
 mod python_child;
+mod python_tasks;
 mod queues;
 mod rate;
 mod retry;

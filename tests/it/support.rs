@@ -202,6 +202,28 @@ impl Worker {
         Self::start_with_config(exe, &config, queue, &nodename, flags, dir)
     }
 
+    /// Starts `worker -A proj` (the test app, `tests/python/proj.py`) on `queue`, with
+    /// `backend` as its result backend and `conf` (JSON) merged into its app.conf.
+    #[allow(dead_code)] // not every test binary that shares this file uses it
+    pub fn start_python(queue: &str, backend: &str, conf: &str, flags: &[&str]) -> Worker {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("worker.toml");
+        std::fs::write(&config, format!("[broker]\nurl = \"{}\"\n", amqp_url())).unwrap();
+        let nodename = format!("it-{}@%h", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let workdir = repo().join("tests/python");
+        let python = python().display().to_string();
+        let mut all = vec!["-A", "proj", "--workdir", workdir.to_str().unwrap()];
+        all.extend(["--python", python.as_str()]);
+        all.extend(flags);
+        let env = [
+            ("AMQP_URL", python_amqp_url()),
+            ("RESULT_BACKEND", backend.to_owned()),
+            ("PROJ_CONF", conf.to_owned()),
+        ];
+        let exe = Path::new(env!("CARGO_BIN_EXE_worker"));
+        Self::start_with_env(exe, &config, queue, &nodename, &all, dir, &env)
+    }
+
     fn start_with_config(
         exe: &Path,
         config: &Path,
@@ -210,11 +232,24 @@ impl Worker {
         flags: &[&str],
         dir: tempfile::TempDir,
     ) -> Worker {
+        Self::start_with_env(exe, config, queue, nodename, flags, dir, &[])
+    }
+
+    fn start_with_env(
+        exe: &Path,
+        config: &Path,
+        queue: &str,
+        nodename: &str,
+        flags: &[&str],
+        dir: tempfile::TempDir,
+        env: &[(&str, String)],
+    ) -> Worker {
         let mut child = Command::new(exe)
             .arg("--config")
             .arg(config)
             .args(["-Q", queue, "-n", nodename, "-l", "debug"])
             .args(flags)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
             .stderr(Stdio::piped())

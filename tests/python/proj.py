@@ -1,14 +1,36 @@
-"""A Python Celery app of celeryd's own, for the Python child (`python/celeryd_child.py`)."""
+"""A Python Celery app of celeryd's own, run by `worker -A proj` in the tests
+(tests/it/python_tasks.rs) and by the Python child on its own (tests/it/python_child.rs).
 
+Environment: AMQP_URL (broker), RESULT_BACKEND (rpc://, redis://…, db+postgresql://…),
+PROJ_CONF (JSON merged into app.conf, for the configuration tests)."""
+
+import json
 import os
+import signal
+import time
 
-from celery import Celery
+from celery import Celery, signals
+from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
 
 app = Celery(
     "proj",
     broker=os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//"),
     backend=os.environ.get("RESULT_BACKEND", "rpc://"),
 )
+app.conf.update(json.loads(os.environ.get("PROJ_CONF") or "{}"))
+
+# What fired where: the tests read it back through proj.signals_seen.
+_SEEN = []
+
+
+@signals.worker_process_init.connect
+def _process_init(**kwargs):
+    _SEEN.append("worker_process_init")
+
+
+@signals.worker_init.connect
+def _worker_init(**kwargs):
+    _SEEN.append("worker_init")
 
 
 class Boom(Exception):
@@ -21,6 +43,11 @@ def add(x, y):
     return x + y
 
 
+@app.task(name="proj.tsum")
+def tsum(values):
+    return sum(values)
+
+
 @app.task(name="proj.boom")
 def boom(text):
     raise Boom(text)
@@ -29,12 +56,108 @@ def boom(text):
 @app.task(name="proj.whoami", bind=True)
 def whoami(self):
     r = self.request
-    return {"id": r.id, "hostname": r.hostname, "delivery_info": r.delivery_info}
+    return {
+        "id": r.id,
+        "hostname": r.hostname,
+        "delivery_info": r.delivery_info,
+        "retries": r.retries,
+        "pid": os.getpid(),
+    }
+
+
+@app.task(name="proj.signals_seen")
+def signals_seen():
+    return _SEEN
 
 
 @app.task(name="proj.slow", acks_late=True, time_limit=30, soft_time_limit=5)
 def slow(seconds):
-    import time
-
     time.sleep(seconds)
     return seconds
+
+
+@app.task(name="proj.retry_once", bind=True, default_retry_delay=0.1, max_retries=3)
+def retry_once(self):
+    if self.request.retries < 1:
+        raise self.retry(exc=Boom("again"))
+    return self.request.retries
+
+
+@app.task(
+    name="proj.autoretry",
+    bind=True,
+    autoretry_for=(KeyError,),
+    retry_kwargs={"max_retries": 2, "countdown": 0.1},
+)
+def autoretry(self):
+    if self.request.retries < 2:
+        raise KeyError("not yet")
+    return "retried %d times" % self.request.retries
+
+
+@app.task(name="proj.reject")
+def reject():
+    raise Reject("not for me", requeue=False)
+
+
+@app.task(name="proj.ignore")
+def ignore():
+    raise Ignore()
+
+
+@app.task(name="proj.progress", bind=True)
+def progress(self):
+    self.update_state(state="PROGRESS", meta={"done": 1})
+    time.sleep(1.5)
+    return "finished"
+
+
+@app.task(name="proj.spawn")
+def spawn(x, y, queue):
+    return add.apply_async((x, y), queue=queue).id
+
+
+@app.task(name="proj.hard", time_limit=1)
+def hard():
+    try:
+        time.sleep(10)
+    finally:
+        print("proj.hard: finally ran")
+
+
+@app.task(name="proj.soft", soft_time_limit=0.5)
+def soft():
+    try:
+        time.sleep(5)
+    except SoftTimeLimitExceeded:
+        return "soft limit caught"
+    return "no soft limit"
+
+
+@app.task(name="proj.die")
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@app.task(name="proj.die_once", bind=True, acks_late=True, reject_on_worker_lost=True)
+def die_once(self):
+    if not self.request.delivery_info.get("redelivered"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "redelivered"
+
+
+@app.task(name="proj.sleep")
+def sleep(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+@app.task(name="proj.rated", rate_limit="2/s")
+def rated():
+    return time.time()
+
+
+@app.task(name="proj.errback")
+def errback(task_id):
+    """A link_error callback (sent as a task, with the failed task's id)."""
+    return "errback for %s" % task_id

@@ -143,6 +143,14 @@ pub fn write_frame_blocking<T: Serialize>(w: &mut impl Write, msg: &T) -> Result
 pub async fn read_frame<T: for<'de> Deserialize<'de>>(
     r: &mut (impl AsyncRead + Unpin),
 ) -> Result<Option<T>, ChildError> {
+    match read_payload(r).await? {
+        Some(payload) => decode_payload(&payload).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Reads one frame's payload, whatever its encoding; `Ok(None)` at a clean end of stream.
+pub async fn read_payload(r: &mut (impl AsyncRead + Unpin)) -> Result<Option<Vec<u8>>, ChildError> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
         Ok(_) => {}
@@ -151,7 +159,14 @@ pub async fn read_frame<T: for<'de> Deserialize<'de>>(
     }
     let mut payload = vec![0u8; check_len(u32::from_le_bytes(len))?];
     r.read_exact(&mut payload).await?;
-    decode_payload(&payload).map(Some)
+    Ok(Some(payload))
+}
+
+/// Writes an encoded frame and flushes.
+pub async fn write_all(w: &mut (impl AsyncWrite + Unpin), frame: &[u8]) -> Result<(), ChildError> {
+    w.write_all(frame).await?;
+    w.flush().await?;
+    Ok(())
 }
 
 /// Writes one frame and flushes.
@@ -159,9 +174,7 @@ pub async fn write_frame<T: Serialize>(
     w: &mut (impl AsyncWrite + Unpin),
     msg: &T,
 ) -> Result<(), ChildError> {
-    w.write_all(&encode_frame(msg)?).await?;
-    w.flush().await?;
-    Ok(())
+    write_all(w, &encode_frame(msg)?).await
 }
 
 #[cfg(test)]

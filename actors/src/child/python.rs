@@ -5,9 +5,9 @@
 //! little-endian JSON length, a JSON header and a raw blob: the task body, passed through as
 //! the broker delivered it (never decoded and encoded again).
 //!
-//! Part of issue 14 (Python tasks): the child script (`run` and `report`) and this codec are
-//! done and tested (`tests/it/python_child.rs`); the `ChildProcess` actor does not use them
-//! yet.
+//! The [`ChildProcess`](super::ChildProcess) actor speaks it to Python pool children, and the
+//! [`PythonHelper`](crate::helper::PythonHelper) to the helper process that carries out the
+//! cases where Celery's MainProcess writes a result itself.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -17,7 +17,8 @@ use serde_json::{Map, Value, json};
 
 use super::ipc::MAX_FRAME;
 use crate::error::ChildError;
-use crate::protocol::DeliveryInfo;
+pub use crate::protocol::Properties;
+use crate::protocol::{DeliveryInfo, TaskRequest};
 
 /// The child script, as shipped inside the binary (written to a file and run by the
 /// interpreter; see [`write_script`]).
@@ -78,23 +79,6 @@ pub fn read_frame_blocking(r: &mut impl Read) -> Result<Option<(Value, Vec<u8>)>
     Ok(Some((header, blob.to_vec())))
 }
 
-/// The message properties the child puts into the request dict (`request.properties`).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Properties {
-    /// `content_type`.
-    pub content_type: Option<String>,
-    /// `content_encoding`.
-    pub content_encoding: Option<String>,
-    /// `correlation_id`.
-    pub correlation_id: Option<String>,
-    /// `reply_to`.
-    pub reply_to: Option<String>,
-    /// `priority`.
-    pub priority: Option<u8>,
-    /// `delivery_mode`.
-    pub delivery_mode: Option<u8>,
-}
-
 /// The header of a `run` frame (the body goes as the blob): what the child needs to build
 /// the request dict as Celery's MainProcess does.
 pub fn run_header(
@@ -127,6 +111,44 @@ pub fn run_header(
     })
 }
 
+/// The whole `run` frame for a request (its Python message is required).
+pub fn run_frame(seq: u64, req: &TaskRequest) -> Result<Vec<u8>, ChildError> {
+    let m = python_part(req)?;
+    let header = run_header(
+        seq,
+        &req.task,
+        &req.id,
+        m.headers(req),
+        &m.properties,
+        &req.delivery_info,
+    );
+    encode_frame(&header, &m.body)
+}
+
+/// The whole `report` frame for a request.
+pub fn report_frame(seq: u64, req: &TaskRequest, kind: &ReportKind) -> Result<Vec<u8>, ChildError> {
+    let m = python_part(req)?;
+    let header = report_header(
+        seq,
+        &req.task,
+        &req.id,
+        m.headers(req),
+        &m.properties,
+        &req.delivery_info,
+        kind,
+    );
+    encode_frame(&header, &m.body)
+}
+
+fn python_part(req: &TaskRequest) -> Result<&crate::protocol::PythonMessage, ChildError> {
+    req.python.as_deref().ok_or_else(|| {
+        ChildError::Frame(format!(
+            "task {} [{}] has no Python message to hand over",
+            req.task, req.id
+        ))
+    })
+}
+
 /// Why the parent asks the Python side to write a result (the cases where Celery's
 /// MainProcess does it itself).
 #[derive(Debug, Clone, PartialEq)]
@@ -145,6 +167,8 @@ pub enum ReportKind {
     Terminated(i32),
     /// No such task in the app.
     NotRegistered,
+    /// An exception escaped Celery's tracer (nothing was stored): its repr.
+    Internal(String),
 }
 
 impl ReportKind {
@@ -157,6 +181,7 @@ impl ReportKind {
             ReportKind::Expired => json!({"name": "expired"}),
             ReportKind::Terminated(signum) => json!({"name": "terminated", "signum": signum}),
             ReportKind::NotRegistered => json!({"name": "not_registered"}),
+            ReportKind::Internal(reason) => json!({"name": "internal", "reason": reason}),
         }
     }
 }
@@ -265,6 +290,8 @@ pub struct Done {
     pub traceback: Option<String>,
     /// `REJECTED`: requeue it.
     pub requeue: Option<bool>,
+    /// `REJECTED`: the reason the task gave (`Reject(reason)`).
+    pub reason: Option<Value>,
     /// Raised out of the tracer: nothing was stored.
     pub escaped: Option<bool>,
 }

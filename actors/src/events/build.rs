@@ -55,6 +55,23 @@ pub fn task_received(req: &TaskRequest) -> Event {
     )
 }
 
+/// A task event Celery sent in the Python helper (its `type` and fields, `uuid` among
+/// them), when it is one a worker sends; None for anything else.
+pub fn from_python(v: &Value) -> Option<Event> {
+    let kind = match v.get("type")?.as_str()? {
+        "task-failed" => "task-failed",
+        "task-revoked" => "task-revoked",
+        "task-retried" => "task-retried",
+        "task-rejected" => "task-rejected",
+        "task-succeeded" => "task-succeeded",
+        "task-started" => "task-started",
+        _ => return None,
+    };
+    let mut fields = v.as_object()?.clone();
+    fields.remove("type");
+    Some(Event { kind, fields })
+}
+
 /// `task-started`.
 pub fn task_started(id: &str) -> Event {
     Event::new("task-started", json!({ "uuid": id }))

@@ -88,6 +88,9 @@ pub struct TaskRequest {
     pub delivery_info: DeliveryInfo,
     /// Every application header as received (unknown ones are kept, e.g. for retries).
     pub headers: Map<String, Value>,
+    /// With Python tasks: what the Python child is handed (the body as delivered, the
+    /// properties). None for Rust tasks, which need only the decoded fields.
+    pub python: Option<Box<super::python::PythonMessage>>,
 }
 
 impl TaskRequest {
@@ -123,6 +126,23 @@ pub fn decode_with_limit(
     raw: RawMessage<'_>,
     max_body: usize,
 ) -> Result<TaskRequest, ProtocolError> {
+    decode_inner(raw, max_body, false).map(|(r, _)| r)
+}
+
+/// [`decode_with_limit`], also returning the body as Celery's tracer takes it (decompressed,
+/// not decoded again): what a Python child is handed.
+pub fn decode_keeping_body(
+    raw: RawMessage<'_>,
+    max_body: usize,
+) -> Result<(TaskRequest, Vec<u8>), ProtocolError> {
+    decode_inner(raw, max_body, true).map(|(r, b)| (r, b.unwrap_or_default()))
+}
+
+fn decode_inner(
+    raw: RawMessage<'_>,
+    max_body: usize,
+    keep_body: bool,
+) -> Result<(TaskRequest, Option<Vec<u8>>), ProtocolError> {
     check_content_type(raw.content_type)?;
     if raw.body.len() > max_body {
         return Err(ProtocolError::TooLarge {
@@ -130,9 +150,14 @@ pub fn decode_with_limit(
             what: "body",
         });
     }
-    let body = decompress(raw.headers.get("compression"), raw.body, max_body)?;
+    let bytes = decompress(raw.headers.get("compression"), raw.body, max_body)?;
     let body: Value =
-        serde_json::from_slice(&body).map_err(|e| ProtocolError::Json(e.to_string()))?;
+        serde_json::from_slice(&bytes).map_err(|e| ProtocolError::Json(e.to_string()))?;
+    let kept = keep_body.then(|| bytes.into_owned());
+    decode_value(raw, body).map(|r| (r, kept))
+}
+
+fn decode_value(raw: RawMessage<'_>, body: Value) -> Result<TaskRequest, ProtocolError> {
     if let Some(Value::String(task)) = raw.headers.get("task") {
         let task = task.clone();
         match body {
@@ -255,6 +280,7 @@ fn from_v2(raw: RawMessage<'_>, task: String, body: Value) -> Result<TaskRequest
         kwargsrepr,
         delivery_info: raw.delivery_info,
         headers: raw.headers,
+        python: None,
     })
 }
 
@@ -295,6 +321,7 @@ fn from_v1_fields(
         reply_to: raw.reply_to.map(str::to_owned),
         delivery_info: raw.delivery_info,
         headers: raw.headers,
+        python: None,
         argsrepr: truncate(args_repr(&args), 1024),
         kwargsrepr: truncate(py_repr(&Value::Object(kwargs.clone())), 1024),
         embed: Value::Object(embed),

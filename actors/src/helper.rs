@@ -1,0 +1,252 @@
+//! The Python helper: one long-lived Python process per worker (the child script, never
+//! handed a task, so no time limit ever kills it) that carries out the cases where Celery's
+//! MainProcess writes a result itself: a hard time limit, a lost child, `Reject`, a revoked,
+//! expired or terminated task, an unregistered name (`python-child.md` §3). It runs the
+//! task's own `Request` methods, so chords, errbacks, chain failure propagation and user
+//! hooks are Celery's, and answers with what Celery decided (ack, reject or requeue, and the
+//! events), which the consumer carries out. The parent never writes a Python task's result.
+//!
+//! It is also the first Python process of a worker: its `ready` frame says which tasks the
+//! app has and what its configuration is, before the rest of the tree is built
+//! ([`HelperProcess::start`]).
+//!
+//! Supervised by the [`Supervisor`](crate::supervisor::Supervisor). A helper process that
+//! dies or stops answering is replaced at the next report (which is tried once more).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::io::BufReader;
+use tokio::process::{Child, ChildStdin, ChildStdout};
+use tracing::{debug, error, warn};
+
+use crate::child::python::{self, Hello, ReportKind, Reported};
+use crate::child::{ChildCommand, ipc};
+use crate::error::ChildError;
+use crate::protocol::TaskRequest;
+
+/// How long a report may take (a user's `on_failure` hook or errback runs in it).
+pub const REPORT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long the app may take to load in the helper (a large Django project takes seconds).
+pub const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A running helper process and its pipes.
+#[derive(Debug)]
+pub struct HelperProcess {
+    process: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    seq: u64,
+}
+
+impl Drop for HelperProcess {
+    fn drop(&mut self) {
+        if let Some(pid) = self.process.id() {
+            let pgid = nix::unistd::Pid::from_raw(pid as i32);
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+impl HelperProcess {
+    /// Starts the script and reads its first frame: the app loaded ([`Hello::Ready`], with
+    /// its tasks and configuration) or not ([`Hello::Failed`], with the Python traceback).
+    pub async fn start(
+        command: &ChildCommand,
+        timeout: Duration,
+    ) -> Result<(HelperProcess, Hello), ChildError> {
+        let mut process = crate::child::spawn(command)?;
+        let stdin = process.stdin.take().ok_or(ChildError::Exited)?;
+        let stdout = BufReader::new(process.stdout.take().ok_or(ChildError::Exited)?);
+        let mut helper = HelperProcess {
+            process,
+            stdin,
+            stdout,
+            seq: 0,
+        };
+        let first = tokio::time::timeout(timeout, ipc::read_payload(&mut helper.stdout))
+            .await
+            .map_err(|_| {
+                ChildError::Frame(format!(
+                    "the Python process did not load the app within {}s",
+                    timeout.as_secs()
+                ))
+            })??;
+        let Some(payload) = first else {
+            let status = helper.process.wait().await.ok();
+            return Err(ChildError::Frame(format!(
+                "the Python process exited before loading the app ({})",
+                status.map_or("unknown".to_owned(), |s| s.to_string())
+            )));
+        };
+        let (header, _) = python::decode_payload(&payload)?;
+        let hello = python::parse_hello(&header)?;
+        Ok((helper, hello))
+    }
+
+    /// Sends one report and waits for Celery's decision.
+    async fn report(
+        &mut self,
+        request: &TaskRequest,
+        kind: &ReportKind,
+    ) -> Result<Reported, ChildError> {
+        self.seq += 1;
+        let frame = python::report_frame(self.seq, request, kind)?;
+        ipc::write_all(&mut self.stdin, &frame).await?;
+        let answer = tokio::time::timeout(REPORT_TIMEOUT, ipc::read_payload(&mut self.stdout))
+            .await
+            .map_err(|_| {
+                ChildError::Frame(format!("no answer within {}s", REPORT_TIMEOUT.as_secs()))
+            })??
+            .ok_or(ChildError::Exited)?;
+        let (header, _) = python::decode_payload(&answer)?;
+        let reported = python::parse_reported(&header)?;
+        if reported.seq != self.seq {
+            return Err(ChildError::Frame(format!(
+                "answer {} to report {}",
+                reported.seq, self.seq
+            )));
+        }
+        Ok(reported)
+    }
+
+    /// Asks the process to stop (its `worker_process_shutdown` runs) and waits a moment.
+    async fn stop(mut self) {
+        if let Ok(frame) = python::encode_frame(&serde_json::json!({"op": "exit"}), b"") {
+            let _ = ipc::write_all(&mut self.stdin, &frame).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.process.wait()).await;
+    }
+}
+
+/// The actor: how to start a helper process when it needs a new one.
+#[derive(Debug)]
+pub struct PythonHelper {
+    command: ChildCommand,
+}
+
+impl PythonHelper {
+    /// A helper that starts `command` (the child script) when it has no process.
+    pub fn new(command: ChildCommand) -> Self {
+        PythonHelper { command }
+    }
+}
+
+/// Messages to the helper.
+#[derive(Debug)]
+pub enum HelperMessage {
+    /// Have Celery write what happened to this request; answers its decision (with
+    /// `error` set when it could not be carried out).
+    Report {
+        /// The request (its Python message is what is handed over).
+        request: Arc<TaskRequest>,
+        /// What happened.
+        kind: ReportKind,
+        /// Receives Celery's decision.
+        reply: RpcReplyPort<Reported>,
+    },
+}
+
+/// The helper's state: its process, when it has one.
+#[derive(Debug)]
+pub struct HelperState {
+    process: Option<HelperProcess>,
+}
+
+impl Actor for PythonHelper {
+    type Msg = HelperMessage;
+    type State = HelperState;
+    type Arguments = Option<HelperProcess>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        process: Option<HelperProcess>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(HelperState { process })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(p) = state.process.take() {
+            p.stop().await;
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            HelperMessage::Report {
+                request,
+                kind,
+                reply,
+            } => {
+                let answer = self.report(state, &request, &kind).await;
+                let _ = reply.send(answer);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PythonHelper {
+    /// One report, tried on a fresh process once more when the first attempt fails.
+    async fn report(
+        &self,
+        state: &mut HelperState,
+        request: &TaskRequest,
+        kind: &ReportKind,
+    ) -> Reported {
+        let mut last = String::new();
+        for attempt in 0..2 {
+            if state.process.is_none() {
+                match HelperProcess::start(&self.command, START_TIMEOUT).await {
+                    Ok((p, Hello::Ready(_))) => state.process = Some(p),
+                    Ok((_, Hello::Failed(tb))) => {
+                        last = format!("the helper cannot load the app:\n{tb}");
+                        break;
+                    }
+                    Err(e) => {
+                        last = e.to_string();
+                        continue;
+                    }
+                }
+            }
+            let Some(p) = state.process.as_mut() else {
+                continue;
+            };
+            match p.report(request, kind).await {
+                Ok(r) => {
+                    if let Some(e) = &r.error {
+                        warn!(task_id = %request.id, "Celery could not carry out {kind:?} for {}[{}]: {e}",
+                            request.task, request.id);
+                    }
+                    debug!(task_id = %request.id, ack = ?r.ack, "Reported {kind:?}.");
+                    return r;
+                }
+                Err(e) => {
+                    warn!(task_id = %request.id, attempt, error = %e,
+                        "The Python helper failed a report; starting a new one.");
+                    last = e.to_string();
+                    state.process = None;
+                }
+            }
+        }
+        error!(task_id = %request.id, "Cannot have Celery record {kind:?} for {}[{}]: {last}",
+            request.task, request.id);
+        Reported {
+            error: Some(last),
+            ..Reported::default()
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! A Python app's own configuration (`app.conf`) as a settings layer, as `celery worker`
+//! honours it: the worker settings the app changed from Celery's defaults, mapped onto
+//! celeryd's keys. Layers: defaults < app.conf < the TOML file < environment < flags.
+//!
+//! Settings the Python children honour themselves (result backend, serializers, routes,
+//! logging formats…) need no mapping. A worker setting celeryd does not honour is named in
+//! one warning at start ([`AppLayer::unhonoured`]); one it cannot work with (a broker that
+//! is not RabbitMQ) stops the start with the reason.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+/// What the app's configuration contributes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AppLayer {
+    /// celeryd settings, as a TOML table of sections.
+    pub table: toml::Table,
+    /// `section.key` -> the Celery setting it came from (for `--print-config`).
+    pub origins: BTreeMap<String, String>,
+    /// Worker settings the app set that celeryd does not honour (with why, when known).
+    pub unhonoured: Vec<String>,
+}
+
+/// How a Celery setting's value becomes a celeryd one.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Bool,
+    Count,
+    Seconds,
+    Text,
+}
+
+/// Celery setting -> (section, key, kind).
+const MAPPED: &[(&str, &str, &str, Kind)] = &[
+    ("broker_heartbeat", "broker", "heartbeat", Kind::Count),
+    (
+        "broker_connection_retry_on_startup",
+        "broker",
+        "connection_retry_on_startup",
+        Kind::Bool,
+    ),
+    (
+        "broker_connection_max_retries",
+        "broker",
+        "connection_max_retries",
+        Kind::Count,
+    ),
+    ("worker_concurrency", "worker", "concurrency", Kind::Count),
+    (
+        "worker_prefetch_multiplier",
+        "worker",
+        "prefetch_multiplier",
+        Kind::Count,
+    ),
+    (
+        "worker_max_tasks_per_child",
+        "worker",
+        "max_tasks_per_child",
+        Kind::Count,
+    ),
+    (
+        "worker_max_memory_per_child",
+        "worker",
+        "max_memory_per_child",
+        Kind::Count,
+    ),
+    (
+        "worker_disable_rate_limits",
+        "worker",
+        "disable_rate_limits",
+        Kind::Bool,
+    ),
+    ("worker_state_db", "worker", "statedb", Kind::Text),
+    (
+        "worker_send_task_events",
+        "worker",
+        "send_events",
+        Kind::Bool,
+    ),
+    (
+        "worker_pool_restarts",
+        "worker",
+        "pool_restarts",
+        Kind::Bool,
+    ),
+    ("task_acks_late", "task", "acks_late", Kind::Bool),
+    ("task_track_started", "task", "track_started", Kind::Bool),
+    ("task_ignore_result", "task", "ignore_result", Kind::Bool),
+    (
+        "task_acks_on_failure_or_timeout",
+        "task",
+        "acks_on_failure_or_timeout",
+        Kind::Bool,
+    ),
+    (
+        "task_reject_on_worker_lost",
+        "task",
+        "reject_on_worker_lost",
+        Kind::Bool,
+    ),
+    ("task_time_limit", "task", "time_limit", Kind::Seconds),
+    (
+        "task_soft_time_limit",
+        "task",
+        "soft_time_limit",
+        Kind::Seconds,
+    ),
+    (
+        "task_default_rate_limit",
+        "task",
+        "default_rate_limit",
+        Kind::Text,
+    ),
+];
+
+/// Worker settings the Python children honour themselves (logging is set up in each child
+/// by Celery's own `app.log.setup`), or that only matter to Celery's own worker classes when
+/// left at their defaults.
+const HONOURED_IN_CHILD: &[&str] = &[
+    "worker_hijack_root_logger",
+    "worker_log_color",
+    "worker_log_format",
+    "worker_task_log_format",
+    "worker_redirect_stdouts",
+    "worker_redirect_stdouts_level",
+];
+
+/// Prefixes of the settings that belong to the worker (the rest configure the app as a
+/// client, the result backend, beat…, which the Python side uses as it is).
+const WORKER_PREFIXES: &[&str] = &["worker_", "broker_"];
+
+/// Task settings that the worker, not the client, acts on and celeryd does not honour yet.
+const WORKER_TASK_SETTINGS: &[&str] = &[
+    "task_create_missing_queues",
+    "task_default_exchange",
+    "task_default_exchange_type",
+    "task_default_routing_key",
+    "task_default_delivery_mode",
+    "task_queue_max_priority",
+    "task_default_priority",
+    "task_remote_tracebacks",
+];
+
+/// Builds the layer from the `conf` of the helper's `ready` frame (the settings the app
+/// changed, with `broker_url` resolved and `task_queues` spelt out).
+pub fn layer(conf: &Map<String, Value>) -> Result<AppLayer, String> {
+    let mut out = AppLayer::default();
+    for (celery, section, key, kind) in MAPPED {
+        let Some(v) = conf.get(*celery).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        let value = convert(v, *kind).map_err(|why| format!("app.conf {celery} = {v}: {why}"))?;
+        out.set(section, key, value, celery);
+    }
+    if let Some(url) = conf.get("broker_url").and_then(Value::as_str) {
+        out.set(
+            "broker",
+            "url",
+            toml::Value::String(amqp_url(url)?),
+            "broker_url",
+        );
+    }
+    let queues = match conf.get("task_queues") {
+        Some(Value::Array(qs)) if !qs.is_empty() => Some(queue_names(qs, &mut out.unhonoured)),
+        _ => None,
+    };
+    match (
+        queues,
+        conf.get("task_default_queue").and_then(Value::as_str),
+    ) {
+        (Some(names), _) => out.set("worker", "queues", names, "task_queues"),
+        (None, Some(q)) => {
+            let names = toml::Value::Array(vec![toml::Value::String(q.to_owned())]);
+            out.set("worker", "queues", names, "task_default_queue");
+        }
+        (None, None) => {}
+    }
+    let mapped: Vec<&str> = MAPPED.iter().map(|m| m.0).collect();
+    for key in conf.keys() {
+        let worker_setting = WORKER_PREFIXES.iter().any(|p| key.starts_with(p))
+            || WORKER_TASK_SETTINGS.contains(&key.as_str());
+        let known = mapped.contains(&key.as_str())
+            || HONOURED_IN_CHILD.contains(&key.as_str())
+            || key == "broker_url";
+        if worker_setting && !known {
+            out.unhonoured.push(key.clone());
+        }
+    }
+    Ok(out)
+}
+
+impl AppLayer {
+    fn set(&mut self, section: &str, key: &str, value: toml::Value, celery: &str) {
+        let entry = self
+            .table
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let Some(t) = entry.as_table_mut() {
+            t.insert(key.to_owned(), value);
+        }
+        self.origins
+            .insert(format!("{section}.{key}"), celery.to_owned());
+    }
+}
+
+fn convert(v: &Value, kind: Kind) -> Result<toml::Value, &'static str> {
+    let number = || match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    };
+    match kind {
+        Kind::Bool => match v {
+            Value::Bool(b) => Ok(toml::Value::Boolean(*b)),
+            Value::Number(n) => Ok(toml::Value::Boolean(n.as_f64() != Some(0.0))),
+            Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+                "true" | "yes" | "1" | "on" => Ok(toml::Value::Boolean(true)),
+                "false" | "no" | "0" | "off" | "" => Ok(toml::Value::Boolean(false)),
+                _ => Err("not a boolean"),
+            },
+            _ => Err("not a boolean"),
+        },
+        Kind::Count => match number() {
+            Some(f) if f.is_finite() && f >= 0.0 && f <= u32::MAX as f64 => {
+                Ok(toml::Value::Integer(f.round() as i64))
+            }
+            _ => Err("not a whole number from 0"),
+        },
+        Kind::Seconds => match number() {
+            Some(f) if f.is_finite() && f >= 0.0 => Ok(toml::Value::Float(f)),
+            _ => Err("not a number of seconds"),
+        },
+        Kind::Text => match v {
+            Value::String(s) => Ok(toml::Value::String(s.clone())),
+            Value::Number(n) => Ok(toml::Value::String(n.to_string())),
+            _ => Err("not a string"),
+        },
+    }
+}
+
+/// The app's broker URL as celeryd connects to it: kombu's AMQP transports (`amqp`,
+/// `pyamqp`, `librabbitmq`) are one; any other transport is refused with the reason.
+pub fn amqp_url(url: &str) -> Result<String, String> {
+    let masked = celeryd_actors::settings::mask_password(url);
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(format!("app.conf broker_url {masked:?} is not a URL"));
+    };
+    match scheme.to_ascii_lowercase().as_str() {
+        "amqp" | "pyamqp" | "librabbitmq" => Ok(format!("amqp://{rest}")),
+        "amqps" | "pyamqps" => Ok(format!("amqps://{rest}")),
+        other => Err(format!(
+            "app.conf broker_url {masked:?}: celeryd consumes from RabbitMQ (amqp://) only, \
+             not through kombu's {other:?} transport; point broker_url (or [broker] url, \
+             CELERYD_BROKER_URL) at RabbitMQ, or keep `celery worker` for this app"
+        )),
+    }
+}
+
+/// The names of the app's `task_queues`; a queue declared other than as celeryd declares a
+/// plain name (a direct exchange of its own name, its name as routing key, no arguments) is
+/// named in `unhonoured`.
+fn queue_names(queues: &[Value], unhonoured: &mut Vec<String>) -> toml::Value {
+    let mut names = Vec::new();
+    for q in queues {
+        let Some(name) = q.get("name").and_then(Value::as_str) else {
+            continue;
+        };
+        let text = |k: &str| q.get(k).and_then(Value::as_str).unwrap_or_default();
+        let plain = (text("exchange") == name || text("exchange").is_empty())
+            && matches!(text("exchange_type"), "direct" | "")
+            && (text("routing_key") == name || text("routing_key").is_empty())
+            && q.get("queue_arguments")
+                .is_none_or(|a| a.is_null() || a.as_object().is_some_and(Map::is_empty));
+        if !plain {
+            unhonoured.push(format!(
+                "task_queues[{name}] (declared as a plain queue: exchange {:?} type {:?} \
+                 routing key {:?} arguments {})",
+                text("exchange"),
+                text("exchange_type"),
+                text("routing_key"),
+                q.get("queue_arguments").unwrap_or(&Value::Null)
+            ));
+        }
+        names.push(toml::Value::String(name.to_owned()));
+    }
+    toml::Value::Array(names)
+}
+
+/// `--print-config` output with the values that came from the app marked.
+pub fn annotate(rendered: &str, from_app: &BTreeMap<String, String>) -> String {
+    let mut section = String::new();
+    let mut out = String::new();
+    for line in rendered.lines() {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_owned();
+        }
+        out.push_str(line);
+        if let Some((key, _)) = line.split_once(" = ")
+            && let Some(celery) = from_app.get(&format!("{section}.{}", key.trim()))
+        {
+            out.push_str(&format!(" # from app.conf {celery}"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn conf(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn worker_settings_are_mapped_with_their_origin() {
+        let l = layer(&conf(json!({
+            "broker_url": "pyamqp://u:pw@rabbit:5672//",
+            "worker_concurrency": 3,
+            "worker_prefetch_multiplier": "2",
+            "task_acks_late": true,
+            "task_time_limit": 30,
+            "task_default_rate_limit": "10/s",
+            "task_default_queue": "jobs",
+            "result_backend": "redis://",
+        })))
+        .unwrap();
+        let t = &l.table;
+        assert_eq!(
+            t["broker"]["url"].as_str(),
+            Some("amqp://u:pw@rabbit:5672//")
+        );
+        assert_eq!(t["worker"]["concurrency"].as_integer(), Some(3));
+        assert_eq!(t["worker"]["prefetch_multiplier"].as_integer(), Some(2));
+        assert_eq!(t["task"]["acks_late"].as_bool(), Some(true));
+        assert_eq!(t["task"]["time_limit"].as_float(), Some(30.0));
+        assert_eq!(t["worker"]["queues"][0].as_str(), Some("jobs"));
+        assert_eq!(l.origins["worker.concurrency"], "worker_concurrency");
+        assert_eq!(l.origins["worker.queues"], "task_default_queue");
+        assert!(l.unhonoured.is_empty(), "{:?}", l.unhonoured);
+    }
+
+    #[test]
+    fn unhonoured_worker_settings_are_named_and_others_are_not() {
+        let l = layer(&conf(json!({
+            "worker_cancel_long_running_tasks_on_connection_loss": true,
+            "broker_pool_limit": 5,
+            "worker_log_format": "%(message)s",
+            "task_serializer": "json",
+            "task_queue_max_priority": 10,
+        })))
+        .unwrap();
+        assert_eq!(
+            l.unhonoured,
+            vec![
+                "broker_pool_limit",
+                "task_queue_max_priority",
+                "worker_cancel_long_running_tasks_on_connection_loss"
+            ]
+        );
+    }
+
+    #[test]
+    fn task_queues_give_the_queue_names_and_name_what_is_not_plain() {
+        let l = layer(&conf(json!({"task_queues": [
+            {"name": "a", "exchange": "a", "exchange_type": "direct", "routing_key": "a",
+             "queue_arguments": null},
+            {"name": "b", "exchange": "media", "exchange_type": "topic", "routing_key": "b.#",
+             "queue_arguments": {"x-max-priority": 10}},
+        ], "task_default_queue": "ignored"})))
+        .unwrap();
+        let names: Vec<_> = l.table["worker"]["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(l.unhonoured.len(), 1);
+        assert!(l.unhonoured[0].starts_with("task_queues[b]"));
+    }
+
+    #[test]
+    fn bad_values_and_foreign_brokers_are_refused_with_the_reason() {
+        let e = layer(&conf(json!({"worker_concurrency": "many"}))).unwrap_err();
+        assert!(e.contains("worker_concurrency"), "{e}");
+        let e = layer(&conf(json!({"broker_url": "redis://:secret@h:6379/0"}))).unwrap_err();
+        assert!(e.contains("RabbitMQ") && !e.contains("secret"), "{e}");
+        assert_eq!(amqp_url("amqps://h//").unwrap(), "amqps://h//");
+    }
+
+    #[test]
+    fn printed_config_marks_what_came_from_the_app() {
+        let mut from = BTreeMap::new();
+        from.insert(
+            "worker.concurrency".to_owned(),
+            "worker_concurrency".to_owned(),
+        );
+        let text = annotate("[worker]\nconcurrency = 3\nhostname = \"x\"\n", &from);
+        assert!(text.contains("concurrency = 3 # from app.conf worker_concurrency"));
+        assert!(text.contains("hostname = \"x\"\n"));
+    }
+}

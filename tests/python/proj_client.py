@@ -1,0 +1,177 @@
+"""Drives `worker -A proj` with Celery's own client API (canvases included), importing the
+test app (tests/python/proj.py) as a client would. Prints one JSON object of what it saw:
+
+    proj_client.py SCENARIO [--queue Q] [--timeout S]
+
+Scenarios: basic, retry, group, canvas, chord, states, limits, lost, reject, revoke, eta,
+unregistered (canvas, chord and states need a backend other than rpc://). Each value is an observation (a result, a state, an exception's class), never a
+verdict: the Rust tests compare them with what Celery's own worker gives."""
+
+import argparse
+import json
+import sys
+import time
+
+from celery import chain, chord, group
+from celery.result import AsyncResult
+
+import proj
+
+
+def exc_of(res, timeout):
+    try:
+        value = res.get(timeout=timeout)
+        return {"value": value}
+    except Exception as exc:  # the app's own classes come back as themselves
+        return {"exc": type(exc).__name__, "module": type(exc).__module__, "text": str(exc)}
+
+
+def wait_state(res, states, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if res.state in states:
+            return res.state
+        time.sleep(0.05)
+    return res.state
+
+
+def basic(q, t):
+    who = proj.whoami.apply_async(queue=q).get(timeout=t)
+    return {
+        "add": proj.add.apply_async((2, 3), queue=q).get(timeout=t),
+        "boom": exc_of(proj.boom.apply_async(("bad",), queue=q), t),
+        "whoami": who,
+        "signals": proj.signals_seen.apply_async(queue=q).get(timeout=t),
+    }
+
+
+def retry(q, t):
+    return {
+        "retry_once": proj.retry_once.apply_async(queue=q).get(timeout=t),
+        "autoretry": proj.autoretry.apply_async(queue=q).get(timeout=t),
+    }
+
+
+def canvas(q, t):
+    linked = proj.add.apply_async((1, 1), link=proj.add.s(10).set(queue=q), queue=q)
+    linked.get(timeout=t)
+    child = linked.children[0] if linked.children else None
+    err_id = "errback-%s" % time.time()
+    failed = proj.boom.apply_async(
+        ("for errback",), link_error=proj.errback.s().set(task_id=err_id, queue=q), queue=q
+    )
+    return {
+        "chain": chain(proj.add.s(1, 2).set(queue=q), proj.add.s(3).set(queue=q))
+        .apply_async()
+        .get(timeout=t),
+        "link": child.get(timeout=t) if child else None,
+        "group": group(proj.add.s(i, i) for i in range(3)).apply_async(queue=q).get(timeout=t),
+        "link_error_failed": exc_of(failed, t),
+        "link_error": AsyncResult(err_id, app=proj.app).get(timeout=t),
+    }
+
+
+def group_(q, t):
+    # The one canvas rpc:// can return to the client (Celery's own worker neither returns a
+    # chain's or a link's result through rpc://: the worker sends those tasks).
+    return {"group": group(proj.add.s(i, i) for i in range(3)).apply_async(queue=q).get(timeout=t)}
+
+
+def chord_(q, t):
+    header = [proj.add.s(i, i).set(queue=q) for i in range(4)]
+    return {"chord": chord(header)(proj.tsum.s().set(queue=q)).get(timeout=t)}
+
+
+def states(q, t):
+    p = proj.progress.apply_async(queue=q)
+    seen = wait_state(p, {"PROGRESS"}, t)
+    meta = p.info if seen == "PROGRESS" else None
+    spawned = proj.spawn.apply_async((1, 2, q), queue=q).get(timeout=t)
+    return {
+        "progress_state": seen,
+        "progress_meta": meta,
+        "progress": p.get(timeout=t),
+        "spawned": AsyncResult(spawned, app=proj.app).get(timeout=t),
+    }
+
+
+def limits(q, t):
+    return {
+        "hard": exc_of(proj.hard.apply_async(queue=q), t),
+        "soft": proj.soft.apply_async(queue=q).get(timeout=t),
+        "after": proj.add.apply_async((1, 1), queue=q).get(timeout=t),
+    }
+
+
+def lost(q, t):
+    return {
+        "die": exc_of(proj.die.apply_async(queue=q), t),
+        "die_once": proj.die_once.apply_async(queue=q).get(timeout=t),
+    }
+
+
+def reject(q, t):
+    r = proj.reject.apply_async(queue=q)
+    i = proj.ignore.apply_async(queue=q)
+    after = proj.add.apply_async((2, 2), queue=q).get(timeout=t)
+    return {"reject": exc_of(r, t), "ignore_state": i.state, "after": after}
+
+
+def revoke(q, t):
+    later = proj.add.apply_async((1, 1), countdown=60, queue=q)
+    time.sleep(1)
+    later.revoke()
+    # Delivered at once, held for its ETA, expired by then.
+    expired = proj.add.apply_async((1, 1), countdown=3, expires=1.5, queue=q)
+    running = proj.sleep.apply_async((30,), queue=q)
+    wait_state(running, {"STARTED"}, 3)
+    time.sleep(1)
+    running.revoke(terminate=True)
+    return {
+        "eta": wait_state(later, {"REVOKED"}, t),
+        "expired": wait_state(expired, {"REVOKED"}, t),
+        "terminated": wait_state(running, {"REVOKED"}, t),
+        "after": proj.add.apply_async((3, 3), queue=q).get(timeout=t),
+    }
+
+
+def eta(q, t):
+    sent = time.time()
+    v = proj.add.apply_async((4, 4), countdown=1.5, queue=q).get(timeout=t)
+    return {"eta": v, "waited": time.time() - sent}
+
+
+def unregistered(q, t):
+    r = proj.app.send_task("proj.nope", queue=q)
+    return {"unregistered": exc_of(r, t)}
+
+
+SCENARIOS = {
+    "basic": basic,
+    "retry": retry,
+    "canvas": canvas,
+    "chord": chord_,
+    "group": group_,
+    "states": states,
+    "limits": limits,
+    "lost": lost,
+    "reject": reject,
+    "revoke": revoke,
+    "eta": eta,
+    "unregistered": unregistered,
+}
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("scenario", choices=sorted(SCENARIOS))
+    p.add_argument("--queue", default="celery")
+    p.add_argument("--timeout", type=float, default=30)
+    a = p.parse_args()
+    out = SCENARIOS[a.scenario](a.queue, a.timeout)
+    print(json.dumps(out, default=repr))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
