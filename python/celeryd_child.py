@@ -18,7 +18,8 @@ Parent to child: {"op": "run", "seq", "task", "id", "headers", "properties",
 "delivery_info"} + body; {"op": "report", the same fields, "kind": {"name": "time_limit"
 (with "timeout") | "worker_lost" (with "how") | "rejected" | "revoked" | "expired" |
 "terminated" (with "signum") | "not_registered"}} + body, for the cases where Celery's
-MainProcess writes the result itself; {"op": "exit"}.
+MainProcess writes the result itself; {"op": "mark_revoked", "ids"} for a remote revoke of
+tasks this worker does not run; {"op": "exit"}.
 Child to parent: {"op": "ready", "pid", "celery_version", "hostname", "tasks", "conf"} once,
 or {"op": "error", "error": traceback} when the app cannot be loaded; then {"op": "done",
 "seq", "state", ...} per run, and {"op": "reported", "seq", "kind", "ack": "ack" | "reject" |
@@ -161,7 +162,10 @@ def conf_meta(app):
     out = {k: v for k, v in changed.items() if not callable(v)}
     if "broker_url" in changed or os.environ.get("CELERY_BROKER_URL"):
         # The real URL: the parent connects with it (the pipe is private; it masks it).
-        out["broker_url"] = app.connection_for_write().as_uri(include_password=True)
+        try:
+            out["broker_url"] = app.connection_for_write().as_uri(include_password=True)
+        except Exception:  # a transport kombu cannot load here: the parent names it
+            out["broker_url"] = str(conf.broker_url)
     if conf.task_queues:
         out["task_queues"] = [
             {
@@ -324,6 +328,31 @@ def report(app, frame, body, hostname):
     return {"kind": name, "ack": decision.ack, "events": decision.events}
 
 
+def mark_revoked(app, ids):
+    """A remote revoke of tasks this worker is not running (Celery's worker/control.py
+    `_revoke`): REVOKED in the backend, unless the task has a result already or another
+    worker has started it."""
+    from celery import states
+
+    marked = []
+    for task_id in ids:
+        try:
+            state = app.backend.get_state(task_id)
+            if state in states.READY_STATES:
+                continue
+            if state not in (states.PENDING, states.RECEIVED, states.RETRY, states.REJECTED):
+                continue
+            app.backend.mark_as_revoked(task_id, reason="revoked", store_result=True)
+            marked.append(task_id)
+        except Exception as exc:
+            import logging
+
+            logging.getLogger("celery.worker.control").warning(
+                "Failed to mark task %s as revoked in backend: %s", task_id, exc
+            )
+    return {"kind": "mark_revoked", "marked": marked}
+
+
 def serve(app, opts):
     from celery import signals
     from celery.app import trace
@@ -333,6 +362,10 @@ def serve(app, opts):
         frame, body = read_frame()
         if frame is None or frame.get("op") == "exit":
             break
+        if frame.get("op") == "mark_revoked":
+            out = mark_revoked(app, frame.get("ids") or [])
+            write_frame(dict(out, op="reported", seq=frame.get("seq")))
+            continue
         if frame.get("op") == "report":
             try:
                 out = report(app, frame, body, opts.hostname)

@@ -126,7 +126,18 @@ pub fn main_with(registry: Registry) -> ExitCode {
             let shown = if settings.python.app.is_some() {
                 let node = node_name(&settings);
                 let (_, prepared) = prepare_python(&cli, &settings, &node).await?;
-                appconf::annotate(&settings::render(&prepared.settings), &prepared.from_app)
+                let mut shown = String::new();
+                if !prepared.unhonoured.is_empty() {
+                    shown.push_str(&format!(
+                        "# app.conf settings celeryd does not honour: {}\n",
+                        prepared.unhonoured.join(", ")
+                    ));
+                }
+                shown.push_str(&appconf::annotate(
+                    &settings::render(&prepared.settings),
+                    &prepared.from_app,
+                ));
+                shown
             } else {
                 settings::render(&settings)
             };
@@ -228,6 +239,7 @@ struct PythonPrepared {
     settings: Settings,
     from_app: std::collections::BTreeMap<String, String>,
     command: ChildCommand,
+    unhonoured: Vec<String>,
 }
 
 /// `-A`: starts the helper (the app loaded, or exit 78 with the Python traceback), lays the
@@ -279,6 +291,7 @@ async fn prepare_python(
         settings,
         from_app,
         command,
+        unhonoured: layer.unhonoured,
     };
     Ok((setup, prepared))
 }

@@ -648,6 +648,7 @@ impl Consumer {
                     reply_to: p.reply_to().as_ref().map(|s| s.as_str().to_owned()),
                     priority: *p.priority(),
                     delivery_mode: *p.delivery_mode(),
+                    extra: amqp::extra_properties(p),
                 };
                 let m = crate::protocol::python::python_message(&r, body, properties);
                 r.python = Some(Box::new(m));

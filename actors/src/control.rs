@@ -91,6 +91,9 @@ pub struct ControlPeers {
     pub task_events: crate::events::TaskEvents,
     /// The worker's Lamport clock.
     pub clock: crate::clock::Clock,
+    /// With Python tasks: the helper, which marks remote-revoked tasks REVOKED in the app's
+    /// result backend, as Celery's worker does.
+    pub helper: Option<ActorRef<crate::helper::HelperMessage>>,
 }
 
 /// Messages to the control actor.
@@ -747,7 +750,7 @@ async fn revoke(
         Ok(s) => s,
         Err(e) => return e,
     };
-    let active = if signal.is_some() {
+    let active = if signal.is_some() || peers.helper.is_some() {
         ractor::call!(peers.pool, |reply| PoolMessage::GetActiveIds { reply }).unwrap_or_default()
     } else {
         Vec::new()
@@ -769,6 +772,24 @@ async fn revoke(
             ));
         }
         Ok(Ok(())) => {}
+    }
+    if let Some(helper) = &peers.helper {
+        // As Celery's `_revoke`: what does not run here is REVOKED in the backend (unless it
+        // has a result or another worker started it) before the reply.
+        let idle: Vec<String> = ids
+            .iter()
+            .filter(|i| !active.contains(i))
+            .cloned()
+            .collect();
+        if !idle.is_empty() {
+            let ask = |reply| crate::helper::HelperMessage::MarkRevoked { ids: idle, reply };
+            let timeout = crate::helper::REPORT_TIMEOUT.as_millis() as u64 * 2;
+            if let Ok(r) = ractor::call_t!(helper, ask, timeout)
+                && let Some(e) = r.error
+            {
+                tracing::warn!("Cannot mark revoked tasks in the result backend: {e}");
+            }
+        }
     }
     if signal.is_none() {
         return ok(format!("tasks {} flagged as revoked", py_set(&ids)));

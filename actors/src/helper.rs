@@ -94,7 +94,21 @@ impl HelperProcess {
     ) -> Result<Reported, ChildError> {
         self.seq += 1;
         let frame = python::report_frame(self.seq, request, kind)?;
-        ipc::write_all(&mut self.stdin, &frame).await?;
+        self.exchange(&frame).await
+    }
+
+    /// Has Celery mark these ids REVOKED where they have no result and no other worker
+    /// started them (a remote revoke of tasks this worker does not run).
+    async fn mark_revoked(&mut self, ids: &[String]) -> Result<Reported, ChildError> {
+        self.seq += 1;
+        let header = serde_json::json!({"op": "mark_revoked", "seq": self.seq, "ids": ids});
+        let frame = python::encode_frame(&header, b"")?;
+        self.exchange(&frame).await
+    }
+
+    /// Writes a frame and reads the `reported` answer to it.
+    async fn exchange(&mut self, frame: &[u8]) -> Result<Reported, ChildError> {
+        ipc::write_all(&mut self.stdin, frame).await?;
         let answer = tokio::time::timeout(REPORT_TIMEOUT, ipc::read_payload(&mut self.stdout))
             .await
             .map_err(|_| {
@@ -147,6 +161,14 @@ pub enum HelperMessage {
         /// Receives Celery's decision.
         reply: RpcReplyPort<Reported>,
     },
+    /// A remote revoke of tasks this worker does not run: Celery marks them REVOKED where
+    /// they are still pending (`error` set when it could not).
+    MarkRevoked {
+        /// The ids.
+        ids: Vec<String>,
+        /// Answered when done.
+        reply: RpcReplyPort<Reported>,
+    },
 }
 
 /// The helper's state: its process, when it has one.
@@ -194,12 +216,38 @@ impl Actor for PythonHelper {
                 let answer = self.report(state, &request, &kind).await;
                 let _ = reply.send(answer);
             }
+            HelperMessage::MarkRevoked { ids, reply } => {
+                let answer = self.mark_revoked(state, &ids).await;
+                let _ = reply.send(answer);
+            }
         }
         Ok(())
     }
 }
 
 impl PythonHelper {
+    /// Marks remote-revoked ids REVOKED through Celery (see [`HelperMessage::MarkRevoked`]).
+    async fn mark_revoked(&self, state: &mut HelperState, ids: &[String]) -> Reported {
+        if state.process.is_none() {
+            match HelperProcess::start(&self.command, START_TIMEOUT).await {
+                Ok((p, Hello::Ready(_))) => state.process = Some(p),
+                Ok((_, Hello::Failed(tb))) => return failed(format!("cannot load the app:\n{tb}")),
+                Err(e) => return failed(e.to_string()),
+            }
+        }
+        let Some(p) = state.process.as_mut() else {
+            return failed("no helper process".to_owned());
+        };
+        match p.mark_revoked(ids).await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "The Python helper failed to mark revoked tasks.");
+                state.process = None;
+                failed(e.to_string())
+            }
+        }
+    }
+
     /// One report, tried on a fresh process once more when the first attempt fails.
     async fn report(
         &self,
@@ -248,5 +296,12 @@ impl PythonHelper {
             error: Some(last),
             ..Reported::default()
         }
+    }
+}
+
+fn failed(why: String) -> Reported {
+    Reported {
+        error: Some(why),
+        ..Reported::default()
     }
 }

@@ -203,6 +203,7 @@ impl Actor for Supervisor {
             events: events.clone(),
             task_events,
             clock,
+            helper: helper.clone(),
         };
         let control = Control::new(
             settings.clone(),

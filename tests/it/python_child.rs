@@ -102,6 +102,7 @@ fn frame_header(seq: u64, msg: &TaskMessage, queue: &str, kind: Option<ReportKin
         reply_to: Some(msg.reply_to.clone()),
         priority: Some(0),
         delivery_mode: Some(2),
+        ..Properties::default()
     };
     let info = DeliveryInfo {
         exchange: String::new(),

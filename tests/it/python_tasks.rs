@@ -23,9 +23,15 @@ fn python_amqp_url() -> String {
 
 /// Runs one scenario of the client against `queue`; returns what it saw.
 fn scenario(queue: &str, backend: &str, name: &str) -> Value {
+    scenario_with(queue, backend, name, &[])
+}
+
+/// [`scenario`] with more arguments.
+fn scenario_with(queue: &str, backend: &str, name: &str, extra: &[&str]) -> Value {
     let out = Command::new(python())
         .current_dir(repo().join("tests/python"))
         .args(["proj_client.py", name, "--queue", queue, "--timeout", "40"])
+        .args(extra)
         .env("AMQP_URL", python_amqp_url())
         .env("RESULT_BACKEND", backend)
         .output()
@@ -154,6 +160,16 @@ fn python_tasks_with_redis_results_chords_and_states() {
     );
     let rv = scenario(&q, REDIS, "revoke");
     assert_eq!(rv["terminated"], "REVOKED", "{rv}");
+    let elsewhere = scenario_with(&q, REDIS, "revoke_elsewhere", &["--node", &w.nodename()]);
+    assert_eq!(elsewhere["replies"], 1, "{elsewhere}");
+    assert_eq!(
+        elsewhere["pending"], "REVOKED",
+        "as Celery's _revoke: {elsewhere}"
+    );
+    assert_eq!(
+        elsewhere["started"], "STARTED",
+        "left to the worker running it"
+    );
     drop(w);
     block_on(delete_queue(&q));
 }
@@ -165,5 +181,235 @@ fn python_chords_with_a_database_backend() {
     let c = scenario(&q, POSTGRES, "chord");
     assert_eq!(c["chord"], 12, "chord_unlock polls the database: {c}");
     drop(w);
+    block_on(delete_queue(&q));
+}
+
+/// Runs the worker binary to completion (a start that fails, `--print-config`) with `-A proj`
+/// and the test venv; returns (exit code, stdout, stderr).
+fn run_worker(args: &[&str], conf: &str) -> (i32, String, String) {
+    let workdir = repo().join("tests/python");
+    let out = Command::new(env!("CARGO_BIN_EXE_worker"))
+        .args(["--workdir", workdir.to_str().unwrap()])
+        .args(args)
+        .env("AMQP_URL", python_amqp_url())
+        .env("PROJ_CONF", conf)
+        .output()
+        .expect("run the worker");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn python_start_failures_stop_with_exit_78_and_the_reason() {
+    let py = python().display().to_string();
+    let (code, _, err) = run_worker(&["-A", "nosuchproj", "--python", &py], "");
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("ModuleNotFoundError") && err.contains("nosuchproj"),
+        "the Python traceback is shown: {err}"
+    );
+    let (code, _, err) = run_worker(&["-A", "proj", "--python", "/nonexistent/python3"], "");
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("/nonexistent/python3"), "{err}");
+    let redis = r#"{"broker_url": "redis://:secret@127.0.0.1:6379/0"}"#;
+    let (code, _, err) = run_worker(&["-A", "proj", "--python", &py], redis);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("RabbitMQ") && !err.contains("secret"), "{err}");
+    let bad = r#"{"worker_concurrency": "many"}"#;
+    let (code, _, err) = run_worker(&["-A", "proj", "--python", &py], bad);
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("worker_concurrency"),
+        "the setting is named: {err}"
+    );
+}
+
+#[test]
+fn print_config_marks_the_apps_values_and_names_what_is_not_honoured() {
+    let py = python().display().to_string();
+    let conf = r#"{"worker_concurrency": 3, "worker_prefetch_multiplier": 2,
+        "task_acks_late": true, "worker_cancel_long_running_tasks_on_connection_loss": true}"#;
+    let args = ["--print-config", "-A", "proj", "--python", &py];
+    let (code, out, err) = run_worker(&[&args[..], &["--prefetch-multiplier", "5"]].concat(), conf);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("concurrency = 3 # from app.conf worker_concurrency"),
+        "{out}"
+    );
+    assert!(
+        out.contains("acks_late = true # from app.conf task_acks_late"),
+        "{out}"
+    );
+    assert!(
+        out.contains("prefetch_multiplier = 5\n"),
+        "the flag wins, unmarked: {out}"
+    );
+    assert!(
+        out.contains("# app.conf settings celeryd does not honour: worker_cancel_long_running"),
+        "{out}"
+    );
+}
+
+#[test]
+fn python_worker_inspect_recycling_rate_limits_malformed_and_warm_shutdown() {
+    let q = unique_queue("it-pyops");
+    let mut w = Worker::start_python(&q, REDIS, "", &["-c", "2", "--max-tasks-per-child", "1"]);
+    let out = crate::support::celery_cli(&["inspect", "registered", "--json", "-d", &w.nodename()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("proj.add") && text.contains("proj.whoami"),
+        "{text}"
+    );
+
+    let pids = scenario(&q, REDIS, "pids");
+    let mut p: Vec<u64> = pids["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    p.dedup();
+    assert_eq!(
+        p.len(),
+        3,
+        "one task per child (max_tasks_per_child=1): {pids}"
+    );
+
+    let rated = scenario(&q, REDIS, "rated");
+    let times: Vec<f64> = rated["times"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_f64)
+        .collect();
+    assert!(
+        times[3] - times[0] >= 1.0,
+        "4 tasks at 2/s take over a second: {times:?}"
+    );
+
+    block_on(async {
+        let conn = crate::support::connect().await;
+        let ch = conn.create_channel().await.unwrap();
+        let props = lapin::BasicProperties::default().with_content_type("application/json".into());
+        ch.basic_publish(
+            "".into(),
+            q.as_str().into(),
+            lapin::options::BasicPublishOptions::default(),
+            b"{not json",
+            props,
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    });
+    w.wait_for_log("Received invalid task message", Duration::from_secs(10));
+    assert_eq!(scenario(&q, REDIS, "group")["group"], json!([0, 2, 4]));
+
+    let id = Command::new(python())
+        .current_dir(repo().join("tests/python"))
+        .args([
+            "proj_client.py",
+            "send",
+            "--queue",
+            &q,
+            "--task",
+            "proj.sleep",
+            "--args",
+            "[2]",
+        ])
+        .env("AMQP_URL", python_amqp_url())
+        .env("RESULT_BACKEND", REDIS)
+        .output()
+        .unwrap();
+    let id: Value = serde_json::from_slice(&id.stdout).unwrap();
+    let id = id["id"].as_str().unwrap().to_owned();
+    w.wait_for_log(
+        &format!("Task proj.sleep[{id}] received"),
+        Duration::from_secs(10),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    w.signal(nix::sys::signal::Signal::SIGTERM);
+    let done = Command::new(python())
+        .current_dir(repo().join("tests/python"))
+        .args([
+            "proj_client.py",
+            "wait",
+            "--queue",
+            &q,
+            "--id",
+            &id,
+            "--timeout",
+            "20",
+        ])
+        .env("AMQP_URL", python_amqp_url())
+        .env("RESULT_BACKEND", REDIS)
+        .output()
+        .unwrap();
+    let done: Value = serde_json::from_slice(&done.stdout).unwrap_or_default();
+    assert_eq!(
+        done["result"], 2,
+        "the running task finished during the warm shutdown"
+    );
+    assert!(w.wait_exit(Duration::from_secs(30)).success());
+    block_on(delete_queue(&q));
+}
+
+#[test]
+fn an_acks_late_python_task_survives_kill_9_of_its_worker() {
+    let q = unique_queue("it-pykill");
+    let mut w = Worker::start_python(&q, REDIS, "", &["-c", "1"]);
+    let send = Command::new(python())
+        .current_dir(repo().join("tests/python"))
+        .args([
+            "proj_client.py",
+            "send",
+            "--queue",
+            &q,
+            "--task",
+            "proj.slow",
+            "--args",
+            "[2]",
+        ])
+        .env("AMQP_URL", python_amqp_url())
+        .env("RESULT_BACKEND", REDIS)
+        .output()
+        .unwrap();
+    let id: Value = serde_json::from_slice(&send.stdout).unwrap();
+    let id = id["id"].as_str().unwrap().to_owned();
+    w.wait_for_log(
+        &format!("Task proj.slow[{id}] received"),
+        Duration::from_secs(10),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    w.signal(nix::sys::signal::Signal::SIGKILL);
+    w.wait_exit(Duration::from_secs(10));
+    let w2 = Worker::start_python(&q, REDIS, "", &["-c", "1"]);
+    let done = Command::new(python())
+        .current_dir(repo().join("tests/python"))
+        .args([
+            "proj_client.py",
+            "wait",
+            "--queue",
+            &q,
+            "--id",
+            &id,
+            "--timeout",
+            "30",
+        ])
+        .env("AMQP_URL", python_amqp_url())
+        .env("RESULT_BACKEND", REDIS)
+        .output()
+        .unwrap();
+    let done: Value = serde_json::from_slice(&done.stdout).unwrap_or_default();
+    assert_eq!(
+        done["result"], 2,
+        "redelivered to the next worker and run there"
+    );
+    assert!(w2.log().contains(&format!("Task proj.slow[{id}] received")));
+    drop(w2);
     block_on(delete_queue(&q));
 }

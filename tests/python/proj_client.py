@@ -4,7 +4,9 @@ test app (tests/python/proj.py) as a client would. Prints one JSON object of wha
     proj_client.py SCENARIO [--queue Q] [--timeout S]
 
 Scenarios: basic, retry, group, canvas, chord, states, limits, lost, reject, revoke, eta,
-unregistered (canvas, chord and states need a backend other than rpc://). Each value is an observation (a result, a state, an exception's class), never a
+unregistered, pids, rated (canvas, chord and states need a backend other than rpc://);
+`send --task NAME --args JSON` (prints the id) and `wait --id ID` (with a result backend
+other than rpc://, which returns results only to their sender). Each value is an observation (a result, a state, an exception's class), never a
 verdict: the Rust tests compare them with what Celery's own worker gives."""
 
 import argparse
@@ -146,6 +148,37 @@ def unregistered(q, t):
     return {"unregistered": exc_of(r, t)}
 
 
+def revoke_elsewhere(q, t, node=None):
+    """A remote revoke of tasks this worker does not run: pending ones become REVOKED, one
+    another worker started keeps its state."""
+    import uuid
+
+    b = proj.app.backend
+    started, pending = str(uuid.uuid4()), str(uuid.uuid4())
+    b.store_result(started, {"hostname": "other@host"}, "STARTED")
+    replies = proj.app.control.revoke(
+        [started, pending], destination=[node], reply=True, timeout=10, limit=1
+    )
+    return {"replies": len(replies), "started": b.get_state(started), "pending": b.get_state(pending)}
+
+
+def pids(q, t):
+    return {"pids": [proj.whoami.apply_async(queue=q).get(timeout=t)["pid"] for _ in range(3)]}
+
+
+def rated(q, t):
+    sent = [proj.rated.apply_async(queue=q) for _ in range(4)]
+    return {"times": sorted(r.get(timeout=t) for r in sent)}
+
+
+def send(q, t, task=None, args="[]"):
+    return {"id": proj.app.send_task(task, json.loads(args), queue=q).id}
+
+
+def wait(q, t, id=None):
+    return {"result": AsyncResult(id, app=proj.app).get(timeout=t)}
+
+
 SCENARIOS = {
     "basic": basic,
     "retry": retry,
@@ -159,6 +192,11 @@ SCENARIOS = {
     "revoke": revoke,
     "eta": eta,
     "unregistered": unregistered,
+    "pids": pids,
+    "revoke_elsewhere": revoke_elsewhere,
+    "rated": rated,
+    "send": send,
+    "wait": wait,
 }
 
 
@@ -167,8 +205,17 @@ def main():
     p.add_argument("scenario", choices=sorted(SCENARIOS))
     p.add_argument("--queue", default="celery")
     p.add_argument("--timeout", type=float, default=30)
+    p.add_argument("--task", help="send: the task name")
+    p.add_argument("--args", default="[]", help="send: its arguments (JSON list)")
+    p.add_argument("--id", help="wait: the task id")
+    p.add_argument("--node", help="revoke_elsewhere: the worker's node name")
     a = p.parse_args()
-    out = SCENARIOS[a.scenario](a.queue, a.timeout)
+    extra = {
+        "send": {"task": a.task, "args": a.args},
+        "wait": {"id": a.id},
+        "revoke_elsewhere": {"node": a.node},
+    }
+    out = SCENARIOS[a.scenario](a.queue, a.timeout, **extra.get(a.scenario, {}))
     print(json.dumps(out, default=repr))
     return 0
 

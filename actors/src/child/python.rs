@@ -89,20 +89,24 @@ pub fn run_header(
     properties: &Properties,
     delivery_info: &DeliveryInfo,
 ) -> Value {
+    let mut props = json!({
+        "content_type": properties.content_type,
+        "content_encoding": properties.content_encoding,
+        "correlation_id": properties.correlation_id,
+        "reply_to": properties.reply_to,
+        "priority": properties.priority,
+        "delivery_mode": properties.delivery_mode,
+    });
+    if let Value::Object(p) = &mut props {
+        p.extend(properties.extra.clone());
+    }
     json!({
         "op": "run",
         "seq": seq,
         "task": task,
         "id": id,
         "headers": headers,
-        "properties": {
-            "content_type": properties.content_type,
-            "content_encoding": properties.content_encoding,
-            "correlation_id": properties.correlation_id,
-            "reply_to": properties.reply_to,
-            "priority": properties.priority,
-            "delivery_mode": properties.delivery_mode,
-        },
+        "properties": props,
         "delivery_info": {
             "exchange": delivery_info.exchange,
             "routing_key": delivery_info.routing_key,

@@ -463,3 +463,26 @@ fn strip_expiration(p: BasicProperties) -> BasicProperties {
     }
     out
 }
+
+/// The basic properties Celery's request dict carries besides the ones the worker reads
+/// (`app_id`, `message_id`, `user_id`, `type`, `expiration`, `timestamp`), when present.
+pub fn extra_properties(p: &lapin::BasicProperties) -> serde_json::Map<String, serde_json::Value> {
+    use serde_json::Value;
+    let mut out = serde_json::Map::new();
+    let text = |v: &Option<lapin::types::ShortString>| v.as_ref().map(|s| s.as_str().to_owned());
+    for (key, value) in [
+        ("app_id", text(p.app_id())),
+        ("message_id", text(p.message_id())),
+        ("user_id", text(p.user_id())),
+        ("type", text(p.kind())),
+        ("expiration", text(p.expiration())),
+    ] {
+        if let Some(v) = value {
+            out.insert(key.to_owned(), Value::String(v));
+        }
+    }
+    if let Some(t) = p.timestamp() {
+        out.insert("timestamp".to_owned(), Value::from(*t));
+    }
+    out
+}

@@ -25,6 +25,9 @@ pub struct Properties {
     pub priority: Option<u8>,
     /// `delivery_mode`.
     pub delivery_mode: Option<u8>,
+    /// The other basic properties the message has (`app_id`, `message_id`, `user_id`,
+    /// `type`, `expiration`, `timestamp`), by their AMQP names.
+    pub extra: Map<String, Value>,
 }
 
 /// A task message as the Python child gets it.
