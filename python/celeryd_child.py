@@ -159,7 +159,11 @@ def conf_meta(app):
     onto its own and names the rest), with the broker URL resolved and the queues spelt out."""
     conf = app.conf
     changed = conf.table(with_defaults=False, censored=False)
-    out = {k: v for k, v in changed.items() if not callable(v)}
+    out = {
+        k: sorted(v, key=str) if isinstance(v, (set, frozenset)) else v
+        for k, v in changed.items()
+        if not callable(v)
+    }
     if "broker_url" in changed or os.environ.get("CELERY_BROKER_URL"):
         # The real URL: the parent connects with it (the pipe is private; it masks it).
         try:

@@ -286,6 +286,7 @@ async fn prepare_python(
         helper,
         helper_command: command.clone(),
         tasks: ready.tasks.into_iter().collect(),
+        accept: python::accept_content(&ready.conf),
     };
     let prepared = PythonPrepared {
         settings,

@@ -109,6 +109,20 @@ pub async fn start_helper(
     }
 }
 
+/// The content types the app accepts (`accept_content`, when it changed Celery's JSON-only
+/// default), as MIME types; empty = JSON only.
+pub fn accept_content(conf: &serde_json::Map<String, serde_json::Value>) -> Vec<String> {
+    let names: Vec<String> = match conf.get("accept_content") {
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        Some(serde_json::Value::String(s)) => vec![s.clone()],
+        _ => Vec::new(),
+    };
+    celeryd_actors::consumer::python::accept_mime_types(&names)
+}
+
 /// The tasks' limits and rates for the pool, from what the ready frame says of each.
 pub fn task_options(tasks: &HashMap<String, PythonTask>) -> HashMap<String, TaskOptions> {
     tasks

@@ -637,9 +637,9 @@ impl Consumer {
             },
         };
         let max = self.settings.worker.max_message_size;
-        let decoded = match state.peers.python {
+        let decoded = match &state.peers.python {
             None => decode_with_limit(raw, max),
-            Some(_) => decode_keeping_body(raw, max).map(|(mut r, body)| {
+            Some(py) => decode_keeping_body(raw, max, &py.accept).map(|(mut r, body)| {
                 let p = &d.properties;
                 let properties = Properties {
                     content_type: p.content_type().as_ref().map(|s| s.as_str().to_owned()),

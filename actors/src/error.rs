@@ -7,8 +7,9 @@ use thiserror::Error;
 /// (without requeue), logs the reason and carries on.
 #[derive(Debug, Error, PartialEq)]
 pub enum ProtocolError {
-    /// The content type is not in the accepted list (only JSON is accepted).
-    #[error("refusing to deserialize content of type {0:?} (only application/json is accepted)")]
+    /// The content type is not in the accepted list (JSON; with Python tasks, the app's
+    /// `accept_content`): the type, and what is accepted.
+    #[error("refusing to deserialize content of type {0}")]
     ContentType(String),
     /// The `compression` header names a codec the worker does not implement.
     #[error("unsupported compression {0:?}")]

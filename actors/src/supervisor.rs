@@ -76,6 +76,8 @@ pub struct PythonSetup {
     pub helper_command: ChildCommand,
     /// The app's tasks, from the helper's `ready` frame.
     pub tasks: HashMap<String, PythonTask>,
+    /// The content types the app accepts (MIME types; empty = JSON only).
+    pub accept: Vec<String>,
 }
 
 /// The supervisor actor.
@@ -150,6 +152,7 @@ impl Actor for Supervisor {
                 let tasks = Arc::new(PythonTasks {
                     helper: helper.clone(),
                     tasks: setup.tasks,
+                    accept: setup.accept,
                 });
                 (Some(helper), Some(tasks))
             }

@@ -127,6 +127,19 @@ fn python_tasks_with_rpc_results() {
     assert_eq!(e["eta"], 8);
     assert!(e["waited"].as_f64().unwrap() >= 1.4, "{e}");
 
+    let client = Command::new(python())
+        .current_dir(repo().join("tests/python"))
+        .args(["proj_client.py", "pickle", "--queue", &q, "--timeout", "3"])
+        .env("AMQP_URL", python_amqp_url())
+        .output()
+        .unwrap();
+    let p: Value = serde_json::from_slice(&client.stdout).unwrap_or_default();
+    assert_eq!(
+        p["exc"], "TimeoutError",
+        "not run: the app accepts JSON only: {p}"
+    );
+    w.wait_for_log("application/x-python-serialize", Duration::from_secs(5));
+
     let u = scenario(&q, "rpc://", "unregistered");
     assert_eq!(exc(&u["unregistered"]).0, "NotRegistered", "{u}");
     assert!(!w.log().contains("panicked"), "the worker never panicked");
@@ -256,7 +269,14 @@ fn print_config_marks_the_apps_values_and_names_what_is_not_honoured() {
 #[test]
 fn python_worker_inspect_recycling_rate_limits_malformed_and_warm_shutdown() {
     let q = unique_queue("it-pyops");
-    let mut w = Worker::start_python(&q, REDIS, "", &["-c", "2", "--max-tasks-per-child", "1"]);
+    let accept = r#"{"accept_content": ["json", "pickle"]}"#;
+    let flags = ["-c", "2", "--max-tasks-per-child", "1"];
+    let mut w = Worker::start_python(&q, REDIS, accept, &flags);
+    let p = scenario(&q, REDIS, "pickle");
+    assert_eq!(
+        p["result"], 42,
+        "a pickled message runs when the app accepts pickle: {p}"
+    );
     let out = crate::support::celery_cli(&["inspect", "registered", "--json", "-d", &w.nodename()]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(

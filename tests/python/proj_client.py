@@ -162,6 +162,15 @@ def revoke_elsewhere(q, t, node=None):
     return {"replies": len(replies), "started": b.get_state(started), "pending": b.get_state(pending)}
 
 
+def pickle(q, t):
+    """A pickled task message: run when the app accepts pickle, refused (rejected) when not."""
+    r = proj.add.apply_async((20, 22), serializer="pickle", queue=q)
+    try:
+        return {"id": r.id, "result": r.get(timeout=t)}
+    except Exception as exc:
+        return {"id": r.id, "exc": type(exc).__name__}
+
+
 def pids(q, t):
     return {"pids": [proj.whoami.apply_async(queue=q).get(timeout=t)["pid"] for _ in range(3)]}
 
@@ -193,6 +202,7 @@ SCENARIOS = {
     "eta": eta,
     "unregistered": unregistered,
     "pids": pids,
+    "pickle": pickle,
     "revoke_elsewhere": revoke_elsewhere,
     "rated": rated,
     "send": send,

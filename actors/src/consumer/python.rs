@@ -26,6 +26,22 @@ pub struct PythonTasks {
     pub helper: ActorRef<HelperMessage>,
     /// The app's tasks, by name.
     pub tasks: HashMap<String, PythonTask>,
+    /// The content types the app accepts (`accept_content` as MIME types; empty = JSON).
+    pub accept: Vec<String>,
+}
+
+/// Celery's `accept_content` (serializer names or MIME types) as MIME types.
+pub fn accept_mime_types(accept: &[String]) -> Vec<String> {
+    accept
+        .iter()
+        .map(|a| match a.trim().to_ascii_lowercase().as_str() {
+            "json" => "application/json".to_owned(),
+            "pickle" => "application/x-python-serialize".to_owned(),
+            "yaml" => "application/x-yaml".to_owned(),
+            "msgpack" => "application/x-msgpack".to_owned(),
+            other => other.to_owned(),
+        })
+        .collect()
 }
 
 /// How to settle a delivery.

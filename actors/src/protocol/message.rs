@@ -130,12 +130,44 @@ pub fn decode_with_limit(
 }
 
 /// [`decode_with_limit`], also returning the body as Celery's tracer takes it (decompressed,
-/// not decoded again): what a Python child is handed.
+/// not decoded again): what a Python child is handed. `accept` are the content types the
+/// app accepts (Celery's `accept_content` as MIME types; empty = JSON only): another is
+/// [`ProtocolError::ContentType`], as Celery refuses it. A body that is not JSON (pickle,
+/// msgpack, yaml) is not decoded here: a protocol 2 message's headers carry everything the
+/// parent needs, and Celery decodes the body in the child.
 pub fn decode_keeping_body(
     raw: RawMessage<'_>,
     max_body: usize,
+    accept: &[String],
 ) -> Result<(TaskRequest, Vec<u8>), ProtocolError> {
-    decode_inner(raw, max_body, true).map(|(r, b)| (r, b.unwrap_or_default()))
+    if accept.is_empty() {
+        return decode_inner(raw, max_body, true).map(|(r, b)| (r, b.unwrap_or_default()));
+    }
+    let ct = raw.content_type.unwrap_or("application/json").trim();
+    if !accept.iter().any(|a| a.eq_ignore_ascii_case(ct)) {
+        return Err(ProtocolError::ContentType(format!(
+            "{ct:?} (the app's accept_content is {accept:?})"
+        )));
+    }
+    if ct.eq_ignore_ascii_case("application/json") {
+        return decode_inner(raw, max_body, true).map(|(r, b)| (r, b.unwrap_or_default()));
+    }
+    if raw.body.len() > max_body {
+        return Err(ProtocolError::TooLarge {
+            limit: max_body,
+            what: "body",
+        });
+    }
+    let bytes = decompress(raw.headers.get("compression"), raw.body, max_body)?.into_owned();
+    let Some(Value::String(task)) = raw.headers.get("task") else {
+        // Protocol 1 keeps the task name in the body, which only the child could read.
+        return Err(ProtocolError::ContentType(format!(
+            "{ct:?} in a protocol 1 message (no task header): only protocol 2 is read unless JSON"
+        )));
+    };
+    let task = task.clone();
+    let opaque = Value::Array(vec![Value::Array(Vec::new()), Value::Object(Map::new())]);
+    from_v2(raw, task, opaque).map(|r| (r, bytes))
 }
 
 fn decode_inner(
@@ -185,7 +217,9 @@ fn check_content_type(content_type: Option<&str>) -> Result<(), ProtocolError> {
     match content_type {
         Some("application/json") | None => Ok(()),
         Some(ct) if ct.trim().eq_ignore_ascii_case("application/json") => Ok(()),
-        Some(other) => Err(ProtocolError::ContentType(other.to_owned())),
+        Some(other) => Err(ProtocolError::ContentType(format!(
+            "{other:?} (only application/json is accepted)"
+        ))),
     }
 }
 

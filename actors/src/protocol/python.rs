@@ -54,10 +54,16 @@ impl PythonMessage {
 /// the decoded fields (its body encoded once, as JSON). The `compression` header goes in both
 /// cases: the body handed over is already decompressed.
 pub fn python_message(req: &TaskRequest, body: Vec<u8>, properties: Properties) -> PythonMessage {
-    let v2_body = body
-        .iter()
-        .find(|b| !b.is_ascii_whitespace())
-        .is_some_and(|b| *b == b'[');
+    let json = properties
+        .content_type
+        .as_deref()
+        .is_none_or(|ct| ct.trim().eq_ignore_ascii_case("application/json"));
+    // A body that is not JSON (pickle…) was accepted only with protocol 2 headers.
+    let v2_body = !json
+        || body
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'[');
     let v2 = v2_body && matches!(req.headers.get("task"), Some(Value::String(_)));
     if v2 {
         let headers = req.headers.contains_key("compression").then(|| {
@@ -119,7 +125,7 @@ mod tests {
             body,
             ..Default::default()
         };
-        decode_keeping_body(raw, 1 << 20).unwrap()
+        decode_keeping_body(raw, 1 << 20, &[]).unwrap()
     }
 
     #[test]
@@ -145,6 +151,54 @@ mod tests {
         let m = python_message(&req, kept, Properties::default());
         assert_eq!(m.body, body.to_vec());
         assert!(!m.headers(&req).contains_key("compression"));
+    }
+
+    #[test]
+    fn accepted_bodies_that_are_not_json_pass_through_and_others_are_refused() {
+        let accept = [
+            "application/json".to_owned(),
+            "application/x-python-serialize".to_owned(),
+        ];
+        let pickled = b"\x80\x04\x95opaque";
+        let h = json!({"task": "proj.add", "id": "1", "argsrepr": "(2, 3)"});
+        let raw = |ct: &'static str, body: &'static [u8]| RawMessage {
+            content_type: Some(ct),
+            headers: h.as_object().cloned().unwrap(),
+            body,
+            ..Default::default()
+        };
+        let (req, kept) = decode_keeping_body(
+            raw("application/x-python-serialize", pickled),
+            1 << 20,
+            &accept,
+        )
+        .unwrap();
+        assert_eq!(
+            (req.task.as_str(), req.argsrepr.as_str()),
+            ("proj.add", "(2, 3)")
+        );
+        let props = Properties {
+            content_type: Some("application/x-python-serialize".into()),
+            ..Properties::default()
+        };
+        let m = python_message(&req, kept, props);
+        assert_eq!(m.body, pickled.to_vec());
+        assert!(m.headers.is_none(), "passed through as protocol 2");
+        let refused = decode_keeping_body(raw("application/x-yaml", b"x: 1"), 1 << 20, &accept);
+        assert!(matches!(
+            refused,
+            Err(crate::error::ProtocolError::ContentType(_))
+        ));
+        let json_only = ["application/x-python-serialize".to_owned()];
+        let refused = decode_keeping_body(
+            raw("application/json", b"[[], {}, {}]"),
+            1 << 20,
+            &json_only,
+        );
+        assert!(
+            refused.is_err(),
+            "JSON refused when the app does not accept it"
+        );
     }
 
     #[test]
