@@ -28,6 +28,7 @@ or {"op": "error", "error": traceback} when the app cannot be loaded; then {"op"
 
 import argparse
 import json
+import logging
 import os
 import signal
 import struct
@@ -57,6 +58,17 @@ TASK_ATTRS = (
     "default_retry_delay",
     "track_started",
 )
+
+
+def finite(obj):
+    """`obj` with floats JSON has no words for (inf, nan: some Celery defaults) as strings."""
+    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
+        return repr(obj)
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
 
 
 def write_frame(header, blob=b""):
@@ -185,6 +197,36 @@ def conf_meta(app):
             for q in conf.task_queues
         ]
     return out
+
+
+def inspect_meta(app):
+    """What `inspect conf` and `inspect report` answer with for this app, as Celery's own
+    worker builds them (celery/worker/control.py)."""
+    from kombu.utils.encoding import safe_repr
+    from celery.utils.serialization import jsonify
+
+    def table(with_defaults):
+        # Censoring the unset default URLs makes kombu warn "No hostname was supplied":
+        # noise at every start, for a table nobody asked for yet.
+        quiet = logging.getLogger("kombu.connection")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            return jsonify(
+                app.conf.table(with_defaults=with_defaults),
+                keyfilter=lambda k: isinstance(k, str) and not k.startswith("__"),
+                unknown_type_filter=safe_repr,
+            )
+        except Exception as exc:  # a URL kombu cannot censor: the parent decides
+            return {"error": "cannot list the configuration: %r" % (exc,)}
+        finally:
+            quiet.setLevel(level)
+
+    try:
+        report = app.bugreport()
+    except Exception as exc:
+        report = "bugreport failed: %r" % (exc,)
+    return {"conf": table(False), "conf_defaults": table(True), "report": report}
 
 
 def request_dict(frame, hostname):
@@ -436,14 +478,15 @@ def main():
         import celery
 
         write_frame(
-            {
+            finite({
                 "op": "ready",
                 "pid": os.getpid(),
                 "celery_version": celery.__version__,
                 "hostname": opts.hostname,
                 "tasks": task_meta(app),
                 "conf": conf_meta(app),
-            }
+                "inspect": inspect_meta(app),
+            })
         )
     except BaseException:
         write_frame({"op": "error", "error": traceback.format_exc()})

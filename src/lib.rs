@@ -287,6 +287,7 @@ async fn prepare_python(
         helper_command: command.clone(),
         tasks: ready.tasks.into_iter().collect(),
         accept: python::accept_content(&ready.conf),
+        info: python::inspect_info(&ready.inspect),
     };
     let prepared = PythonPrepared {
         settings,

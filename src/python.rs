@@ -123,6 +123,28 @@ pub fn accept_content(conf: &serde_json::Map<String, serde_json::Value>) -> Vec<
     celeryd_actors::consumer::python::accept_mime_types(&names)
 }
 
+/// What `inspect conf` and `inspect report` answer, from the ready frame's `inspect`.
+pub fn inspect_info(
+    inspect: &serde_json::Map<String, serde_json::Value>,
+) -> celeryd_actors::control::PythonInfo {
+    let table = |k: &str| {
+        inspect
+            .get(k)
+            .and_then(serde_json::Value::as_object)
+            .cloned()
+            .unwrap_or_default()
+    };
+    celeryd_actors::control::PythonInfo {
+        conf: table("conf"),
+        conf_defaults: table("conf_defaults"),
+        report: inspect
+            .get("report")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+    }
+}
+
 /// The tasks' limits and rates for the pool, from what the ready frame says of each.
 pub fn task_options(tasks: &HashMap<String, PythonTask>) -> HashMap<String, TaskOptions> {
     tasks

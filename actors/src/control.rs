@@ -53,6 +53,19 @@ pub struct Control {
     registered: BTreeMap<String, TaskAttrs>,
     commands: ControlCommands,
     started: std::time::Instant,
+    python: Option<PythonInfo>,
+}
+
+/// With Python tasks: what `inspect conf` and `inspect report` answer, from the app (the
+/// helper's `ready` frame).
+#[derive(Debug, Clone, Default)]
+pub struct PythonInfo {
+    /// `app.conf.table()` as Celery's `conf` command gives it (the settings the app changed).
+    pub conf: Map<String, Value>,
+    /// The same with Celery's defaults (`conf with_defaults=True`).
+    pub conf_defaults: Map<String, Value>,
+    /// `app.bugreport()`.
+    pub report: String,
 }
 
 impl Control {
@@ -70,7 +83,14 @@ impl Control {
             registered,
             commands,
             started: std::time::Instant::now(),
+            python: None,
         }
+    }
+
+    /// Answers `conf` and `report` for a Python app.
+    pub fn with_python(mut self, info: PythonInfo) -> Self {
+        self.python = Some(info);
+        self
     }
 }
 
@@ -543,11 +563,22 @@ impl Control {
                 }
             }
             "stats" => self.stats(peers, peers.clock.value()).await,
-            "conf" | "dump_conf" => conf(&self.settings),
+            "conf" | "dump_conf" => match &self.python {
+                Some(py) => python_conf(py, &self.settings, truthy(args.get("with_defaults"))),
+                None => conf(&self.settings),
+            },
             "memsample" => json!(format!(
                 "{:.1}MB",
                 crate::child::runner::resident_kib() as f64 / 1024.0
             )),
+            "report" if self.python.is_some() => {
+                let report = self.python.as_ref().map(|p| p.report.as_str());
+                ok(format!(
+                    "{}\nworker -> celeryd:{} (Rust parent, Python children)",
+                    report.unwrap_or_default().trim_end(),
+                    env!("CARGO_PKG_VERSION")
+                ))
+            }
             "report" => ok(format!(
                 "software -> celeryd:{} (Rust) celery-protocol:2\nnode -> {}\nbroker -> {}",
                 env!("CARGO_PKG_VERSION"),
@@ -717,6 +748,24 @@ fn rusage() -> Value {
 }
 
 /// The settings under Celery's names, the broker password masked (`inspect conf`).
+/// `conf` for a Python app: Celery's table of the app's configuration, with the worker
+/// settings celeryd runs with laid over it (they may come from the config file or flags).
+fn python_conf(py: &PythonInfo, s: &Settings, with_defaults: bool) -> Value {
+    let mut table = if with_defaults {
+        py.conf_defaults.clone()
+    } else {
+        py.conf.clone()
+    };
+    if let Value::Object(ours) = conf(s) {
+        for (k, v) in ours {
+            if k != "result_backend" && k != "deprecated_settings" {
+                table.insert(k, v);
+            }
+        }
+    }
+    Value::Object(table)
+}
+
 fn conf(s: &Settings) -> Value {
     json!({
         "broker_url": s.broker.safe_url(),

@@ -78,6 +78,8 @@ pub struct PythonSetup {
     pub tasks: HashMap<String, PythonTask>,
     /// The content types the app accepts (MIME types; empty = JSON only).
     pub accept: Vec<String>,
+    /// What `inspect conf` and `inspect report` answer.
+    pub info: crate::control::PythonInfo,
 }
 
 /// The supervisor actor.
@@ -144,8 +146,10 @@ impl Actor for Supervisor {
         };
         let metrics = Metrics::new();
         let (revoke, _) = Actor::spawn_linked(None, registry, (), cell.clone()).await?;
+        let mut python_info = None;
         let (helper, python) = match args.python {
             Some(setup) => {
+                python_info = Some(setup.info);
                 let actor = PythonHelper::new(setup.helper_command);
                 let (helper, _) =
                     Actor::spawn_linked(None, actor, Some(setup.helper), cell.clone()).await?;
@@ -208,12 +212,15 @@ impl Actor for Supervisor {
             clock,
             helper: helper.clone(),
         };
-        let control = Control::new(
+        let mut control = Control::new(
             settings.clone(),
             args.hostname.clone(),
             attrs,
             args.commands,
         );
+        if let Some(info) = python_info {
+            control = control.with_python(info);
+        }
         let (control, _) =
             Actor::spawn_linked(None, control, control_peers, myself.get_cell()).await?;
         let consumer = Consumer::new(settings.clone(), args.hostname.clone(), registered);

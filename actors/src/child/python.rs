@@ -267,8 +267,13 @@ pub struct Ready {
     pub hostname: String,
     /// Registered tasks by name.
     pub tasks: BTreeMap<String, PythonTask>,
-    /// Worker-relevant `app.conf` values (the broker URL's password masked).
+    /// The settings the app changed from Celery's defaults (`broker_url` resolved, with its
+    /// password: the worker connects with it; `task_queues` spelt out).
     pub conf: Map<String, Value>,
+    /// What `inspect conf` (`conf`, `conf_defaults`) and `inspect report` (`report`) answer
+    /// for this app, as Celery builds them.
+    #[serde(default)]
+    pub inspect: Map<String, Value>,
 }
 
 /// How a task run ended, as the child's `done` frame says (Celery's tracer already wrote
