@@ -122,6 +122,8 @@ def init_child(opts):
     with cwd_in_path():
         app = find_app(opts.app)
     app.loader.init_worker()
+    # As Celery's WorkController.setup_includes: a worker names its includes in the conf.
+    app.conf.include = tuple(app.conf.include)
     if opts.main_signals:
         # Emulated once per child: what users connect to them (the Django fixup's
         # worker_init) must run in the process that runs the tasks.

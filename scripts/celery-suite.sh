@@ -19,15 +19,12 @@ cargo build --bin worker
 bin="$CARGO_TARGET_DIR/debug/worker"
 export VENV="${VENV:-$HOME/.cache/celery-suite/venv}"
 
-# The suite's vhost (never "/"), and a redis for its results.
+# The suite's vhost (never "/"); Redis for its results comes from ensure-backends.sh.
 if command -v rabbitmqctl >/dev/null; then
   rabbitmqctl add_vhost celerysuite </dev/null >/dev/null 2>&1 || true
   rabbitmqctl set_permissions -p celerysuite guest '.*' '.*' '.*' </dev/null >/dev/null
 fi
-if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
-  command -v redis-server >/dev/null || apt-get install -y -q redis-server >&2
-  (redis-server --daemonize yes >/dev/null) || true
-fi
+scripts/ensure-backends.sh
 
 out="${OUT_ROOT:-$PWD/target/celery-suite}"
 mkdir -p "$out"

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The whole test suite, as a newcomer (and CI) runs it: build prerequisites, RabbitMQ and the
-# pinned Python Celery client are set up first if missing, then every test runs.
+# The whole test suite, as a newcomer (and CI) runs it: build prerequisites, RabbitMQ, Redis,
+# PostgreSQL and the pinned Python Celery client are set up first if missing, then every test
+# runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/ensure-build-deps.sh
 scripts/ensure-broker.sh
+scripts/ensure-backends.sh
 CELERYD_PYTHON="$(scripts/ensure-python.sh)"
 export CELERYD_PYTHON
 

@@ -226,26 +226,37 @@ impl Actor for PythonHelper {
 }
 
 impl PythonHelper {
-    /// Marks remote-revoked ids REVOKED through Celery (see [`HelperMessage::MarkRevoked`]).
-    async fn mark_revoked(&self, state: &mut HelperState, ids: &[String]) -> Reported {
+    /// The helper process, started (and its app loaded) when there is none.
+    async fn process<'a>(
+        &self,
+        state: &'a mut HelperState,
+    ) -> Result<&'a mut HelperProcess, String> {
         if state.process.is_none() {
             match HelperProcess::start(&self.command, START_TIMEOUT).await {
                 Ok((p, Hello::Ready(_))) => state.process = Some(p),
-                Ok((_, Hello::Failed(tb))) => return failed(format!("cannot load the app:\n{tb}")),
-                Err(e) => return failed(e.to_string()),
+                Ok((_, Hello::Failed(tb))) => {
+                    return Err(format!("the helper cannot load the app:\n{tb}"));
+                }
+                Err(e) => return Err(e.to_string()),
             }
         }
-        let Some(p) = state.process.as_mut() else {
-            return failed("no helper process".to_owned());
+        state
+            .process
+            .as_mut()
+            .ok_or_else(|| "no helper process".to_owned())
+    }
+
+    /// Marks remote-revoked ids REVOKED through Celery (see [`HelperMessage::MarkRevoked`]).
+    async fn mark_revoked(&self, state: &mut HelperState, ids: &[String]) -> Reported {
+        let answer = match self.process(state).await {
+            Ok(p) => p.mark_revoked(ids).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e),
         };
-        match p.mark_revoked(ids).await {
-            Ok(r) => r,
-            Err(e) => {
-                warn!(error = %e, "The Python helper failed to mark revoked tasks.");
-                state.process = None;
-                failed(e.to_string())
-            }
-        }
+        answer.unwrap_or_else(|e| {
+            warn!(error = %e, "The Python helper failed to mark revoked tasks.");
+            state.process = None;
+            failed(e)
+        })
     }
 
     /// One report, tried on a fresh process once more when the first attempt fails.
@@ -257,23 +268,11 @@ impl PythonHelper {
     ) -> Reported {
         let mut last = String::new();
         for attempt in 0..2 {
-            if state.process.is_none() {
-                match HelperProcess::start(&self.command, START_TIMEOUT).await {
-                    Ok((p, Hello::Ready(_))) => state.process = Some(p),
-                    Ok((_, Hello::Failed(tb))) => {
-                        last = format!("the helper cannot load the app:\n{tb}");
-                        break;
-                    }
-                    Err(e) => {
-                        last = e.to_string();
-                        continue;
-                    }
-                }
-            }
-            let Some(p) = state.process.as_mut() else {
-                continue;
+            let answer = match self.process(state).await {
+                Ok(p) => p.report(request, kind).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e),
             };
-            match p.report(request, kind).await {
+            match answer {
                 Ok(r) => {
                     if let Some(e) = &r.error {
                         warn!(task_id = %request.id, "Celery could not carry out {kind:?} for {}[{}]: {e}",
@@ -285,17 +284,14 @@ impl PythonHelper {
                 Err(e) => {
                     warn!(task_id = %request.id, attempt, error = %e,
                         "The Python helper failed a report; starting a new one.");
-                    last = e.to_string();
+                    last = e;
                     state.process = None;
                 }
             }
         }
         error!(task_id = %request.id, "Cannot have Celery record {kind:?} for {}[{}]: {last}",
             request.task, request.id);
-        Reported {
-            error: Some(last),
-            ..Reported::default()
-        }
+        failed(last)
     }
 }
 

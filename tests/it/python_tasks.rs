@@ -26,6 +26,12 @@ fn scenario(queue: &str, backend: &str, name: &str) -> Value {
     scenario_with(queue, backend, name, &[])
 }
 
+/// Sends task `name` with `args` (JSON) without waiting; returns its id.
+fn send(queue: &str, name: &str, args: &str) -> String {
+    let sent = scenario_with(queue, REDIS, "send", &["--task", name, "--args", args]);
+    sent["id"].as_str().unwrap_or_default().to_owned()
+}
+
 /// [`scenario`] with more arguments.
 fn scenario_with(queue: &str, backend: &str, name: &str, extra: &[&str]) -> Value {
     let out = Command::new(python())
@@ -123,17 +129,15 @@ fn python_tasks_with_rpc_results() {
     assert_eq!(rv["terminated"], "REVOKED", "{rv}");
     assert_eq!(rv["after"], 6);
 
+    let rr = scenario(&q, "rpc://", "revoke_reserved");
+    assert_eq!(rr["reserved"], "REVOKED", "{rr}");
+    assert_eq!(rr["busy"], json!([2, 2]));
+
     let e = scenario(&q, "rpc://", "eta");
     assert_eq!(e["eta"], 8);
     assert!(e["waited"].as_f64().unwrap() >= 1.4, "{e}");
 
-    let client = Command::new(python())
-        .current_dir(repo().join("tests/python"))
-        .args(["proj_client.py", "pickle", "--queue", &q, "--timeout", "3"])
-        .env("AMQP_URL", python_amqp_url())
-        .output()
-        .unwrap();
-    let p: Value = serde_json::from_slice(&client.stdout).unwrap_or_default();
+    let p = scenario_with(&q, "rpc://", "pickle", &["--timeout", "3"]);
     assert_eq!(
         p["exc"], "TimeoutError",
         "not run: the app accepts JSON only: {p}"
@@ -329,47 +333,14 @@ fn python_worker_inspect_recycling_rate_limits_malformed_and_warm_shutdown() {
     w.wait_for_log("Received invalid task message", Duration::from_secs(10));
     assert_eq!(scenario(&q, REDIS, "group")["group"], json!([0, 2, 4]));
 
-    let id = Command::new(python())
-        .current_dir(repo().join("tests/python"))
-        .args([
-            "proj_client.py",
-            "send",
-            "--queue",
-            &q,
-            "--task",
-            "proj.sleep",
-            "--args",
-            "[2]",
-        ])
-        .env("AMQP_URL", python_amqp_url())
-        .env("RESULT_BACKEND", REDIS)
-        .output()
-        .unwrap();
-    let id: Value = serde_json::from_slice(&id.stdout).unwrap();
-    let id = id["id"].as_str().unwrap().to_owned();
+    let id = send(&q, "proj.sleep", "[2]");
     w.wait_for_log(
         &format!("Task proj.sleep[{id}] received"),
         Duration::from_secs(10),
     );
     std::thread::sleep(Duration::from_millis(500));
     w.signal(nix::sys::signal::Signal::SIGTERM);
-    let done = Command::new(python())
-        .current_dir(repo().join("tests/python"))
-        .args([
-            "proj_client.py",
-            "wait",
-            "--queue",
-            &q,
-            "--id",
-            &id,
-            "--timeout",
-            "20",
-        ])
-        .env("AMQP_URL", python_amqp_url())
-        .env("RESULT_BACKEND", REDIS)
-        .output()
-        .unwrap();
-    let done: Value = serde_json::from_slice(&done.stdout).unwrap_or_default();
+    let done = scenario_with(&q, REDIS, "wait", &["--id", &id, "--timeout", "20"]);
     assert_eq!(
         done["result"], 2,
         "the running task finished during the warm shutdown"
@@ -382,24 +353,7 @@ fn python_worker_inspect_recycling_rate_limits_malformed_and_warm_shutdown() {
 fn an_acks_late_python_task_survives_kill_9_of_its_worker() {
     let q = unique_queue("it-pykill");
     let mut w = Worker::start_python(&q, REDIS, "", &["-c", "1"]);
-    let send = Command::new(python())
-        .current_dir(repo().join("tests/python"))
-        .args([
-            "proj_client.py",
-            "send",
-            "--queue",
-            &q,
-            "--task",
-            "proj.slow",
-            "--args",
-            "[2]",
-        ])
-        .env("AMQP_URL", python_amqp_url())
-        .env("RESULT_BACKEND", REDIS)
-        .output()
-        .unwrap();
-    let id: Value = serde_json::from_slice(&send.stdout).unwrap();
-    let id = id["id"].as_str().unwrap().to_owned();
+    let id = send(&q, "proj.slow", "[2]");
     w.wait_for_log(
         &format!("Task proj.slow[{id}] received"),
         Duration::from_secs(10),
@@ -408,23 +362,7 @@ fn an_acks_late_python_task_survives_kill_9_of_its_worker() {
     w.signal(nix::sys::signal::Signal::SIGKILL);
     w.wait_exit(Duration::from_secs(10));
     let w2 = Worker::start_python(&q, REDIS, "", &["-c", "1"]);
-    let done = Command::new(python())
-        .current_dir(repo().join("tests/python"))
-        .args([
-            "proj_client.py",
-            "wait",
-            "--queue",
-            &q,
-            "--id",
-            &id,
-            "--timeout",
-            "30",
-        ])
-        .env("AMQP_URL", python_amqp_url())
-        .env("RESULT_BACKEND", REDIS)
-        .output()
-        .unwrap();
-    let done: Value = serde_json::from_slice(&done.stdout).unwrap_or_default();
+    let done = scenario_with(&q, REDIS, "wait", &["--id", &id, "--timeout", "30"]);
     assert_eq!(
         done["result"], 2,
         "redelivered to the next worker and run there"

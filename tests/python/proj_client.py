@@ -137,6 +137,19 @@ def revoke(q, t):
     }
 
 
+def revoke_reserved(q, t):
+    """Revoked while reserved: both children busy, the task waits in the worker."""
+    busy = [proj.sleep.apply_async((2,), queue=q) for _ in range(2)]
+    time.sleep(0.5)
+    waiting = proj.add.apply_async((5, 5), queue=q)
+    time.sleep(0.5)
+    waiting.revoke()
+    return {
+        "reserved": wait_state(waiting, {"REVOKED"}, t),
+        "busy": [r.get(timeout=t) for r in busy],
+    }
+
+
 def eta(q, t):
     sent = time.time()
     v = proj.add.apply_async((4, 4), countdown=1.5, queue=q).get(timeout=t)
@@ -200,6 +213,7 @@ SCENARIOS = {
     "reject": reject,
     "revoke": revoke,
     "eta": eta,
+    "revoke_reserved": revoke_reserved,
     "unregistered": unregistered,
     "pids": pids,
     "pickle": pickle,

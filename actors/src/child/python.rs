@@ -117,30 +117,25 @@ pub fn run_header(
 
 /// The whole `run` frame for a request (its Python message is required).
 pub fn run_frame(seq: u64, req: &TaskRequest) -> Result<Vec<u8>, ChildError> {
-    let m = python_part(req)?;
-    let header = run_header(
-        seq,
-        &req.task,
-        &req.id,
-        m.headers(req),
-        &m.properties,
-        &req.delivery_info,
-    );
-    encode_frame(&header, &m.body)
+    frame_for(seq, req, None)
 }
 
 /// The whole `report` frame for a request.
 pub fn report_frame(seq: u64, req: &TaskRequest, kind: &ReportKind) -> Result<Vec<u8>, ChildError> {
+    frame_for(seq, req, Some(kind))
+}
+
+fn frame_for(
+    seq: u64,
+    req: &TaskRequest,
+    kind: Option<&ReportKind>,
+) -> Result<Vec<u8>, ChildError> {
     let m = python_part(req)?;
-    let header = report_header(
-        seq,
-        &req.task,
-        &req.id,
-        m.headers(req),
-        &m.properties,
-        &req.delivery_info,
-        kind,
-    );
+    let (headers, props, info) = (m.headers(req), &m.properties, &req.delivery_info);
+    let header = match kind {
+        None => run_header(seq, &req.task, &req.id, headers, props, info),
+        Some(k) => report_header(seq, &req.task, &req.id, headers, props, info, k),
+    };
     encode_frame(&header, &m.body)
 }
 
