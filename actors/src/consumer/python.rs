@@ -189,10 +189,11 @@ impl Consumer {
                 .metrics
                 .runtime(&req.task, runtime.as_secs_f64());
         }
-        let attrs = py.tasks.get(&req.task).cloned().unwrap_or_default();
-        let acks_late = attrs.acks_late.unwrap_or(self.settings.task.acks_late);
+        // Looked up, not copied: this runs once per task.
+        let attrs = py.tasks.get(&req.task);
+        let acks_late = self.acks_late(state, &req.task);
         let on_failure = attrs
-            .acks_on_failure_or_timeout
+            .and_then(|t| t.acks_on_failure_or_timeout)
             .unwrap_or(self.settings.task.acks_on_failure_or_timeout);
         let kind = match outcome {
             TaskOutcome::Python(done) => {
