@@ -17,7 +17,8 @@
 //! BENCH_ROUNDS (default 3), BENCH_ROUNDTRIPS (latency, default 300), BENCH_SWEEP_TASKS (per
 //! point of the concurrency sweep, default 4000; 0 skips the sweep), BENCH_PYTHON=0 to leave
 //! Python Celery out, BENCH_BASELINE_BIN=path to run another worker binary (a build of an
-//! earlier commit, say) beside this one for before/after figures, AMQP_URL. Prints tables with
+//! earlier commit, say) beside this one for before/after figures, BENCH_SUBJECTS=a comma list
+//! of `ceiling,celeryd,baseline,python,celery` to run only those, AMQP_URL. Prints tables with
 //! ratios and writes `benches/output/throughput.svg`.
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub, dead_code)] // a benchmark
 
@@ -69,6 +70,17 @@ impl Subject {
             Subject::Baseline => "celeryd (BENCH_BASELINE_BIN)",
             Subject::CeleryPy => "celeryd -A (Python tasks)",
             Subject::Celery => "Python Celery 5.7 prefork",
+        }
+    }
+
+    /// Its name in `BENCH_SUBJECTS`.
+    fn key(self) -> &'static str {
+        match self {
+            Subject::Ceiling => "ceiling",
+            Subject::Celeryd => "celeryd",
+            Subject::Baseline => "baseline",
+            Subject::CeleryPy => "python",
+            Subject::Celery => "celery",
         }
     }
 }
@@ -428,6 +440,10 @@ async fn bench() {
         subjects.push(Subject::CeleryPy);
         subjects.push(Subject::Celery);
     }
+    if let Ok(only) = std::env::var("BENCH_SUBJECTS") {
+        let only: Vec<&str> = only.split(',').map(str::trim).collect();
+        subjects.retain(|s| only.contains(&s.key()));
+    }
     let mut rows: Vec<Rows> = subjects
         .iter()
         .map(|&subject| Rows {
@@ -503,24 +519,34 @@ async fn bench() {
                 ours.median(|d| d.cpu.subject).0 / py.median(|d| d.cpu.subject).0,
             );
         }
-        if let (Some(ours), Some(py)) = (find(Subject::CeleryPy), find(Subject::Celery)) {
-            println!(
-                "Python tasks, celeryd -A/Celery prefork (same app): drain ×{:.2} (target ≥ 1.8), \
-                 p50 ×{:.2} (≤ 0.6), p99 ×{:.2}, start ×{:.2} (≤ 1), PSS ×{:.2} (≤ 0.7), CPU per task ×{:.2}",
-                ours.median(|d| d.throughput).0 / py.median(|d| d.throughput).0,
-                ours.idle_median(|i| i.p50) / py.idle_median(|i| i.p50),
-                ours.idle_median(|i| i.p99) / py.idle_median(|i| i.p99),
-                ours.median(|d| d.start_to_first).0 / py.median(|d| d.start_to_first).0,
-                ours.idle_median(|i| i.rss_mib) / py.idle_median(|i| i.rss_mib),
-                ours.median(|d| d.cpu.subject).0 / py.median(|d| d.cpu.subject).0,
-            );
-        }
         println!(
             "targets: p50 ≤ 0.5 ms ({:.2}), p99 ≤ 1 ms ({:.2}), start ≤ 50 ms ({:.1}), PSS ≤ 24 MB ({:.1} MiB)",
             ours.idle_median(|i| i.p50) * 1e3,
             ours.idle_median(|i| i.p99) * 1e3,
             ours.median(|d| d.start_to_first).0 * 1e3,
             ours.idle_median(|i| i.rss_mib)
+        );
+    }
+    if let (Some(ours), Some(py)) = (find(Subject::CeleryPy), find(Subject::Celery)) {
+        let per_round: Vec<String> = ours
+            .drains
+            .iter()
+            .zip(&py.drains)
+            .map(|(o, p)| format!("{:.2}", o.throughput / p.throughput))
+            .collect();
+        println!(
+            "Python tasks, celeryd -A/Celery prefork (same app): drain ×{:.2} (target ≥ 1.8), \
+             p50 ×{:.2} (≤ 0.6), p99 ×{:.2}, start ×{:.2} (≤ 1), PSS ×{:.2} (≤ 0.7), CPU per task ×{:.2}",
+            ours.median(|d| d.throughput).0 / py.median(|d| d.throughput).0,
+            ours.idle_median(|i| i.p50) / py.idle_median(|i| i.p50),
+            ours.idle_median(|i| i.p99) / py.idle_median(|i| i.p99),
+            ours.median(|d| d.start_to_first).0 / py.median(|d| d.start_to_first).0,
+            ours.idle_median(|i| i.rss_mib) / py.idle_median(|i| i.rss_mib),
+            ours.median(|d| d.cpu.subject).0 / py.median(|d| d.cpu.subject).0,
+        );
+        println!(
+            "Python tasks, drain ratio per round: {}",
+            per_round.join(", ")
         );
     }
     if sweep == 0 {

@@ -24,13 +24,26 @@ Child to parent: {"op": "ready", "pid", "celery_version", "hostname", "tasks", "
 or {"op": "error", "error": traceback} when the app cannot be loaded; then {"op": "done",
 "seq", "state", ...} per run, and {"op": "reported", "seq", "kind", "ack": "ack" | "reject" |
 "requeue" | null, "events": [...]} per report.
+
+With --fork-server the process is instead a fork server (the role of Celery's MainProcess
+before it forks its pool): it loads the app once (imports its task modules, fires
+`celeryd_init` and `worker_init`), freezes what it loaded for the garbage collector, says
+`ready` (tasks, conf) on its control socket (fds 0 and 1), and then forks a child per
+{"op": "fork", "seq"} frame that comes with a socket (SCM_RIGHTS): the child initialises as a
+forked prefork child does and speaks the frames above on that socket, starting with a short
+{"op": "ready", "pid"}. It answers {"op": "forked", "seq", "pid"} (or "fork_failed" with an
+"error") and reports each child's end as {"op": "exited", "pid", "status"} (the raw wait
+status). Forked children share the app's pages with it, copy on write.
 """
 
 import argparse
+import gc
 import json
 import logging
 import os
+import select
 import signal
+import socket
 import struct
 import sys
 import time
@@ -101,14 +114,38 @@ def read_frame():
     return header, payload[4 + json_len :]
 
 
-def init_child(opts):
-    """Celery's prefork child initialiser, for a fresh interpreter (spawn branch)."""
-    os.environ["FORKED_BY_MULTIPROCESSING"] = "1"
-    from celery import platforms, signals
+def load_app(opts, fresh):
+    """What Celery's MainProcess does before it starts its pool: find the app and import its
+    task modules; in a fresh interpreter (no fork server), as a spawned prefork child does."""
+    if fresh:
+        os.environ["FORKED_BY_MULTIPROCESSING"] = "1"
+    from celery import signals
     from celery.app import base as app_base
-    from celery.app import trace
     from celery.app.utils import find_app
     from celery.utils.imports import cwd_in_path
+
+    if fresh:
+        app_base.USING_EXECV = True
+    with cwd_in_path():
+        app = find_app(opts.app)
+    app.loader.init_worker()
+    # As Celery's WorkController.setup_includes: a worker names its includes in the conf.
+    app.conf.include = tuple(app.conf.include)
+    if opts.main_signals:
+        # Emulated: what users connect to them (the Django fixup's worker_init) runs once in
+        # the fork server, as in Celery's MainProcess, or once per fresh child.
+        signals.celeryd_init.send(
+            sender=opts.hostname, instance=None, conf=app.conf, options={}
+        )
+        signals.worker_init.send(sender=None)
+    return app
+
+
+def init_child(app, opts):
+    """Celery's prefork child initialiser (celery/concurrency/prefork.py), then billiard's
+    signal set-up for a pool process."""
+    from celery import platforms, signals
+    from celery.app import trace
     from celery.worker import state as worker_state
 
     platforms.set_pdeathsig("SIGKILL")
@@ -118,19 +155,6 @@ def init_child(opts):
     platforms.signals.reset("SIGTERM", "SIGHUP", "SIGTTIN", "SIGTTOU", "SIGUSR1")
     platforms.signals.ignore("SIGINT")
     platforms.set_mp_process_title("celeryd", hostname=opts.hostname)
-    app_base.USING_EXECV = True
-    with cwd_in_path():
-        app = find_app(opts.app)
-    app.loader.init_worker()
-    # As Celery's WorkController.setup_includes: a worker names its includes in the conf.
-    app.conf.include = tuple(app.conf.include)
-    if opts.main_signals:
-        # Emulated once per child: what users connect to them (the Django fixup's
-        # worker_init) must run in the process that runs the tasks.
-        signals.celeryd_init.send(
-            sender=opts.hostname, instance=None, conf=app.conf, options={}
-        )
-        signals.worker_init.send(sender=None)
     app.loader.init_worker_process()
     app.log.setup(opts.loglevel, None, False, "WARNING", hostname=opts.hostname)
     trace.setup_worker_optimizations(app, opts.hostname)
@@ -145,6 +169,10 @@ def init_child(opts):
     # As in a billiard child: TERM (a hard time limit's first step, or a revoke's terminate)
     # raises SystemExit, so `finally` blocks and task_postrun still run before the KILL.
     signal.signal(signal.SIGTERM, exit_on_term)
+    # What is loaded by now lives as long as the process: leave it out of every collection
+    # (a full one would walk the whole app each time; after a fork it would also copy the
+    # fork server's pages).
+    gc.freeze()
     return app
 
 
@@ -463,6 +491,128 @@ def serve(app, opts):
     )
 
 
+def hello(app, opts):
+    """The `ready` frame of the first Python process: the app's tasks and configuration."""
+    import celery
+
+    return finite({
+        "op": "ready",
+        "pid": os.getpid(),
+        "celery_version": celery.__version__,
+        "hostname": opts.hostname,
+        "tasks": task_meta(app),
+        "conf": conf_meta(app),
+        "inspect": inspect_meta(app),
+    })
+
+
+def use_link(fd):
+    """Makes `fd` (a socket the fork server received for this child) the frame pipe."""
+    global _IN, _OUT_FD
+    _IN.close()
+    os.close(_OUT_FD)
+    _IN = os.fdopen(fd, "rb", buffering=1 << 16)
+    _OUT_FD = os.dup(fd)
+
+
+def forked_child(app, opts, fd, closing):
+    """A child just forked by the fork server: never returns."""
+    code = 1
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for other in closing:
+            os.close(other)
+        use_link(fd)
+        os.setpgid(0, 0)
+        try:
+            init_child(app, opts)
+            write_frame({"op": "ready", "pid": os.getpid()})
+        except BaseException:
+            write_frame({"op": "error", "error": traceback.format_exc()})
+            code = 78
+            return
+        serve(app, opts)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def fork_server(app, opts):
+    """Forks children on request (see the module's docstring) until the socket closes."""
+    from celery import platforms
+
+    platforms.set_pdeathsig("SIGKILL")
+    platforms.set_mp_process_title("celeryd", info="fork server", hostname=opts.hostname)
+    ctl = socket.socket(fileno=os.dup(_IN.fileno()))
+    ctl.setblocking(True)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    os.set_blocking(wake_r, False)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    gc.freeze()  # the loaded app stays in shared pages: no collection touches it
+    buf, fds = b"", []
+
+    def reap():
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            write_frame({"op": "exited", "pid": pid, "status": status})
+
+    while True:
+        ready, _, _ = select.select([ctl, wake_r], [], [])
+        if wake_r in ready:
+            try:
+                while os.read(wake_r, 512):
+                    pass
+            except BlockingIOError:
+                pass
+            reap()
+        if ctl not in ready:
+            continue
+        data, got, _, _ = socket.recv_fds(ctl, 1 << 16, 16)
+        fds.extend(got)
+        if not data:
+            break
+        buf += data
+        while len(buf) >= 4:
+            (length,) = struct.unpack("<I", buf[:4])
+            if len(buf) < 4 + length:
+                break
+            payload, buf = buf[4 : 4 + length], buf[4 + length :]
+            (json_len,) = struct.unpack("<I", payload[:4])
+            header = json.loads(payload[4 : 4 + json_len])
+            if header.get("op") != "fork" or not fds:
+                write_frame({"op": "fork_failed", "seq": header.get("seq"),
+                             "error": "expected a fork frame with a socket"})
+                continue
+            fd = fds.pop(0)
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                os.close(fd)
+                write_frame({"op": "fork_failed", "seq": header.get("seq"),
+                             "error": repr(exc)})
+                continue
+            if pid == 0:
+                forked_child(app, opts, fd, [ctl.detach(), wake_r, wake_w] + fds)
+            os.close(fd)
+            write_frame({"op": "forked", "seq": header.get("seq"), "pid": pid})
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--app", required=True)
@@ -472,28 +622,22 @@ def main():
     parser.add_argument(
         "--no-main-signals", dest="main_signals", action="store_false"
     )
+    parser.add_argument("--fork-server", action="store_true")
     opts = parser.parse_args()
     if opts.workdir:
         os.chdir(opts.workdir)
     try:
-        app = init_child(opts)
-        import celery
-
-        write_frame(
-            finite({
-                "op": "ready",
-                "pid": os.getpid(),
-                "celery_version": celery.__version__,
-                "hostname": opts.hostname,
-                "tasks": task_meta(app),
-                "conf": conf_meta(app),
-                "inspect": inspect_meta(app),
-            })
-        )
+        app = load_app(opts, fresh=not opts.fork_server)
+        if not opts.fork_server:
+            init_child(app, opts)
+        write_frame(hello(app, opts))
     except BaseException:
         write_frame({"op": "error", "error": traceback.format_exc()})
         return 78
-    serve(app, opts)
+    if opts.fork_server:
+        fork_server(app, opts)
+    else:
+        serve(app, opts)
     return 0
 
 

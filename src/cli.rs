@@ -102,6 +102,10 @@ pub struct RunArgs {
     /// With -A: do not emulate celeryd_init and worker_init in the Python children.
     #[arg(long)]
     pub no_main_signals: bool,
+    /// With -A: start each Python child as a fresh interpreter instead of forking it from
+    /// a fork server that loaded the app once.
+    #[arg(long)]
+    pub no_fork_server: bool,
 }
 
 /// Subcommands.

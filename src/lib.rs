@@ -169,6 +169,7 @@ pub fn main_with(registry: Registry) -> ExitCode {
             args: vec!["child".to_owned(), "--of".to_owned(), node.clone()],
             codec: celeryd_actors::child::Codec::Rust,
             env: Vec::new(),
+            fork: None,
         },
         Err(e) => {
             return fail(&StartupError::Runtime(format!(
@@ -250,22 +251,28 @@ async fn prepare_python(
     settings: &Settings,
     node: &str,
 ) -> Result<(PythonSetup, PythonPrepared), StartupError> {
-    let (mut helper, ready, probe) = python::start_helper(settings, node, None).await?;
+    let pinned = settings::broker_above_app(cli.config.as_deref(), &cli.run)?;
+    let (mut helper, ready, probe) =
+        python::start_helper(settings, node, pinned.as_deref()).await?;
     let layer = appconf::layer(&ready.conf).map_err(StartupError::Config)?;
     let (settings, from_app) = settings::load_over(cli.config.as_deref(), &cli.run, &layer)?;
     // The children (and the helper) publish results and send tasks through the app: it must
     // use the broker the worker consumes from, as `celery -b` makes it (CELERY_BROKER_URL).
     let broker = settings.broker.url.clone();
-    let command = python::with_broker(probe, &broker);
+    let mut command = python::with_broker(probe, &broker);
     let app_broker = layer
         .table
         .get("broker")
         .and_then(|b| b.get("url"))
         .and_then(toml::Value::as_str);
-    if app_broker != Some(broker.as_str()) {
-        helper = python::start_helper(&settings, node, Some(&broker))
-            .await?
-            .0;
+    if pinned.as_deref() != Some(broker.as_str()) && app_broker != Some(broker.as_str()) {
+        // The app (in the fork server, or in a fresh helper) read its broker at load: load
+        // it again pointed at the worker's.
+        drop(helper);
+        drop(command);
+        let (h, _, c) = python::start_helper(&settings, node, Some(&broker)).await?;
+        helper = h;
+        command = c;
     }
     let app = settings.python.app.clone().unwrap_or_default();
     tracing::info!(

@@ -5,10 +5,13 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use celeryd_actors::Settings;
+use celeryd_actors::child::forkserver::ForkServer;
 use celeryd_actors::child::python::{self, Hello, PythonTask, Ready};
 use celeryd_actors::child::{ChildCommand, Codec};
+use celeryd_actors::error::ChildError;
 use celeryd_actors::helper::{HelperProcess, START_TIMEOUT};
 use celeryd_actors::task::TaskOptions;
 
@@ -63,6 +66,7 @@ pub fn command(settings: &Settings, node: &str, script: PathBuf) -> ChildCommand
         args,
         codec: Codec::Python,
         env: Vec::new(),
+        fork: None,
     }
 }
 
@@ -95,18 +99,34 @@ pub async fn start_helper(
         command = with_broker(command, url);
     }
     let app = settings.python.app.as_deref().unwrap_or_default();
-    match HelperProcess::start(&command, START_TIMEOUT).await {
-        Ok((helper, Hello::Ready(ready))) => Ok((helper, ready, command)),
-        Ok((_, Hello::Failed(traceback))) => Err(StartupError::Python(format!(
-            "{app} (with {}):\n{}",
-            command.program.display(),
+    let program = command.program.display().to_string();
+    let failed = |e: ChildError| {
+        StartupError::Python(format!(
+            "{app}: {e} (interpreter {program}; set it with --python or [python] executable)"
+        ))
+    };
+    let loaded = |hello: Hello| match hello {
+        Hello::Ready(ready) => Ok(ready),
+        Hello::Failed(traceback) => Err(StartupError::Python(format!(
+            "{app} (with {program}):\n{}",
             traceback.trim_end()
         ))),
-        Err(e) => Err(StartupError::Python(format!(
-            "{app}: {e} (interpreter {}; set it with --python or [python] executable)",
-            command.program.display()
-        ))),
+    };
+    // The fork server (when used) is the process that loads the app and tells its tasks and
+    // configuration; the helper is then its first fork.
+    let mut first = None;
+    if settings.python.fork_server {
+        let (server, hello) = ForkServer::start(&command, START_TIMEOUT)
+            .await
+            .map_err(failed)?;
+        first = Some(loaded(hello)?);
+        command.fork = Some(Arc::new(server));
     }
+    let (helper, hello) = HelperProcess::start(&command, START_TIMEOUT)
+        .await
+        .map_err(failed)?;
+    let helper_ready = loaded(hello)?;
+    Ok((helper, first.unwrap_or(helper_ready), command))
 }
 
 /// The content types the app accepts (`accept_content`, when it changed Celery's JSON-only

@@ -62,6 +62,26 @@ pub fn load_over(
     Ok((settings, from_app))
 }
 
+/// The broker URL a layer above app.conf (the file, the environment, the flags) sets, if
+/// any: the Python app is then loaded pointed at it from the start (`CELERY_BROKER_URL`),
+/// instead of loaded once more when its own `broker_url` turns out to be overruled.
+pub fn broker_above_app(
+    path: Option<&Path>,
+    overrides: &RunArgs,
+) -> Result<Option<String>, StartupError> {
+    const PROBE: &str = "amqp://celeryd-probe.invalid//";
+    let mut table = toml::Table::new();
+    let mut broker = toml::Table::new();
+    broker.insert("url".into(), toml::Value::String(PROBE.into()));
+    table.insert("broker".into(), toml::Value::Table(broker));
+    let probe = AppLayer {
+        table,
+        ..AppLayer::default()
+    };
+    let (settings, _) = load_over(path, overrides, &probe)?;
+    Ok(Some(settings.broker.url).filter(|url| url != PROBE))
+}
+
 /// Parses a config file; unknown keys and wrong types are errors naming the key.
 pub fn parse(text: &str) -> Result<Settings, String> {
     toml::from_str::<Settings>(text).map_err(|e| e.to_string().trim_end().to_owned())
@@ -232,6 +252,9 @@ pub fn apply(settings: &mut Settings, o: &RunArgs) {
     if o.no_main_signals {
         p.main_signals = false;
     }
+    if o.no_fork_server {
+        p.fork_server = false;
+    }
 }
 
 #[cfg(test)]
@@ -365,5 +388,23 @@ mod tests {
         assert!(e.contains("worker.loglevel"), "{e}");
         let e = load(Some(&dir.path().join("missing.toml")), &RunArgs::default()).unwrap_err();
         assert_eq!(e.exit_code(), 78);
+    }
+
+    #[test]
+    fn the_broker_a_layer_above_the_app_sets_is_known_before_the_app_loads() {
+        if std::env::var_os("CELERYD_BROKER_URL").is_some() {
+            return; // the environment layer would set it for both cases
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("w.toml");
+        std::fs::write(&p, "[broker]\nurl = \"amqp://u:p@h:5673/v\"\n").unwrap();
+        let pinned = broker_above_app(Some(&p), &RunArgs::default()).unwrap();
+        assert_eq!(pinned.as_deref(), Some("amqp://u:p@h:5673/v"));
+        std::fs::write(&p, "[worker]\nconcurrency = 3\n").unwrap();
+        assert_eq!(
+            broker_above_app(Some(&p), &RunArgs::default()).unwrap(),
+            None
+        );
+        assert_eq!(broker_above_app(None, &RunArgs::default()).unwrap(), None);
     }
 }

@@ -14,17 +14,21 @@
 //! (`kill_on_drop`), and the child also has a parent-death signal, so no child outlives the
 //! worker.
 
+pub mod forkserver;
 pub mod ipc;
+pub mod process;
 pub mod python;
 pub mod runner;
 
 use std::path::PathBuf;
-use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::process::{Child, ChildStdin, Command};
 use tracing::{debug, error, warn};
+
+use self::forkserver::ForkServer;
+use self::process::{Process, Writer};
 
 use self::ipc::{FromChild, Job, JobOutcome, ToChild};
 use crate::error::ChildError;
@@ -42,6 +46,9 @@ pub struct ChildCommand {
     pub codec: Codec,
     /// Environment variables set for it (over the worker's own).
     pub env: Vec<(String, String)>,
+    /// A Python child is forked by this fork server (which loaded the app once) rather than
+    /// started as a fresh interpreter; the program and arguments are the fallback.
+    pub fork: Option<Arc<ForkServer>>,
 }
 
 /// What a child process speaks on its pipes.
@@ -180,8 +187,8 @@ type Timer = AbortOnDrop<Result<(), ractor::MessagingErr<ChildMessage>>>;
 /// State: the OS process and the task it runs.
 #[derive(Debug)]
 pub struct ChildState {
-    process: Child,
-    stdin: ChildStdin,
+    process: Process,
+    stdin: Writer,
     _reader: AbortOnDrop,
     pid: u32,
     current: Option<(Box<Reserved>, Instant)>,
@@ -203,6 +210,8 @@ impl Drop for ChildState {
             let pgid = nix::unistd::Pid::from_raw(self.pid as i32);
             let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
         }
+        // A forked child may not lead its group yet.
+        self.process.start_kill();
     }
 }
 
@@ -226,12 +235,12 @@ impl Actor for ChildProcess {
         myself: ActorRef<Self::Msg>,
         _args: (),
     ) -> Result<Self::State, ActorProcessingErr> {
-        let mut process = spawn(&self.command)?;
+        let link = process::start(&self.command).await?;
+        let process = link.process;
         let pid = process.id().unwrap_or_default();
-        let stdin = process.stdin.take().ok_or(ChildError::Exited)?;
+        let stdin = link.writer;
         // Buffered: a frame's length and payload then usually take one read, not two.
-        let mut stdout =
-            tokio::io::BufReader::new(process.stdout.take().ok_or(ChildError::Exited)?);
+        let mut stdout = tokio::io::BufReader::new(link.reader);
         let codec = self.command.codec;
         let reader = tokio::spawn(async move {
             loop {
@@ -367,7 +376,7 @@ impl ChildProcess {
         if let Err(e) = written {
             warn!(child_pid = state.pid, error = %e, "Cannot hand a task to the child process.");
             // The reader will see the pipe close; make sure the child goes.
-            let _ = state.process.start_kill();
+            state.process.start_kill();
             let _ = myself.cast(ChildMessage::PipeClosed);
         }
     }
@@ -426,9 +435,9 @@ impl ChildProcess {
     async fn on_exit(&self, myself: &ActorRef<ChildMessage>, state: &mut ChildState) {
         let status = tokio::time::timeout(Duration::from_secs(2), state.process.wait()).await;
         let how = match status {
-            Ok(Ok(s)) => describe_exit(s),
+            Ok(Some(s)) => describe_exit(s),
             _ => {
-                let _ = state.process.start_kill();
+                state.process.start_kill();
                 "unknown".to_owned()
             }
         };
@@ -486,25 +495,9 @@ impl ChildState {
     fn kill_now(&mut self, myself: &ActorRef<ChildMessage>, seconds: f64) {
         let pgid = nix::unistd::Pid::from_raw(self.pid as i32);
         let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-        let _ = self.process.start_kill();
+        self.process.start_kill();
         myself.stop(Some(format!("{HARD_LIMIT_REASON}{seconds}")));
     }
-}
-
-/// Starts `command` with piped stdin and stdout, in a process group of its own (a
-/// terminal's ^C reaches only the parent, and a hard kill can take the child's own children
-/// with it), killed if its handle is dropped.
-pub(crate) fn spawn(command: &ChildCommand) -> Result<Child, ChildError> {
-    Command::new(&command.program)
-        .args(&command.args)
-        .envs(command.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .process_group(0)
-        .spawn()
-        .map_err(|e| ChildError::Spawn(command.program.display().to_string(), e))
 }
 
 fn secs(seconds: f64) -> Duration {

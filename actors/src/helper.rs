@@ -6,9 +6,10 @@
 //! hooks are Celery's, and answers with what Celery decided (ack, reject or requeue, and the
 //! events), which the consumer carries out. The parent never writes a Python task's result.
 //!
-//! It is also the first Python process of a worker: its `ready` frame says which tasks the
-//! app has and what its configuration is, before the rest of the tree is built
-//! ([`HelperProcess::start`]).
+//! It is forked by the [`ForkServer`](crate::child::forkserver::ForkServer) like the pool's
+//! children; without one (`--no-fork-server`) it is a fresh interpreter and the first
+//! Python process of the worker, whose `ready` frame says which tasks the app has and what
+//! its configuration is, before the rest of the tree is built ([`HelperProcess::start`]).
 //!
 //! Supervised by the [`Supervisor`](crate::supervisor::Supervisor). A helper process that
 //! dies or stops answering is replaced at the next report (which is tried once more).
@@ -18,9 +19,9 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::io::BufReader;
-use tokio::process::{Child, ChildStdin, ChildStdout};
 use tracing::{debug, error, warn};
 
+use crate::child::process::{self, Process, Reader, Writer};
 use crate::child::python::{self, Hello, ReportKind, Reported};
 use crate::child::{ChildCommand, ipc};
 use crate::error::ChildError;
@@ -35,9 +36,9 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// A running helper process and its pipes.
 #[derive(Debug)]
 pub struct HelperProcess {
-    process: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
+    process: Process,
+    stdin: Writer,
+    stdout: BufReader<Reader>,
     seq: u64,
 }
 
@@ -47,23 +48,23 @@ impl Drop for HelperProcess {
             let pgid = nix::unistd::Pid::from_raw(pid as i32);
             let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
         }
+        self.process.start_kill();
     }
 }
 
 impl HelperProcess {
-    /// Starts the script and reads its first frame: the app loaded ([`Hello::Ready`], with
-    /// its tasks and configuration) or not ([`Hello::Failed`], with the Python traceback).
+    /// Starts the script (forked by the command's fork server, when it has one) and reads
+    /// its first frame: the app loaded ([`Hello::Ready`]; a fresh interpreter's also has
+    /// the app's tasks and configuration) or not ([`Hello::Failed`], with the traceback).
     pub async fn start(
         command: &ChildCommand,
         timeout: Duration,
     ) -> Result<(HelperProcess, Hello), ChildError> {
-        let mut process = crate::child::spawn(command)?;
-        let stdin = process.stdin.take().ok_or(ChildError::Exited)?;
-        let stdout = BufReader::new(process.stdout.take().ok_or(ChildError::Exited)?);
+        let link = process::start(command).await?;
         let mut helper = HelperProcess {
-            process,
-            stdin,
-            stdout,
+            process: link.process,
+            stdin: link.writer,
+            stdout: BufReader::new(link.reader),
             seq: 0,
         };
         let first = tokio::time::timeout(timeout, ipc::read_payload(&mut helper.stdout))
@@ -75,7 +76,7 @@ impl HelperProcess {
                 ))
             })??;
         let Some(payload) = first else {
-            let status = helper.process.wait().await.ok();
+            let status = helper.process.wait().await;
             return Err(ChildError::Frame(format!(
                 "the Python process exited before loading the app ({})",
                 status.map_or("unknown".to_owned(), |s| s.to_string())

@@ -34,9 +34,15 @@ pub struct PythonSettings {
     /// `--workdir`: the directory the app is imported from (first on `sys.path`). Default:
     /// the worker's current directory.
     pub workdir: Option<String>,
-    /// Emulate `celeryd_init` and `worker_init` in each child (so that what an app connects
-    /// to them, the Django fixup among them, runs where the tasks run). Default true.
+    /// Emulate `celeryd_init` and `worker_init` where the app is loaded (once in the fork
+    /// server, as in Celery's MainProcess, or in each fresh child), so that what an app
+    /// connects to them, the Django fixup among them, runs. Default true.
     pub main_signals: bool,
+    /// Load the app once in a fork server that forks the children (as Celery's prefork
+    /// pool forks them from its MainProcess): they share its memory and start in
+    /// milliseconds. False (`--no-fork-server`): each child is a fresh interpreter that
+    /// imports the app itself (for an app whose import starts threads). Default true.
+    pub fork_server: bool,
 }
 
 impl Default for PythonSettings {
@@ -46,6 +52,7 @@ impl Default for PythonSettings {
             executable: None,
             workdir: None,
             main_signals: true,
+            fork_server: true,
         }
     }
 }

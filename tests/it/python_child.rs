@@ -279,3 +279,133 @@ fn the_python_side_writes_the_results_celerys_mainprocess_would() {
     );
     assert_eq!(child.exit(), 0);
 }
+
+/// The parent process of `pid` (from /proc).
+fn parent_of(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    after.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_fork_server_loads_the_app_once_and_forks_children_that_run_its_tasks() {
+    use celeryd_actors::child::forkserver::ForkServer;
+    use celeryd_actors::child::process::{self, Process};
+    use celeryd_actors::child::{ChildCommand, Codec, ipc};
+    use tokio::io::AsyncWriteExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let script = write_script(dir.path()).unwrap();
+    let node = format!(
+        "celery@forks-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let workdir = repo().join("tests/python").display().to_string();
+    let command = ChildCommand {
+        program: python(),
+        args: [
+            &script.display().to_string(),
+            "--app",
+            "proj",
+            "--hostname",
+            &node,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["--workdir".to_owned(), workdir])
+        .collect(),
+        codec: Codec::Python,
+        env: vec![("AMQP_URL".into(), amqp_url().replace("/%2f", "//"))],
+        fork: None,
+    };
+    block_on(async {
+        let (server, hello) = ForkServer::start(&command, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let Hello::Ready(ready) = hello else {
+            panic!("the app did not load: {hello:?}")
+        };
+        // The fork server says what the app is, as a fresh child does.
+        assert_eq!(ready.pid, server.pid());
+        assert_eq!(ready.tasks["proj.slow"].acks_late, Some(true));
+        let mut command = command.clone();
+        command.fork = Some(std::sync::Arc::new(server));
+        let server_pid = command.fork.as_ref().unwrap().pid();
+
+        let reply_to = format!("forks-results-{}", uuid::Uuid::new_v4().simple());
+        let conn = connect().await;
+        let ch = conn.create_channel().await.unwrap();
+        let mut consumer = result_consumer(&ch, &reply_to).await.unwrap();
+        let mut pids = Vec::new();
+        let mut links = Vec::new();
+        for _ in 0..2 {
+            let mut link = process::start(&command).await.unwrap();
+            let pid = link.process.id().unwrap();
+            assert!(matches!(link.process, Process::Forked { .. }));
+            // Forked by the fork server, not started by us.
+            assert_eq!(parent_of(pid), server_pid);
+            let ready = ipc::read_payload(&mut link.reader).await.unwrap().unwrap();
+            let (header, _) = celeryd_actors::child::python::decode_payload(&ready).unwrap();
+            assert_eq!(header["op"], "ready", "{header}");
+            assert_eq!(header["pid"], json!(pid));
+            pids.push(pid);
+            links.push(link);
+        }
+        for (i, link) in links.iter_mut().enumerate() {
+            let add = message("proj.add", vec![json!(i), json!(40)], &reply_to);
+            let frame = encode_frame(&frame_header(1, &add, "q", None), &add.body).unwrap();
+            link.writer.write_all(&frame).await.unwrap();
+            let payload = ipc::read_payload(&mut link.reader).await.unwrap().unwrap();
+            let (header, _) = celeryd_actors::child::python::decode_payload(&payload).unwrap();
+            let done = parse_done(&header).unwrap();
+            assert_eq!(done.state, "SUCCESS", "{done:?}");
+            assert_eq!(done.retstr, Some(format!("{}", i + 40)));
+            let d = tokio::time::timeout(Duration::from_secs(20), consumer.next())
+                .await
+                .expect("the result the forked child's backend wrote")
+                .unwrap()
+                .unwrap();
+            let body: Value = serde_json::from_slice(&d.data).unwrap();
+            assert_eq!(body["result"], json!(i + 40));
+        }
+        // The fork server reaps its children and reports how they ended.
+        let mut killed = links.remove(0);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pids[0] as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(10), killed.process.wait())
+            .await
+            .unwrap()
+            .expect("an exit status");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(9));
+        let mut exiting = links.remove(0);
+        let frame = encode_frame(&json!({"op": "exit"}), b"").unwrap();
+        exiting.writer.write_all(&frame).await.unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(10), exiting.process.wait())
+            .await
+            .unwrap()
+            .expect("an exit status");
+        assert_eq!(status.code(), Some(0));
+        // Without its fork server, a child starts as a fresh interpreter.
+        let server = command.fork.take().unwrap();
+        std::sync::Arc::try_unwrap(server).unwrap().stop().await;
+        let gone = ForkServer::start(&command, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .0;
+        let gone_pid = gone.pid();
+        command.fork = Some(std::sync::Arc::new(gone));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(gone_pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let fresh = process::start(&command).await.unwrap();
+        assert!(matches!(fresh.process, Process::Spawned(_)));
+        let _ = conn.close(200, "bye".into()).await;
+    });
+}

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::ipc::MAX_FRAME;
@@ -37,21 +37,22 @@ pub fn write_script(dir: &std::path::Path) -> std::io::Result<std::path::PathBuf
     Ok(path)
 }
 
-/// Encodes one frame: length, JSON length, JSON `header`, `blob`.
-pub fn encode_frame(header: &Value, blob: &[u8]) -> Result<Vec<u8>, ChildError> {
-    let json = serde_json::to_vec(header).map_err(|e| ChildError::Frame(e.to_string()))?;
+/// Encodes one frame: length, JSON length, JSON `header`, `blob` (the header is written in
+/// place, then the two lengths in front of it).
+pub fn encode_frame(header: &impl Serialize, blob: &[u8]) -> Result<Vec<u8>, ChildError> {
+    let mut out = Vec::with_capacity(1024 + blob.len());
+    out.extend_from_slice(&[0; 8]);
+    serde_json::to_writer(&mut out, header).map_err(|e| ChildError::Frame(e.to_string()))?;
     let too_large = || ChildError::Frame("frame too large".into());
-    let json_len = u32::try_from(json.len()).map_err(|_| too_large())?;
-    let payload = 4 + json.len() + blob.len();
+    let json_len = u32::try_from(out.len() - 8).map_err(|_| too_large())?;
+    out.extend_from_slice(blob);
+    let payload = out.len() - 4;
     if payload > MAX_FRAME {
         return Err(too_large());
     }
     let payload_len = u32::try_from(payload).map_err(|_| too_large())?;
-    let mut out = Vec::with_capacity(4 + payload);
-    out.extend_from_slice(&payload_len.to_le_bytes());
-    out.extend_from_slice(&json_len.to_le_bytes());
-    out.extend_from_slice(&json);
-    out.extend_from_slice(blob);
+    out[..4].copy_from_slice(&payload_len.to_le_bytes());
+    out[4..8].copy_from_slice(&json_len.to_le_bytes());
     Ok(out)
 }
 
@@ -79,6 +80,75 @@ pub fn read_frame_blocking(r: &mut impl Read) -> Result<Option<(Value, Vec<u8>)>
     Ok(Some((header, blob.to_vec())))
 }
 
+/// The header of a `run` or `report` frame, borrowed from the request (serialised as it
+/// stands: nothing of the message is copied on the way to the child).
+#[derive(Serialize)]
+struct FrameHeader<'a> {
+    op: &'static str,
+    seq: u64,
+    task: &'a str,
+    id: &'a str,
+    headers: &'a Map<String, Value>,
+    properties: PropertiesOut<'a>,
+    delivery_info: DeliveryOut<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<Value>,
+}
+
+#[derive(Serialize)]
+struct PropertiesOut<'a> {
+    content_type: &'a Option<String>,
+    content_encoding: &'a Option<String>,
+    correlation_id: &'a Option<String>,
+    reply_to: &'a Option<String>,
+    priority: &'a Option<u8>,
+    delivery_mode: &'a Option<u8>,
+    #[serde(flatten)]
+    extra: &'a Map<String, Value>,
+}
+
+#[derive(Serialize)]
+struct DeliveryOut<'a> {
+    exchange: &'a str,
+    routing_key: &'a str,
+    redelivered: bool,
+}
+
+impl<'a> FrameHeader<'a> {
+    fn new(
+        seq: u64,
+        task: &'a str,
+        id: &'a str,
+        headers: &'a Map<String, Value>,
+        p: &'a Properties,
+        info: &'a DeliveryInfo,
+        kind: Option<&ReportKind>,
+    ) -> Self {
+        FrameHeader {
+            op: if kind.is_some() { "report" } else { "run" },
+            seq,
+            task,
+            id,
+            headers,
+            properties: PropertiesOut {
+                content_type: &p.content_type,
+                content_encoding: &p.content_encoding,
+                correlation_id: &p.correlation_id,
+                reply_to: &p.reply_to,
+                priority: &p.priority,
+                delivery_mode: &p.delivery_mode,
+                extra: &p.extra,
+            },
+            delivery_info: DeliveryOut {
+                exchange: &info.exchange,
+                routing_key: &info.routing_key,
+                redelivered: info.redelivered,
+            },
+            kind: kind.map(ReportKind::to_json),
+        }
+    }
+}
+
 /// The header of a `run` frame (the body goes as the blob): what the child needs to build
 /// the request dict as Celery's MainProcess does.
 pub fn run_header(
@@ -89,30 +159,8 @@ pub fn run_header(
     properties: &Properties,
     delivery_info: &DeliveryInfo,
 ) -> Value {
-    let mut props = json!({
-        "content_type": properties.content_type,
-        "content_encoding": properties.content_encoding,
-        "correlation_id": properties.correlation_id,
-        "reply_to": properties.reply_to,
-        "priority": properties.priority,
-        "delivery_mode": properties.delivery_mode,
-    });
-    if let Value::Object(p) = &mut props {
-        p.extend(properties.extra.clone());
-    }
-    json!({
-        "op": "run",
-        "seq": seq,
-        "task": task,
-        "id": id,
-        "headers": headers,
-        "properties": props,
-        "delivery_info": {
-            "exchange": delivery_info.exchange,
-            "routing_key": delivery_info.routing_key,
-            "redelivered": delivery_info.redelivered,
-        },
-    })
+    let h = FrameHeader::new(seq, task, id, headers, properties, delivery_info, None);
+    serde_json::to_value(h).unwrap_or_default()
 }
 
 /// The whole `run` frame for a request (its Python message is required).
@@ -132,10 +180,7 @@ fn frame_for(
 ) -> Result<Vec<u8>, ChildError> {
     let m = python_part(req)?;
     let (headers, props, info) = (m.headers(req), &m.properties, &req.delivery_info);
-    let header = match kind {
-        None => run_header(seq, &req.task, &req.id, headers, props, info),
-        Some(k) => report_header(seq, &req.task, &req.id, headers, props, info, k),
-    };
+    let header = FrameHeader::new(seq, &req.task, &req.id, headers, props, info, kind);
     encode_frame(&header, &m.body)
 }
 
@@ -196,10 +241,16 @@ pub fn report_header(
     delivery_info: &DeliveryInfo,
     kind: &ReportKind,
 ) -> Value {
-    let mut h = run_header(seq, task, id, headers, properties, delivery_info);
-    h["op"] = json!("report");
-    h["kind"] = kind.to_json();
-    h
+    let h = FrameHeader::new(
+        seq,
+        task,
+        id,
+        headers,
+        properties,
+        delivery_info,
+        Some(kind),
+    );
+    serde_json::to_value(h).unwrap_or_default()
 }
 
 /// What Celery decided in a report: how to settle the delivery, and the events to send.
@@ -252,7 +303,8 @@ pub struct PythonTask {
 }
 
 /// The child's first frame: it loaded the app.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
 pub struct Ready {
     /// The child's pid.
     pub pid: u32,
