@@ -67,24 +67,11 @@ impl HelperProcess {
             stdout: BufReader::new(link.reader),
             seq: 0,
         };
-        let first = tokio::time::timeout(timeout, ipc::read_payload(&mut helper.stdout))
-            .await
-            .map_err(|_| {
-                ChildError::Frame(format!(
-                    "the Python process did not load the app within {}s",
-                    timeout.as_secs()
-                ))
-            })??;
-        let Some(payload) = first else {
-            let status = helper.process.wait().await;
-            return Err(ChildError::Frame(format!(
-                "the Python process exited before loading the app ({})",
-                status.map_or("unknown".to_owned(), |s| s.to_string())
-            )));
-        };
-        let (header, _) = python::decode_payload(&payload)?;
-        let hello = python::parse_hello(&header)?;
-        Ok((helper, hello))
+        let who = "the Python process";
+        match process::read_hello(&mut helper.stdout, timeout, who).await? {
+            Some(hello) => Ok((helper, hello)),
+            None => Err(process::exited_before_loading(helper.process.wait().await)),
+        }
     }
 
     /// Sends one report and waits for Celery's decision.

@@ -32,7 +32,7 @@ use tokio::process::Child;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-use super::process::{Link, Process, spawn_with};
+use super::process::{Link, Process, exited_before_loading, read_hello, spawn_with};
 use super::{AbortOnDrop, ChildCommand, ipc, python};
 use crate::error::ChildError;
 
@@ -175,23 +175,9 @@ impl ForkServer {
         let (read, write) = UnixStream::from_std(ours)?.into_split();
         let mut read = BufReader::new(read);
         let mut process = process;
-        let first = tokio::time::timeout(timeout, ipc::read_payload(&mut read))
-            .await
-            .map_err(|_| {
-                ChildError::Frame(format!(
-                    "the Python fork server did not load the app within {}s",
-                    timeout.as_secs()
-                ))
-            })??;
-        let Some(payload) = first else {
-            let status = process.wait().await.ok();
-            return Err(ChildError::Frame(format!(
-                "the Python process exited before loading the app ({})",
-                status.map_or("unknown".to_owned(), |s| s.to_string())
-            )));
+        let Some(hello) = read_hello(&mut read, timeout, "the Python fork server").await? else {
+            return Err(exited_before_loading(process.wait().await.ok()));
         };
-        let (header, _) = python::decode_payload(&payload)?;
-        let hello = python::parse_hello(&header)?;
         let routes = Arc::new(Mutex::new(Routes::default()));
         let reader = tokio::spawn(read_answers(read, routes.clone(), pid));
         let server = ForkServer {

@@ -11,7 +11,10 @@ use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tracing::warn;
 
-use super::ChildCommand;
+use std::time::Duration;
+
+use super::python::{self, Hello};
+use super::{ChildCommand, ipc};
 use crate::error::ChildError;
 
 /// What a child's frames are read from (a pipe, or a socket from the fork server).
@@ -91,6 +94,37 @@ impl Process {
             }
         }
     }
+}
+
+/// Reads a Python process's first frame, its [`Hello`]; `Ok(None)` when it exited first
+/// (the caller adds the exit status with [`exited_before_loading`]). `who` names it in the
+/// error when it takes longer than `timeout`.
+pub async fn read_hello(
+    reader: &mut (impl AsyncRead + Unpin),
+    timeout: Duration,
+    who: &str,
+) -> Result<Option<Hello>, ChildError> {
+    let first = tokio::time::timeout(timeout, ipc::read_payload(reader))
+        .await
+        .map_err(|_| {
+            ChildError::Frame(format!(
+                "{who} did not load the app within {}s",
+                timeout.as_secs()
+            ))
+        })??;
+    let Some(payload) = first else {
+        return Ok(None);
+    };
+    let (header, _) = python::decode_payload(&payload)?;
+    python::parse_hello(&header).map(Some)
+}
+
+/// The error for a Python process that exited (with `status`, if known) before its hello.
+pub fn exited_before_loading(status: Option<ExitStatus>) -> ChildError {
+    ChildError::Frame(format!(
+        "the Python process exited before loading the app ({})",
+        status.map_or("unknown".to_owned(), |s| s.to_string())
+    ))
 }
 
 /// Starts a child for `command`: forked by its fork server when it has one (a fresh process
