@@ -206,12 +206,7 @@ impl Drop for ChildState {
     /// The child leads its own process group: kill the whole group, so that processes the
     /// task started do not outlive it (`kill_on_drop` only reaches the child itself).
     fn drop(&mut self) {
-        if self.pid > 0 {
-            let pgid = nix::unistd::Pid::from_raw(self.pid as i32);
-            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-        }
-        // A forked child may not lead its group yet.
-        self.process.start_kill();
+        self.process.kill_group(Some(self.pid));
     }
 }
 
@@ -493,9 +488,7 @@ impl ChildState {
 
     /// The grace after TERM is over: KILL the group and stop.
     fn kill_now(&mut self, myself: &ActorRef<ChildMessage>, seconds: f64) {
-        let pgid = nix::unistd::Pid::from_raw(self.pid as i32);
-        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-        self.process.start_kill();
+        self.process.kill_group(Some(self.pid));
         myself.stop(Some(format!("{HARD_LIMIT_REASON}{seconds}")));
     }
 }

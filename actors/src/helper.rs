@@ -44,11 +44,8 @@ pub struct HelperProcess {
 
 impl Drop for HelperProcess {
     fn drop(&mut self) {
-        if let Some(pid) = self.process.id() {
-            let pgid = nix::unistd::Pid::from_raw(pid as i32);
-            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-        }
-        self.process.start_kill();
+        let pid = self.process.id();
+        self.process.kill_group(pid);
     }
 }
 

@@ -80,7 +80,18 @@ impl Process {
         }
     }
 
-    /// Sends KILL (to the process only; callers kill the group themselves).
+    /// Sends KILL to process group `pgid` (the child's own: what its task started goes with
+    /// it, even after the child was reaped), then to the child itself (a forked child may not
+    /// lead its group yet).
+    pub fn kill_group(&mut self, pgid: Option<u32>) {
+        if let Some(pgid) = pgid.filter(|&p| p > 0) {
+            let pgid = nix::unistd::Pid::from_raw(pgid as i32);
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        }
+        self.start_kill();
+    }
+
+    /// Sends KILL (to the process only).
     pub fn start_kill(&mut self) {
         match self {
             Process::Spawned(c) => {
