@@ -180,7 +180,16 @@ def exit_on_term(signum, frame):
     raise SystemExit(128 + signum)
 
 
+# True only while a task runs in the tracer: a soft limit (SIGUSR1) that comes at any other
+# time is for a task that has already ended, and is dropped. The parent sends it before it
+# writes the next task's frame, and Python runs a pending handler at the next function call
+# after the read that brings that frame returns, i.e. before this is set again.
+_IN_TASK = False
+
+
 def soft_timeout(signum, frame):
+    if not _IN_TASK:
+        return
     from billiard.exceptions import SoftTimeLimitExceeded
 
     raise SoftTimeLimitExceeded()
@@ -433,7 +442,7 @@ def serve(app, opts):
     from celery import signals
     from celery.app import trace
 
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    global _IN_TASK
     while True:
         frame, body = read_frame()
         if frame is None or frame.get("op") == "exit":
@@ -453,13 +462,10 @@ def serve(app, opts):
         if frame.get("op") != "run":
             write_frame({"op": "done", "seq": frame.get("seq"), "state": "UNKNOWN_OP"})
             continue
-        # A soft limit that came after the last task ended must not hit this one.
-        while signal.sigtimedwait({signal.SIGUSR1}, 0) is not None:
-            pass
         props = frame.get("properties") or {}
         req = request_dict(frame, opts.hostname)
         started = time.monotonic()
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
+        _IN_TASK = True
         try:
             failed, retval, runtime = trace.fast_trace_task(
                 frame["task"],
@@ -469,6 +475,7 @@ def serve(app, opts):
                 props.get("content_type", "application/json"),
                 props.get("content_encoding", "utf-8"),
             )
+            _IN_TASK = False
             out = outcome(failed, retval, runtime)
         except (SystemExit, KeyboardInterrupt):
             write_frame({"op": "done", "seq": frame.get("seq"), "state": "EXIT"})
@@ -483,7 +490,7 @@ def serve(app, opts):
                 "traceback": traceback.format_exc(),
             }
         finally:
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+            _IN_TASK = False
         out.setdefault("runtime", time.monotonic() - started)
         write_frame(dict(out, op="done", seq=frame.get("seq")))
     signals.worker_process_shutdown.send(
