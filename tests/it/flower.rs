@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 
 use crate::block_on;
 use crate::support::{
-    Worker, amqp_url, call_task, delete_queue, eventually, free_port, http, python, spawn_task,
-    unique_queue,
+    Worker, call_task, delete_queue, eventually, free_port, http, python, python_amqp_url,
+    spawn_task, unique_queue,
 };
 
 struct Flower {
@@ -19,21 +19,19 @@ struct Flower {
 }
 
 impl Flower {
+    /// Flower with an app that declares celeryd's task names: Flower's rate-limit and
+    /// time-limit buttons refuse names its own app does not know.
     fn start() -> Flower {
+        Self::start_with_app("celeryd_app")
+    }
+
+    /// Flower with the Python app `app` (in `tests/python`), as its users start it.
+    fn start_with_app(app: &str) -> Flower {
         let port = free_port();
-        let url = amqp_url().replace("/%2f", "//").replace("/%2F", "//");
-        // With an app that declares celeryd's task names: Flower's rate-limit and time-limit
-        // buttons refuse names its own app does not know.
+        let url = python_amqp_url();
         let child = Command::new(python().with_file_name("celery"))
             .current_dir(crate::support::repo().join("tests/python"))
-            .args([
-                "-A",
-                "celeryd_app",
-                "-b",
-                &url,
-                "flower",
-                "--address=127.0.0.1",
-            ])
+            .args(["-A", app, "-b", &url, "flower", "--address=127.0.0.1"])
             .arg(format!("--port={port}"))
             .args(["--inspect_timeout=3000", "--persistent=False"])
             .env("FLOWER_UNAUTHENTICATED_API", "true")
@@ -173,4 +171,99 @@ fn flower_shows_and_controls_a_celeryd_worker() {
     drop(worker);
     block_on(delete_queue(&queue));
     block_on(delete_queue(&extra));
+}
+
+/// The Python client of the test app: `proj_client.py <args…>` (redis results); its JSON.
+fn proj_client(args: &[&str]) -> Value {
+    let out = Command::new(python())
+        .current_dir(crate::support::repo().join("tests/python"))
+        .arg("proj_client.py")
+        .args(args)
+        .env("AMQP_URL", python_amqp_url())
+        .env("RESULT_BACKEND", PROJ_BACKEND)
+        .output()
+        .expect("run the client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "proj_client {args:?}: {stdout}{out:?}"
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+const PROJ_BACKEND: &str = "redis://127.0.0.1:6379/4";
+
+#[test]
+fn flower_shows_and_controls_a_worker_running_python_tasks() {
+    let flower = Flower::start_with_app("proj");
+    let queue = unique_queue("flower-py");
+    let worker = Worker::start_python(&queue, PROJ_BACKEND, "", &["-c", "1"]);
+    let node = worker.nodename();
+    let mut workers = Value::Null;
+    eventually(Duration::from_secs(30), "Flower to list the worker", || {
+        workers = flower.get("/api/workers?refresh=1");
+        workers[&node]["stats"].is_object() && workers[&node]["registered"].is_array()
+    });
+    let w = &workers[&node];
+    assert_eq!(w["stats"]["pool"]["max-concurrency"], 1, "{w}");
+    let registered: Vec<&str> = w["registered"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        registered.contains(&"proj.add") && registered.contains(&"proj.sleep"),
+        "the app's own tasks: {registered:?}"
+    );
+    let send = |task: &str, args: &str| {
+        proj_client(&["send", "--queue", &queue, "--task", task, "--args", args])["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    // Flower turns task events on (enable_events); the Python task is followed to SUCCESS,
+    // its result as the child's tracer stored it.
+    let mut id = String::new();
+    eventually(
+        Duration::from_secs(30),
+        "a Python task SUCCESS in Flower",
+        || {
+            id = send("proj.add", "[2, 2]");
+            std::thread::sleep(Duration::from_millis(500));
+            flower.get(&format!("/api/task/info/{id}"))["state"] == "SUCCESS"
+        },
+    );
+    let info = flower.get(&format!("/api/task/info/{id}"));
+    assert_eq!(info["name"], "proj.add", "{info}");
+    assert_eq!(info["result"], "4", "{info}");
+    assert_eq!(info["worker"], node.as_str(), "{info}");
+    assert!(info["started"].is_f64(), "{info}");
+    // Flower's rate-limit button for an app task, then its active list and revoke button.
+    let (status, body) = flower.post(&format!(
+        "/api/task/rate-limit/proj.add?workername={node}&ratelimit=100/m"
+    ));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("new rate limit set successfully"), "{body}");
+    let sleeping = send("proj.sleep", "[30]");
+    worker.wait_for_log(
+        &format!("Task proj.sleep[{sleeping}] received"),
+        Duration::from_secs(20),
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the task in Flower's active list",
+        || {
+            let active = flower.get(&format!("/api/workers?refresh=1&workername={node}"));
+            active[&node]["active"][0]["id"] == sleeping.as_str()
+        },
+    );
+    let (status, body) = flower.post(&format!("/api/task/revoke/{sleeping}?terminate=true"));
+    assert_eq!(status, 200, "{body}");
+    eventually(Duration::from_secs(20), "REVOKED in Flower", || {
+        flower.get(&format!("/api/task/info/{sleeping}"))["state"] == "REVOKED"
+    });
+    drop(worker);
+    block_on(delete_queue(&queue));
 }

@@ -9,19 +9,7 @@ use crate::block_on;
 use crate::support::{Worker, call_task, celery_cli, delete_queue, spawn_task, unique_queue};
 
 fn inspect(worker: &Worker, args: &[&str]) -> Value {
-    let node = worker.nodename();
-    let mut a = vec!["inspect"];
-    a.extend_from_slice(args);
-    a.extend_from_slice(&["--json", "-d", &node]);
-    let out = celery_cli(&a);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "celery {a:?}: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
-    v[node.as_str()].clone()
+    crate::support::celery_inspect(&worker.nodename(), args)
 }
 
 #[test]

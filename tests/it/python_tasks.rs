@@ -10,16 +10,13 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::block_on;
-use crate::support::{Worker, delete_queue, python, repo, unique_queue};
+use crate::support::{
+    Worker, celery_control, celery_inspect, delete_queue, eventually, python, python_amqp_url,
+    repo, unique_queue,
+};
 
 const REDIS: &str = "redis://127.0.0.1:6379/3";
 const POSTGRES: &str = "db+postgresql+psycopg2://postgres@127.0.0.1:5432/test";
-
-fn python_amqp_url() -> String {
-    crate::support::amqp_url()
-        .replace("/%2f", "//")
-        .replace("/%2F", "//")
-}
 
 /// Runs one scenario of the client against `queue`; returns what it saw.
 fn scenario(queue: &str, backend: &str, name: &str) -> Value {
@@ -30,6 +27,12 @@ fn scenario(queue: &str, backend: &str, name: &str) -> Value {
 fn send(queue: &str, name: &str, args: &str) -> String {
     let sent = scenario_with(queue, REDIS, "send", &["--task", name, "--args", args]);
     sent["id"].as_str().unwrap_or_default().to_owned()
+}
+
+/// Sends task `name` with `args` (JSON) and waits for its outcome (redis results).
+fn call(queue: &str, name: &str, args: &str) -> Value {
+    let id = send(queue, name, args);
+    scenario_with(queue, REDIS, "wait", &["--id", &id])
 }
 
 /// [`scenario`] with more arguments.
@@ -369,5 +372,87 @@ fn an_acks_late_python_task_survives_kill_9_of_its_worker() {
     );
     assert!(w2.log().contains(&format!("Task proj.slow[{id}] received")));
     drop(w2);
+    block_on(delete_queue(&q));
+}
+
+/// The pids of the worker's ready pool children, as `inspect stats` lists them.
+fn pool_pids(node: &str) -> Vec<u64> {
+    let stats = celery_inspect(node, &["stats"]);
+    let mut pids: Vec<u64> = stats["pool"]["processes"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    pids.sort_unstable();
+    pids
+}
+
+/// Waits until the pool has `n` ready children; returns their pids.
+fn pool_of(node: &str, n: usize, what: &str) -> Vec<u64> {
+    let mut pids = Vec::new();
+    eventually(Duration::from_secs(20), what, || {
+        pids = pool_pids(node);
+        pids.len() == n
+    });
+    pids
+}
+
+#[test]
+fn python_pool_grows_shrinks_restarts_autoscales_and_recycles_above_max_memory() {
+    let q = unique_queue("it-pypool");
+    let conf = r#"{"worker_pool_restarts": true}"#;
+    let flags = ["-c", "1", "--max-memory-per-child", "196608"];
+    let w = Worker::start_python(&q, REDIS, conf, &flags);
+    let node = w.nodename();
+    let first = pool_of(&node, 1, "one Python child");
+    let out = celery_control(&node, &["pool_grow", "1"]);
+    assert!(out.contains("pool will grow"), "{out}");
+    let grown = pool_of(&node, 2, "two Python children after pool_grow");
+    assert!(grown.contains(&first[0]), "{grown:?} keeps {first:?}");
+    assert_eq!(call(&q, "proj.add", "[2, 2]")["result"], 4);
+    let out = celery_control(&node, &["pool_shrink", "1"]);
+    assert!(out.contains("pool will shrink"), "{out}");
+    let before = pool_of(&node, 1, "one Python child after pool_shrink");
+
+    let out = celery_control(&node, &["pool_restart"]);
+    assert!(out.contains("reload started"), "{out}");
+    let mut after = Vec::new();
+    eventually(Duration::from_secs(20), "a new Python child", || {
+        after = pool_pids(&node);
+        after.len() == 1 && after != before
+    });
+
+    // Recycling reads the child's resident size after each task (as Celery's
+    // max_memory_per_child does): 16 MiB more stays under 192 MiB, 256 MiB more does not.
+    let done = call(&q, "proj.hog", "[16]");
+    assert_eq!(done["result"], 16, "{done}");
+    assert_eq!(pool_pids(&node), after, "no recycling under the limit");
+    assert!(!w.log().contains("max_memory_per_child"), "under the limit");
+    let done = call(&q, "proj.hog", "[256]");
+    assert_eq!(done["result"], 256, "the task itself completes: {done}");
+    w.wait_for_log("(max_memory_per_child)", Duration::from_secs(10));
+    eventually(
+        Duration::from_secs(20),
+        "a fresh child after recycling",
+        || {
+            let now = pool_pids(&node);
+            now.len() == 1 && now != after
+        },
+    );
+    assert_eq!(call(&q, "proj.add", "[2, 2]")["result"], 4);
+    drop(w);
+
+    let w = Worker::start_python(&q, REDIS, "", &["--autoscale", "3,1"]);
+    let node = w.nodename();
+    pool_of(&node, 1, "autoscale starts at min");
+    let ids: Vec<String> = (0..3).map(|_| send(&q, "proj.sleep", "[3]")).collect();
+    pool_of(&node, 3, "three Python children under load");
+    for id in &ids {
+        let done = scenario_with(&q, REDIS, "wait", &["--id", id]);
+        assert_eq!(done["result"], 3, "{done}");
+    }
+    let out = celery_control(&node, &["autoscale", "2", "2"]);
+    assert!(out.contains("autoscale now max=2 min=2"), "{out}");
+    pool_of(&node, 2, "min raised to 2");
+    drop(w);
     block_on(delete_queue(&q));
 }

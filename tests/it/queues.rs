@@ -8,29 +8,11 @@ use serde_json::{Value, json};
 
 use crate::block_on;
 use crate::support::{
-    Worker, call_task, celery_cli, connect, delete_queue, eventually, parse_client_output,
-    queue_depth, spawn_task, unique_queue,
+    Worker, call_task, connect, delete_queue, eventually, parse_client_output, queue_depth,
+    spawn_task, unique_queue,
 };
 
-fn control(node: &str, args: &[&str]) -> String {
-    let mut a = vec!["control"];
-    a.extend_from_slice(args);
-    a.extend_from_slice(&["-d", node]);
-    let out = celery_cli(&a);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "celery {a:?}: {text}{out:?}");
-    text
-}
-
-fn inspect_json(node: &str, args: &[&str]) -> Value {
-    let mut a = vec!["inspect"];
-    a.extend_from_slice(args);
-    a.extend_from_slice(&["--json", "-d", node]);
-    let out = celery_cli(&a);
-    assert!(out.status.success(), "celery {a:?}: {out:?}");
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v[node].clone()
-}
+use crate::support::{celery_control as control, celery_inspect as inspect_json};
 
 fn queue_names(node: &str) -> Vec<String> {
     inspect_json(node, &["active_queues"])

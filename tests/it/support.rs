@@ -156,8 +156,37 @@ pub fn celery_cli(args: &[&str]) -> std::process::Output {
         .expect("run celery")
 }
 
+/// `celery control <args…> -d node` (the real CLI); its stdout, asserted successful.
+#[allow(dead_code)] // not every test binary that shares this file uses it
+pub fn celery_control(node: &str, args: &[&str]) -> String {
+    let mut a = vec!["control"];
+    a.extend_from_slice(args);
+    a.extend_from_slice(&["-d", node]);
+    let out = celery_cli(&a);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "celery {a:?}: {text}{out:?}");
+    text
+}
+
+/// `celery inspect <args…> --json -d node` (the real CLI); the node's reply.
+#[allow(dead_code)] // not every test binary that shares this file uses it
+pub fn celery_inspect(node: &str, args: &[&str]) -> Value {
+    let mut a = vec!["inspect"];
+    a.extend_from_slice(args);
+    a.extend_from_slice(&["--json", "-d", node]);
+    let out = celery_cli(&a);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "celery {a:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+    v[node].clone()
+}
+
 /// kombu spells the default vhost `//`.
-fn python_amqp_url() -> String {
+pub fn python_amqp_url() -> String {
     amqp_url().replace("/%2f", "//").replace("/%2F", "//")
 }
 

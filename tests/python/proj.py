@@ -152,6 +152,16 @@ def sleep(seconds):
     return seconds
 
 
+_HELD = []
+
+
+@app.task(name="proj.hog")
+def hog(mib):
+    """Keeps `mib` MiB resident in this child (for max_memory_per_child)."""
+    _HELD.append(bytearray(b"x" * (mib << 20)))
+    return mib
+
+
 @app.task(name="proj.rated", rate_limit="2/s")
 def rated():
     return time.time()
