@@ -188,7 +188,7 @@ fn start(subject: Subject, queue: &str, concurrency: usize) -> Running {
             start_worker(dir.path(), queue, "", &flags)
         }
         Subject::Celery => {
-            let url = amqp_url().replace("/%2f", "//").replace("/%2F", "//");
+            let url = celery_amqp_url();
             let node = format!(
                 "bench-py-{}@%h",
                 &uuid::Uuid::new_v4().simple().to_string()[..8]
@@ -280,6 +280,8 @@ async fn echo_main(queue: String, prefetch: u16) {
 struct Cpu {
     /// The subject's process tree.
     subject: f64,
+    /// The subject's main process alone (celeryd's Rust parent, Celery's MainProcess).
+    main: f64,
     /// The broker.
     broker: f64,
     /// This benchmark (results consumer).
@@ -320,6 +322,7 @@ async fn drain(subject: Subject, n: usize, concurrency: usize) -> Drain {
     let per_task = |secs: f64| secs * 1e6 / n as f64;
     let cpu = Cpu {
         subject: per_task(cpu_seconds(&process_tree(running.pid()))),
+        main: per_task(cpu_seconds(&[running.pid()])),
         broker: per_task(cpu_seconds(&broker) - broker_cpu0),
         bench: per_task(cpu_seconds(&me) - bench_cpu0),
     };
@@ -374,6 +377,44 @@ async fn idle(subject: Subject, roundtrips: usize, concurrency: usize) -> Idle {
     }
 }
 
+/// Why the Python ratios are what they are on this machine. Both workers' drains are bound by
+/// the CPU: per task, the subject's processes, the broker and this benchmark together cannot
+/// take more than the machine's cores, so the ratio of the two totals is the most the drain
+/// ratio can be here; and Celery's tracer alone (the part both workers' children run) shows
+/// how little of a task's cost is left for a worker to save.
+fn print_bounds(floors: &[TracerFloor], ours: &Rows, py: &Rows) {
+    let warm = median_range(floors.iter().map(|f| f.warm_cpu_us).collect()).0;
+    let idle = median_range(floors.iter().map(|f| f.idle_p50_us).collect()).0;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let total = |r: &Rows| {
+        r.median(|d| d.cpu.subject).0 + r.median(|d| d.cpu.broker).0 + r.median(|d| d.cpu.bench).0
+    };
+    let (a, b) = (total(ours), total(py));
+    let (ta, tb) = (
+        ours.median(|d| d.throughput).0,
+        py.median(|d| d.throughput).0,
+    );
+    println!(
+        "Celery's tracer alone (no-op, rpc result, one process): {warm:.0} µs CPU per task back \
+         to back, {idle:.0} µs wall per task when it sleeps between tasks (median of {} rounds)",
+        floors.len()
+    );
+    println!(
+        "  CPU bound on {cores:.0} cores: per task, subject + broker + benchmark = {a:.0} µs \
+         (celeryd -A) vs {b:.0} µs (Celery) → at most {:.0} vs {:.0} tasks/s (reached {:.0} % \
+         and {:.0} %); the drain ratio can be at most ×{:.2} here. ×1.8 would need celeryd's \
+         whole tree at ≤ {:.0} µs per task (its children: {:.0}, main process: {:.0}).",
+        cores * 1e6 / a,
+        cores * 1e6 / b,
+        100.0 * ta * a / (cores * 1e6),
+        100.0 * tb * b / (cores * 1e6),
+        b / a,
+        b / 1.8 - (a - ours.median(|d| d.cpu.subject).0),
+        ours.median(|d| d.cpu.subject).0 - ours.median(|d| d.cpu.main).0,
+        ours.median(|d| d.cpu.main).0,
+    );
+}
+
 /// PSS (shared pages split between the processes that map them) of `pid` and every
 /// descendant, in KiB.
 fn tree_pss_kib(pid: u32) -> u64 {
@@ -408,6 +449,39 @@ fn main() {
         return support::run(echo_main(queue, prefetch));
     }
     support::run(bench());
+}
+
+/// Celery's tracer by itself (`tests/python/tracer_floor.py`): what any worker that runs it in
+/// its children pays per task at the least.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+struct TracerFloor {
+    /// CPU per task, back to back.
+    warm_cpu_us: f64,
+    /// One task's wall time in a process that sleeps between tasks.
+    idle_p50_us: f64,
+}
+
+fn tracer_floor() -> Option<TracerFloor> {
+    let out = Command::new(python_exe()?)
+        .current_dir(python_dir())
+        .arg("tracer_floor.py")
+        .env("AMQP_URL", celery_amqp_url())
+        .stderr(Stdio::inherit())
+        .output()
+        .ok()?;
+    let line = String::from_utf8_lossy(&out.stdout);
+    match serde_json::from_str(line.trim()) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            eprintln!("tracer_floor.py gave no figures ({e}): {line}");
+            None
+        }
+    }
+}
+
+/// The broker URL as Celery spells the default vhost.
+fn celery_amqp_url() -> String {
+    amqp_url().replace("/%2f", "//").replace("/%2F", "//")
 }
 
 /// Everything measured of one subject, one entry per round.
@@ -452,11 +526,17 @@ async fn bench() {
             idles: Vec::new(),
         })
         .collect();
+    let python = subjects.contains(&Subject::CeleryPy) && subjects.contains(&Subject::Celery);
+    let mut floors = Vec::new();
     for round in 1..=rounds {
         for r in rows.iter_mut() {
             eprintln!("round {round}/{rounds}: {} …", r.subject.name());
             r.drains.push(drain(r.subject, n, 2).await);
             r.idles.push(idle(r.subject, roundtrips, 4).await);
+        }
+        if python {
+            eprintln!("round {round}/{rounds}: Celery's tracer alone …");
+            floors.extend(tracer_floor());
         }
     }
     println!(
@@ -483,13 +563,16 @@ async fn bench() {
         );
     }
     println!("\nCPU time per task during the drain (µs, median)");
-    println!("| subject | subject's processes | broker | benchmark (publisher, results) |");
-    println!("|---|---|---|---|");
+    println!(
+        "| subject | subject's processes | of which its main process | broker | benchmark (publisher, results) |"
+    );
+    println!("|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} | {:.0} | {:.0} | {:.0} |",
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} |",
             r.subject.name(),
             r.median(|d| d.cpu.subject).0,
+            r.median(|d| d.cpu.main).0,
             r.median(|d| d.cpu.broker).0,
             r.median(|d| d.cpu.bench).0,
         );
@@ -548,6 +631,9 @@ async fn bench() {
             "Python tasks, drain ratio per round: {}",
             per_round.join(", ")
         );
+        if !floors.is_empty() {
+            print_bounds(&floors, ours, py);
+        }
     }
     if sweep == 0 {
         return;
