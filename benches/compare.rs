@@ -402,13 +402,15 @@ fn print_bounds(floors: &[TracerFloor], ours: &Rows, py: &Rows) {
     println!(
         "  CPU bound on {cores:.0} cores: per task, subject + broker + benchmark = {a:.0} µs \
          (celeryd -A) vs {b:.0} µs (Celery) → at most {:.0} vs {:.0} tasks/s (reached {:.0} % \
-         and {:.0} %); the drain ratio can be at most ×{:.2} here. ×1.8 would need celeryd's \
-         whole tree at ≤ {:.0} µs per task (its children: {:.0}, main process: {:.0}).",
+         and {:.0} %); the drain ratio can be at most ×{:.2} here, and ×{:.2} with a main \
+         process that cost nothing. ×1.8 would need celeryd's whole tree at ≤ {:.0} µs per \
+         task (its children: {:.0}, main process: {:.0}).",
         cores * 1e6 / a,
         cores * 1e6 / b,
         100.0 * ta * a / (cores * 1e6),
         100.0 * tb * b / (cores * 1e6),
         b / a,
+        b / (a - ours.median(|d| d.cpu.main).0),
         b / 1.8 - (a - ours.median(|d| d.cpu.subject).0),
         ours.median(|d| d.cpu.subject).0 - ours.median(|d| d.cpu.main).0,
         ours.median(|d| d.cpu.main).0,
