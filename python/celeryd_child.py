@@ -222,20 +222,37 @@ def conf_meta(app):
         except Exception:  # a transport kombu cannot load here: the parent names it
             out["broker_url"] = str(conf.broker_url)
     if conf.task_queues:
-        out["task_queues"] = [
-            {
-                "name": q.name,
-                "exchange": q.exchange.name if q.exchange is not None else None,
-                "exchange_type": q.exchange.type if q.exchange is not None else None,
-                "routing_key": q.routing_key,
-                "queue_arguments": q.queue_arguments,
-                "durable": q.durable,
-                "auto_delete": q.auto_delete,
-                "exclusive": q.exclusive,
-            }
-            for q in conf.task_queues
-        ]
+        # As Celery's worker will declare them: app.amqp.queues has Celery's defaults filled
+        # in (the default exchange, task_queue_max_priority).
+        out["task_queues"] = [queue_meta(q) for q in app.amqp.queues.values()]
     return out
+
+
+def queue_meta(q):
+    """One kombu Queue as the parent's `[[task.queues]]` entry takes it."""
+    def exchange_of(e):
+        return (e.name, e.type) if e is not None else (None, None)
+
+    name, kind = exchange_of(q.exchange)
+    return {
+        "name": q.name,
+        "exchange": name,
+        "exchange_type": kind,
+        "routing_key": q.routing_key,
+        "queue_arguments": q.queue_arguments,
+        "bindings": [
+            {
+                "exchange": exchange_of(b.exchange)[0],
+                "exchange_type": exchange_of(b.exchange)[1],
+                "routing_key": b.routing_key,
+                "arguments": b.arguments,
+            }
+            for b in q.bindings
+        ],
+        "durable": q.durable,
+        "auto_delete": q.auto_delete,
+        "exclusive": q.exclusive,
+    }
 
 
 def inspect_meta(app):

@@ -112,6 +112,55 @@ const MAPPED: &[(&str, &str, &str, Kind)] = &[
         "default_rate_limit",
         Kind::Text,
     ),
+    ("task_default_queue", "task", "default_queue", Kind::Text),
+    (
+        "task_default_queue_type",
+        "task",
+        "default_queue_type",
+        Kind::Text,
+    ),
+    (
+        "task_default_exchange",
+        "task",
+        "default_exchange",
+        Kind::Text,
+    ),
+    (
+        "task_default_exchange_type",
+        "task",
+        "default_exchange_type",
+        Kind::Text,
+    ),
+    (
+        "task_default_routing_key",
+        "task",
+        "default_routing_key",
+        Kind::Text,
+    ),
+    (
+        "task_create_missing_queues",
+        "task",
+        "create_missing_queues",
+        Kind::Bool,
+    ),
+    (
+        "task_create_missing_queue_type",
+        "task",
+        "create_missing_queue_type",
+        Kind::Text,
+    ),
+    (
+        "task_create_missing_queue_exchange_type",
+        "task",
+        "create_missing_queue_exchange_type",
+        Kind::Text,
+    ),
+    (
+        "task_queue_max_priority",
+        "task",
+        "queue_max_priority",
+        Kind::Count,
+    ),
 ];
 
 /// Worker settings the Python children honour themselves (logging is set up in each child
@@ -132,12 +181,7 @@ const WORKER_PREFIXES: &[&str] = &["worker_", "broker_"];
 
 /// Task settings that the worker, not the client, acts on and celeryd does not honour yet.
 const WORKER_TASK_SETTINGS: &[&str] = &[
-    "task_create_missing_queues",
-    "task_default_exchange",
-    "task_default_exchange_type",
-    "task_default_routing_key",
     "task_default_delivery_mode",
-    "task_queue_max_priority",
     "task_default_priority",
     "task_remote_tracebacks",
 ];
@@ -161,20 +205,11 @@ pub fn layer(conf: &Map<String, Value>) -> Result<AppLayer, String> {
             "broker_url",
         );
     }
-    let queues = match conf.get("task_queues") {
-        Some(Value::Array(qs)) if !qs.is_empty() => Some(queue_names(qs, &mut out.unhonoured)),
-        _ => None,
-    };
-    match (
-        queues,
-        conf.get("task_default_queue").and_then(Value::as_str),
-    ) {
-        (Some(names), _) => out.set("worker", "queues", names, "task_queues"),
-        (None, Some(q)) => {
-            let names = toml::Value::Array(vec![toml::Value::String(q.to_owned())]);
-            out.set("worker", "queues", names, "task_default_queue");
-        }
-        (None, None) => {}
+    if let Some(Value::Array(qs)) = conf.get("task_queues")
+        && !qs.is_empty()
+    {
+        let queues = queue_tables(qs, &mut out.unhonoured);
+        out.set("task", "queues", queues, "task_queues");
     }
     let mapped: Vec<&str> = MAPPED.iter().map(|m| m.0).collect();
     for key in conf.keys() {
@@ -257,34 +292,93 @@ pub fn amqp_url(url: &str) -> Result<String, String> {
     }
 }
 
-/// The names of the app's `task_queues`; a queue declared other than as celeryd declares a
-/// plain name (a direct exchange of its own name, its name as routing key, no arguments) is
-/// named in `unhonoured`.
-fn queue_names(queues: &[Value], unhonoured: &mut Vec<String>) -> toml::Value {
-    let mut names = Vec::new();
+/// The app's `task_queues` (as the Python side spelt them out, Celery's defaults filled in)
+/// as `[[task.queues]]` entries. What celeryd does not declare as given (a queue that is not
+/// durable, auto-deleted or exclusive; binding arguments) is named in `unhonoured`.
+fn queue_tables(queues: &[Value], unhonoured: &mut Vec<String>) -> toml::Value {
+    let text = |v: &Value, k: &str| -> Option<toml::Value> {
+        v.get(k)
+            .and_then(Value::as_str)
+            .map(|s| toml::Value::String(s.to_owned()))
+    };
+    let mut out = Vec::new();
     for q in queues {
         let Some(name) = q.get("name").and_then(Value::as_str) else {
             continue;
         };
-        let text = |k: &str| q.get(k).and_then(Value::as_str).unwrap_or_default();
-        let plain = (text("exchange") == name || text("exchange").is_empty())
-            && matches!(text("exchange_type"), "direct" | "")
-            && (text("routing_key") == name || text("routing_key").is_empty())
-            && q.get("queue_arguments")
-                .is_none_or(|a| a.is_null() || a.as_object().is_some_and(Map::is_empty));
-        if !plain {
+        let mut t = toml::Table::new();
+        t.insert("name".into(), toml::Value::String(name.to_owned()));
+        for key in ["exchange", "exchange_type", "routing_key"] {
+            if let Some(v) = text(q, key) {
+                t.insert(key.into(), v);
+            }
+        }
+        if let Some(Value::Object(args)) = q.get("queue_arguments")
+            && !args.is_empty()
+        {
+            let table = args
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), json_to_toml(v)?)))
+                .collect();
+            t.insert("queue_arguments".into(), toml::Value::Table(table));
+        }
+        if let Some(Value::Array(bindings)) = q.get("bindings")
+            && !bindings.is_empty()
+        {
+            let mut list = Vec::new();
+            for b in bindings {
+                let mut bt = toml::Table::new();
+                for key in ["exchange", "exchange_type", "routing_key"] {
+                    if let Some(v) = text(b, key) {
+                        bt.insert(key.into(), v);
+                    }
+                }
+                if b.get("arguments")
+                    .is_some_and(|a| a.as_object().is_some_and(|o| !o.is_empty()))
+                {
+                    unhonoured.push(format!(
+                        "task_queues[{name}] binding arguments (bound without them)"
+                    ));
+                }
+                list.push(toml::Value::Table(bt));
+            }
+            t.insert("bindings".into(), toml::Value::Array(list));
+        }
+        let flag = |k: &str| q.get(k).and_then(Value::as_bool);
+        if flag("durable") == Some(false)
+            || flag("auto_delete") == Some(true)
+            || flag("exclusive") == Some(true)
+        {
             unhonoured.push(format!(
-                "task_queues[{name}] (declared as a plain queue: exchange {:?} type {:?} \
-                 routing key {:?} arguments {})",
-                text("exchange"),
-                text("exchange_type"),
-                text("routing_key"),
-                q.get("queue_arguments").unwrap_or(&Value::Null)
+                "task_queues[{name}] durable={:?} auto_delete={:?} exclusive={:?} (declared \
+                 durable, not auto-delete, not exclusive)",
+                flag("durable"),
+                flag("auto_delete"),
+                flag("exclusive")
             ));
         }
-        names.push(toml::Value::String(name.to_owned()));
+        out.push(toml::Value::Table(t));
     }
-    toml::Value::Array(names)
+    toml::Value::Array(out)
+}
+
+/// A JSON value as TOML (which has no null: `None` for it).
+fn json_to_toml(v: &Value) -> Option<toml::Value> {
+    Some(match v {
+        Value::Null => return None,
+        Value::Bool(b) => toml::Value::Boolean(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => toml::Value::Integer(i),
+            None => toml::Value::Float(n.as_f64()?),
+        },
+        Value::String(s) => toml::Value::String(s.clone()),
+        Value::Array(a) => toml::Value::Array(a.iter().filter_map(json_to_toml).collect()),
+        Value::Object(o) => toml::Value::Table(
+            o.iter()
+                .filter_map(|(k, v)| Some((k.clone(), json_to_toml(v)?)))
+                .collect(),
+        ),
+    })
 }
 
 /// `--print-config` output with the values that came from the app marked.
@@ -292,10 +386,19 @@ pub fn annotate(rendered: &str, from_app: &BTreeMap<String, String>) -> String {
     let mut section = String::new();
     let mut out = String::new();
     for line in rendered.lines() {
+        out.push_str(line);
+        // An array of tables (`[[task.queues]]`): each entry is marked as a whole.
+        if let Some(name) = line.strip_prefix("[[").and_then(|l| l.strip_suffix("]]")) {
+            section = name.to_owned();
+            if let Some(celery) = from_app.get(name) {
+                out.push_str(&format!(" # from app.conf {celery}"));
+            }
+            out.push('\n');
+            continue;
+        }
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
             section = name.to_owned();
         }
-        out.push_str(line);
         if let Some((key, _)) = line.split_once(" = ")
             && let Some(celery) = from_app.get(&format!("{section}.{}", key.trim()))
         {
@@ -337,9 +440,9 @@ mod tests {
         assert_eq!(t["worker"]["prefetch_multiplier"].as_integer(), Some(2));
         assert_eq!(t["task"]["acks_late"].as_bool(), Some(true));
         assert_eq!(t["task"]["time_limit"].as_float(), Some(30.0));
-        assert_eq!(t["worker"]["queues"][0].as_str(), Some("jobs"));
+        assert_eq!(t["task"]["default_queue"].as_str(), Some("jobs"));
         assert_eq!(l.origins["worker.concurrency"], "worker_concurrency");
-        assert_eq!(l.origins["worker.queues"], "task_default_queue");
+        assert_eq!(l.origins["task.default_queue"], "task_default_queue");
         assert!(l.unhonoured.is_empty(), "{:?}", l.unhonoured);
     }
 
@@ -351,36 +454,59 @@ mod tests {
             "worker_log_format": "%(message)s",
             "task_serializer": "json",
             "task_queue_max_priority": 10,
+            "task_default_delivery_mode": "transient",
         })))
         .unwrap();
         assert_eq!(
             l.unhonoured,
             vec![
                 "broker_pool_limit",
-                "task_queue_max_priority",
+                "task_default_delivery_mode",
                 "worker_cancel_long_running_tasks_on_connection_loss"
             ]
         );
+        assert_eq!(l.table["task"]["queue_max_priority"].as_integer(), Some(10));
     }
 
     #[test]
-    fn task_queues_give_the_queue_names_and_name_what_is_not_plain() {
+    fn task_queues_become_queue_entries_with_their_exchanges_and_arguments() {
         let l = layer(&conf(json!({"task_queues": [
             {"name": "a", "exchange": "a", "exchange_type": "direct", "routing_key": "a",
-             "queue_arguments": null},
+             "queue_arguments": null, "bindings": [], "durable": true, "auto_delete": false,
+             "exclusive": false},
             {"name": "b", "exchange": "media", "exchange_type": "topic", "routing_key": "b.#",
-             "queue_arguments": {"x-max-priority": 10}},
-        ], "task_default_queue": "ignored"})))
+             "queue_arguments": {"x-queue-type": "quorum", "x-max-length": 5},
+             "bindings": [], "durable": true},
+            {"name": "c", "exchange": null, "exchange_type": null, "routing_key": "",
+             "queue_arguments": {}, "durable": false,
+             "bindings": [{"exchange": "x", "exchange_type": "fanout", "routing_key": "",
+                           "arguments": {"k": 1}}]},
+        ], "task_default_queue_type": "quorum"})))
         .unwrap();
-        let names: Vec<_> = l.table["worker"]["queues"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap())
-            .collect();
-        assert_eq!(names, ["a", "b"]);
-        assert_eq!(l.unhonoured.len(), 1);
-        assert!(l.unhonoured[0].starts_with("task_queues[b]"));
+        // The layer parses as settings and resolves to the queues Celery would declare.
+        let mut table = l.table.clone();
+        table.insert("broker".into(), toml::Value::Table(toml::Table::new()));
+        let settings: celeryd_actors::settings::Settings =
+            toml::from_str(&toml::to_string(&table).unwrap()).unwrap();
+        let qs = settings.task_queues().unwrap();
+        let names: Vec<_> = qs.iter().map(|q| q.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert_eq!(qs[1].exchange_type, "topic");
+        assert!(qs[1].is_quorum());
+        assert_eq!(qs[1].arguments["x-max-length"], 5);
+        assert_eq!(
+            (qs[2].exchange.as_str(), qs[2].exchange_type.as_str()),
+            ("x", "fanout")
+        );
+        assert_eq!(settings.task.default_queue_type, "quorum");
+        assert!(
+            !settings.global_qos().unwrap(),
+            "a quorum queue: per-consumer qos"
+        );
+        assert_eq!(l.origins["task.queues"], "task_queues");
+        assert_eq!(l.unhonoured.len(), 2, "{:?}", l.unhonoured);
+        assert!(l.unhonoured[0].contains("binding arguments"));
+        assert!(l.unhonoured[1].starts_with("task_queues[c] durable=Some(false)"));
     }
 
     #[test]

@@ -74,16 +74,27 @@ pub fn build_call(args: &CallArgs, now: OffsetDateTime) -> Result<TaskCall, Star
 pub async fn call(settings: &Settings, args: &CallArgs) -> Result<ExitCode, StartupError> {
     let call = build_call(args, OffsetDateTime::now_utc())?;
     let msg = TaskMessage::new(&call, OffsetDateTime::now_utc());
-    let queue = args
-        .queue
-        .clone()
-        .unwrap_or_else(|| settings.worker.queues[0].clone());
+    // The queue as the worker declares it ([[task.queues]], -Q); another name as a plain one.
+    let declared = settings
+        .task_queues()
+        .map_err(|e| StartupError::Config(e.to_string()))?;
+    let spec = match &args.queue {
+        Some(name) => declared
+            .into_iter()
+            .find(|q| &q.name == name)
+            .unwrap_or_else(|| TaskQueue::plain(name)),
+        None => declared
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| TaskQueue::plain(&settings.task.default_queue)),
+    };
+    let queue = spec.name.clone();
     let broker = |e: lapin::Error| StartupError::Broker(e.to_string());
     let conn = Connection::connect(&settings.broker.url, ConnectionProperties::default())
         .await
         .map_err(broker)?;
     let channel = conn.create_channel().await.map_err(broker)?;
-    declare_task_queue(&channel, &TaskQueue::plain(&queue))
+    declare_task_queue(&channel, &spec)
         .await
         .map_err(|e| StartupError::Broker(e.to_string()))?;
     let mut results = None;

@@ -44,9 +44,13 @@ pub struct RunArgs {
     /// Node name, e.g. `w1@%h` (default `celery@%h`).
     #[arg(short = 'n', long)]
     pub hostname: Option<String>,
-    /// Comma-separated queues to consume from (default `celery`).
+    /// Comma-separated queues to consume from (default: every `[[task.queues]]` entry, else
+    /// `celery`).
     #[arg(short = 'Q', long)]
     pub queues: Option<String>,
+    /// Comma-separated queues not to consume (`-X`, as `celery worker --exclude-queues`).
+    #[arg(short = 'X', long)]
+    pub exclude_queues: Option<String>,
     /// Prefetch = concurrency × this (default 4).
     #[arg(long)]
     pub prefetch_multiplier: Option<u16>,

@@ -78,9 +78,11 @@ pub async fn run(
     };
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), handle).await;
     match reason {
-        ExitReason::Failed(why) if why.contains("broker") || why.contains("clashes") => {
-            Err(StartupError::Broker(why))
+        // A queue the broker holds with other arguments: the configuration must change (78).
+        ExitReason::Failed(why) if why.contains("clashes with its declaration") => {
+            Err(StartupError::Config(why))
         }
+        ExitReason::Failed(why) if why.contains("broker") => Err(StartupError::Broker(why)),
         ExitReason::Failed(why) => Err(StartupError::Runtime(why)),
         other => Ok(other),
     }

@@ -189,13 +189,18 @@ pub fn apply(settings: &mut Settings, o: &RunArgs) {
     if let Some(v) = &o.hostname {
         w.hostname = v.clone();
     }
-    if let Some(v) = &o.queues {
-        w.queues = v
-            .split(',')
+    let names = |v: &str| -> Vec<String> {
+        v.split(',')
             .map(str::trim)
             .filter(|q| !q.is_empty())
             .map(str::to_owned)
-            .collect();
+            .collect()
+    };
+    if let Some(v) = &o.queues {
+        w.queues = names(v);
+    }
+    if let Some(v) = &o.exclude_queues {
+        w.exclude_queues = names(v);
     }
     if let Some(v) = o.prefetch_multiplier {
         w.prefetch_multiplier = v;

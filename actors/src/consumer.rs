@@ -113,15 +113,20 @@ pub struct Consumer {
     settings: Arc<Settings>,
     hostname: String,
     registered: HashSet<String>,
+    /// `broker.qos` resolved: a channel-wide prefetch limit.
+    global_qos: bool,
 }
 
 impl Consumer {
     /// A consumer for `settings`, knowing which task names are registered.
     pub fn new(settings: Arc<Settings>, hostname: String, registered: HashSet<String>) -> Self {
+        // Validated at start (an invalid value stopped it there).
+        let global_qos = settings.global_qos().unwrap_or(true);
         Consumer {
             settings,
             hostname,
             registered,
+            global_qos,
         }
     }
 }
@@ -276,13 +281,8 @@ impl Actor for Consumer {
         myself.cast(ConsumerMessage::Connect { attempt: 0 })?;
         Ok(ConsumerState {
             peers,
-            queues: self
-                .settings
-                .worker
-                .queues
-                .iter()
-                .map(|q| TaskQueue::plain(q))
-                .collect(),
+            // Validated at start; the error is not reachable here.
+            queues: self.settings.task_queues().unwrap_or_default(),
             link: None,
             generation: 0,
             unacked: HashSet::new(),
@@ -455,7 +455,13 @@ impl Consumer {
     ) -> Result<Link, BrokerError> {
         let (connection, channel) =
             amqp::connect(&self.settings.broker, &self.hostname, state.frame_max).await?;
-        let configured = &self.settings.worker.queues;
+        let configured: Vec<String> = self
+            .settings
+            .task_queues()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|q| q.name)
+            .collect();
         let mut refused = Vec::new();
         for q in &state.queues {
             if configured.contains(&q.name) {
@@ -473,7 +479,7 @@ impl Consumer {
         state.delay_declared = false;
         state.side = None;
         let prefetch = Self::prefetch(state);
-        amqp::set_prefetch(&channel, prefetch, self.settings.broker.global_qos).await?;
+        amqp::set_prefetch(&channel, prefetch, self.global_qos).await?;
         let mut consumers = HashMap::new();
         if state.consuming {
             for q in &state.queues {
@@ -803,8 +809,7 @@ impl Consumer {
         state.prefetch_dirty = false;
         let count = Self::prefetch(state);
         if let Some(link) = &state.link
-            && let Err(e) =
-                amqp::set_prefetch(&link.channel, count, self.settings.broker.global_qos).await
+            && let Err(e) = amqp::set_prefetch(&link.channel, count, self.global_qos).await
         {
             warn!(error = %e, "Cannot change the prefetch count.");
         }

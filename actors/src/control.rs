@@ -872,8 +872,8 @@ fn missing_argument(command: &str, name: &str) -> Value {
     ))
 }
 
-/// `add_consumer`: the queue (and its exchange, type and routing key, defaulting to the
-/// queue's name and `direct`) is declared and consumed by the consumer actor; the reply waits
+/// `add_consumer`: the queue (and its exchange, type, routing key and `queue_arguments`,
+/// defaulting to the queue's name, `direct` and none) is declared and consumed by the consumer actor; the reply waits
 /// for it, so a queue the broker refuses (an `amq.*` name, an existing queue with other
 /// arguments) is an error reply, and nothing else is disturbed.
 async fn add_consumer(
@@ -893,6 +893,13 @@ async fn add_consumer(
         exchange: text("exchange").unwrap_or(queue).to_owned(),
         exchange_type: text("exchange_type").unwrap_or("direct").to_owned(),
         routing_key: text("routing_key").unwrap_or(queue).to_owned(),
+        bindings: Vec::new(),
+        // kombu's `Queue(..., queue_arguments=…)`, passed through add_consumer's options.
+        arguments: args
+            .get("queue_arguments")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default(),
     };
     if let Err(e) = spec.check() {
         return error(format!("ValueError('{}')", e.replace('\'', "\"")));

@@ -68,7 +68,7 @@ pub enum BrokerError {
     #[error("the broker refused the message (publisher confirm nack)")]
     Nacked,
     /// A queue is declared with different arguments by someone else (406).
-    #[error("queue or exchange {name:?} clashes with an existing declaration: {reason}")]
+    #[error("queue {name:?} clashes with its declaration on the broker: {reason}")]
     Clash {
         /// The queue or exchange.
         name: String,

@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
 
+pub mod queues;
+
+pub use queues::{BindingSpec, QueueSpec};
+
 /// Every setting of a worker.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -71,10 +75,14 @@ pub struct BrokerSettings {
     pub connection_retry_on_startup: bool,
     /// `broker_connection_max_retries`: attempts before giving up (0 = forever). Default 100.
     pub connection_max_retries: u32,
-    /// Apply the prefetch limit to the whole channel (AMQP `global` qos), as Celery does on
+    /// How the prefetch limit applies: `global` (to the whole channel, as Celery does on
     /// RabbitMQ 3.x: the limit can then be raised while consuming, which holding ETA tasks
-    /// needs. Set false for RabbitMQ 4.x / quorum queues, which refuse global qos. Default true.
-    pub global_qos: bool,
+    /// needs), `per-consumer` (what quorum queues and RabbitMQ 4.x take), or `auto` (the
+    /// default): per-consumer when any configured queue is a quorum queue, as Celery detects
+    /// it, else global.
+    pub qos: String,
+    /// The older spelling of `qos`: true = `global`, false = `per-consumer`. Unset by default.
+    pub global_qos: Option<bool>,
     /// Largest AMQP frame in bytes (4096 to 131072); bigger messages are split into frames.
     /// The AMQP client keeps two buffers of 32 frames per connection, so this sizes the
     /// worker's memory: 16384 (the default) costs 1 MiB per connection instead of the 8 MiB
@@ -93,7 +101,8 @@ impl Default for BrokerSettings {
             heartbeat: 120,
             connection_retry_on_startup: true,
             connection_max_retries: 100,
-            global_qos: true,
+            qos: "auto".to_owned(),
+            global_qos: None,
             frame_max: 16_384,
             ssl_ca_file: None,
         }
@@ -110,6 +119,7 @@ impl std::fmt::Debug for BrokerSettings {
                 &self.connection_retry_on_startup,
             )
             .field("connection_max_retries", &self.connection_max_retries)
+            .field("qos", &self.qos)
             .field("global_qos", &self.global_qos)
             .finish()
     }
@@ -196,9 +206,13 @@ pub struct WorkerSettings {
     pub concurrency: usize,
     /// `worker_prefetch_multiplier`: prefetch = concurrency × this. Default 4; 0 = unlimited.
     pub prefetch_multiplier: u16,
-    /// Queues to consume from (`-Q`). Default `["celery"]`. A queue is declared as Celery
-    /// does: durable, bound to a durable direct exchange of the same name.
+    /// Queues to consume from (`-Q`), by name: a `[[task.queues]]` entry, or (with
+    /// `task.create_missing_queues`) a queue declared as Celery declares a plain name (durable,
+    /// bound to a durable direct exchange of the same name). Empty (the default): every
+    /// `[[task.queues]]` entry, or `task.default_queue` when there are none.
     pub queues: Vec<String>,
+    /// `-X/--exclude-queues`: queues not to consume. Empty by default.
+    pub exclude_queues: Vec<String>,
     /// Log level: `debug`, `info`, `warning`, `error`, `critical`. Default `info`.
     pub loglevel: String,
     /// `--log-format`: `text` (Celery's layout, the default) or `json` (one object per line).
@@ -264,7 +278,8 @@ impl Default for WorkerSettings {
             hostname: "celery@%h".to_owned(),
             concurrency: 0,
             prefetch_multiplier: 4,
-            queues: vec!["celery".to_owned()],
+            queues: Vec::new(),
+            exclude_queues: Vec::new(),
             loglevel: "info".to_owned(),
             log_format: "text".to_owned(),
             logfile: None,
@@ -316,6 +331,33 @@ pub struct TaskSettings {
     /// Per-task rate limits, `"task.name" = "10/s"` (what Celery sets through
     /// `task_annotations`). They override the task's own and the default. Empty by default.
     pub rate_limits: std::collections::BTreeMap<String, String>,
+    /// `task_queues`: `[[task.queues]]` entries (name, exchange, exchange_type, routing_key,
+    /// queue_arguments, bindings). Empty by default: the default queue only.
+    pub queues: Vec<QueueSpec>,
+    /// `task_default_queue`: the queue consumed when no queue is declared or named. Default
+    /// `celery`.
+    pub default_queue: String,
+    /// `task_default_queue_type`: `classic` (the default) or `quorum`, for the default queue.
+    pub default_queue_type: String,
+    /// `task_default_exchange`: the default queue's exchange, and that of entries without
+    /// one. Unset (the default): the queue's name.
+    pub default_exchange: Option<String>,
+    /// `task_default_exchange_type`: of entries without one. Default `direct`.
+    pub default_exchange_type: String,
+    /// `task_default_routing_key`: the default queue's binding key, and that of entries
+    /// without one. Unset (the default): the queue's name.
+    pub default_routing_key: Option<String>,
+    /// `task_create_missing_queues`: a `-Q` name with no entry is declared as a plain queue.
+    /// Default true; false refuses it.
+    pub create_missing_queues: bool,
+    /// `task_create_missing_queue_type`: `classic` (the default) or `quorum`, for those.
+    pub create_missing_queue_type: String,
+    /// `task_create_missing_queue_exchange_type`: their exchange's type. Unset (the
+    /// default): `direct`.
+    pub create_missing_queue_exchange_type: Option<String>,
+    /// `task_queue_max_priority`: `x-max-priority` for every queue that has none (as in
+    /// Celery, quorum queues too, which refuse it). Unset by default.
+    pub queue_max_priority: Option<u8>,
 }
 
 impl Default for TaskSettings {
@@ -330,6 +372,16 @@ impl Default for TaskSettings {
             soft_time_limit: None,
             default_rate_limit: None,
             rate_limits: std::collections::BTreeMap::new(),
+            queues: Vec::new(),
+            default_queue: "celery".to_owned(),
+            default_queue_type: "classic".to_owned(),
+            default_exchange: None,
+            default_exchange_type: "direct".to_owned(),
+            default_routing_key: None,
+            create_missing_queues: true,
+            create_missing_queue_type: "classic".to_owned(),
+            create_missing_queue_exchange_type: None,
+            queue_max_priority: None,
         }
     }
 }
@@ -340,6 +392,37 @@ pub const LOG_LEVELS: &[&str] = &[
 ];
 
 impl Settings {
+    /// The queues to declare and consume ([`queues::resolve`]).
+    pub fn task_queues(&self) -> Result<Vec<crate::consumer::amqp::TaskQueue>, ConfigError> {
+        queues::resolve(&self.task, &self.worker)
+    }
+
+    /// Whether the prefetch limit is channel-wide (`broker.qos`, `broker.global_qos`).
+    pub fn global_qos(&self) -> Result<bool, ConfigError> {
+        let by_qos = match self.broker.qos.as_str() {
+            "auto" => None,
+            "global" => Some(true),
+            "per-consumer" => Some(false),
+            other => {
+                return Err(ConfigError::invalid(
+                    "broker.qos",
+                    format!("{other:?} is not one of auto, global, per-consumer"),
+                ));
+            }
+        };
+        match (by_qos, self.broker.global_qos) {
+            (Some(a), Some(b)) if a != b => Err(ConfigError::invalid(
+                "broker.global_qos",
+                format!(
+                    "says {b} while broker.qos says {:?}: keep one of the two",
+                    self.broker.qos
+                ),
+            )),
+            (Some(a), _) | (None, Some(a)) => Ok(a),
+            (None, None) => Ok(!queues::any_quorum(&self.task, &self.worker)),
+        }
+    }
+
     /// Checks every value and cross-field rule; the error names the offending key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let url = &self.broker.url;
@@ -377,19 +460,8 @@ impl Settings {
                 "must be at most 1024",
             ));
         }
-        if self.worker.queues.is_empty() {
-            return Err(ConfigError::invalid(
-                "worker.queues",
-                "at least one queue is needed",
-            ));
-        }
-        for q in &self.worker.queues {
-            crate::consumer::amqp::TaskQueue::plain(q)
-                .check()
-                .map_err(|reason| {
-                    ConfigError::invalid("worker.queues", format!("{q:?}: {reason}"))
-                })?;
-        }
+        self.task_queues()?;
+        self.global_qos()?;
         if !LOG_LEVELS.contains(&self.worker.loglevel.to_ascii_lowercase().as_str()) {
             return Err(ConfigError::invalid(
                 "worker.loglevel",
@@ -658,9 +730,19 @@ mod tests {
             matches!(s.validate(), Err(ConfigError::Invalid { key, .. }) if key == "worker.loglevel")
         );
         let mut s = Settings::default();
-        s.worker.queues.clear();
+        s.worker.queues = vec!["x".repeat(256)];
         assert!(
             matches!(s.validate(), Err(ConfigError::Invalid { key, .. }) if key == "worker.queues")
+        );
+        let mut s = Settings::default();
+        s.broker.qos = "sometimes".into();
+        assert!(
+            matches!(s.validate(), Err(ConfigError::Invalid { key, .. }) if key == "broker.qos")
+        );
+        s.broker.qos = "global".into();
+        s.broker.global_qos = Some(false);
+        assert!(
+            matches!(s.validate(), Err(ConfigError::Invalid { key, .. }) if key == "broker.global_qos")
         );
         let mut s = Settings::default();
         s.worker.hostname = "celery@%q".into();

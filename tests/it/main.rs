@@ -5,6 +5,7 @@
 mod broker;
 mod cli;
 mod ctl;
+mod declare;
 mod eta;
 mod events;
 mod example;

@@ -235,6 +235,18 @@ impl Worker {
     /// `backend` as its result backend and `conf` (JSON) merged into its app.conf.
     #[allow(dead_code)] // not every test binary that shares this file uses it
     pub fn start_python(queue: &str, backend: &str, conf: &str, flags: &[&str]) -> Worker {
+        Self::start_python_env(queue, backend, conf, flags, &[])
+    }
+
+    /// [`Worker::start_python`] with more environment for the app (`PROJ_QUEUES`, say).
+    #[allow(dead_code)] // not every test binary that shares this file uses it
+    pub fn start_python_env(
+        queue: &str,
+        backend: &str,
+        conf: &str,
+        flags: &[&str],
+        more_env: &[(&str, String)],
+    ) -> Worker {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("worker.toml");
         std::fs::write(&config, format!("[broker]\nurl = \"{}\"\n", amqp_url())).unwrap();
@@ -249,6 +261,7 @@ impl Worker {
             ("RESULT_BACKEND", backend.to_owned()),
             ("PROJ_CONF", conf.to_owned()),
         ];
+        let env: Vec<(&str, String)> = env.into_iter().chain(more_env.iter().cloned()).collect();
         let exe = Path::new(env!("CARGO_BIN_EXE_worker"));
         Self::start_with_env(exe, &config, queue, &nodename, &all, dir, &env)
     }

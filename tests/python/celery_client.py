@@ -3,7 +3,8 @@
 Sends tasks by name with `send_task` (no task module is imported) to the broker in AMQP_URL,
 with the rpc:// result backend, waits for the results and prints one JSON line:
 
-    call NAME --args JSON --kwargs JSON [--queue Q] [--timeout S] [--countdown S]
+    call NAME --args JSON --kwargs JSON [--queue Q | --exchange X --routing-key K]
+         [--timeout S] [--countdown S]
          [--expires S] [--time-limit S] [--soft-time-limit S] [--count N] [--no-wait] [--task-id ID]
          [--stamp NAME=VALUE ...]
     broadcast METHOD [--arguments JSON] [--destination NODE ...] [--pattern P --matcher M]
@@ -73,6 +74,8 @@ def main():
     call.add_argument("--args", default="[]")
     call.add_argument("--kwargs", default="{}")
     call.add_argument("--queue")
+    call.add_argument("--exchange")
+    call.add_argument("--routing-key")
     call.add_argument("--timeout", type=float, default=30.0)
     call.add_argument("--countdown", type=float)
     call.add_argument("--expires", type=float)
@@ -119,6 +122,10 @@ def main():
         options.update(stamps)
     if opts.queue:
         options["queue"] = opts.queue
+    if opts.exchange is not None:
+        options["exchange"] = opts.exchange
+    if opts.routing_key is not None:
+        options["routing_key"] = opts.routing_key
     if opts.countdown is not None:
         options["countdown"] = opts.countdown
     if opts.expires is not None:

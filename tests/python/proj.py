@@ -2,7 +2,8 @@
 (tests/it/python_tasks.rs) and by the Python child on its own (tests/it/python_child.rs).
 
 Environment: AMQP_URL (broker), RESULT_BACKEND (rpc://, redis://…, db+postgresql://…),
-PROJ_CONF (JSON merged into app.conf, for the configuration tests)."""
+PROJ_CONF (JSON merged into app.conf, for the configuration tests), PROJ_QUEUES (task_queues
+as JSON, see below)."""
 
 import json
 import os
@@ -18,6 +19,20 @@ app = Celery(
     backend=os.environ.get("RESULT_BACKEND", "rpc://"),
 )
 app.conf.update(json.loads(os.environ.get("PROJ_CONF") or "{}"))
+if os.environ.get("PROJ_QUEUES"):
+    # task_queues, which JSON cannot spell: [{"name", "exchange", "type", "routing_key",
+    # "arguments"}, ...] as kombu Queues.
+    from kombu import Exchange, Queue
+
+    app.conf.task_queues = [
+        Queue(
+            q["name"],
+            Exchange(q["exchange"], type=q.get("type", "direct")),
+            routing_key=q.get("routing_key", q["name"]),
+            queue_arguments=q.get("arguments"),
+        )
+        for q in json.loads(os.environ["PROJ_QUEUES"])
+    ]
 
 # What fired where: the tests read it back through proj.signals_seen.
 _SEEN = []

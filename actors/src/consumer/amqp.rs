@@ -67,17 +67,46 @@ pub fn is_frame_too_large(error: &str) -> bool {
     error.contains("frame too large") // lapin's words (io_loop.rs, `parse`)
 }
 
-/// A queue the worker consumes from, with the exchange it is bound to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A queue the worker consumes from, with the exchange it is bound to (and any more
+/// bindings) and its arguments.
+#[derive(Debug, Clone, PartialEq)]
 pub struct TaskQueue {
     /// Queue name.
     pub name: String,
-    /// Exchange name.
+    /// Exchange name (`""`: the default exchange, which is neither declared nor bound).
     pub exchange: String,
     /// Exchange type: `direct`, `topic`, `fanout` or `headers`.
     pub exchange_type: String,
     /// Binding key.
     pub routing_key: String,
+    /// More bindings, each with its own exchange.
+    pub bindings: Vec<Binding>,
+    /// Queue arguments (`x-queue-type`, `x-max-priority`, …).
+    pub arguments: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A binding of a queue to an exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    /// Exchange name.
+    pub exchange: String,
+    /// Exchange type.
+    pub exchange_type: String,
+    /// Binding key.
+    pub routing_key: String,
+}
+
+/// An exchange kind by Celery's name for it, or an error naming the type.
+pub fn exchange_kind(name: &str) -> Result<ExchangeKind, String> {
+    match name {
+        "direct" => Ok(ExchangeKind::Direct),
+        "topic" => Ok(ExchangeKind::Topic),
+        "fanout" => Ok(ExchangeKind::Fanout),
+        "headers" => Ok(ExchangeKind::Headers),
+        other => Err(format!(
+            "exchange type {other:?} is not one of direct, topic, fanout, headers"
+        )),
+    }
 }
 
 impl TaskQueue {
@@ -89,7 +118,24 @@ impl TaskQueue {
             exchange: name.to_owned(),
             exchange_type: "direct".to_owned(),
             routing_key: name.to_owned(),
+            bindings: Vec::new(),
+            arguments: serde_json::Map::new(),
         }
+    }
+
+    /// Whether it is a quorum queue (`x-queue-type = quorum`).
+    pub fn is_quorum(&self) -> bool {
+        self.arguments.get("x-queue-type").and_then(|v| v.as_str()) == Some("quorum")
+    }
+
+    /// Every binding: the main one first.
+    pub fn all_bindings(&self) -> impl Iterator<Item = Binding> + '_ {
+        std::iter::once(Binding {
+            exchange: self.exchange.clone(),
+            exchange_type: self.exchange_type.clone(),
+            routing_key: self.routing_key.clone(),
+        })
+        .chain(self.bindings.iter().cloned())
     }
 
     /// Checks what the broker would refuse on the wire: names and the binding key are AMQP
@@ -99,31 +145,27 @@ impl TaskQueue {
         if self.name.is_empty() || self.name.len() > 255 {
             return Err("a queue name is 1 to 255 bytes".to_owned());
         }
-        if self.exchange.len() > 255 {
-            return Err("an exchange name is at most 255 bytes".to_owned());
+        for b in self.all_bindings() {
+            if b.exchange.len() > 255 {
+                return Err("an exchange name is at most 255 bytes".to_owned());
+            }
+            if b.routing_key.len() > 255 {
+                return Err("a routing key is at most 255 bytes".to_owned());
+            }
+            exchange_kind(&b.exchange_type)?;
         }
-        if self.routing_key.len() > 255 {
-            return Err("a routing key is at most 255 bytes".to_owned());
-        }
-        self.kind().map(|_| ())
+        Ok(())
     }
 
-    /// The exchange kind, or an error naming the type.
+    /// The main exchange's kind, or an error naming the type.
     pub fn kind(&self) -> Result<ExchangeKind, String> {
-        match self.exchange_type.as_str() {
-            "direct" => Ok(ExchangeKind::Direct),
-            "topic" => Ok(ExchangeKind::Topic),
-            "fanout" => Ok(ExchangeKind::Fanout),
-            "headers" => Ok(ExchangeKind::Headers),
-            other => Err(format!(
-                "exchange type {other:?} is not one of direct, topic, fanout, headers"
-            )),
-        }
+        exchange_kind(&self.exchange_type)
     }
 }
 
-/// Declares a task queue exactly as Celery 5.7 does: a durable exchange of the queue's type
-/// and a durable queue, bound with the queue's routing key.
+/// Declares a task queue exactly as Celery 5.7 does: a durable exchange of each binding's
+/// type, a durable queue with the queue's arguments, and its bindings. The default exchange
+/// (`""`) is neither declared nor bound, as kombu leaves it.
 pub async fn declare_task_queue(channel: &Channel, queue: &TaskQueue) -> Result<(), BrokerError> {
     let name = queue.name.as_str();
     let clash = |e: lapin::Error| {
@@ -131,7 +173,7 @@ pub async fn declare_task_queue(channel: &Channel, queue: &TaskQueue) -> Result<
         if text.contains("PRECONDITION_FAILED") {
             BrokerError::Clash {
                 name: name.to_owned(),
-                reason: text,
+                reason: describe_clash(name, &text),
             }
         } else {
             BrokerError::Amqp(e)
@@ -141,38 +183,114 @@ pub async fn declare_task_queue(channel: &Channel, queue: &TaskQueue) -> Result<
         durable: true,
         ..Default::default()
     };
-    let kind = queue.kind().map_err(|reason| BrokerError::Clash {
-        name: name.to_owned(),
-        reason,
-    })?;
-    channel
-        .exchange_declare(
-            queue.exchange.as_str().into(),
-            kind,
-            durable,
-            FieldTable::default(),
-        )
-        .await
-        .map_err(clash)?;
+    let bindings: Vec<Binding> = queue
+        .all_bindings()
+        .filter(|b| !b.exchange.is_empty())
+        .collect();
+    for b in &bindings {
+        let kind = exchange_kind(&b.exchange_type).map_err(|reason| BrokerError::Clash {
+            name: name.to_owned(),
+            reason,
+        })?;
+        channel
+            .exchange_declare(
+                b.exchange.as_str().into(),
+                kind,
+                durable,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(clash)?;
+    }
     let qopts = QueueDeclareOptions {
         durable: true,
         ..Default::default()
     };
     channel
-        .queue_declare(name.into(), qopts, FieldTable::default())
-        .await
-        .map_err(clash)?;
-    channel
-        .queue_bind(
+        .queue_declare(
             name.into(),
-            queue.exchange.as_str().into(),
-            queue.routing_key.as_str().into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
+            qopts,
+            crate::protocol::amqp_value::json_to_table(&queue.arguments),
         )
         .await
         .map_err(clash)?;
+    for b in &bindings {
+        channel
+            .queue_bind(
+                name.into(),
+                b.exchange.as_str().into(),
+                b.routing_key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(clash)?;
+    }
     Ok(())
+}
+
+/// What a 406 `PRECONDITION_FAILED` on declaring queue `queue` means and what to change:
+/// RabbitMQ's `inequivalent arg 'A' for queue|exchange 'N' in vhost 'V': received X but
+/// current is Y` named as the argument, both values and the setting that decides it. Other
+/// texts are passed on as the broker wrote them.
+pub fn describe_clash(queue: &str, broker: &str) -> String {
+    let words = broker
+        .split_once("PRECONDITION_FAILED - ")
+        .map_or(broker, |(_, rest)| rest);
+    let parsed = (|| {
+        let rest = words.strip_prefix("inequivalent arg '")?;
+        let (arg, rest) = rest.split_once('\'')?;
+        let rest = rest.strip_prefix(" for ")?;
+        let (kind, rest) = rest.split_once(" '")?;
+        let (name, rest) = rest.split_once('\'')?;
+        let (_, values) = rest.split_once(": received ")?;
+        let (ours, theirs) = values.split_once(" but current is ")?;
+        let theirs = theirs.strip_prefix("the value ").unwrap_or(theirs);
+        let (theirs, amqp_type) = match theirs.split_once(" of type ") {
+            Some((v, t)) => (v, t.trim_matches('\'')),
+            None => (theirs, "longstr"),
+        };
+        Some((arg, kind, name, ours.trim(), theirs.trim(), amqp_type))
+    })();
+    let Some((arg, kind, name, ours, theirs, amqp_type)) = parsed else {
+        return words.to_owned();
+    };
+    let fix = match (kind, arg) {
+        ("exchange", "type") => format!(
+            "set exchange_type = {} for it in queue {queue:?}'s [[task.queues]] entry \
+             (task_queues with -A)",
+            theirs.replace('\'', "\"")
+        ),
+        ("exchange", _) => format!(
+            "the worker declares exchanges durable and not auto-delete, as Celery does: \
+             delete exchange {name:?} or declare queue {queue:?} on another exchange"
+        ),
+        ("queue", a) if a.starts_with("x-") => {
+            let toml = match amqp_type {
+                "longstr" | "shortstr" => theirs.replace('\'', "\""),
+                _ => theirs.trim_matches('\'').to_owned(),
+            };
+            let value = if theirs == "none" {
+                "no such argument".to_owned()
+            } else {
+                format!("{{ \"{a}\" = {toml} }}")
+            };
+            format!(
+                "give it the broker's arguments: queue_arguments = {value} in its \
+                 [[task.queues]] entry (task_queues with -A; for x-queue-type also \
+                 task.default_queue_type / task.create_missing_queue_type), or delete the \
+                 queue and let the worker declare it"
+            )
+        }
+        _ => format!(
+            "the worker declares queues durable, not exclusive and not auto-delete, as Celery \
+             does: delete queue {name:?} or consume another one"
+        ),
+    };
+    format!(
+        "{kind} {name:?} exists on the broker with {arg} = {theirs}, and this worker declares \
+         it with {arg} = {ours}: {fix}"
+    )
 }
 
 /// Declares `queue` on a channel opened for it and closed after, so that a refusal (403 for an
@@ -485,4 +603,68 @@ pub fn extra_properties(p: &lapin::BasicProperties) -> serde_json::Map<String, s
         out.insert("timestamp".to_owned(), Value::from(*t));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clash_names_the_argument_both_values_and_the_key_to_change() {
+        let quorum = "protocol error: AMQP soft error: PRECONDITION_FAILED - inequivalent arg \
+                      'x-queue-type' for queue 'jobs' in vhost '/': received none but current \
+                      is the value 'quorum' of type 'longstr'";
+        let text = describe_clash("jobs", quorum);
+        assert!(
+            text.starts_with("queue \"jobs\" exists on the broker with x-queue-type = 'quorum'"),
+            "{text}"
+        );
+        assert!(
+            text.contains("declares it with x-queue-type = none"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"queue_arguments = { "x-queue-type" = "quorum" }"#),
+            "{text}"
+        );
+        let topic = "PRECONDITION_FAILED - inequivalent arg 'type' for exchange 'bus' in vhost \
+                     '/': received 'direct' but current is 'topic'";
+        let text = describe_clash("events", topic);
+        assert!(text.starts_with("exchange \"bus\" exists on the broker with type = 'topic'"));
+        assert!(text.contains(r#"exchange_type = "topic""#), "{text}");
+        assert!(
+            text.contains("queue \"events\"'s [[task.queues]] entry"),
+            "{text}"
+        );
+        let length = "PRECONDITION_FAILED - inequivalent arg 'x-max-length' for queue 'q' in \
+                      vhost '/': received none but current is the value '10' of type 'signedint'";
+        assert!(
+            describe_clash("q", length).contains(r#"queue_arguments = { "x-max-length" = 10 }"#),
+            "{}",
+            describe_clash("q", length)
+        );
+        let durable = "PRECONDITION_FAILED - inequivalent arg 'durable' for queue 'q' in vhost \
+                       '/': received 'true' but current is 'false'";
+        assert!(describe_clash("q", durable).contains("durable, not exclusive"));
+        let other = "PRECONDITION_FAILED - something new";
+        assert_eq!(describe_clash("q", other), "something new");
+    }
+
+    #[test]
+    fn bindings_are_checked_and_listed_with_the_main_one_first() {
+        let mut q = TaskQueue::plain("a");
+        q.bindings.push(Binding {
+            exchange: "b".into(),
+            exchange_type: "fan".into(),
+            routing_key: "k".into(),
+        });
+        assert!(q.check().unwrap_err().contains("\"fan\""));
+        q.bindings[0].exchange_type = "fanout".into();
+        assert!(q.check().is_ok());
+        let all: Vec<String> = q.all_bindings().map(|b| b.exchange).collect();
+        assert_eq!(all, ["a", "b"]);
+        assert!(!q.is_quorum());
+        q.arguments.insert("x-queue-type".into(), "quorum".into());
+        assert!(q.is_quorum());
+    }
 }

@@ -105,15 +105,34 @@ pub fn scheduled_entry(req: &TaskRequest, hostname: &str) -> Value {
 /// One `active_queues` entry (kombu's `Queue.as_dict(recurse=True)`) for a queue declared the
 /// Celery way: durable, bound to a durable exchange.
 pub fn queue_info(q: &TaskQueue) -> Value {
+    let arguments = if q.arguments.is_empty() {
+        Value::Null
+    } else {
+        Value::Object(q.arguments.clone())
+    };
+    let bindings: Vec<Value> = q
+        .bindings
+        .iter()
+        .map(|b| {
+            json!({"exchange": {"name": b.exchange, "type": b.exchange_type}, "routing_key": b.routing_key,
+                "arguments": null})
+        })
+        .collect();
+    let max_priority = q
+        .arguments
+        .get("x-max-priority")
+        .cloned()
+        .unwrap_or(Value::Null);
     json!({
         "name": q.name,
         "exchange": {"name": q.exchange, "type": q.exchange_type, "arguments": null,
             "durable": true, "passive": false, "auto_delete": false, "delivery_mode": null,
             "no_declare": false},
-        "routing_key": q.routing_key, "queue_arguments": null, "binding_arguments": null,
+        "routing_key": q.routing_key, "queue_arguments": arguments, "binding_arguments": null,
         "consumer_arguments": null, "durable": true, "exclusive": false, "auto_delete": false,
-        "no_ack": false, "alias": null, "bindings": [], "no_declare": null, "expires": null,
-        "message_ttl": null, "max_length": null, "max_length_bytes": null, "max_priority": null,
+        "no_ack": false, "alias": null, "bindings": bindings, "no_declare": null, "expires": null,
+        "message_ttl": null, "max_length": null, "max_length_bytes": null,
+        "max_priority": max_priority,
     })
 }
 

@@ -1,0 +1,245 @@
+//! Queues as Celery declares them: `[[task.queues]]` entries (exchange types, binding keys,
+//! queue arguments), quorum queues with per-consumer QoS, and a queue that exists with other
+//! arguments refused at start with what to change (exit 78). Against the real broker, the
+//! real worker binary and Celery's own client.
+
+use std::process::Command;
+use std::time::Duration;
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use serde_json::{Value, json};
+
+use crate::block_on;
+use crate::support::{
+    Worker, celery_inspect, connect, delete_queue, python, python_amqp_url, repo, unique_queue,
+};
+
+const REDIS: &str = "redis://127.0.0.1:6379/5";
+
+/// Declares, as another client would, a durable quorum queue bound to a durable topic
+/// exchange.
+fn declare_quorum_on_topic(queue: &str, exchange: &str, key: &str) {
+    block_on(async {
+        let conn = connect().await;
+        let ch = conn.create_channel().await.unwrap();
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        ch.exchange_declare(
+            exchange.into(),
+            lapin::ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        let opts = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        ch.queue_declare(queue.into(), opts, args).await.unwrap();
+        ch.queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        let _ = conn.close(200, "bye".into()).await;
+    });
+}
+
+fn delete_exchange(exchange: &str) {
+    block_on(async {
+        let conn = connect().await;
+        let ch = conn.create_channel().await.unwrap();
+        let _ = ch
+            .exchange_delete(exchange.into(), Default::default())
+            .await;
+        let _ = conn.close(200, "bye".into()).await;
+    });
+}
+
+/// Runs the worker on `queue` with `config` until it stops (30 s at most); returns its exit
+/// code and what it logged.
+fn refused(queue: &str, config: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[broker]\nurl = \"{}\"\n{config}",
+            crate::support::amqp_url()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_worker"))
+        .arg("--config")
+        .arg(&path)
+        .args(["-Q", queue, "-c", "1", "-l", "info"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    (status.code(), log)
+}
+
+#[test]
+fn a_quorum_queue_on_a_topic_exchange_is_consumed_as_declared_and_a_mismatch_says_what_to_change() {
+    let q = unique_queue("quorum");
+    let ex = format!("{q}-bus");
+    declare_quorum_on_topic(&q, &ex, "work.#");
+
+    // Declared as a plain queue (what -Q alone means): the broker's 406, explained.
+    let (code, log) = refused(&q, "");
+    assert_eq!(
+        code,
+        Some(78),
+        "a configuration error, not an unreachable broker: {log}"
+    );
+    assert!(
+        log.contains("exists on the broker with x-queue-type = 'quorum'")
+            && log.contains(r#"queue_arguments = { "x-queue-type" = "quorum" }"#),
+        "{log}"
+    );
+    // The right arguments but a direct exchange: the exchange's type, explained.
+    let entry = |kind: &str| {
+        format!(
+            "[[task.queues]]\nname = \"{q}\"\nexchange = \"{ex}\"\nexchange_type = \"{kind}\"\n\
+             routing_key = \"work.#\"\nqueue_arguments = {{ \"x-queue-type\" = \"quorum\" }}\n"
+        )
+    };
+    let (code, log) = refused(&q, &entry("direct"));
+    assert_eq!(code, Some(78), "{log}");
+    assert!(
+        log.contains("with type = 'topic'") && log.contains(r#"exchange_type = "topic""#),
+        "{log}"
+    );
+
+    // As declared: consumed, with per-consumer QoS (RabbitMQ closes the channel on global QoS
+    // with a quorum queue), and `active_queues` shows the declaration.
+    let w = Worker::start(&q, &entry("topic"), &["-c", "2"]);
+    // Published by Celery's client to the topic exchange: routed by the binding key.
+    let r = crate::support::celery_client(&[
+        "call",
+        "tasks.add",
+        "--args",
+        "[2, 2]",
+        "--exchange",
+        &ex,
+        "--routing-key",
+        "work.add",
+    ]);
+    assert_eq!(r["result"], json!(4), "{r}");
+    let queues = celery_inspect(&w.nodename(), &["active_queues"]);
+    let mine = &queues[0];
+    assert_eq!(mine["name"], q.as_str(), "{queues}");
+    assert_eq!(mine["exchange"]["type"], "topic", "{queues}");
+    assert_eq!(mine["routing_key"], "work.#", "{queues}");
+    assert_eq!(
+        mine["queue_arguments"]["x-queue-type"], "quorum",
+        "{queues}"
+    );
+    assert!(!w.log().contains("NOT_IMPLEMENTED"), "{}", w.log());
+    drop(w);
+    block_on(delete_queue(&q));
+    delete_exchange(&ex);
+}
+
+/// Runs the test app's client with `PROJ_QUEUES` set (so it routes as the app declares).
+fn proj_client(queues: &str, args: &[&str]) -> Value {
+    let out = Command::new(python())
+        .current_dir(repo().join("tests/python"))
+        .arg("proj_client.py")
+        .args(args)
+        .env("AMQP_URL", python_amqp_url())
+        .env("RESULT_BACKEND", REDIS)
+        .env("PROJ_QUEUES", queues)
+        .env(
+            "PROJ_CONF",
+            r#"{"broker_transport_options": {"confirm_publish": true}}"#,
+        )
+        .output()
+        .expect("run the client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "proj_client {args:?}: {stdout}{out:?}"
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+#[test]
+fn an_apps_task_queues_are_declared_as_celery_declares_them() {
+    let q = unique_queue("pyquorum");
+    let ex = format!("{q}-bus");
+    let queues = json!([{"name": q, "exchange": ex, "type": "topic", "routing_key": "jobs.#",
+                         "arguments": {"x-queue-type": "quorum"}}])
+    .to_string();
+    // Nothing exists yet: celeryd declares the queue from the app's task_queues.
+    let w = Worker::start_python_env(
+        &q,
+        REDIS,
+        "",
+        &["-c", "2"],
+        &[("PROJ_QUEUES", queues.clone())],
+    );
+    let sent = proj_client(
+        &queues,
+        &[
+            "send", "--queue", &q, "--task", "proj.add", "--args", "[20, 22]",
+        ],
+    );
+    let id = sent["id"].as_str().unwrap().to_owned();
+    let done = proj_client(
+        &queues,
+        &["wait", "--queue", &q, "--id", &id, "--timeout", "30"],
+    );
+    assert_eq!(done["result"], 42, "{done}");
+    let active = celery_inspect(&w.nodename(), &["active_queues"]);
+    assert_eq!(active[0]["exchange"]["name"], ex.as_str(), "{active}");
+    assert_eq!(active[0]["exchange"]["type"], "topic", "{active}");
+    assert_eq!(
+        active[0]["queue_arguments"]["x-queue-type"], "quorum",
+        "{active}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_worker"))
+        .args(["--print-config", "-A", "proj", "--workdir"])
+        .arg(repo().join("tests/python"))
+        .args(["--python", python().to_str().unwrap()])
+        .env("AMQP_URL", python_amqp_url())
+        .env("PROJ_QUEUES", &queues)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("[[task.queues]]") && printed.contains("task_queues"),
+        "--print-config shows the app's queues and where they came from: {printed}"
+    );
+    drop(w);
+    block_on(delete_queue(&q));
+    delete_exchange(&ex);
+}
