@@ -131,6 +131,12 @@ impl Consumer {
     }
 }
 
+/// Whether a broker error is RabbitMQ refusing global QoS on a quorum queue
+/// (`540 NOT_IMPLEMENTED - queue '…' does not support global qos`).
+pub fn refuses_global_qos(error: &str) -> bool {
+    error.contains("does not support global qos")
+}
+
 /// Messages to the consumer.
 #[derive(Debug)]
 pub enum ConsumerMessage {
@@ -217,6 +223,9 @@ struct Link {
 /// The consumer's state.
 pub struct ConsumerState {
     peers: ConsumerPeers,
+    /// A channel-wide prefetch limit (`broker.qos`), until the broker refuses it for a
+    /// quorum queue (540): then per consumer.
+    global_qos: bool,
     /// The queues to consume (the configured ones, changed by add/cancel_consumer).
     queues: Vec<TaskQueue>,
     link: Option<Link>,
@@ -294,6 +303,7 @@ impl Actor for Consumer {
             side: None,
             prefetch_dirty: false,
             prefetch_flush_queued: false,
+            global_qos: self.global_qos,
             outbox: Outbox::default(),
             pending_results: VecDeque::new(),
             frame_max: None,
@@ -424,6 +434,16 @@ impl Consumer {
                 error!(error = %e, "Queue declaration clashes with the broker's; cannot consume.");
                 Err(e)
             }
+            Err(e) if state.global_qos && refuses_global_qos(&e.to_string()) => {
+                // A quorum queue that `qos = "auto"` could not see (added by add_consumer) or
+                // `qos = "global"` set by hand: the broker closed the connection (540).
+                warn!(error = %e, "The broker refuses channel-wide QoS for a quorum queue; \
+                    using per-consumer QoS from now on (set [broker] qos = \"per-consumer\" \
+                    to say so).");
+                state.global_qos = false;
+                let _ = myself.cast(ConsumerMessage::Connect { attempt });
+                Ok(())
+            }
             Err(e) => {
                 let attempts = attempt + 1;
                 let limit = broker.connection_max_retries;
@@ -479,7 +499,7 @@ impl Consumer {
         state.delay_declared = false;
         state.side = None;
         let prefetch = Self::prefetch(state);
-        amqp::set_prefetch(&channel, prefetch, self.global_qos).await?;
+        amqp::set_prefetch(&channel, prefetch, state.global_qos).await?;
         let mut consumers = HashMap::new();
         if state.consuming {
             for q in &state.queues {
@@ -528,6 +548,15 @@ impl Consumer {
         match started.await {
             Ok(c) => {
                 link.consumers.insert(queue.name.clone(), c);
+                Ok(())
+            }
+            Err(e) if state.global_qos && refuses_global_qos(&e.to_string()) => {
+                // The broker closed the connection over channel-wide QoS on a quorum queue:
+                // the reconnect consumes every queue, this one too, with per-consumer QoS.
+                warn!(queue = %queue.name, error = %e, "The broker refuses channel-wide QoS for \
+                    a quorum queue; using per-consumer QoS from now on (set [broker] qos = \
+                    \"per-consumer\" to say so).");
+                state.global_qos = false;
                 Ok(())
             }
             Err(e) => {
@@ -809,7 +838,7 @@ impl Consumer {
         state.prefetch_dirty = false;
         let count = Self::prefetch(state);
         if let Some(link) = &state.link
-            && let Err(e) = amqp::set_prefetch(&link.channel, count, self.global_qos).await
+            && let Err(e) = amqp::set_prefetch(&link.channel, count, state.global_qos).await
         {
             warn!(error = %e, "Cannot change the prefetch count.");
         }

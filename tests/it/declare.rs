@@ -170,26 +170,13 @@ fn a_quorum_queue_on_a_topic_exchange_is_consumed_as_declared_and_a_mismatch_say
 
 /// Runs the test app's client with `PROJ_QUEUES` set (so it routes as the app declares).
 fn proj_client(queues: &str, args: &[&str]) -> Value {
-    let out = Command::new(python())
-        .current_dir(repo().join("tests/python"))
-        .arg("proj_client.py")
-        .args(args)
-        .env("AMQP_URL", python_amqp_url())
-        .env("RESULT_BACKEND", REDIS)
-        .env("PROJ_QUEUES", queues)
-        .env(
-            "PROJ_CONF",
-            r#"{"broker_transport_options": {"confirm_publish": true}}"#,
-        )
-        .output()
-        .expect("run the client");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "proj_client {args:?}: {stdout}{out:?}"
-    );
-    serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    let confirm = r#"{"broker_transport_options": {"confirm_publish": true}}"#;
+    let env = [
+        ("RESULT_BACKEND", REDIS),
+        ("PROJ_QUEUES", queues),
+        ("PROJ_CONF", confirm),
+    ];
+    crate::support::proj_client(args, &env)
 }
 
 #[test]
@@ -241,5 +228,51 @@ fn an_apps_task_queues_are_declared_as_celery_declares_them() {
     );
     drop(w);
     block_on(delete_queue(&q));
+    delete_exchange(&ex);
+}
+
+#[test]
+fn a_quorum_queue_added_to_a_worker_with_channel_wide_qos_is_consumed_per_consumer() {
+    let classic = unique_queue("classic");
+    let q = unique_queue("addquorum");
+    let ex = format!("{q}-bus");
+    declare_quorum_on_topic(&q, &ex, "work.#");
+    // Only classic queues configured: `qos = "auto"` is channel-wide.
+    let w = Worker::start(&classic, "", &["-c", "1"]);
+    let args = json!({"queue": q, "exchange": ex, "exchange_type": "topic",
+                      "routing_key": "work.#", "queue_arguments": {"x-queue-type": "quorum"}});
+    let replies = crate::support::celery_client(&[
+        "broadcast",
+        "add_consumer",
+        "--arguments",
+        &args.to_string(),
+        "--destination",
+        &w.nodename(),
+    ]);
+    assert!(replies.to_string().contains("add consumer"), "{replies}");
+    w.wait_for_log(
+        "using per-consumer QoS from now on",
+        Duration::from_secs(10),
+    );
+    let r = crate::support::celery_client(&[
+        "call",
+        "tasks.add",
+        "--args",
+        "[3, 4]",
+        "--exchange",
+        &ex,
+        "--routing-key",
+        "work.add",
+    ]);
+    assert_eq!(
+        r["result"],
+        json!(7),
+        "the added quorum queue is consumed: {r}"
+    );
+    let r = crate::support::call_task(&classic, "tasks.add", "[1, 1]", &[]);
+    assert_eq!(r["result"], json!(2), "and the configured one still: {r}");
+    drop(w);
+    block_on(delete_queue(&q));
+    block_on(delete_queue(&classic));
     delete_exchange(&ex);
 }

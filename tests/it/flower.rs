@@ -173,23 +173,9 @@ fn flower_shows_and_controls_a_celeryd_worker() {
     block_on(delete_queue(&extra));
 }
 
-/// The Python client of the test app: `proj_client.py <args…>` (redis results); its JSON.
+/// The Python client of the test app, with redis results.
 fn proj_client(args: &[&str]) -> Value {
-    let out = Command::new(python())
-        .current_dir(crate::support::repo().join("tests/python"))
-        .arg("proj_client.py")
-        .args(args)
-        .env("AMQP_URL", python_amqp_url())
-        .env("RESULT_BACKEND", PROJ_BACKEND)
-        .output()
-        .expect("run the client");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "proj_client {args:?}: {stdout}{out:?}"
-    );
-    serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    crate::support::proj_client(args, &[("RESULT_BACKEND", PROJ_BACKEND)])
 }
 
 const PROJ_BACKEND: &str = "redis://127.0.0.1:6379/4";

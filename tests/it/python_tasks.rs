@@ -37,22 +37,9 @@ fn call(queue: &str, name: &str, args: &str) -> Value {
 
 /// [`scenario`] with more arguments.
 fn scenario_with(queue: &str, backend: &str, name: &str, extra: &[&str]) -> Value {
-    let out = Command::new(python())
-        .current_dir(repo().join("tests/python"))
-        .args(["proj_client.py", name, "--queue", queue, "--timeout", "40"])
-        .args(extra)
-        .env("AMQP_URL", python_amqp_url())
-        .env("RESULT_BACKEND", backend)
-        .output()
-        .expect("run the client");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "scenario {name} failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("scenario {name} printed no JSON ({e}): {stdout}"))
+    let mut args = vec![name, "--queue", queue, "--timeout", "40"];
+    args.extend_from_slice(extra);
+    crate::support::proj_client(&args, &[("RESULT_BACKEND", backend)])
 }
 
 fn exc(v: &Value) -> (&str, &str) {

@@ -185,6 +185,28 @@ pub fn celery_inspect(node: &str, args: &[&str]) -> Value {
     v[node].clone()
 }
 
+/// Runs the test app's client (`tests/python/proj_client.py <args…>`, Celery's own client API)
+/// with `env` besides `AMQP_URL`; returns its last line as JSON, asserted successful.
+#[allow(dead_code)] // not every test binary that shares this file uses it
+pub fn proj_client(args: &[&str], env: &[(&str, &str)]) -> Value {
+    let out = Command::new(python())
+        .current_dir(repo().join("tests/python"))
+        .arg("proj_client.py")
+        .args(args)
+        .env("AMQP_URL", python_amqp_url())
+        .envs(env.iter().copied())
+        .output()
+        .expect("run the client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "proj_client {args:?} failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("proj_client {args:?} printed no JSON ({e}): {stdout}"))
+}
+
 /// kombu spells the default vhost `//`.
 pub fn python_amqp_url() -> String {
     amqp_url().replace("/%2f", "//").replace("/%2F", "//")
