@@ -215,7 +215,10 @@ def conf_meta(app):
         for k, v in changed.items()
         if not callable(v)
     }
-    if "broker_url" in changed or os.environ.get("CELERY_BROKER_URL"):
+    if ";" in str(conf.broker_url or ""):
+        # A failover list: all of it (kombu's as_uri would give the first URL only).
+        out["broker_url"] = str(conf.broker_url)
+    elif "broker_url" in changed or os.environ.get("CELERY_BROKER_URL"):
         # The real URL: the parent connects with it (the pipe is private; it masks it).
         try:
             out["broker_url"] = app.connection_for_write().as_uri(include_password=True)

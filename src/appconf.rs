@@ -277,6 +277,16 @@ fn convert(v: &Value, kind: Kind) -> Result<toml::Value, &'static str> {
 /// The app's broker URL as celeryd connects to it: kombu's AMQP transports (`amqp`,
 /// `pyamqp`, `librabbitmq`) are one; any other transport is refused with the reason.
 pub fn amqp_url(url: &str) -> Result<String, String> {
+    if url.contains(';') {
+        // A failover list: each URL as one.
+        let parts: Result<Vec<String>, String> = url
+            .split(';')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(amqp_url)
+            .collect();
+        return parts.map(|p| p.join(";"));
+    }
     let masked = celeryd_actors::settings::mask_password(url);
     let Some((scheme, rest)) = url.split_once("://") else {
         return Err(format!("app.conf broker_url {masked:?} is not a URL"));

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::{Connection, ConnectionProperties};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
@@ -89,11 +88,10 @@ pub async fn call(settings: &Settings, args: &CallArgs) -> Result<ExitCode, Star
             .unwrap_or_else(|| TaskQueue::plain(&settings.task.default_queue)),
     };
     let queue = spec.name.clone();
-    let broker = |e: lapin::Error| StartupError::Broker(e.to_string());
-    let conn = Connection::connect(&settings.broker.url, ConnectionProperties::default())
-        .await
-        .map_err(broker)?;
-    let channel = conn.create_channel().await.map_err(broker)?;
+    let (conn, channel) =
+        celeryd_actors::consumer::amqp::connect(&settings.broker, "worker call", None)
+            .await
+            .map_err(|e| StartupError::Broker(e.to_string()))?;
     declare_task_queue(&channel, &spec)
         .await
         .map_err(|e| StartupError::Broker(e.to_string()))?;

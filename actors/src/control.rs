@@ -679,7 +679,14 @@ impl Control {
 
     async fn stats(&self, peers: &ControlPeers, clock: u64) -> Value {
         let tasks = pool_tasks(peers).await;
-        let url: Option<lapin::uri::AMQPUri> = self.settings.broker.url.parse().ok();
+        let urls = self.settings.broker.urls();
+        let url: Option<lapin::uri::AMQPUri> = urls.first().and_then(|u| u.parse().ok());
+        let alternates: Vec<String> = urls
+            .iter()
+            .skip(1)
+            .map(|u| crate::settings::mask_password(u))
+            .collect();
+        let strategy = self.settings.broker.failover_strategy.clone();
         let broker = url.map(|u| {
             json!({
                 "hostname": u.authority.host, "userid": u.authority.userinfo.username,
@@ -687,7 +694,7 @@ impl Control {
                 "ssl": matches!(u.scheme, lapin::uri::AMQPScheme::AMQPS), "transport": "amqp",
                 "connect_timeout": 4, "transport_options": {}, "login_method": "PLAIN",
                 "uri_prefix": null, "heartbeat": f64::from(self.settings.broker.heartbeat),
-                "failover_strategy": "round-robin", "alternates": [],
+                "failover_strategy": strategy, "alternates": alternates,
             })
         });
         let concurrency = tasks.target;

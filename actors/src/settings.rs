@@ -65,9 +65,15 @@ impl Default for PythonSettings {
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerSettings {
-    /// `broker_url`: `amqp://user:password@host:port/vhost` or `amqps://…`.
+    /// `broker_url`: `amqp://user:password@host:port/vhost` or `amqps://…` (kombu's
+    /// `pyamqp://` too); several for failover, separated by `;` or as a TOML array.
     /// Default `amqp://guest:guest@127.0.0.1:5672//`.
+    #[serde(deserialize_with = "url_or_list")]
     pub url: String,
+    /// `broker_failover_strategy`: the order the URLs are tried in, `round-robin` (the
+    /// default: as written, from the one last connected to) or `shuffle` (an order drawn once
+    /// per process).
+    pub failover_strategy: String,
     /// `broker_heartbeat`: AMQP heartbeat in seconds, 0 disables. Default 120.
     pub heartbeat: u16,
     /// `broker_connection_retry_on_startup`: keep retrying when the broker is unreachable at
@@ -98,6 +104,7 @@ impl Default for BrokerSettings {
     fn default() -> Self {
         BrokerSettings {
             url: "amqp://guest:guest@127.0.0.1:5672//".to_owned(),
+            failover_strategy: "round-robin".to_owned(),
             heartbeat: 120,
             connection_retry_on_startup: true,
             connection_max_retries: 100,
@@ -130,6 +137,43 @@ impl BrokerSettings {
     pub fn safe_url(&self) -> String {
         mask_password(&self.url)
     }
+
+    /// The broker URLs (one, or the failover list), kombu's scheme aliases spelt as AMQP's.
+    pub fn urls(&self) -> Vec<String> {
+        self.url
+            .split(';')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(amqp_scheme)
+            .collect()
+    }
+}
+
+/// `pyamqp://`, `librabbitmq://` (kombu's AMQP transports) as `amqp://`; `pyamqps://` as
+/// `amqps://`.
+pub fn amqp_scheme(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match scheme.to_ascii_lowercase().as_str() {
+            "pyamqp" | "librabbitmq" => format!("amqp://{rest}"),
+            "pyamqps" => format!("amqps://{rest}"),
+            _ => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// `broker.url` as one string (`a;b`) or a TOML array of them.
+fn url_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Url {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Url::deserialize(d)? {
+        Url::One(s) => s,
+        Url::Many(list) => list.join(";"),
+    })
 }
 
 /// Replaces the password of a `scheme://user:password@host…` URL with `********`; each URL of
@@ -425,27 +469,31 @@ impl Settings {
 
     /// Checks every value and cross-field rule; the error names the offending key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let url = &self.broker.url;
-        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
-            return Err(ConfigError::invalid(
-                "broker.url",
-                format!("{:?} is not an amqp:// or amqps:// URL", mask_password(url)),
-            ));
+        let urls = self.broker.urls();
+        if urls.is_empty() {
+            return Err(ConfigError::invalid("broker.url", "no URL given"));
         }
-        if url.contains(';') {
+        for url in &urls {
+            if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+                return Err(ConfigError::invalid(
+                    "broker.url",
+                    format!("{:?} is not an amqp:// or amqps:// URL", mask_password(url)),
+                ));
+            }
+            if url.parse::<lapin::uri::AMQPUri>().is_err() {
+                return Err(ConfigError::invalid(
+                    "broker.url",
+                    format!("cannot parse {:?}", mask_password(url)),
+                ));
+            }
+        }
+        if !["round-robin", "shuffle"].contains(&self.broker.failover_strategy.as_str()) {
             return Err(ConfigError::invalid(
-                "broker.url",
+                "broker.failover_strategy",
                 format!(
-                    "{:?} is a failover list (URLs separated by ';'), which this worker does not \
-                     support yet: give one URL",
-                    mask_password(url)
+                    "{:?} is not one of round-robin, shuffle",
+                    self.broker.failover_strategy
                 ),
-            ));
-        }
-        if url.parse::<lapin::uri::AMQPUri>().is_err() {
-            return Err(ConfigError::invalid(
-                "broker.url",
-                format!("cannot parse {:?}", mask_password(url)),
             ));
         }
         if !(4096..=131_072).contains(&self.broker.frame_max) {

@@ -73,3 +73,35 @@ fn unreachable_broker_is_retried_then_reported() {
         "names the broker, masks the password: {err}"
     );
 }
+
+#[test]
+fn a_failover_list_skips_the_urls_that_fail_and_never_shows_a_password() {
+    let queue = unique_queue("failover");
+    let good = crate::support::amqp_url();
+    // A wrong password on the right node, then a port nothing listens on, then the broker.
+    let toml = format!(
+        "[broker]\nurl = [\"amqp://guest:wrong-secret@127.0.0.1:5672//\", \
+         \"amqp://guest:other-secret@127.0.0.1:1//\", \"{good}\"]\n"
+    );
+    let worker = Worker::start_with_toml(&queue, &toml, &["-c", "1"]);
+    let r = call_task(&queue, "tasks.add", "[20, 22]", &[]);
+    assert_eq!(r["result"], json!(42), "{r}");
+    let log = worker.log();
+    assert!(
+        log.contains("Cannot connect to this broker; trying the next one.")
+            && log.contains("Connected to broker 3 of 3."),
+        "{log}"
+    );
+    assert!(
+        !log.contains("wrong-secret") && !log.contains("other-secret"),
+        "no password in the log: {log}"
+    );
+    let stats = crate::support::celery_inspect(&worker.nodename(), &["stats"]);
+    let alternates = stats["broker"]["alternates"].to_string();
+    assert!(
+        stats["broker"]["failover_strategy"] == "round-robin" && !alternates.contains("secret"),
+        "{stats}"
+    );
+    drop(worker);
+    block_on(delete_queue(&queue));
+}

@@ -14,6 +14,12 @@ use crate::settings::BrokerSettings;
 /// after the node (`connection_name` client property), so operators can find it in
 /// `rabbitmqctl list_connections name client_properties`.
 ///
+/// With a failover list (`broker.url` with several URLs), each URL is tried once, in the
+/// order of `broker.failover_strategy`, starting from the one this process last connected
+/// to (so the worker's connections land on one node); a URL that fails is named (password
+/// masked) and the next is tried at once. The error is the last URL's, after a full cycle:
+/// the callers back off only then.
+///
 /// `frame_max` overrides the configured frame size: the consumer raises it after a message's
 /// header frame did not fit (see [`FRAME_MAX_RAISED`]).
 pub async fn connect(
@@ -21,8 +27,69 @@ pub async fn connect(
     nodename: &str,
     frame_max: Option<u32>,
 ) -> Result<(Connection, Channel), BrokerError> {
-    let mut uri: lapin::uri::AMQPUri = settings
-        .url
+    let urls = settings.urls();
+    let order = failover_order(urls.len(), &settings.failover_strategy);
+    let first = LAST_CONNECTED.load(std::sync::atomic::Ordering::Relaxed);
+    let start = order.iter().position(|&i| i == first).unwrap_or(0);
+    let mut last = BrokerError::Url("no broker URL".to_owned());
+    for k in 0..order.len() {
+        let index = order[(start + k) % order.len()];
+        let url = &urls[index];
+        match connect_one(settings, url, nodename, frame_max).await {
+            Ok(link) => {
+                if urls.len() > 1 {
+                    tracing::info!(broker = %crate::settings::mask_password(url), "Connected to broker {} of {}.", index + 1, urls.len());
+                }
+                LAST_CONNECTED.store(index, std::sync::atomic::Ordering::Relaxed);
+                return Ok(link);
+            }
+            Err(e) => {
+                if urls.len() > 1 {
+                    tracing::warn!(broker = %crate::settings::mask_password(url), error = %e,
+                        "Cannot connect to this broker; trying the next one.");
+                }
+                last = e;
+            }
+        }
+    }
+    Err(last)
+}
+
+/// The URL index this process last connected to (failover lists start there).
+static LAST_CONNECTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The order in which `n` failover URLs are tried: as written (`round-robin`), or an order
+/// drawn once per process (`shuffle`).
+pub fn failover_order(n: usize, strategy: &str) -> Vec<usize> {
+    static SEED: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    let mut order: Vec<usize> = (0..n).collect();
+    if strategy == "shuffle" {
+        let seed = *SEED.get_or_init(|| uuid::Uuid::new_v4().as_u128());
+        shuffle(&mut order, seed);
+    }
+    order
+}
+
+/// Fisher–Yates with a xorshift stream from `seed` (the order only spreads workers over
+/// nodes; it need not be cryptographic).
+fn shuffle(v: &mut [usize], seed: u128) {
+    let mut x = (seed as u64) ^ ((seed >> 64) as u64) | 1;
+    for i in (1..v.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let j = (x % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
+}
+
+async fn connect_one(
+    settings: &BrokerSettings,
+    url: &str,
+    nodename: &str,
+    frame_max: Option<u32>,
+) -> Result<(Connection, Channel), BrokerError> {
+    let mut uri: lapin::uri::AMQPUri = url
         .parse()
         .map_err(|e: String| BrokerError::Url(crate::settings::mask_urls(&e)))?;
     uri.query.heartbeat = Some(settings.heartbeat);
@@ -648,6 +715,23 @@ mod tests {
         assert!(describe_clash("q", durable).contains("durable, not exclusive"));
         let other = "PRECONDITION_FAILED - something new";
         assert_eq!(describe_clash("q", other), "something new");
+    }
+
+    #[test]
+    fn failover_order_is_as_written_or_a_permutation_drawn_once() {
+        assert_eq!(failover_order(3, "round-robin"), [0, 1, 2]);
+        let a = failover_order(5, "shuffle");
+        let mut sorted = a.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, [0, 1, 2, 3, 4]);
+        assert_eq!(
+            failover_order(5, "shuffle"),
+            a,
+            "the same order for the whole process"
+        );
+        let mut v = vec![0, 1, 2, 3, 4, 5, 6, 7];
+        shuffle(&mut v, 42);
+        assert_ne!(v, [0, 1, 2, 3, 4, 5, 6, 7]);
     }
 
     #[test]

@@ -444,6 +444,35 @@ mod tests {
     }
 
     #[test]
+    fn broker_urls_are_one_a_list_or_an_array_and_kombus_schemes_are_read_as_amqp() {
+        let s: crate::settings::Settings =
+            toml::from_str("[broker]\nurl = [\"amqp://a:1@h1//\", \"pyamqp://b:2@h2:5673//\"]\n")
+                .unwrap();
+        assert_eq!(s.broker.urls(), ["amqp://a:1@h1//", "amqp://b:2@h2:5673//"]);
+        assert!(s.validate().is_ok());
+        assert!(
+            !s.broker.safe_url().contains(":2@"),
+            "{}",
+            s.broker.safe_url()
+        );
+        let mut s = crate::settings::Settings::default();
+        s.broker.url = "amqp://a:1@h1//; redis://x:secret@h2//".into();
+        let err = s.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("broker.url") && !err.contains("secret"),
+            "{err}"
+        );
+        s.broker.url = "amqp://h1//".into();
+        s.broker.failover_strategy = "random".into();
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("broker.failover_strategy")
+        );
+    }
+
+    #[test]
     fn bad_entries_name_the_key() {
         let bad = |task: TaskSettings, needle: &str| {
             let err = resolve(&task, &WorkerSettings::default())
