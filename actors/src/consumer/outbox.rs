@@ -21,7 +21,7 @@ use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 use lapin::Channel;
-use lapin::options::{BasicAckOptions, BasicRejectOptions};
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use tracing::warn;
 
 use super::amqp;
@@ -83,11 +83,28 @@ impl Outbox {
         }
     }
 
-    /// Rejects (with or without requeue) without waiting.
+    /// Rejects without waiting: `basic.reject` (dead-lettered where the queue says so), or,
+    /// to hand a message back, `basic.nack` with requeue (`rabbitmq-compat.md` §6: on
+    /// RabbitMQ 4.x quorum queues a requeueing reject counts towards the delivery limit).
     pub fn reject(channel: &Channel, tag: u64, requeue: bool) {
-        let send = channel.basic_reject(tag, BasicRejectOptions { requeue });
-        if let Poll::Ready(Err(e)) = poll_once(std::pin::pin!(send)) {
-            warn!(delivery_tag = tag, error = %e, "Reject failed.");
+        let failed = |p: Poll<Result<(), lapin::Error>>| match p {
+            Poll::Ready(Err(e)) => Some(e.to_string()),
+            _ => None,
+        };
+        let error = if requeue {
+            let options = BasicNackOptions {
+                multiple: false,
+                requeue: true,
+            };
+            failed(poll_once(std::pin::pin!(channel.basic_nack(tag, options))))
+        } else {
+            let options = BasicRejectOptions { requeue };
+            failed(poll_once(std::pin::pin!(
+                channel.basic_reject(tag, options)
+            )))
+        };
+        if let Some(e) = error {
+            warn!(delivery_tag = tag, requeue, error = %e, "Reject failed; the broker will redeliver.");
         }
     }
 
