@@ -341,7 +341,8 @@ fn an_unparsable_broker_url_is_never_echoed_with_its_password() {
         "amqp://guest:s3cr3t-pw@127.0.0.1:99999//",
         "amqp:/guest:s3cr3t-pw@127.0.0.1",
         "amqp://guest:s3cr3t@pw@127.0.0.1:notaport//",
-        "amqp://a:s3cr3t-pw@h1;amqp://b:s3cr3t-pw2@h2",
+        "amqp://a:s3cr3t-pw@h1;amqp://b:s3cr3t-pw2@h2:notaport//",
+        "amqp://a:s3cr3t-pw@h1;redis://b:s3cr3t-pw2@h2",
         "redis://guest:s3cr3t-pw@127.0.0.1",
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
@@ -354,6 +355,21 @@ fn an_unparsable_broker_url_is_never_echoed_with_its_password() {
         assert!(err.contains("broker.url"), "{url}: {err}");
         assert!(!err.contains("s3cr3t"), "{url} leaked: {err}");
     }
+    // A good failover list is printed with every password masked.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
+        .args(["--print-config"])
+        .env(
+            "CELERYD_BROKER_URL",
+            "amqp://a:s3cr3t-pw@h1//;amqp://b:s3cr3t-pw2@h2//",
+        )
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{printed}");
+    assert!(
+        printed.contains("h1//;amqp://b:") && !printed.contains("s3cr3t"),
+        "{printed}"
+    );
     // A TOML error quotes the line: the password is masked there too.
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bad.toml");

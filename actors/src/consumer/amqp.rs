@@ -623,6 +623,8 @@ pub async fn publish_delayed(
     Ok(())
 }
 
+/// The properties a message goes into the delay ladder with: no `expiration` (the ladder's
+/// queues set the TTL) and no dead-lettering headers.
 fn strip_expiration(p: BasicProperties) -> BasicProperties {
     let mut out = BasicProperties::default();
     if let Some(v) = p.content_type() {
@@ -632,7 +634,15 @@ fn strip_expiration(p: BasicProperties) -> BasicProperties {
         out = out.with_content_encoding(v.clone());
     }
     if let Some(v) = p.headers() {
-        out = out.with_headers(v.clone());
+        // Into the ladder without the dead-lettering history of an earlier trip (it grows
+        // with every level and is no part of the task).
+        let mut headers = FieldTable::default();
+        for (k, value) in v.inner() {
+            if !crate::protocol::encode::is_dead_letter_header(k.as_str()) {
+                headers.insert(k.clone(), value.clone());
+            }
+        }
+        out = out.with_headers(headers);
     }
     if let Some(v) = p.delivery_mode() {
         out = out.with_delivery_mode(*v);

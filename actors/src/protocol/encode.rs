@@ -116,7 +116,9 @@ pub fn retry_message(req: &super::TaskRequest, countdown: f64, now: OffsetDateTi
     };
     let mut msg = TaskMessage::new(&call, now);
     for (k, v) in &req.headers {
-        if !matches!(k.as_str(), "id" | "task" | "eta" | "retries" | "expires") {
+        if !matches!(k.as_str(), "id" | "task" | "eta" | "retries" | "expires")
+            && !is_dead_letter_header(k)
+        {
             msg.headers.insert(k.clone(), v.clone());
         }
     }
@@ -126,10 +128,50 @@ pub fn retry_message(req: &super::TaskRequest, countdown: f64, now: OffsetDateTi
     msg
 }
 
+/// RabbitMQ's dead-lettering headers (`x-death`, `x-first-death-*`, `x-last-death-*`): a
+/// retry leaves them out, as Celery 5.6.3+ does, so the new message does not carry the old
+/// one's history into a delay ladder or a dead-letter queue.
+pub fn is_dead_letter_header(name: &str) -> bool {
+    name == "x-death" || name.starts_with("x-first-death-") || name.starts_with("x-last-death-")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::protocol::{RawMessage, decode};
+
+    #[test]
+    fn a_retry_leaves_the_dead_letter_history_out() {
+        let now = OffsetDateTime::now_utc();
+        let first = TaskMessage::new(
+            &TaskCall {
+                name: "tasks.flaky".into(),
+                ..Default::default()
+            },
+            now,
+        );
+        let mut headers = first.headers.clone();
+        headers.insert(
+            "x-death".into(),
+            json!([{"count": 1, "queue": "celeryd.delayed.3"}]),
+        );
+        headers.insert("x-first-death-queue".into(), json!("celeryd.delayed.3"));
+        headers.insert("x-last-death-reason".into(), json!("expired"));
+        headers.insert("x-custom".into(), json!("kept"));
+        let raw = RawMessage {
+            content_type: Some("application/json"),
+            content_encoding: Some("utf-8"),
+            headers,
+            correlation_id: Some(&first.id),
+            body: &first.body,
+            ..Default::default()
+        };
+        let again = retry_message(&decode(raw).unwrap(), 1.0, now);
+        assert!(!again.headers.contains_key("x-death"));
+        assert!(!again.headers.contains_key("x-first-death-queue"));
+        assert!(!again.headers.contains_key("x-last-death-reason"));
+        assert_eq!(again.headers["x-custom"], "kept");
+    }
 
     #[test]
     fn a_retry_keeps_the_request_and_counts_up() {
