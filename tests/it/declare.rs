@@ -276,3 +276,22 @@ fn a_quorum_queue_added_to_a_worker_with_channel_wide_qos_is_consumed_per_consum
     block_on(delete_queue(&classic));
     delete_exchange(&ex);
 }
+
+#[test]
+fn a_consumer_the_broker_cancels_is_consumed_again() {
+    let q = unique_queue("cancelled");
+    let w = Worker::start(&q, "", &["-c", "1"]);
+    let r = crate::support::call_task(&q, "tasks.add", "[1, 2]", &[]);
+    assert_eq!(r["result"], json!(3), "{r}");
+    // Deleting a queue makes RabbitMQ send its consumers basic.cancel (as a quorum queue's
+    // consumer timeout or a lost leader does on 4.x).
+    block_on(delete_queue(&q));
+    w.wait_for_log("consumer cancelled by the broker", Duration::from_secs(10));
+    crate::support::eventually(Duration::from_secs(20), "consuming again", || {
+        w.log().matches("Consuming from queue.").count() >= 2
+    });
+    let r = crate::support::call_task(&q, "tasks.add", "[2, 3]", &[]);
+    assert_eq!(r["result"], json!(5), "declared and consumed again: {r}");
+    drop(w);
+    block_on(delete_queue(&q));
+}
