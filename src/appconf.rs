@@ -72,6 +72,7 @@ const MAPPED: &[(&str, &str, &str, Kind)] = &[
         Kind::Bool,
     ),
     ("worker_state_db", "worker", "statedb", Kind::Text),
+    ("worker_direct", "worker", "direct", Kind::Bool),
     (
         "worker_send_task_events",
         "worker",

@@ -118,6 +118,23 @@ pub struct Consumer {
 }
 
 impl Consumer {
+    /// The queues the configuration names ([`Settings::task_queues`], validated at start), and
+    /// with `worker.direct` this node's own `<node>.dq2` on `C.dq2`.
+    fn configured_queues(&self) -> Vec<TaskQueue> {
+        let mut queues = self.settings.task_queues().unwrap_or_default();
+        if self.settings.worker.direct {
+            queues.push(TaskQueue {
+                name: format!("{}.dq2", self.hostname),
+                exchange: "C.dq2".to_owned(),
+                exchange_type: "direct".to_owned(),
+                routing_key: self.hostname.clone(),
+                bindings: Vec::new(),
+                arguments: serde_json::Map::new(),
+            });
+        }
+        queues
+    }
+
     /// A consumer for `settings`, knowing which task names are registered.
     pub fn new(settings: Arc<Settings>, hostname: String, registered: HashSet<String>) -> Self {
         // Validated at start (an invalid value stopped it there).
@@ -290,8 +307,7 @@ impl Actor for Consumer {
         myself.cast(ConsumerMessage::Connect { attempt: 0 })?;
         Ok(ConsumerState {
             peers,
-            // Validated at start; the error is not reachable here.
-            queues: self.settings.task_queues().unwrap_or_default(),
+            queues: self.configured_queues(),
             link: None,
             generation: 0,
             unacked: HashSet::new(),
@@ -476,9 +492,7 @@ impl Consumer {
         let (connection, channel) =
             amqp::connect(&self.settings.broker, &self.hostname, state.frame_max).await?;
         let configured: Vec<String> = self
-            .settings
-            .task_queues()
-            .unwrap_or_default()
+            .configured_queues()
             .into_iter()
             .map(|q| q.name)
             .collect();

@@ -314,6 +314,10 @@ pub struct WorkerSettings {
     /// `--metrics-addr`: serve Prometheus metrics on `http://ADDR/metrics`, e.g.
     /// `"127.0.0.1:9808"`. Unset (the default): no endpoint.
     pub metrics_addr: Option<String>,
+    /// `worker_direct`: also consume `<node name>.dq2`, bound to the direct exchange `C.dq2`
+    /// with the node name as key, so that a task can be sent to this worker alone (Celery's
+    /// `task.apply_async(exchange="C.dq2", routing_key=node)`). Default false.
+    pub direct: bool,
 }
 
 impl Default for WorkerSettings {
@@ -343,6 +347,7 @@ impl Default for WorkerSettings {
             max_message_size: crate::protocol::message::DEFAULT_MAX_BODY,
             max_pool_size: 0,
             metrics_addr: None,
+            direct: false,
         }
     }
 }

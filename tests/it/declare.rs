@@ -295,3 +295,28 @@ fn a_consumer_the_broker_cancels_is_consumed_again() {
     drop(w);
     block_on(delete_queue(&q));
 }
+
+#[test]
+fn worker_direct_consumes_the_nodes_own_queue() {
+    let q = unique_queue("direct");
+    let w = Worker::start(&q, "[worker]\ndirect = true\n", &["-c", "1"]);
+    let node = w.nodename();
+    let queues = celery_inspect(&node, &["active_queues"]);
+    let names = queues.to_string();
+    assert!(names.contains(&format!("{node}.dq2")), "{queues}");
+    // Sent to this worker alone, as `apply_async(exchange="C.dq2", routing_key=node)`.
+    let r = crate::support::celery_client(&[
+        "call",
+        "tasks.add",
+        "--args",
+        "[5, 6]",
+        "--exchange",
+        "C.dq2",
+        "--routing-key",
+        &node,
+    ]);
+    assert_eq!(r["result"], json!(11), "{r}");
+    drop(w);
+    block_on(delete_queue(&q));
+    block_on(delete_queue(&format!("{node}.dq2")));
+}
