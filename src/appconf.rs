@@ -46,6 +46,12 @@ const MAPPED: &[(&str, &str, &str, Kind)] = &[
         "connection_max_retries",
         Kind::Count,
     ),
+    (
+        "broker_native_delayed_delivery_queue_type",
+        "broker",
+        "native_delayed_delivery_queue_type",
+        Kind::Text,
+    ),
     ("worker_concurrency", "worker", "concurrency", Kind::Count),
     (
         "worker_prefetch_multiplier",

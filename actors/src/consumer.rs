@@ -15,6 +15,7 @@
 pub mod amqp;
 pub mod decide;
 pub mod delay;
+pub mod native_delay;
 pub mod outbox;
 pub mod python;
 
@@ -49,6 +50,7 @@ use crate::protocol::{
 use crate::revoke::RevokeMessage;
 use crate::scheduler::SchedulerMessage;
 use crate::settings::Settings;
+use crate::settings::queues;
 
 /// Identifies a delivery on a given connection generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -508,6 +510,19 @@ impl Consumer {
             }
         }
         state.queues.retain(|q| !refused.contains(&q.name));
+        if queues::any_quorum(&self.settings.task, &self.settings.worker) {
+            // As Celery's DelayedDelivery bootstep: Python clients send countdowns of quorum
+            // queues through Celery's own ladder, which the worker declares; a failure is
+            // logged and the worker carries on, as Celery's does.
+            let queue_type = &self.settings.broker.native_delayed_delivery_queue_type;
+            let all = self.settings.task_queues().unwrap_or_default();
+            if let Err(e) =
+                amqp::declare_native_delayed_delivery(&connection, queue_type, &all).await
+            {
+                error!(error = %e, "Cannot declare Celery's native delayed delivery; countdowns of \
+                    quorum queues sent by Python clients will not arrive.");
+            }
+        }
         state.generation += 1;
         state.unacked.clear();
         state.delay_declared = false;

@@ -89,6 +89,10 @@ pub struct BrokerSettings {
     pub qos: String,
     /// The older spelling of `qos`: true = `global`, false = `per-consumer`. Unset by default.
     pub global_qos: Option<bool>,
+    /// `broker_native_delayed_delivery_queue_type`: the type of the queues of Celery's
+    /// native delayed delivery (`celery_delayed_0…27`), which the worker declares when any of
+    /// its queues is a quorum queue. `quorum` (the default) or `classic`.
+    pub native_delayed_delivery_queue_type: String,
     /// Largest AMQP frame in bytes (4096 to 131072); bigger messages are split into frames.
     /// The AMQP client keeps two buffers of 32 frames per connection, so this sizes the
     /// worker's memory: 16384 (the default) costs 1 MiB per connection instead of the 8 MiB
@@ -110,6 +114,7 @@ impl Default for BrokerSettings {
             connection_max_retries: 100,
             qos: "auto".to_owned(),
             global_qos: None,
+            native_delayed_delivery_queue_type: "quorum".to_owned(),
             frame_max: 16_384,
             ssl_ca_file: None,
         }
@@ -515,6 +520,16 @@ impl Settings {
         }
         self.task_queues()?;
         self.global_qos()?;
+        if !queues::QUEUE_TYPES.contains(&self.broker.native_delayed_delivery_queue_type.as_str()) {
+            return Err(ConfigError::invalid(
+                "broker.native_delayed_delivery_queue_type",
+                format!(
+                    "{:?} is not one of {}",
+                    self.broker.native_delayed_delivery_queue_type,
+                    queues::QUEUE_TYPES.join(", ")
+                ),
+            ));
+        }
         if !LOG_LEVELS.contains(&self.worker.loglevel.to_ascii_lowercase().as_str()) {
             return Err(ConfigError::invalid(
                 "worker.loglevel",

@@ -206,6 +206,38 @@ fn an_apps_task_queues_are_declared_as_celery_declares_them() {
         &["wait", "--queue", &q, "--id", &id, "--timeout", "30"],
     );
     assert_eq!(done["result"], 42, "{done}");
+    // A countdown of a quorum queue on a topic exchange: Celery's client sends it through
+    // Celery's native delayed delivery (celery_delayed_27 …), which only the worker declares.
+    let started = std::time::Instant::now();
+    let sent = proj_client(
+        &queues,
+        &[
+            "send",
+            "--queue",
+            &q,
+            "--task",
+            "proj.add",
+            "--args",
+            "[1, 2]",
+            "--countdown",
+            "3",
+        ],
+    );
+    let id = sent["id"].as_str().unwrap().to_owned();
+    let done = proj_client(
+        &queues,
+        &["wait", "--queue", &q, "--id", &id, "--timeout", "30"],
+    );
+    assert_eq!(done["result"], 3, "{done}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        w.log().contains(&format!("Task proj.add[{id}] received")),
+        "run by celeryd"
+    );
     let active = celery_inspect(&w.nodename(), &["active_queues"]);
     assert_eq!(active[0]["exchange"]["name"], ex.as_str(), "{active}");
     assert_eq!(active[0]["exchange"]["type"], "topic", "{active}");

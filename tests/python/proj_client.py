@@ -193,8 +193,9 @@ def rated(q, t):
     return {"times": sorted(r.get(timeout=t) for r in sent)}
 
 
-def send(q, t, task=None, args="[]"):
-    return {"id": proj.app.send_task(task, json.loads(args), queue=q).id}
+def send(q, t, task=None, args="[]", countdown=None):
+    options = {"countdown": countdown} if countdown is not None else {}
+    return {"id": proj.app.send_task(task, json.loads(args), queue=q, **options).id}
 
 
 def wait(q, t, id=None):
@@ -232,10 +233,11 @@ def main():
     p.add_argument("--task", help="send: the task name")
     p.add_argument("--args", default="[]", help="send: its arguments (JSON list)")
     p.add_argument("--id", help="wait: the task id")
+    p.add_argument("--countdown", type=float, help="send: a countdown in seconds")
     p.add_argument("--node", help="revoke_elsewhere: the worker's node name")
     a = p.parse_args()
     extra = {
-        "send": {"task": a.task, "args": a.args},
+        "send": {"task": a.task, "args": a.args, "countdown": a.countdown},
         "wait": {"id": a.id},
         "revoke_elsewhere": {"node": a.node},
     }

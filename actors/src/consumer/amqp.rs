@@ -360,6 +360,111 @@ pub fn describe_clash(queue: &str, broker: &str) -> String {
     )
 }
 
+/// Declares Celery's native delayed-delivery topology ([`super::native_delay`]) with level
+/// queues of `queue_type`, and binds each of `queues` that is not on a direct exchange to
+/// it. On a channel of its own, so that a refusal (a 406 from a ladder declared otherwise)
+/// closes only that channel; a queue whose binding fails is named and the others still bound,
+/// as Celery carries on past them.
+pub async fn declare_native_delayed_delivery(
+    connection: &Connection,
+    queue_type: &str,
+    queues: &[TaskQueue],
+) -> Result<(), BrokerError> {
+    use super::native_delay::{
+        DELIVERY, LEVELS, destination_bindings, level, pattern, queue_arguments,
+    };
+    let channel = connection.create_channel().await?;
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let topic = |name: String| {
+        let channel = channel.clone();
+        async move {
+            channel
+                .exchange_declare(
+                    name.as_str().into(),
+                    ExchangeKind::Topic,
+                    durable,
+                    FieldTable::default(),
+                )
+                .await
+        }
+    };
+    topic(DELIVERY.to_owned()).await?;
+    for k in 0..LEVELS {
+        topic(level(k)).await?;
+        let qopts = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let args = crate::protocol::amqp_value::json_to_table(&queue_arguments(k, queue_type));
+        channel
+            .queue_declare(level(k).as_str().into(), qopts, args)
+            .await?;
+        channel
+            .queue_bind(
+                level(k).as_str().into(),
+                level(k).as_str().into(),
+                pattern(k, 1).as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    for k in 0..LEVELS {
+        let next = if k == 0 {
+            DELIVERY.to_owned()
+        } else {
+            level(k - 1)
+        };
+        channel
+            .exchange_bind(
+                next.as_str().into(),
+                level(k).as_str().into(),
+                pattern(k, 0).as_str().into(),
+                lapin::options::ExchangeBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    for q in queues {
+        for (exchange, key) in destination_bindings(q) {
+            let bound = async {
+                channel
+                    .exchange_bind(
+                        exchange.as_str().into(),
+                        DELIVERY.into(),
+                        key.as_str().into(),
+                        lapin::options::ExchangeBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+                channel
+                    .queue_bind(
+                        q.name.as_str().into(),
+                        exchange.as_str().into(),
+                        key.as_str().into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+            };
+            if let Err(e) = bound.await {
+                tracing::error!(queue = %q.name, exchange = %exchange, error = %e,
+                    "Cannot bind the queue to Celery's native delayed delivery.");
+                if !channel.status().connected() {
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+    if channel.status().connected() {
+        let _ = channel.close(200, "declared".into()).await;
+    }
+    Ok(())
+}
+
 /// Declares `queue` on a channel opened for it and closed after, so that a refusal (403 for an
 /// `amq.*` name, 406 for other arguments, 405 for another connection's exclusive queue) closes
 /// only that channel: the consumer's channel and its unacked deliveries are untouched.
