@@ -150,6 +150,17 @@ impl Consumer {
     }
 }
 
+/// Whether per-consumer QoS needs its consumers replaced to move from `current` (the limit
+/// they were started with) to `wanted`: when more is wanted (0 = unlimited), or when the held
+/// tasks are gone and the consumers still take more than the base.
+pub fn reconsume_for(current: u16, wanted: u16, base: u16) -> bool {
+    match (current, wanted) {
+        (0, _) => wanted != 0 && wanted == base,
+        (_, 0) => true,
+        _ => wanted > current || (wanted == base && current > base),
+    }
+}
+
 /// Whether a broker error is RabbitMQ refusing global QoS on a quorum queue
 /// (`540 NOT_IMPLEMENTED - queue '…' does not support global qos`).
 pub fn refuses_global_qos(error: &str) -> bool {
@@ -179,6 +190,8 @@ pub enum ConsumerMessage {
         generation: u64,
         /// The queue it consumed.
         queue: Arc<str>,
+        /// Its consumer tag.
+        tag: Arc<str>,
         /// The error, when the connection was lost.
         error: Option<String>,
     },
@@ -237,6 +250,9 @@ struct Link {
     channel: Channel,
     /// Queue name -> (consumer tag, the task forwarding its deliveries).
     consumers: HashMap<String, (String, AbortOnDrop)>,
+    /// Forwarding tasks of consumers replaced for a new prefetch count, left to drain what
+    /// was delivered to them.
+    retired: Vec<AbortOnDrop>,
 }
 
 /// The consumer's state.
@@ -245,6 +261,10 @@ pub struct ConsumerState {
     /// A channel-wide prefetch limit (`broker.qos`), until the broker refuses it for a
     /// quorum queue (540): then per consumer.
     global_qos: bool,
+    /// The prefetch count the consumers were started with (per-consumer QoS).
+    consumer_prefetch: u16,
+    /// Consumers replaced for a new prefetch count so far (their tags' suffix).
+    restarts: u64,
     /// The queues to consume (the configured ones, changed by add/cancel_consumer).
     queues: Vec<TaskQueue>,
     link: Option<Link>,
@@ -322,6 +342,8 @@ impl Actor for Consumer {
             prefetch_dirty: false,
             prefetch_flush_queued: false,
             global_qos: self.global_qos,
+            consumer_prefetch: 0,
+            restarts: 0,
             outbox: Outbox::default(),
             pending_results: VecDeque::new(),
             frame_max: None,
@@ -352,9 +374,10 @@ impl Actor for Consumer {
             ConsumerMessage::StreamEnded {
                 generation,
                 queue,
+                tag,
                 error,
             } => {
-                self.on_stream_end(&myself, state, generation, &queue, error);
+                self.on_stream_end(&myself, state, generation, &queue, &tag, error);
             }
             ConsumerMessage::AddQueue { queue, reply } => {
                 let added = self.add_queue(&myself, state, queue).await;
@@ -389,7 +412,7 @@ impl Actor for Consumer {
             ConsumerMessage::ApplyPrefetch => {
                 state.prefetch_flush_queued = false;
                 if state.prefetch_dirty {
-                    self.apply_prefetch(state).await;
+                    self.apply_prefetch(&myself, state).await;
                 }
             }
             ConsumerMessage::TaskStarted(info) => self.on_started(state, *info).await,
@@ -536,10 +559,12 @@ impl Consumer {
                 consumers.insert(q.name.clone(), started.await?);
             }
         }
+        state.consumer_prefetch = prefetch;
         Ok(Link {
             connection,
             channel,
             consumers,
+            retired: Vec::new(),
         })
     }
 
@@ -609,16 +634,19 @@ impl Consumer {
         state: &mut ConsumerState,
         generation: u64,
         queue: &str,
+        tag: &str,
         error: Option<String>,
     ) {
         if generation != state.generation || state.closed {
             return;
         }
+        // Ours: cancelled by cancel_consumer, or replaced by a consumer with a raised prefetch.
         let cancelled_here = !state.consuming
-            || state
-                .link
-                .as_ref()
-                .is_some_and(|l| !l.consumers.contains_key(queue));
+            || state.link.as_ref().is_some_and(|l| {
+                l.consumers
+                    .get(queue)
+                    .is_none_or(|(t, _)| t.as_str() != tag)
+            });
         if error.is_none() && cancelled_here {
             return; // our own basic.cancel
         }
@@ -863,13 +891,59 @@ impl Consumer {
     /// (`prefetch_dirty`) where they happen and applied by [`ConsumerMessage::ApplyPrefetch`],
     /// queued behind the deliveries already in the mailbox, so a burst of held ETA tasks costs
     /// one `basic.qos` round trip rather than one each.
-    async fn apply_prefetch(&self, state: &mut ConsumerState) {
+    ///
+    /// With per-consumer QoS a new limit only holds for consumers started after it, so when
+    /// held ETA tasks need a higher one (or all of them are gone) each queue's consumer is
+    /// replaced: `basic.cancel` (what was delivered stays unacked and is still processed:
+    /// the old stream drains), then `basic.consume` under a new tag.
+    async fn apply_prefetch(&self, myself: &ActorRef<ConsumerMessage>, state: &mut ConsumerState) {
         state.prefetch_dirty = false;
         let count = Self::prefetch(state);
-        if let Some(link) = &state.link
-            && let Err(e) = amqp::set_prefetch(&link.channel, count, state.global_qos).await
-        {
+        let Some(link) = &mut state.link else {
+            return;
+        };
+        if let Err(e) = amqp::set_prefetch(&link.channel, count, state.global_qos).await {
             warn!(error = %e, "Cannot change the prefetch count.");
+            return;
+        }
+        if state.global_qos
+            || !state.consuming
+            || !reconsume_for(state.consumer_prefetch, count, state.base_prefetch)
+        {
+            return;
+        }
+        state.consumer_prefetch = count;
+        state.restarts += 1;
+        link.retired.retain(|t| !t.0.is_finished());
+        for q in &state.queues {
+            let Some((old, _)) = link.consumers.get(&q.name) else {
+                continue;
+            };
+            if let Err(e) = link
+                .channel
+                .basic_cancel(old.as_str().into(), BasicCancelOptions::default())
+                .await
+            {
+                warn!(queue = %q.name, error = %e, "Cannot replace the consumer for a new prefetch count.");
+                continue;
+            }
+            let tag = consumer_tag(
+                &self.hostname,
+                state.generation,
+                &format!("{}~{}", q.name, state.restarts),
+            );
+            match consume_with_tag(&link.channel, myself, state.generation, q, tag).await {
+                // The old entry's stream task keeps running until its stream drains.
+                Ok((tag, task)) => {
+                    if let Some((_, old_task)) = link.consumers.insert(q.name.clone(), (tag, task))
+                    {
+                        link.retired.push(old_task);
+                    }
+                }
+                Err(e) => {
+                    warn!(queue = %q.name, error = %e, "Cannot consume again for a new prefetch count.")
+                }
+            }
         }
     }
 
@@ -1116,11 +1190,29 @@ async fn start_consumer(
     generation: u64,
     queue: &TaskQueue,
 ) -> Result<(String, AbortOnDrop), BrokerError> {
-    let tag = consumer_tag(hostname, generation, &queue.name);
+    consume_with_tag(
+        channel,
+        myself,
+        generation,
+        queue,
+        consumer_tag(hostname, generation, &queue.name),
+    )
+    .await
+}
+
+/// [`start_consumer`] under a given consumer tag.
+async fn consume_with_tag(
+    channel: &Channel,
+    myself: &ActorRef<ConsumerMessage>,
+    generation: u64,
+    queue: &TaskQueue,
+    tag: String,
+) -> Result<(String, AbortOnDrop), BrokerError> {
     let stream = amqp::consume(channel, &queue.name, &tag).await?;
     info!(queue = %queue.name, "Consuming from queue.");
     let name: Arc<str> = queue.name.as_str().into();
-    Ok((tag, forward(stream, myself.clone(), generation, name)))
+    let t: Arc<str> = tag.as_str().into();
+    Ok((tag, forward(stream, myself.clone(), generation, name, t)))
 }
 
 fn forward(
@@ -1128,6 +1220,7 @@ fn forward(
     myself: ActorRef<ConsumerMessage>,
     generation: u64,
     queue: Arc<str>,
+    tag: Arc<str>,
 ) -> AbortOnDrop {
     AbortOnDrop(tokio::spawn(async move {
         while let Some(item) = stream.next().await {
@@ -1146,6 +1239,7 @@ fn forward(
                     let _ = myself.cast(ConsumerMessage::StreamEnded {
                         generation,
                         queue,
+                        tag,
                         error: Some(e.to_string()),
                     });
                     return;
@@ -1155,6 +1249,7 @@ fn forward(
         let _ = myself.cast(ConsumerMessage::StreamEnded {
             generation,
             queue,
+            tag,
             error: None,
         });
     }))
@@ -1369,6 +1464,19 @@ mod tests {
             None,
             "0 = always hold"
         );
+    }
+
+    #[test]
+    fn per_consumer_qos_replaces_consumers_only_to_raise_or_to_return_to_the_base() {
+        assert!(reconsume_for(8, 9, 8), "more is wanted");
+        assert!(
+            !reconsume_for(12, 10, 8),
+            "less, but tasks still held: keep"
+        );
+        assert!(reconsume_for(12, 8, 8), "back to the base");
+        assert!(!reconsume_for(8, 8, 8));
+        assert!(reconsume_for(8, 0, 8), "unlimited");
+        assert!(!reconsume_for(0, 0, 0));
     }
 
     #[test]

@@ -352,3 +352,56 @@ fn worker_direct_consumes_the_nodes_own_queue() {
     block_on(delete_queue(&q));
     block_on(delete_queue(&format!("{node}.dq2")));
 }
+
+#[test]
+fn held_eta_tasks_on_a_quorum_queue_do_not_starve_immediate_ones() {
+    let q = unique_queue("quorum-eta");
+    let ex = format!("{q}-bus");
+    declare_quorum_on_topic(&q, &ex, "work.#");
+    let entry = format!(
+        "[[task.queues]]\nname = \"{q}\"\nexchange = \"{ex}\"\nexchange_type = \"topic\"\n\
+         routing_key = \"work.#\"\nqueue_arguments = {{ \"x-queue-type\" = \"quorum\" }}\n"
+    );
+    // Per-consumer QoS (a quorum queue): the prefetch count cannot be raised on a running
+    // consumer, so the worker replaces its consumer as held ETA tasks need more.
+    let w = Worker::start(&q, &entry, &["-c", "1"]);
+    let sent = crate::support::celery_client(&[
+        "call",
+        "tasks.noop",
+        "--exchange",
+        &ex,
+        "--routing-key",
+        "work.later",
+        "--countdown",
+        "300",
+        "--count",
+        "1000",
+        "--no-wait",
+    ]);
+    assert!(sent["id"].is_string(), "{sent}");
+    let started = std::time::Instant::now();
+    let r = crate::support::celery_client(&[
+        "call",
+        "tasks.add",
+        "--args",
+        "[1, 1]",
+        "--exchange",
+        &ex,
+        "--routing-key",
+        "work.now",
+        "--timeout",
+        "60",
+    ]);
+    assert_eq!(r["result"], json!(2), "{r}");
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(60), "{waited:?}");
+    let scheduled = celery_inspect(&w.nodename(), &["scheduled"]);
+    assert_eq!(
+        scheduled.as_array().map(Vec::len),
+        Some(1000),
+        "all 1,000 held, none run early"
+    );
+    drop(w);
+    block_on(delete_queue(&q));
+    delete_exchange(&ex);
+}
