@@ -374,26 +374,9 @@ pub async fn declare_native_delayed_delivery(
         DELIVERY, LEVELS, destination_bindings, level, pattern, queue_arguments,
     };
     let channel = connection.create_channel().await?;
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    let topic = |name: String| {
-        let channel = channel.clone();
-        async move {
-            channel
-                .exchange_declare(
-                    name.as_str().into(),
-                    ExchangeKind::Topic,
-                    durable,
-                    FieldTable::default(),
-                )
-                .await
-        }
-    };
-    topic(DELIVERY.to_owned()).await?;
+    declare_durable_topic(&channel, DELIVERY).await?;
     for k in 0..LEVELS {
-        topic(level(k)).await?;
+        declare_durable_topic(&channel, &level(k)).await?;
         let qopts = QueueDeclareOptions {
             durable: true,
             ..Default::default()
@@ -463,6 +446,22 @@ pub async fn declare_native_delayed_delivery(
         let _ = channel.close(200, "declared".into()).await;
     }
     Ok(())
+}
+
+/// Declares a durable topic exchange (the levels of both delay ladders).
+async fn declare_durable_topic(channel: &Channel, name: &str) -> Result<(), lapin::Error> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .exchange_declare(
+            name.into(),
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
+        .await
 }
 
 /// Declares `queue` on a channel opened for it and closed after, so that a refusal (403 for an
@@ -617,28 +616,9 @@ pub async fn declare_delay_topology(
         level_name, next_exchange,
     };
     use lapin::types::{AMQPValue, LongString};
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    channel
-        .exchange_declare(
-            DELIVER_EXCHANGE.into(),
-            ExchangeKind::Topic,
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
+    declare_durable_topic(channel, DELIVER_EXCHANGE).await?;
     for k in 0..LEVELS {
-        let name = level_name(k);
-        channel
-            .exchange_declare(
-                name.as_str().into(),
-                ExchangeKind::Topic,
-                durable,
-                FieldTable::default(),
-            )
-            .await?;
+        declare_durable_topic(channel, &level_name(k)).await?;
     }
     for k in 0..LEVELS {
         let name = level_name(k);
