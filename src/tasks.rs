@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 use celeryd_actors::{Args, Registry, TaskContext, TaskError};
 use serde_json::{Value, json};
 
-/// A registry with `tasks.noop`, `add`, `echo`, `sleep`, `spin`, `fail`, `crash`, `hog` and
-/// `flaky`,
+/// A registry with `tasks.noop`, `add`, `echo`, `sleep`, `spin`, `fail`, `crash`, `hog`,
+/// `flaky` and `retry_in`,
 /// and the control command `task_counts`.
 pub fn example_registry() -> Registry {
     let mut r = Registry::new();
@@ -43,6 +43,20 @@ pub fn example_registry() -> Registry {
         }
         Ok(ctx.retries)
     });
+    // Fails `times` times, retrying after `seconds` each time (at most 3 retries), then
+    // returns how many retries it took. A countdown of a second or more on a quorum queue
+    // goes through Celery's native delayed delivery.
+    r.task(
+        "tasks.retry_in",
+        &["times", "seconds"],
+        |ctx, (times, seconds): (u32, f64)| {
+            if ctx.retries < times {
+                let e = TaskError::new("ValueError", format!("attempt {} failed", ctx.retries + 1));
+                return Err(ctx.retry(e, seconds, 3));
+            }
+            Ok(ctx.retries)
+        },
+    );
     // An application control command (Celery's `Panel.register`): how much work this node
     // holds, by where it is. `worker ctl broadcast task_counts`.
     r.control_command("task_counts", |handle, _args| async move {

@@ -18,6 +18,7 @@ pub mod delay;
 pub mod native_delay;
 pub mod outbox;
 pub mod python;
+pub mod route;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -35,6 +36,7 @@ use self::amqp::TaskQueue;
 use self::decide::{Decision, decide};
 use self::outbox::{Outbox, PendingResult};
 use self::python::{PythonTasks, Settle};
+use self::route::Route;
 use crate::child::AbortOnDrop;
 use crate::child::python::ReportKind;
 use crate::error::BrokerError;
@@ -195,6 +197,14 @@ pub enum ConsumerMessage {
         /// The error, when the connection was lost.
         error: Option<String>,
     },
+    /// Celery's native delayed delivery was declared on connection `generation` (sent by the
+    /// task that declares it), or could not be.
+    NativeDeclared {
+        /// Connection generation.
+        generation: u64,
+        /// Why not, if it failed.
+        error: Option<String>,
+    },
     /// A child started a task (from the pool).
     TaskStarted(Box<StartedInfo>),
     /// A task ended, or will not run (from the pool).
@@ -278,6 +288,9 @@ pub struct ConsumerState {
     base_prefetch: u16,
     /// Whether the delay ladder was declared on this connection.
     delay_declared: bool,
+    /// Whether Celery's native delayed delivery was declared on this connection (some
+    /// configured queue is quorum): countdowns of queues on non-direct exchanges go through it.
+    native_declared: bool,
     /// The channel for what the worker publishes on its own account (far-ETA copies into the
     /// delay ladder, retries), in confirm mode: the original delivery is acked only once the
     /// broker confirmed the copy, and a broker refusal (a deleted exchange: 404) closes this
@@ -338,6 +351,7 @@ impl Actor for Consumer {
             held: 0,
             base_prefetch: self.settings.prefetch_count(),
             delay_declared: false,
+            native_declared: false,
             side: None,
             prefetch_dirty: false,
             prefetch_flush_queued: false,
@@ -377,7 +391,14 @@ impl Actor for Consumer {
                 tag,
                 error,
             } => {
-                self.on_stream_end(&myself, state, generation, &queue, &tag, error);
+                self.on_stream_end(&myself, state, generation, &queue, &tag, error)
+                    .await;
+            }
+            ConsumerMessage::NativeDeclared { generation, error } => {
+                if generation == state.generation && state.link.is_some() {
+                    state.native_declared = error.is_none();
+                    self.on_native_declared(error);
+                }
             }
             ConsumerMessage::AddQueue { queue, reply } => {
                 let added = self.add_queue(&myself, state, queue).await;
@@ -533,23 +554,32 @@ impl Consumer {
             }
         }
         state.queues.retain(|q| !refused.contains(&q.name));
-        if queues::any_quorum(&self.settings.task, &self.settings.worker) {
-            // As Celery's DelayedDelivery bootstep: Python clients send countdowns of quorum
-            // queues through Celery's own ladder, which the worker declares; a failure is
-            // logged and the worker carries on, as Celery's does.
-            let queue_type = &self.settings.broker.native_delayed_delivery_queue_type;
-            let all = self.settings.task_queues().unwrap_or_default();
-            if let Err(e) =
-                amqp::declare_native_delayed_delivery(&connection, queue_type, &all).await
-            {
-                error!(error = %e, "Cannot declare Celery's native delayed delivery; countdowns of \
-                    quorum queues sent by Python clients will not arrive.");
-            }
-        }
         state.generation += 1;
         state.unacked.clear();
         state.delay_declared = false;
+        state.native_declared = false;
         state.side = None;
+        if queues::any_quorum(&self.settings.task, &self.settings.worker) {
+            // As Celery's DelayedDelivery bootstep: Python clients send countdowns of quorum
+            // queues through Celery's own ladder, which the worker declares. In the
+            // background, on a channel of its own: 28 quorum queues take seconds on a
+            // cluster, and consuming (after a failover too) must not wait for them.
+            let channel = connection.create_channel().await?;
+            let queue_type = self
+                .settings
+                .broker
+                .native_delayed_delivery_queue_type
+                .clone();
+            let all = self.settings.task_queues().unwrap_or_default();
+            let (me, generation) = (myself.clone(), state.generation);
+            tokio::spawn(async move {
+                let done = amqp::declare_native_delayed_delivery(&channel, &queue_type, &all).await;
+                let _ = me.cast(ConsumerMessage::NativeDeclared {
+                    generation,
+                    error: done.err().map(|e| e.to_string()),
+                });
+            });
+        }
         let prefetch = Self::prefetch(state);
         amqp::set_prefetch(&channel, prefetch, state.global_qos).await?;
         let mut consumers = HashMap::new();
@@ -628,7 +658,7 @@ impl Consumer {
         }
     }
 
-    fn on_stream_end(
+    async fn on_stream_end(
         &self,
         myself: &ActorRef<ConsumerMessage>,
         state: &mut ConsumerState,
@@ -649,6 +679,9 @@ impl Consumer {
             });
         if error.is_none() && cancelled_here {
             return; // our own basic.cancel
+        }
+        if error.is_none() && self.consume_again(myself, state, queue).await {
+            return;
         }
         let why = error
             .as_deref()
@@ -691,6 +724,73 @@ impl Consumer {
         }
     }
 
+    /// Logs the outcome of declaring Celery's native delayed delivery; once it worked, it
+    /// is declared on the failover list's other URLs too. A failure is logged and the worker
+    /// carries on, as Celery's does (its own ladder or the worker then holds the delays).
+    fn on_native_declared(&self, error: Option<String>) {
+        match error {
+            None => {
+                info!("Celery's native delayed delivery is declared (celery_delayed_0…27).");
+                amqp::declare_native_on_alternates(
+                    &self.settings.broker,
+                    &self.hostname,
+                    &self.settings.broker.native_delayed_delivery_queue_type,
+                    self.settings.task_queues().unwrap_or_default(),
+                )
+            }
+            Some(e) => error!(error = %e, "Cannot declare Celery's native delayed delivery; \
+                countdowns of quorum queues sent by Python clients will not arrive."),
+        }
+    }
+
+    /// After the broker cancelled one consumer (its queue deleted; on RabbitMQ 4.x also a
+    /// quorum queue's consumer timeout or a lost leader) on a channel that is still open:
+    /// declares the queue again (on a channel of its own, so a refusal closes nothing else)
+    /// and consumes it under a new tag. What was delivered on the channel stays ackable, so
+    /// the tasks running meanwhile settle as usual — a reconnect would hand them back and run
+    /// them twice. False (the caller reconnects) if that could not be done.
+    async fn consume_again(
+        &self,
+        myself: &ActorRef<ConsumerMessage>,
+        state: &mut ConsumerState,
+        queue: &str,
+    ) -> bool {
+        let Some(q) = state.queues.iter().find(|q| q.name == queue).cloned() else {
+            return false;
+        };
+        let Some(link) = &mut state.link else {
+            return false;
+        };
+        if !link.channel.status().connected() {
+            return false;
+        }
+        warn!(queue = %queue, "The broker cancelled the consumer (consumer cancelled by the \
+            broker); declaring the queue and consuming it again.");
+        if let Err(e) = amqp::declare_on_own_channel(&link.connection, &q).await {
+            warn!(queue = %queue, error = %e, "Cannot declare the queue again; reconnecting.");
+            return false;
+        }
+        state.restarts += 1;
+        let tag = consumer_tag(
+            &self.hostname,
+            state.generation,
+            &format!("{queue}~{}", state.restarts),
+        );
+        match consume_with_tag(&link.channel, myself, state.generation, &q, tag).await {
+            Ok(entry) => {
+                if let Some((_, old)) = link.consumers.insert(q.name.clone(), entry) {
+                    link.retired.push(old);
+                }
+                link.retired.retain(|t| !t.0.is_finished());
+                true
+            }
+            Err(e) => {
+                warn!(queue = %queue, error = %e, "Cannot consume the queue again; reconnecting.");
+                false
+            }
+        }
+    }
+
     async fn on_delivery(
         &self,
         state: &mut ConsumerState,
@@ -726,6 +826,7 @@ impl Consumer {
                 routing_key: d.routing_key.to_string(),
                 priority: d.properties.priority().unwrap_or(0),
                 redelivered: d.redelivered,
+                queue: queue.to_owned(),
             },
         };
         let max = self.settings.worker.max_message_size;
@@ -826,9 +927,11 @@ impl Consumer {
                     reserved.request.display_name(), reserved.request.id,
                     crate::protocol::time::format_iso(eta));
                 if let Some(seconds) = broker_delay(eta, now, self.settings.worker.eta_hold_max)
-                    && self.delay_in_broker(state, &d, queue, seconds).await
+                    && let Some(ladder) = self
+                        .delay_in_broker(state, &d, &reserved.request.delivery_info, seconds)
+                        .await
                 {
-                    info!(task_id = %reserved.request.id,
+                    info!(task_id = %reserved.request.id, exchange = %ladder,
                         "Task {}[{}] waits in the broker for {seconds}s (beyond eta_hold_max).",
                         reserved.request.display_name(), reserved.request.id);
                     state.ack(delivery);
@@ -852,37 +955,58 @@ impl Consumer {
         }
     }
 
-    /// Moves a far-future ETA message into the broker's delay ladder (then the caller acks
-    /// the original). Returns false, after logging, if that failed: the task is then held.
+    /// Moves a far-future ETA message into a broker-side delay ladder (then the caller acks
+    /// the original): Celery's, where its queue is reached through a non-direct exchange and
+    /// the native topology is declared (as a Python client would have sent it), else
+    /// celeryd's own, which routes by queue name. Returns false, after logging, if that
+    /// failed: the task is then held. Returns the exchange it went to.
     async fn delay_in_broker(
         &self,
         state: &mut ConsumerState,
         d: &lapin::message::Delivery,
-        queue: &str,
+        info: &crate::protocol::DeliveryInfo,
         seconds: u64,
-    ) -> bool {
-        if !delay::can_delay(queue) {
-            return false; // its name makes the ladder's routing key too long: held instead
-        }
-        let Some(ch) = state.side_channel().await else {
-            return false;
+    ) -> Option<String> {
+        let queue = info.queue.as_str();
+        let q = state.queues.iter().find(|q| q.name == queue);
+        let native = route::route(
+            route::retry_target(info, q),
+            q,
+            seconds as f64,
+            state.native_declared,
+        );
+        let (exchange, key) = match native {
+            Route::Native {
+                exchange,
+                routing_key,
+            } => (exchange, routing_key),
+            Route::Now { .. } if !delay::can_delay(queue) => {
+                return None; // its name makes the ladder's routing key too long: held instead
+            }
+            Route::Now { .. } => (
+                delay::level_name(delay::LEVELS - 1),
+                delay::routing_key(seconds, queue),
+            ),
         };
-        if !state.delay_declared {
+        let ch = state.side_channel().await?;
+        if !state.delay_declared && exchange.starts_with("celeryd.") {
             let names: Vec<String> = state.queues.iter().map(|q| q.name.clone()).collect();
             if let Err(e) = amqp::declare_delay_topology(&ch, &names).await {
                 warn!(error = %e, "Cannot declare the delay topology; holding ETA tasks instead.");
                 state.side = None;
-                return false;
+                return None;
             }
             state.delay_declared = true;
         }
-        match amqp::publish_delayed(&ch, d, queue, seconds).await {
-            Ok(()) => true,
+        let sent = amqp::publish_delayed(&ch, d, &exchange, &key).await;
+        match sent {
+            Ok(()) => Some(exchange),
             Err(e) => {
-                warn!(error = %e, "Cannot move an ETA task to the broker; holding it instead.");
+                warn!(error = %e, exchange = %exchange,
+                    "Cannot move an ETA task to the broker; holding it instead.");
                 state.side = None;
                 state.delay_declared = false;
-                false
+                None
             }
         }
     }
@@ -1039,10 +1163,16 @@ impl Consumer {
             } => {
                 let now = OffsetDateTime::now_utc();
                 let again = crate::protocol::encode::retry_message(req, countdown, now);
+                // Where it was sent, never back into a ladder; through Celery's ladder where a
+                // Python client's countdown would go.
+                let info = &req.delivery_info;
+                let q = state.queues.iter().find(|q| q.name == info.queue);
+                let target = route::retry_target(info, q);
+                let (exchange, key) =
+                    route::route(target, q, countdown, state.native_declared).into_parts();
                 let sent = match state.side_channel().await {
                     Some(ch) => {
-                        let d = &req.delivery_info;
-                        let sent = amqp::publish_task_to(&ch, &d.exchange, &d.routing_key, &again)
+                        let sent = amqp::publish_task_to(&ch, &exchange, &key, &again)
                             .await
                             .map_err(|e| e.to_string());
                         if sent.is_err() {
@@ -1055,7 +1185,8 @@ impl Consumer {
                 let tb = traceback.clone().unwrap_or_default();
                 match sent {
                     Ok(()) => {
-                        info!(task_id = %id, "Task {name}[{id}] retry: Retry in {countdown}s: {}", exc.repr());
+                        info!(task_id = %id, exchange = %exchange, routing_key = %key,
+                            "Task {name}[{id}] retry: Retry in {countdown}s: {}", exc.repr());
                         state.event(|| event::task_retried(id, &exc.repr(), &tb));
                         let st = ResultState::Retry { exc, traceback };
                         state.publish_state(&reserved, &st, ignore, false).await;

@@ -238,6 +238,32 @@ fn an_apps_task_queues_are_declared_as_celery_declares_them() {
         w.log().contains(&format!("Task proj.add[{id}] received")),
         "run by celeryd"
     );
+    // A retry with a countdown, twice: Celery's tracer in the child sends it through the
+    // ladder again (the second time from a message that came out of it).
+    let started = std::time::Instant::now();
+    let sent = proj_client(
+        &queues,
+        &[
+            "send",
+            "--queue",
+            &q,
+            "--task",
+            "proj.retry_later",
+            "--args",
+            "[2, 2]",
+        ],
+    );
+    let id = sent["id"].as_str().unwrap().to_owned();
+    let done = proj_client(
+        &queues,
+        &["wait", "--queue", &q, "--id", &id, "--timeout", "30"],
+    );
+    assert_eq!(done["result"], 2, "{done}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
     let active = celery_inspect(&w.nodename(), &["active_queues"]);
     assert_eq!(active[0]["exchange"]["name"], ex.as_str(), "{active}");
     assert_eq!(active[0]["exchange"]["type"], "topic", "{active}");
@@ -312,20 +338,46 @@ fn a_quorum_queue_added_to_a_worker_with_channel_wide_qos_is_consumed_per_consum
 #[test]
 fn a_consumer_the_broker_cancels_is_consumed_again() {
     let q = unique_queue("cancelled");
-    let w = Worker::start(&q, "", &["-c", "1"]);
+    let other = unique_queue("running");
+    let both = format!("{q},{other}");
+    let w = Worker::start(&both, "[task]\nacks_late = true\n", &["-c", "2"]);
     let r = crate::support::call_task(&q, "tasks.add", "[1, 2]", &[]);
     assert_eq!(r["result"], json!(3), "{r}");
-    // Deleting a queue makes RabbitMQ send its consumers basic.cancel (as a quorum queue's
-    // consumer timeout or a lost leader does on 4.x).
-    block_on(delete_queue(&q));
+    // An acks_late task of the other queue is running when the broker cancels the first
+    // queue's consumer: it must settle on the same channel (a reconnect would hand it back
+    // and run it twice).
+    let running = crate::support::spawn_task(&other, "tasks.sleep", "[3]", &[]);
+    w.wait_for_log("Task tasks.sleep[", Duration::from_secs(10));
+    // Deleting a queue (only the queue: its exchange stays) makes RabbitMQ send its
+    // consumers basic.cancel (as a quorum queue's consumer timeout or a lost leader does on
+    // 4.x).
+    block_on(async {
+        let conn = connect().await;
+        let ch = conn.create_channel().await.unwrap();
+        ch.queue_delete(q.as_str().into(), Default::default())
+            .await
+            .unwrap();
+        let _ = conn.close(200, "bye".into()).await;
+    });
     w.wait_for_log("consumer cancelled by the broker", Duration::from_secs(10));
     crate::support::eventually(Duration::from_secs(20), "consuming again", || {
-        w.log().matches("Consuming from queue.").count() >= 2
+        w.log().matches("Consuming from queue.").count() >= 3
     });
     let r = crate::support::call_task(&q, "tasks.add", "[2, 3]", &[]);
     assert_eq!(r["result"], json!(5), "declared and consumed again: {r}");
+    let out = running.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    std::thread::sleep(Duration::from_secs(1));
+    let log = w.log();
+    let runs = log
+        .lines()
+        .filter(|l| l.contains("Task tasks.sleep[") && l.contains("succeeded"))
+        .count();
+    assert_eq!(runs, 1, "the running task settled once: {log}");
+    assert!(!log.contains("Connection to the broker lost"), "{log}");
     drop(w);
     block_on(delete_queue(&q));
+    block_on(delete_queue(&other));
 }
 
 #[test]
@@ -404,4 +456,150 @@ fn held_eta_tasks_on_a_quorum_queue_do_not_starve_immediate_ones() {
     drop(w);
     block_on(delete_queue(&q));
     delete_exchange(&ex);
+}
+
+#[test]
+fn rust_tasks_retries_and_far_etas_of_a_quorum_queue_go_through_celerys_ladder() {
+    let q = unique_queue("rustladder");
+    let ex = format!("{q}-bus");
+    let config = format!(
+        "[worker]\neta_hold_max = 1.0\n\
+         [[task.queues]]\nname = \"{q}\"\nexchange = \"{ex}\"\nexchange_type = \"topic\"\n\
+         routing_key = \"jobs.*\"\nqueue_arguments = {{ \"x-queue-type\" = \"quorum\" }}\n"
+    );
+    let w = Worker::start(&q, &config, &["-c", "2"]);
+    w.wait_for_log(
+        "native delayed delivery is declared",
+        Duration::from_secs(30),
+    );
+    // Two retries 2 s apart, the second from a message that came out of the ladder: each goes
+    // to the queue's exchange and key through celery_delayed_27, never back to the ladder's
+    // last exchange with the old digits.
+    let started = std::time::Instant::now();
+    let r = crate::support::celery_client(&[
+        "call",
+        "tasks.retry_in",
+        "--args",
+        "[2, 2]",
+        "--exchange",
+        &ex,
+        "--routing-key",
+        "jobs.retry",
+    ]);
+    assert_eq!(r["result"], json!(2), "{r}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    let log = w.log();
+    let retries: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("retry: Retry in 2s"))
+        .collect();
+    assert_eq!(retries.len(), 2, "{log}");
+    for line in &retries {
+        assert!(
+            line.contains("exchange=celery_delayed_27")
+                && line.contains(&format!("{}1.0.jobs.retry", "0.".repeat(26))),
+            "{line}"
+        );
+    }
+    // A far ETA from a client that does not know the queue is quorum (so it sent the eta
+    // as is): moved by the worker into Celery's ladder, run on time.
+    let started = std::time::Instant::now();
+    let r = crate::support::celery_client(&[
+        "call",
+        "tasks.add",
+        "--args",
+        "[40, 2]",
+        "--exchange",
+        &ex,
+        "--routing-key",
+        "jobs.add",
+        "--countdown",
+        "4",
+    ]);
+    assert_eq!(r["result"], json!(42), "{r}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    let log = w.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("waits in the broker") && l.contains("exchange=celery_delayed_27")),
+        "{log}"
+    );
+    drop(w);
+    block_on(delete_queue(&q));
+    delete_exchange(&ex);
+}
+
+#[test]
+fn a_priority_queue_delivers_the_highest_priority_first() {
+    let q = unique_queue("priority");
+    // Declared as `[task] queue_max_priority = 10` declares it (Celery's x-max-priority),
+    // then filled before any worker consumes: 20 tasks at priority 0, then one at 9.
+    let high = block_on(async {
+        let conn = connect().await;
+        let ch = conn.create_channel().await.unwrap();
+        let mut args = FieldTable::default();
+        args.insert("x-max-priority".into(), AMQPValue::LongLongInt(10));
+        let opts = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        ch.queue_declare(q.as_str().into(), opts, args)
+            .await
+            .unwrap();
+        let mut high = String::new();
+        for i in 0..21 {
+            let call = celeryd_actors::protocol::encode::TaskCall {
+                name: "tasks.noop".into(),
+                priority: if i == 20 { 9 } else { 0 },
+                origin: "it@localhost".into(),
+                ..Default::default()
+            };
+            let msg = celeryd_actors::protocol::encode::TaskMessage::new(
+                &call,
+                time::OffsetDateTime::now_utc(),
+            );
+            celeryd_actors::consumer::amqp::publish_task(&ch, &q, &msg)
+                .await
+                .unwrap();
+            if i == 20 {
+                high = msg.id;
+            }
+        }
+        let _ = conn.close(200, "bye".into()).await;
+        high
+    });
+    // One task at a time, one prefetched: the order of the runs is the broker's.
+    let w = Worker::start(
+        &q,
+        "[task]\nqueue_max_priority = 10\n[worker]\nprefetch_multiplier = 1\n",
+        &["-c", "1"],
+    );
+    crate::support::eventually(Duration::from_secs(30), "all 21 done", || {
+        w.log()
+            .lines()
+            .filter(|l| l.contains("Task tasks.noop[") && l.contains("succeeded"))
+            .count()
+            >= 21
+    });
+    let log = w.log();
+    let first = log
+        .lines()
+        .find(|l| l.contains("Task tasks.noop[") && l.contains("succeeded"))
+        .unwrap_or_default();
+    assert!(
+        first.contains(&high),
+        "the priority 9 task ran first: {log}"
+    );
+    let info = celery_inspect(&w.nodename(), &["active_queues"]);
+    assert_eq!(info[0]["max_priority"], 10, "{info}");
+    drop(w);
+    block_on(delete_queue(&q));
 }

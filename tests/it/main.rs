@@ -10,6 +10,7 @@ mod eta;
 mod events;
 mod example;
 mod fixtures;
+mod fleet;
 mod flower;
 mod inspect;
 mod interop;

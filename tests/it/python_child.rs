@@ -109,6 +109,7 @@ fn frame_header(seq: u64, msg: &TaskMessage, queue: &str, kind: Option<ReportKin
         routing_key: queue.to_owned(),
         priority: 0,
         redelivered: false,
+        queue: queue.to_owned(),
     };
     let task = msg.headers["task"].as_str().unwrap();
     match kind {

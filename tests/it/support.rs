@@ -497,15 +497,23 @@ pub struct PyWorker {
 impl PyWorker {
     /// Starts it on `queue` and waits until it is ready.
     pub fn start(queue: &str) -> PyWorker {
+        Self::start_app("pyworker", queue, &["-P", "solo"], &[])
+    }
+
+    /// Starts `celery -A app worker` on `queue` with `flags` (pool, concurrency…) and `env`
+    /// besides `AMQP_URL`, from tests/python, and waits until it is ready.
+    pub fn start_app(app: &str, queue: &str, flags: &[&str], env: &[(&str, String)]) -> PyWorker {
         let short = &uuid::Uuid::new_v4().simple().to_string()[..8];
         let nodename = format!("py-{short}@{}", celeryd_actors::hostname::this_host());
         let celery = python().with_file_name("celery");
         let mut child = Command::new(celery)
             .current_dir(repo().join("tests/python"))
-            .args(["-A", "pyworker", "worker", "-P", "solo", "-l", "info"])
+            .args(["-A", app, "worker", "-l", "info"])
+            .args(flags)
             .args(["-n", &nodename, "-Q", queue])
             .args(["--without-mingle", "--without-gossip"])
             .env("AMQP_URL", python_amqp_url())
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -524,6 +532,12 @@ impl PyWorker {
             || log.lock().unwrap().contains(" ready."),
         );
         w
+    }
+
+    /// What it logged so far.
+    #[allow(dead_code)] // not every test binary that shares this file uses it
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
     }
 }
 

@@ -98,6 +98,33 @@ def retry_once(self):
     return self.request.retries
 
 
+@app.task(name="proj.retry_later", bind=True, max_retries=3)
+def retry_later(self, times, countdown):
+    if self.request.retries < times:
+        raise self.retry(exc=Boom("later"), countdown=countdown)
+    return self.request.retries
+
+
+_MARKS = []
+
+
+def marks():
+    """The Redis client proj.mark counts in (MARK_REDIS, default db 5), one per process."""
+    if not _MARKS:
+        import redis
+
+        _MARKS.append(redis.Redis.from_url(os.environ.get("MARK_REDIS", "redis://127.0.0.1:6379/5")))
+    return _MARKS[0]
+
+
+@app.task(name="proj.mark", bind=True, acks_late=True, ignore_result=True)
+def mark(self, run, n):
+    """Counts each run of task `n` of `run`, and which worker ran it (the fleet tests)."""
+    r = marks()
+    r.hincrby("mark:%s" % run, n, 1)
+    r.hincrby("mark:%s:by" % run, self.request.hostname, 1)
+
+
 @app.task(
     name="proj.autoretry",
     bind=True,

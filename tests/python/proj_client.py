@@ -6,7 +6,8 @@ test app (tests/python/proj.py) as a client would. Prints one JSON object of wha
 Scenarios: basic, retry, group, canvas, chord, states, limits, lost, reject, revoke, eta,
 unregistered, pids, rated (canvas, chord and states need a backend other than rpc://);
 `send --task NAME --args JSON` (prints the id) and `wait --id ID` (with a result backend
-other than rpc://, which returns results only to their sender). Each value is an observation (a result, a state, an exception's class), never a
+other than rpc://, which returns results only to their sender); `mark --run R --count N`
+(N proj.mark tasks, counted in Redis: how often each ran, and by which worker). Each value is an observation (a result, a state, an exception's class), never a
 verdict: the Rust tests compare them with what Celery's own worker gives."""
 
 import argparse
@@ -198,6 +199,23 @@ def send(q, t, task=None, args="[]", countdown=None):
     return {"id": proj.app.send_task(task, json.loads(args), queue=q, **options).id}
 
 
+def mark(q, t, run=None, count=0):
+    """Sends `count` proj.mark tasks of `run` on one connection, waits (up to `t`) until each
+    ran, and reports how often they ran and where."""
+    r = proj.marks()
+    with proj.app.producer_or_acquire() as producer:
+        for n in range(count):
+            proj.mark.apply_async((run, n), queue=q, producer=producer)
+    deadline = time.time() + t
+    while time.time() < deadline and r.hlen("mark:%s" % run) < count:
+        time.sleep(0.2)
+    time.sleep(1)  # a duplicate would come late: give it a moment
+    runs = [int(v) for v in r.hvals("mark:%s" % run)]
+    by = {k.decode(): int(v) for k, v in r.hgetall("mark:%s:by" % run).items()}
+    r.delete("mark:%s" % run, "mark:%s:by" % run)
+    return {"distinct": len(runs), "runs": sum(runs), "by": by}
+
+
 def wait(q, t, id=None):
     return {"result": AsyncResult(id, app=proj.app).get(timeout=t)}
 
@@ -222,6 +240,7 @@ SCENARIOS = {
     "rated": rated,
     "send": send,
     "wait": wait,
+    "mark": mark,
 }
 
 
@@ -235,11 +254,14 @@ def main():
     p.add_argument("--id", help="wait: the task id")
     p.add_argument("--countdown", type=float, help="send: a countdown in seconds")
     p.add_argument("--node", help="revoke_elsewhere: the worker's node name")
+    p.add_argument("--run", help="mark: a name for the run")
+    p.add_argument("--count", type=int, default=0, help="mark: how many tasks")
     a = p.parse_args()
     extra = {
         "send": {"task": a.task, "args": a.args, "countdown": a.countdown},
         "wait": {"id": a.id},
         "revoke_elsewhere": {"node": a.node},
+        "mark": {"run": a.run, "count": a.count},
     }
     out = SCENARIOS[a.scenario](a.queue, a.timeout, **extra.get(a.scenario, {}))
     print(json.dumps(out, default=repr))

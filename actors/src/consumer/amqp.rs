@@ -362,21 +362,20 @@ pub fn describe_clash(queue: &str, broker: &str) -> String {
 
 /// Declares Celery's native delayed-delivery topology ([`super::native_delay`]) with level
 /// queues of `queue_type`, and binds each of `queues` that is not on a direct exchange to
-/// it. On a channel of its own, so that a refusal (a 406 from a ladder declared otherwise)
-/// closes only that channel; a queue whose binding fails is named and the others still bound,
-/// as Celery carries on past them.
+/// it. On `channel`, opened for it and closed after, so that a refusal (a 406 from a ladder
+/// declared otherwise) closes only that channel; a queue whose binding fails is named and the
+/// others still bound, as Celery carries on past them.
 pub async fn declare_native_delayed_delivery(
-    connection: &Connection,
+    channel: &Channel,
     queue_type: &str,
     queues: &[TaskQueue],
 ) -> Result<(), BrokerError> {
     use super::native_delay::{
         DELIVERY, LEVELS, destination_bindings, level, pattern, queue_arguments,
     };
-    let channel = connection.create_channel().await?;
-    declare_durable_topic(&channel, DELIVERY).await?;
+    declare_durable_topic(channel, DELIVERY).await?;
     for k in 0..LEVELS {
-        declare_durable_topic(&channel, &level(k)).await?;
+        declare_durable_topic(channel, &level(k)).await?;
         let qopts = QueueDeclareOptions {
             durable: true,
             ..Default::default()
@@ -446,6 +445,46 @@ pub async fn declare_native_delayed_delivery(
         let _ = channel.close(200, "declared".into()).await;
     }
     Ok(())
+}
+
+/// Declares Celery's native delayed delivery on every other URL of a failover list, as
+/// Celery's `DelayedDelivery` bootstep does for each URL (a cluster shares its topology, but
+/// separate brokers each need theirs). Once per process, in the background, one try per URL:
+/// an unreachable one is logged (password masked) and skipped, and consuming never waits on
+/// it. The URL the worker is connected to was set up by its connect.
+pub fn declare_native_on_alternates(
+    settings: &BrokerSettings,
+    nodename: &str,
+    queue_type: &str,
+    queues: Vec<TaskQueue>,
+) {
+    static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let urls = settings.urls();
+    if urls.len() < 2 || DONE.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    let current = LAST_CONNECTED.load(std::sync::atomic::Ordering::Relaxed);
+    let (settings, nodename, queue_type) =
+        (settings.clone(), nodename.to_owned(), queue_type.to_owned());
+    tokio::spawn(async move {
+        for (i, url) in urls.iter().enumerate().filter(|(i, _)| *i != current) {
+            let masked = crate::settings::mask_password(url);
+            let attempt = async {
+                let (connection, channel) = connect_one(&settings, url, &nodename, None).await?;
+                let done = declare_native_delayed_delivery(&channel, &queue_type, &queues).await;
+                let _ = connection.close(200, "declared".into()).await;
+                done
+            };
+            match tokio::time::timeout(std::time::Duration::from_secs(10), attempt).await {
+                Ok(Ok(())) => tracing::info!(broker = %masked,
+                    "Declared Celery's native delayed delivery on broker {} of {}.", i + 1, urls.len()),
+                Ok(Err(e)) => tracing::warn!(broker = %masked, error = %e,
+                    "Cannot declare Celery's native delayed delivery on this broker; it is set up when the worker connects to it."),
+                Err(_) => tracing::warn!(broker = %masked,
+                    "Cannot reach this broker within 10 s to declare Celery's native delayed delivery; it is set up when the worker connects to it."),
+            }
+        }
+    });
 }
 
 /// Declares a durable topic exchange (the levels of both delay ladders).
@@ -679,23 +718,23 @@ pub async fn declare_delay_topology(
     Ok(())
 }
 
-/// Re-publishes a delivery into the delay ladder for `seconds` (on a confirm-mode channel,
-/// returns once the broker has it), unchanged but for its `expiration` property (a per-message TTL would cut the wait short; the `expires` header
-/// still applies when it comes back).
+/// Re-publishes a delivery into a delay ladder, to `exchange` with `routing_key` (the delay's
+/// digits and the destination; on a confirm-mode channel, returns once the broker has it),
+/// unchanged but for its `expiration` property (a per-message TTL would cut the wait short;
+/// the `expires` header still applies when it comes back).
 pub async fn publish_delayed(
     channel: &Channel,
     delivery: &lapin::message::Delivery,
-    queue: &str,
-    seconds: u64,
+    exchange: &str,
+    routing_key: &str,
 ) -> Result<(), BrokerError> {
-    use super::delay::{LEVELS, level_name, routing_key};
     let mut props = delivery.properties.clone();
     props = props.with_delivery_mode(2);
     let props = strip_expiration(props);
     let confirm = channel
         .basic_publish(
-            level_name(LEVELS - 1).as_str().into(),
-            routing_key(seconds, queue).as_str().into(),
+            exchange.into(),
+            routing_key.into(),
             BasicPublishOptions::default(),
             &delivery.data,
             props,

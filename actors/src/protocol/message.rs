@@ -20,6 +20,8 @@ pub struct DeliveryInfo {
     pub priority: u8,
     /// Whether the broker delivered it before.
     pub redelivered: bool,
+    /// The queue it was consumed from (`""` where unknown).
+    pub queue: String,
 }
 
 /// The parts of a delivery that decoding needs, already taken out of the AMQP frame.
