@@ -38,9 +38,14 @@ pub struct RunArgs {
     /// Log level: debug, info, warning, error, critical.
     #[arg(short = 'l', long)]
     pub loglevel: Option<String>,
-    /// Number of child processes (default: number of CPUs).
-    #[arg(short = 'c', long)]
+    /// Number of child processes (default: number of CPUs); `auto`: the CPUs this process
+    /// may use (its affinity mask and cgroup quota).
+    #[arg(short = 'c', long, value_parser = concurrency)]
     pub concurrency: Option<usize>,
+    /// Broker URL (`celery -b`), over the config file and the environment (for `ctl` and
+    /// `call` too).
+    #[arg(short = 'b', long, global = true, value_name = "URL")]
+    pub broker: Option<String>,
     /// Node name, e.g. `w1@%h` (default `celery@%h`).
     #[arg(short = 'n', long)]
     pub hostname: Option<String>,
@@ -66,14 +71,15 @@ pub struct RunArgs {
     /// Replace a child process whose resident memory exceeds this many KiB.
     #[arg(long, value_name = "KIB")]
     pub max_memory_per_child: Option<u64>,
-    /// Keep revoked task ids in this RocksDB directory across restarts (`worker_state_db`).
-    #[arg(long, value_name = "PATH")]
+    /// Keep revoked task ids in this RocksDB directory across restarts (`worker_state_db`;
+    /// `%n`, `%h`, `%i`, `%I` expanded).
+    #[arg(short = 'S', long, value_name = "PATH")]
     pub statedb: Option<String>,
     /// Ignore every rate limit (`worker_disable_rate_limits`).
     #[arg(long)]
     pub disable_rate_limits: bool,
-    /// Send task events (`celery events`, Flower) from the start (`-E`).
-    #[arg(short = 'E', long = "events")]
+    /// Send task events (`celery events`, Flower) from the start (`-E`, `--task-events`).
+    #[arg(short = 'E', long = "events", visible_alias = "task-events")]
     pub events: bool,
     /// Seconds between worker-heartbeat events (default 2).
     #[arg(long, value_name = "SECONDS", value_parser = seconds)]
@@ -97,10 +103,12 @@ pub struct RunArgs {
     /// `proj.celery:app`); its app.conf is honoured under the config file.
     #[arg(short = 'A', long, value_name = "MODULE[:ATTR]")]
     pub app: Option<String>,
-    /// With -A: the Python interpreter (default $VIRTUAL_ENV/bin/python, else python3).
-    #[arg(long, value_name = "PATH")]
+    /// With -A: the Python interpreter (default $VIRTUAL_ENV/bin/python, else python3;
+    /// `--executable` as Celery spells it).
+    #[arg(long, visible_alias = "executable", value_name = "PATH")]
     pub python: Option<String>,
-    /// With -A: the directory the app is imported from (default: the current one).
+    /// Change to this directory first (as `celery --workdir`); with -A the app is imported
+    /// from it.
     #[arg(long, value_name = "DIR")]
     pub workdir: Option<String>,
     /// With -A: do not emulate celeryd_init and worker_init in the Python children.
@@ -110,6 +118,128 @@ pub struct RunArgs {
     /// a fork server that loaded the app once.
     #[arg(long)]
     pub no_fork_server: bool,
+    /// `-O fair` or `default`: celeryd always hands a task to an idle child only (what
+    /// Celery's `fair` does), so both mean that.
+    #[arg(short = 'O', long = "optimization", value_name = "default|fair",
+          value_parser = ["default", "fair"])]
+    pub optimization: Option<String>,
+    /// Pool: `prefork` (also `processes`), the only one so far; the others are refused with
+    /// what to use instead.
+    #[arg(short = 'P', long, value_name = "POOL")]
+    pub pool: Option<String>,
+    /// With -A: `fork` (the default: children forked from a fork server that loaded the app)
+    /// or `spawn` (each a fresh interpreter, as `--no-fork-server`). Rust children are
+    /// always fresh processes.
+    #[arg(long, value_name = "fork|spawn", value_parser = ["fork", "spawn"])]
+    pub pool_start_method: Option<String>,
+    /// Do not ask the other workers for their revoked tasks and clock at start.
+    #[arg(long)]
+    pub without_mingle: bool,
+    /// Send no worker-heartbeat events.
+    #[arg(long)]
+    pub without_heartbeat: bool,
+    /// Accepted: celeryd keeps no gossip (it does not follow other workers' events), so
+    /// there is nothing to turn off.
+    #[arg(long)]
+    pub without_gossip: bool,
+    /// Delete every waiting message of the consumed queues before consuming (`--discard`).
+    #[arg(long, visible_alias = "discard")]
+    pub purge: bool,
+    /// Start as a background process (after the configuration is checked; use with
+    /// --logfile and --pidfile).
+    #[arg(short = 'D', long)]
+    pub detach: bool,
+    /// Drop privileges to this user (name or id) once the log and pid files are open.
+    #[arg(long, value_name = "USER")]
+    pub uid: Option<String>,
+    /// Drop privileges to this group (name or id) once the log and pid files are open.
+    #[arg(long, value_name = "GROUP")]
+    pub gid: Option<String>,
+    /// Create files and directories with this umask (octal, e.g. 027).
+    #[arg(long, value_name = "OCTAL")]
+    pub umask: Option<String>,
+    /// No start-up banner.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Accepted: celeryd's log is never coloured.
+    #[arg(long)]
+    pub no_color: bool,
+    /// With -A: skip Django's checks in the children (sets CELERY_SKIP_CHECKS, as Celery).
+    #[arg(long)]
+    pub skip_checks: bool,
+    /// With -A: the app's result backend (sets CELERY_RESULT_BACKEND for it, as `celery
+    /// --result-backend`). Rust tasks answer over rpc:// only.
+    #[arg(long, value_name = "URL")]
+    pub result_backend: Option<String>,
+    /// Refused: see the message (the embedded scheduler is not there yet).
+    #[arg(short = 'B', long, hide = true)]
+    pub beat: bool,
+    /// Refused with -B.
+    #[arg(
+        short = 's',
+        long = "schedule",
+        visible_alias = "schedule-filename",
+        hide = true
+    )]
+    pub schedule: Option<String>,
+    /// Refused with -B.
+    #[arg(long, hide = true)]
+    pub scheduler: Option<String>,
+    /// Refused: Celery supports it on Redis brokers only.
+    #[arg(long, hide = true)]
+    pub disable_prefetch: bool,
+    /// Refused: see the message.
+    #[arg(short = 'I', long, hide = true)]
+    pub include: Option<String>,
+    /// Refused: see the message.
+    #[arg(long, hide = true)]
+    pub loader: Option<String>,
+}
+
+impl RunArgs {
+    /// The first `celery worker` option given that celeryd does not carry out, with why and
+    /// what to do instead (exit 64): such a flag is never accepted and ignored.
+    pub fn refusal(&self) -> Option<String> {
+        if let Some(pool) = &self.pool
+            && !matches!(pool.as_str(), "prefork" | "processes")
+        {
+            let instead = match pool.as_str() {
+                "eventlet" | "gevent" => {
+                    "green-thread pools run Python code only; use the default prefork pool                      with a higher -c for I/O-bound tasks"
+                }
+                "solo" | "threads" => "use the default prefork pool (-c 1 for one task at a time)",
+                _ => "use the default prefork pool",
+            };
+            return Some(format!(
+                "-P/--pool {pool}: celeryd has the prefork pool only so far; {instead}."
+            ));
+        }
+        if self.beat || self.schedule.is_some() || self.scheduler.is_some() {
+            return Some(
+                "-B/--beat (and -s/--schedule, --scheduler): celeryd has no embedded periodic                  task scheduler yet; keep `celery -A proj beat` running beside the worker, it                  publishes to the same queues."
+                    .to_owned(),
+            );
+        }
+        if self.disable_prefetch {
+            return Some(
+                "--disable-prefetch: Celery supports it on Redis brokers only; on RabbitMQ use                  --prefetch-multiplier 1 (a task then goes to an idle child only, as -O fair)."
+                    .to_owned(),
+            );
+        }
+        if self.include.is_some() {
+            return Some(
+                "-I/--include: Rust tasks are compiled into the binary, and with -A the children                  import the app's `imports` and `include` settings as Celery's do: add the                  modules to app.conf.include (or imports) instead."
+                    .to_owned(),
+            );
+        }
+        if self.loader.is_some() {
+            return Some(
+                "--loader: celeryd loads the app given with -A as Celery's default app loader                  does; custom loaders are not supported. Leave it out."
+                    .to_owned(),
+            );
+        }
+        None
+    }
 }
 
 /// Subcommands.
@@ -217,6 +347,72 @@ fn ctl_commands_help() -> String {
     out
 }
 
+/// Celery's worker options from the environment, as click reads them for `celery worker`:
+/// `CELERY_WORKER_<OPTION>` (`CELERY_WORKER_CONCURRENCY=4` = `--concurrency 4`,
+/// `CELERY_WORKER_WITHOUT_MINGLE=1` = `--without-mingle`), each only where the command line
+/// does not give the option. Returns the command line with them added (so they are checked
+/// and refused like flags) and the names of `CELERY_WORKER_*` variables that name no option
+/// (Celery ignores them too; the worker logs each).
+pub fn with_celery_worker_env(
+    argv: impl Iterator<Item = std::ffi::OsString>,
+    env: impl Iterator<Item = (String, String)>,
+) -> (Vec<std::ffi::OsString>, Vec<String>) {
+    use clap::CommandFactory;
+    let mut argv: Vec<std::ffi::OsString> = argv.collect();
+    let cmd = Cli::command();
+    let given = |long: &str| {
+        argv.iter().skip(1).any(|a| {
+            let a = a.to_string_lossy();
+            a == format!("--{long}") || a.starts_with(&format!("--{long}="))
+        })
+    };
+    let mut added = Vec::new();
+    let mut unknown = Vec::new();
+    let mut vars: Vec<(String, String)> = env
+        .filter(|(k, _)| k.starts_with("CELERY_WORKER_"))
+        .collect();
+    vars.sort();
+    for (name, value) in vars {
+        let option = name["CELERY_WORKER_".len()..]
+            .to_ascii_lowercase()
+            .replace('_', "-");
+        let Some(arg) = cmd.get_arguments().find(|a| {
+            a.get_long() == Some(option.as_str())
+                || a.get_all_aliases()
+                    .is_some_and(|v| v.contains(&option.as_str()))
+        }) else {
+            unknown.push(name);
+            continue;
+        };
+        let long = arg.get_long().unwrap_or(&option).to_owned();
+        if arg.get_id() == "config" || given(&long) || given(&option) {
+            continue;
+        }
+        if arg.get_action().takes_values() {
+            added.push(format!("--{long}={value}").into());
+        } else if matches!(
+            value.to_ascii_lowercase().as_str(),
+            "1" | "true" | "yes" | "on"
+        ) {
+            added.push(format!("--{long}").into());
+        }
+    }
+    let at = 1.min(argv.len());
+    argv.splice(at..at, added);
+    (argv, unknown)
+}
+
+/// `-c`: a positive number of child processes, or `auto` (the CPUs this process may run on:
+/// its affinity mask and cgroup CPU quota, as Rust's `available_parallelism` reads them).
+fn concurrency(text: &str) -> Result<usize, String> {
+    if text.trim() == "auto" {
+        return Ok(std::thread::available_parallelism().map_or(1, |n| n.get()));
+    }
+    text.trim()
+        .parse::<usize>()
+        .map_err(|_| format!("{text:?} is not a number of child processes or `auto`"))
+}
+
 /// A number of seconds on the command line: finite, from 0 to a year (a clear error instead of
 /// a panic where it becomes a `Duration`).
 fn seconds(text: &str) -> Result<f64, String> {
@@ -231,6 +427,67 @@ fn seconds(text: &str) -> Result<f64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn celerys_worker_variables_act_as_flags_the_command_line_does_not_give() {
+        let argv = ["worker", "-Q", "a", "--loglevel=debug"].map(std::ffi::OsString::from);
+        let env = [
+            ("CELERY_WORKER_CONCURRENCY", "3"),
+            ("CELERY_WORKER_LOGLEVEL", "error"),
+            ("CELERY_WORKER_WITHOUT_MINGLE", "true"),
+            ("CELERY_WORKER_POOL", "gevent"),
+            ("CELERY_WORKER_NOT_AN_OPTION", "x"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let (argv, unknown) = with_celery_worker_env(argv.into_iter(), env.into_iter());
+        assert_eq!(unknown, ["CELERY_WORKER_NOT_AN_OPTION"]);
+        let cli = Cli::try_parse_from(argv).unwrap();
+        assert_eq!(cli.run.concurrency, Some(3));
+        assert_eq!(cli.run.loglevel.as_deref(), Some("debug"), "the flag wins");
+        assert!(cli.run.without_mingle);
+        assert!(cli.run.refusal().unwrap().contains("-P/--pool gevent"));
+    }
+
+    #[test]
+    fn every_refused_flag_says_why_and_what_instead() {
+        for args in [
+            &["worker", "-B"][..],
+            &["worker", "-s", "/tmp/x"],
+            &["worker", "--disable-prefetch"],
+            &["worker", "-I", "a.b"],
+            &["worker", "--loader", "x"],
+            &["worker", "-P", "solo"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            let why = cli.run.refusal().unwrap_or_default();
+            assert!(why.contains(';') || why.contains(':'), "{args:?}: {why}");
+        }
+        for args in [
+            &["worker", "-P", "prefork"][..],
+            &["worker", "-P", "processes", "-O", "fair", "-c", "auto"],
+            &[
+                "worker",
+                "--task-events",
+                "-S",
+                "/tmp/s",
+                "-b",
+                "amqp://x//",
+                "--executable",
+                "p",
+            ],
+            &[
+                "worker",
+                "--without-gossip",
+                "--without-heartbeat",
+                "--discard",
+            ],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            assert_eq!(cli.run.refusal(), None, "{args:?}");
+        }
+        let cli = Cli::try_parse_from(["worker", "-c", "auto"]).unwrap();
+        assert!(cli.run.concurrency.unwrap() >= 1);
+    }
 
     /// The systemd units' command lines are ones this CLI accepts.
     #[test]

@@ -54,6 +54,19 @@ pub struct Plan {
     pub show_body: bool,
 }
 
+/// `worker ctl inspect <command> …` and `worker ctl control <command> …` (as `celery
+/// inspect` / `celery control` spell them) are `worker ctl <command> …`.
+pub fn normalized(args: &CtlArgs) -> CtlArgs {
+    let mut out = args.clone();
+    if matches!(args.command.as_str(), "inspect" | "control")
+        && let Some((first, rest)) = args.args.split_first()
+    {
+        out.command = first.clone();
+        out.args = rest.to_vec();
+    }
+    out
+}
+
 /// Works out the request from the command line; the error is a usage message.
 pub fn plan(args: &CtlArgs) -> Result<Plan, String> {
     let name = args.command.as_str();
@@ -159,6 +172,7 @@ pub fn request_body(
 
 /// Runs `worker ctl`.
 pub async fn run(settings: &Settings, args: &CtlArgs) -> ExitCode {
+    let args = &normalized(args);
     let plan = match plan(args) {
         Ok(p) => p,
         Err(e) => {
@@ -360,6 +374,19 @@ mod tests {
             terminate: false,
             signal: None,
         }
+    }
+
+    #[test]
+    fn celerys_inspect_and_control_spellings_are_the_same_commands() {
+        let p = plan(&normalized(&ctl("inspect", &["active"]))).unwrap();
+        assert_eq!((p.method.as_str(), p.kind), ("active", Kind::Inspect));
+        let p = plan(&normalized(&ctl("control", &["revoke", "id1"]))).unwrap();
+        assert_eq!(p.method, "revoke");
+        assert!(
+            p.arguments["task_id"].to_string().contains("id1"),
+            "{:?}",
+            p.arguments
+        );
     }
 
     #[test]

@@ -11,6 +11,14 @@ pub enum StartupError {
     /// The broker cannot be reached or refused our topology.
     #[error("broker unavailable: {0}")]
     Broker(String),
+    /// The broker refused the login at start (wrong user or password, or no access to the
+    /// vhost): retrying cannot help.
+    #[error("broker login refused: {0}")]
+    Auth(String),
+    /// A `celery worker` flag celeryd does not carry out (the message says why and what to
+    /// use instead).
+    #[error("{0}")]
+    Usage(String),
     /// The statedb cannot be opened or used (bad path, permissions, corruption).
     #[error("{0}")]
     Store(String),
@@ -44,12 +52,16 @@ impl StartupError {
         }
     }
 
-    /// The process exit code: `EX_CONFIG` (78; also a Python app that cannot be loaded), `EX_UNAVAILABLE` (69), `EX_IOERR` (74, the
-    /// statedb), `EX_SOFTWARE` (70) or `EX_CANTCREAT` (73, the pidfile).
+    /// The process exit code: `EX_CONFIG` (78; also a Python app that cannot be loaded),
+    /// `EX_UNAVAILABLE` (69), `EX_NOPERM` (77, the broker refused the login), `EX_USAGE`
+    /// (64, a refused flag), `EX_IOERR` (74, the statedb), `EX_SOFTWARE` (70) or
+    /// `EX_CANTCREAT` (73, the pidfile).
     pub fn exit_code(&self) -> u8 {
         match self {
             StartupError::Config(_) | StartupError::Python(_) => 78,
             StartupError::Broker(_) => 69,
+            StartupError::Auth(_) => 77,
+            StartupError::Usage(_) => 64,
             StartupError::Store(_) => 74,
             StartupError::Runtime(_) => 70,
             StartupError::Pidfile(_) => 73,

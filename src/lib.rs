@@ -12,9 +12,11 @@
 //! Your own worker binary builds a [`Registry`] and hands it to [`main_with`].
 
 pub mod appconf;
+pub mod banner;
 pub mod call;
 pub mod cli;
 pub mod ctl;
+pub mod daemon;
 pub mod error;
 pub mod pidfile;
 pub mod python;
@@ -82,6 +84,7 @@ pub async fn run(
         ExitReason::Failed(why) if why.contains("clashes with its declaration") => {
             Err(StartupError::Config(why))
         }
+        ExitReason::Failed(why) if why.contains("ACCESS_REFUSED") => Err(StartupError::Auth(why)),
         ExitReason::Failed(why) if why.contains("broker") => Err(StartupError::Broker(why)),
         ExitReason::Failed(why) => Err(StartupError::Runtime(why)),
         other => Ok(other),
@@ -99,7 +102,14 @@ pub fn main_with(registry: Registry) -> ExitCode {
     if std::env::args_os().nth(1).is_some_and(|a| a == "child") {
         return run_child(&registry);
     }
-    let cli = Cli::parse();
+    let (argv, ignored_env) = cli::with_celery_worker_env(std::env::args_os(), std::env::vars());
+    let mut cli = Cli::parse_from(argv);
+    if let Some(why) = cli.run.refusal() {
+        return fail(&StartupError::Usage(why));
+    }
+    if let Err(e) = enter_workdir(&mut cli) {
+        return fail(&e);
+    }
     match cli.command {
         Some(Command::Child { .. }) => return run_child(&registry),
         Some(Command::Ctl(args)) => {
@@ -147,6 +157,15 @@ pub fn main_with(registry: Registry) -> ExitCode {
             Ok(ExitCode::SUCCESS)
         });
     }
+    let privileges = match daemon::prepare(&cli.run, &settings) {
+        Ok(p) => p,
+        Err(e) => return fail(&e),
+    };
+    if cli.run.detach
+        && let Err(e) = daemon::detach(settings.worker.logfile.is_some())
+    {
+        return fail(&e);
+    }
     let sink = match telemetry::LogSink::new(settings.worker.logfile.as_ref().map(Into::into)) {
         Ok(s) => s,
         Err(e) => return fail(&StartupError::Config(e)),
@@ -154,6 +173,9 @@ pub fn main_with(registry: Registry) -> ExitCode {
     let format = telemetry::LogFormat::parse(&settings.worker.log_format)
         .unwrap_or(telemetry::LogFormat::Text);
     telemetry::init(&settings.worker.loglevel, format, sink.clone());
+    for name in &ignored_env {
+        tracing::warn!("{name} is not a `celery worker` option; ignored, as Celery ignores it.");
+    }
     let _pidfile =
         match settings.worker.pidfile.as_deref().map(|p| {
             pidfile::Pidfile::acquire(std::path::Path::new(p)).map_err(StartupError::Pidfile)
@@ -162,6 +184,11 @@ pub fn main_with(registry: Registry) -> ExitCode {
             Some(Ok(p)) => Some(p),
             None => None,
         };
+    // The log and pid files are open (as root, if it started as root): now the user that
+    // runs the tasks.
+    if let Err(e) = privileges.drop_now() {
+        return fail(&e);
+    }
     set_process_name("celeryd: main");
     let node = node_name(&settings);
     let rust_child = match std::env::current_exe() {
@@ -181,16 +208,43 @@ pub fn main_with(registry: Registry) -> ExitCode {
     };
     let rust_tasks = registry.options();
     let commands = registry.control_commands().clone();
+    let (purge, quiet) = (cli.run.purge, cli.run.quiet);
     let restart = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let restart_requested = restart.clone();
     let code = with_runtime(|| async move {
+        let mut app_backend = None;
         let (settings, tasks, child_command, python) = if settings.python.app.is_some() {
             let (setup, prepared) = prepare_python(&cli, &settings, &node).await?;
             let tasks = python::task_options(&setup.tasks);
+            app_backend = prepared.result_backend.clone();
             (prepared.settings, tasks, prepared.command, Some(setup))
         } else {
             (settings, rust_tasks, rust_child, None)
         };
+        if purge {
+            let names: Vec<String> = settings
+                .task_queues()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|q| q.name)
+                .collect();
+            let purged = celeryd_actors::consumer::amqp::purge(&settings.broker, &node, &names)
+                .await
+                .map_err(|e| StartupError::Broker(e.to_string()))?;
+            let total: u64 = purged.iter().map(|(_, n)| u64::from(*n)).sum();
+            tracing::warn!(
+                "Purged {total} message{} from {} known task queue{} (--purge).",
+                if total == 1 { "" } else { "s" },
+                purged.len(),
+                if purged.len() == 1 { "" } else { "s" }
+            );
+        }
+        if !quiet {
+            tracing::info!(
+                "{}",
+                banner::banner(&settings, &node, &tasks, app_backend.as_deref())
+            );
+        }
         let mut requests = signals::listen().map_err(|e| StartupError::Runtime(e.to_string()))?;
         let mut usr2 =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())
@@ -204,11 +258,22 @@ pub fn main_with(registry: Registry) -> ExitCode {
             }
         });
         let (tx, shutdown) = mpsc::unbounded_channel();
+        let (config_path, run_args) = (cli.config.clone(), cli.run.clone());
         tokio::spawn(async move {
             while let Some(request) = requests.recv().await {
                 let mode = match request {
                     signals::Request::Shutdown(mode) => mode,
                     signals::Request::Restart => {
+                        // The new configuration is read before anything stops: a broken one
+                        // leaves this worker running on the old.
+                        if let Err(e) = settings::load(config_path.as_deref(), &run_args) {
+                            tracing::error!(
+                                "Not restarting (SIGHUP): the configuration is invalid, so \
+                                 the worker goes on with the one it started with. {}",
+                                celeryd_actors::settings::mask_urls(&e.to_string())
+                            );
+                            continue;
+                        }
                         tracing::info!("worker: Restarting (SIGHUP): warm stop, then re-exec.");
                         restart_requested.store(true, std::sync::atomic::Ordering::SeqCst);
                         ShutdownMode::Warm
@@ -230,6 +295,20 @@ pub fn main_with(registry: Registry) -> ExitCode {
     code
 }
 
+/// `--workdir`: changes to it before anything else reads a path, as `celery --workdir`
+/// does; the app (`-A`) is then imported from it (kept as an absolute path for that).
+fn enter_workdir(cli: &mut Cli) -> Result<(), StartupError> {
+    let Some(dir) = cli.run.workdir.clone() else {
+        return Ok(());
+    };
+    let abs = std::fs::canonicalize(&dir)
+        .map_err(|e| StartupError::Config(format!("--workdir {dir}: {e}")))?;
+    std::env::set_current_dir(&abs)
+        .map_err(|e| StartupError::Config(format!("--workdir {dir}: {e}")))?;
+    cli.run.workdir = Some(abs.display().to_string());
+    Ok(())
+}
+
 /// The expanded node name (`celery@%h` -> `celery@host`); empty if it cannot be (the
 /// supervisor then refuses to start with the reason).
 fn node_name(settings: &Settings) -> String {
@@ -243,6 +322,8 @@ struct PythonPrepared {
     from_app: std::collections::BTreeMap<String, String>,
     command: ChildCommand,
     unhonoured: Vec<String>,
+    /// The app's result backend (`result_backend`, password masked), for the banner.
+    result_backend: Option<String>,
 }
 
 /// `-A`: starts the helper (the app loaded, or exit 78 with the Python traceback), lays the
@@ -298,11 +379,22 @@ async fn prepare_python(
         accept: python::accept_content(&ready.conf),
         info: python::inspect_info(&ready.inspect),
     };
+    let result_backend = std::env::var("CELERY_RESULT_BACKEND")
+        .ok()
+        .or_else(|| {
+            ready
+                .conf
+                .get("result_backend")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        })
+        .map(|b| celeryd_actors::settings::mask_urls(&b));
     let prepared = PythonPrepared {
         settings,
         from_app,
         command,
         unhonoured: layer.unhonoured,
+        result_backend,
     };
     Ok((setup, prepared))
 }

@@ -56,10 +56,32 @@ pub fn load_over(
         .filter(|(key, _)| value_of(&before, key) == value_of(&after, key))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    expand_paths(&mut settings)?;
     settings
         .validate()
         .map_err(|e| StartupError::Config(e.to_string()))?;
     Ok((settings, from_app))
+}
+
+/// Expands Celery's node format keys (`%h %n %d %p %i %I %%`) in the paths the worker
+/// writes (statedb, logfile, pidfile), for the node this configuration names, so that two
+/// instances on one host (`-n w1@%h`, `-n w2@%h`) keep their own files, as with Celery.
+pub fn expand_paths(settings: &mut Settings) -> Result<(), StartupError> {
+    use celeryd_actors::hostname::{expand_nodename, expand_path, this_host};
+    let Ok(node) = expand_nodename(&settings.worker.hostname, &this_host()) else {
+        return Ok(()); // refused with its reason by validation
+    };
+    let w = &mut settings.worker;
+    for (key, value) in [
+        ("worker.statedb", &mut w.statedb),
+        ("worker.logfile", &mut w.logfile),
+        ("worker.pidfile", &mut w.pidfile),
+    ] {
+        if let Some(v) = value {
+            *v = expand_path(v, &node).map_err(|e| StartupError::Config(format!("{key}: {e}")))?;
+        }
+    }
+    Ok(())
 }
 
 /// The broker URL a layer above app.conf (the file, the environment, the flags) sets, if
@@ -94,7 +116,9 @@ pub const ENV_SECTIONS: &[&str] = &["broker", "worker", "task", "python"];
 /// (`CELERYD_BROKER_URL`, `CELERYD_WORKER_CONCURRENCY=8`, `CELERYD_TASK_ACKS_LATE=true`,
 /// `CELERYD_WORKER_QUEUES='["a", "b"]'`). A value is read as a TOML value when it is one,
 /// else as a string. A variable naming no key is an error naming the variable, as a bad value
-/// names the key; variables of other sections (`CELERYD_PYTHON`) are not the config's.
+/// names the key (the `CELERYD_*` names of Celery's unit files, [`NOT_SETTINGS`], excepted).
+/// `CELERY_BROKER_URL` and `CELERY_APP` ([`celery_variable`]) are read first, so that
+/// `CELERYD_*` wins over them.
 pub fn parse_with_env(
     text: &str,
     env: impl Iterator<Item = (String, String)>,
@@ -135,8 +159,21 @@ pub fn parse_layers(
             }
         }
     }
-    let mut vars: Vec<(String, String)> = env.filter(|(k, _)| k.starts_with("CELERYD_")).collect();
-    vars.sort();
+    let env: Vec<(String, String)> = env.collect();
+    // Celery's own names (its app reads them over app.conf), under celeryd's.
+    let mut vars: Vec<(String, String)> = Vec::new();
+    for (name, value) in &env {
+        if let Some(key) = celery_variable(name) {
+            vars.push((format!("CELERYD_{key}"), value.clone()));
+        }
+    }
+    let mut own: Vec<(String, String)> = env
+        .iter()
+        .filter(|(k, _)| k.starts_with("CELERYD_"))
+        .cloned()
+        .collect();
+    own.sort();
+    vars.extend(own);
     for (name, raw) in vars {
         let rest = name["CELERYD_".len()..].to_ascii_lowercase();
         let Some((section, key)) = ENV_SECTIONS.iter().find_map(|s| {
@@ -144,7 +181,10 @@ pub fn parse_layers(
                 .and_then(|r| r.strip_prefix('_'))
                 .map(|k| (*s, k.to_owned()))
         }) else {
-            continue;
+            if NOT_SETTINGS.contains(&name.as_str()) {
+                continue;
+            }
+            return Err(unknown_variable(&name, &rest));
         };
         let value = format!("v = {raw}")
             .parse::<toml::Table>()
@@ -168,6 +208,72 @@ pub fn parse_layers(
         .try_into::<Settings>()
         .map_err(|e| e.to_string().trim_end().to_owned())?;
     Ok((settings, set))
+}
+
+/// `CELERYD_*` variables that are not settings, and are left alone: those of Celery's init
+/// scripts and systemd units (its daemonization guide: read by the unit's `ExecStart` line,
+/// not by the worker), and those of celeryd's own scripts (`scripts/ensure-python.sh`,
+/// `scripts/test.sh`).
+pub const NOT_SETTINGS: &[&str] = &[
+    "CELERYD_NODES",
+    "CELERYD_OPTS",
+    "CELERYD_PID_FILE",
+    "CELERYD_LOG_FILE",
+    "CELERYD_LOG_LEVEL",
+    "CELERYD_USER",
+    "CELERYD_GROUP",
+    "CELERYD_CHDIR",
+    "CELERYD_MULTI",
+    "CELERYD_SU_ARGS",
+    "CELERYD_CREATE_DIRS",
+    "CELERYD_CREATE_RUNDIR",
+    "CELERYD_CREATE_LOGDIR",
+    "CELERYD_PYTHON",
+    "CELERYD_VENV",
+];
+
+/// The `CELERYD_<SECTION>_<KEY>` spelling of one of Celery's environment variables that
+/// celeryd honours: `CELERY_BROKER_URL` (which Celery's app reads over `broker_url`) and
+/// `CELERY_APP` (`celery -A`). Others (`CELERY_RESULT_BACKEND`, `CELERY_CONFIG_MODULE`, …)
+/// reach the Python app unchanged, which reads them itself.
+pub fn celery_variable(name: &str) -> Option<&'static str> {
+    match name {
+        "CELERY_BROKER_URL" => Some("BROKER_URL"),
+        "CELERY_APP" => Some("PYTHON_APP"),
+        _ => None,
+    }
+}
+
+/// The error for a `CELERYD_*` variable that names no setting: what the names look like,
+/// and the one it probably meant when its key exists in some section.
+fn unknown_variable(name: &str, rest: &str) -> String {
+    let defaults = toml::Value::try_from(Settings::default())
+        .unwrap_or(toml::Value::Table(toml::Table::new()));
+    let meant = ENV_SECTIONS.iter().find(|s| {
+        defaults
+            .get(**s)
+            .and_then(|t| t.as_table())
+            .is_some_and(|t| t.contains_key(rest))
+    });
+    let hint = meant
+        .map(|s| {
+            format!(
+                "; did you mean CELERYD_{}_{}?",
+                s.to_uppercase(),
+                rest.to_uppercase()
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "{name}: no such setting. celeryd's variables are CELERYD_<SECTION>_<KEY>, SECTION one \
+         of {}, KEY a key of that section in config/worker.toml (e.g. \
+         CELERYD_WORKER_CONCURRENCY){hint}",
+        ENV_SECTIONS
+            .iter()
+            .map(|s| s.to_uppercase())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 /// The effective configuration as TOML, the broker password masked (`--print-config`).
@@ -238,6 +344,12 @@ pub fn apply(settings: &mut Settings, o: &RunArgs) {
     if let Some(v) = o.heartbeat_interval {
         w.heartbeat_interval = v;
     }
+    if o.without_heartbeat {
+        w.heartbeat = false;
+    }
+    if o.without_mingle {
+        w.mingle = false;
+    }
     if let Some(v) = o.time_limit {
         settings.task.time_limit = Some(v);
     }
@@ -257,8 +369,11 @@ pub fn apply(settings: &mut Settings, o: &RunArgs) {
     if o.no_main_signals {
         p.main_signals = false;
     }
-    if o.no_fork_server {
+    if o.no_fork_server || o.pool_start_method.as_deref() == Some("spawn") {
         p.fork_server = false;
+    }
+    if let Some(v) = &o.broker {
+        settings.broker.url = v.clone();
     }
 }
 
@@ -316,6 +431,37 @@ mod tests {
         assert_eq!(s.worker.queues, vec!["a", "b"]);
         assert!(s.task.acks_late);
         assert_eq!(s.task.time_limit, Some(30.0));
+    }
+
+    #[test]
+    fn an_unknown_variable_is_an_error_naming_it_and_celerys_names_are_read() {
+        let e = parse_with_env("", env(&[("CELERYD_BROKR_URL", "amqp://x//")])).unwrap_err();
+        assert!(e.contains("CELERYD_BROKR_URL: no such setting"), "{e}");
+        let e = parse_with_env("", env(&[("CELERYD_CONCURRENCY", "4")])).unwrap_err();
+        assert!(
+            e.contains("did you mean CELERYD_WORKER_CONCURRENCY?"),
+            "{e}"
+        );
+        // Celery's unit-file variables are the unit's, not settings.
+        let s = parse_with_env("", env(&[("CELERYD_OPTS", "--time-limit=300")])).unwrap();
+        assert_eq!(s, Settings::default());
+        // Celery's own names, under celeryd's.
+        let s = parse_with_env(
+            "",
+            env(&[("CELERY_BROKER_URL", "amqp://c//"), ("CELERY_APP", "proj")]),
+        )
+        .unwrap();
+        assert_eq!(s.broker.url, "amqp://c//");
+        assert_eq!(s.python.app.as_deref(), Some("proj"));
+        let s = parse_with_env(
+            "[broker]\nurl = \"amqp://file//\"\n",
+            env(&[
+                ("CELERY_BROKER_URL", "amqp://c//"),
+                ("CELERYD_BROKER_URL", "amqp://d//"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.broker.url, "amqp://d//", "CELERYD_ wins over CELERY_");
     }
 
     #[test]

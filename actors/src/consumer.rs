@@ -286,6 +286,8 @@ pub struct ConsumerState {
     held: u16,
     /// The prefetch count without the held ETA tasks.
     base_prefetch: u16,
+    /// "ready." was logged (the first connection consumes).
+    ready: bool,
     /// Whether the delay ladder was declared on this connection.
     delay_declared: bool,
     /// Whether Celery's native delayed delivery was declared on this connection (some
@@ -350,6 +352,7 @@ impl Actor for Consumer {
             closed: false,
             held: 0,
             base_prefetch: self.settings.prefetch_count(),
+            ready: false,
             delay_declared: false,
             native_declared: false,
             side: None,
@@ -487,6 +490,13 @@ impl Consumer {
                 } else {
                     info!(broker = %broker.safe_url(), "Connected to the broker.");
                 }
+                if !state.ready {
+                    // Consuming now: what Celery's "ready." means to operators and scripts.
+                    state.ready = true;
+                    info!(hostname = %self.hostname,
+                        concurrency = self.settings.effective_concurrency(),
+                        "{} ready.", self.hostname);
+                }
                 state.link = Some(link);
                 state.connected_at = Some(std::time::Instant::now());
                 state.flush_pending_results().await;
@@ -505,6 +515,18 @@ impl Consumer {
                 state.global_qos = false;
                 let _ = myself.cast(ConsumerMessage::Connect { attempt });
                 Ok(())
+            }
+            Err(e) if !state.ready && is_login_refused(&e.to_string()) => {
+                // A wrong user, password or vhost permission does not mend itself: stop at
+                // once with the reason (exit 77) rather than retry it like a network blip.
+                Err(BrokerError::Unreachable {
+                    url: broker.safe_url(),
+                    attempts: attempt + 1,
+                    last: format!(
+                        "ACCESS_REFUSED: the broker refused the login; check the user, the \
+                         password and the vhost's permissions in broker.url ({e})"
+                    ),
+                })
             }
             Err(e) => {
                 let attempts = attempt + 1;
@@ -1285,6 +1307,12 @@ impl Consumer {
 pub fn broker_delay(eta: OffsetDateTime, now: OffsetDateTime, hold_max: f64) -> Option<u64> {
     let wait = (eta - now).as_seconds_f64();
     (hold_max > 0.0 && wait > hold_max).then(|| wait.floor() as u64)
+}
+
+/// Whether a connection error is the broker refusing the login (AMQP 403 ACCESS_REFUSED:
+/// wrong credentials, or no permission on the vhost).
+pub fn is_login_refused(error: &str) -> bool {
+    error.contains("ACCESS_REFUSED") || error.contains("ACCESS-REFUSED")
 }
 
 /// Delay before connection attempt `n` (1-based): 1 s, 2 s, then every 4 s, so a worker is

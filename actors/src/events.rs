@@ -121,8 +121,10 @@ impl Actor for Events {
         pool: ActorRef<PoolMessage>,
     ) -> Result<Self::State, ActorProcessingErr> {
         myself.cast(EventsMessage::Connect { attempt: 0 })?;
-        let every = Duration::from_secs_f64(self.settings.worker.heartbeat_interval);
-        myself.send_interval(every, || EventsMessage::Heartbeat);
+        if self.settings.worker.heartbeat {
+            let every = Duration::from_secs_f64(self.settings.worker.heartbeat_interval);
+            myself.send_interval(every, || EventsMessage::Heartbeat);
+        }
         Ok(EventsState {
             pool,
             link: None,

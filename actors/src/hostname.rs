@@ -46,6 +46,42 @@ pub fn expand_nodename(template: &str, host: &str) -> Result<String, String> {
     Ok(out)
 }
 
+/// A file path (statedb, logfile, pidfile, schedule) with Celery's node format keys expanded
+/// for node `nodename` (`name@host`): `%h` the host, `%n` the name, `%d` the host's domain,
+/// `%p` the whole node name, `%i` the process index and `%I` its `-<index>` form (the main
+/// process writes these files: `0` and nothing), `%%` a percent sign.
+///
+/// ```
+/// use celeryd_actors::hostname::expand_path;
+/// let p = expand_path("/var/run/celery/%n%I.state", "w1@box.example.com").unwrap();
+/// assert_eq!(p, "/var/run/celery/w1.state");
+/// assert_eq!(expand_path("%h-%d-%p-%i-%%", "w1@box.lan").unwrap(), "box.lan-lan-w1@box.lan-0-%");
+/// ```
+pub fn expand_path(template: &str, nodename: &str) -> Result<String, String> {
+    let (name, host) = nodename.split_once('@').unwrap_or(("celery", nodename));
+    let domain = host.split_once('.').map_or("", |(_, d)| d);
+    let mut out = String::with_capacity(template.len() + nodename.len());
+    let mut chars = template.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('h') => out.push_str(host),
+            Some('n') => out.push_str(name),
+            Some('d') => out.push_str(domain),
+            Some('p') => out.push_str(nodename),
+            Some('i') => out.push('0'),
+            Some('I') => {}
+            Some('%') => out.push('%'),
+            Some(other) => return Err(format!("unknown format key %{other} in {template:?}")),
+            None => return Err(format!("dangling % at the end of {template:?}")),
+        }
+    }
+    Ok(out)
+}
+
 /// This machine's host name (as `gethostname(2)` reports it).
 pub fn this_host() -> String {
     nix::unistd::gethostname()

@@ -308,6 +308,12 @@ pub struct WorkerSettings {
     pub send_events: bool,
     /// `--heartbeat-interval`: seconds between `worker-heartbeat` events. Default 2.
     pub heartbeat_interval: f64,
+    /// Send `worker-heartbeat` events (`--without-heartbeat` turns them off). Default true.
+    pub heartbeat: bool,
+    /// Mingle: at start, ask the other workers for the tasks they hold revoked (and their
+    /// logical clock), so that a revoke sent while this worker was down still applies
+    /// (`--without-mingle` turns it off). Default true.
+    pub mingle: bool,
     /// The largest task message body accepted, in bytes, after decompression: a larger one
     /// (a zlib body that inflates without end, say) is rejected without requeue and logged.
     /// 1024 to 2147483648. Default 67108864 (64 MiB).
@@ -349,6 +355,8 @@ impl Default for WorkerSettings {
             pool_restarts: false,
             send_events: false,
             heartbeat_interval: 2.0,
+            heartbeat: true,
+            mingle: true,
             max_message_size: crate::protocol::message::DEFAULT_MAX_BODY,
             max_pool_size: 0,
             metrics_addr: None,
@@ -583,13 +591,8 @@ impl Settings {
             parse_autoscale(a)
                 .map_err(|reason| ConfigError::invalid("worker.autoscale", reason))?;
         }
-        if let Some(a) = &self.worker.metrics_addr
-            && a.parse::<std::net::SocketAddr>().is_err()
-        {
-            return Err(ConfigError::invalid(
-                "worker.metrics_addr",
-                format!("{a:?} is not an address like 127.0.0.1:9808"),
-            ));
+        if let Some(a) = &self.worker.metrics_addr {
+            metrics_socket(a).map_err(|r| ConfigError::invalid("worker.metrics_addr", r))?;
         }
         check_limit(self.worker.heartbeat_interval)
             .map_err(|reason| ConfigError::invalid("worker.heartbeat_interval", reason))?;
@@ -740,6 +743,24 @@ pub fn check_limit(seconds: f64) -> Result<(), String> {
     } else {
         Err(format!("{seconds} is not a positive number of seconds"))
     }
+}
+
+/// `worker.metrics_addr` as a socket address: `host:port` (`127.0.0.1:9808`, `[::1]:9808`),
+/// or `:port` for every interface, as Prometheus exporters spell it.
+///
+/// ```
+/// use celeryd_actors::settings::metrics_socket;
+/// assert_eq!(metrics_socket(":9808").unwrap().to_string(), "0.0.0.0:9808");
+/// assert_eq!(metrics_socket("127.0.0.1:1").unwrap().port(), 1);
+/// assert!(metrics_socket("everywhere").is_err());
+/// ```
+pub fn metrics_socket(addr: &str) -> Result<std::net::SocketAddr, String> {
+    let full = match addr.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => addr.to_owned(),
+    };
+    full.parse()
+        .map_err(|_| format!("{addr:?} is not an address like 127.0.0.1:9808 or :9808"))
 }
 
 #[cfg(test)]

@@ -139,9 +139,12 @@ impl Actor for Supervisor {
         let revoked = registry.count.clone();
         // Bound before anything starts: an address in use stops the start with the reason.
         let listener = match &settings.worker.metrics_addr {
-            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                format!("cannot serve metrics on {addr} (worker.metrics_addr): {e}")
-            })?),
+            Some(addr) => {
+                let socket = crate::settings::metrics_socket(addr)?;
+                Some(tokio::net::TcpListener::bind(socket).await.map_err(|e| {
+                    format!("cannot serve metrics on {addr} (worker.metrics_addr): {e}")
+                })?)
+            }
             None => None,
         };
         let metrics = Metrics::new();
@@ -239,8 +242,6 @@ impl Actor for Supervisor {
             };
             AbortOnDrop(tokio::spawn(crate::metrics::serve(l, metrics, sources)))
         });
-        info!(hostname = %args.hostname, concurrency = settings.effective_concurrency(),
-            "{} ready.", args.hostname);
         Ok(SupervisorState {
             revoke,
             pool,

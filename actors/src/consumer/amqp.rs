@@ -487,6 +487,36 @@ pub fn declare_native_on_alternates(
     });
 }
 
+/// `--purge`: deletes every waiting message of `queues` (as `celery worker --purge` purges
+/// the queues it consumes), each on a channel of its own so that a queue that does not exist
+/// yet is skipped without closing anything else. Returns (queue, messages deleted).
+pub async fn purge(
+    settings: &BrokerSettings,
+    nodename: &str,
+    queues: &[String],
+) -> Result<Vec<(String, u32)>, BrokerError> {
+    let (connection, _) = connect(settings, nodename, None).await?;
+    let mut purged = Vec::new();
+    for q in queues {
+        let channel = connection.create_channel().await?;
+        match channel
+            .queue_purge(
+                q.as_str().into(),
+                lapin::options::QueuePurgeOptions::default(),
+            )
+            .await
+        {
+            Ok(n) => {
+                purged.push((q.clone(), n));
+                let _ = channel.close(200, "purged".into()).await;
+            }
+            Err(e) => tracing::info!(queue = %q, error = %e, "Nothing to purge (no such queue)."),
+        }
+    }
+    let _ = connection.close(200, "purged".into()).await;
+    Ok(purged)
+}
+
 /// Declares a durable topic exchange (the levels of both delay ladders).
 async fn declare_durable_topic(channel: &Channel, name: &str) -> Result<(), lapin::Error> {
     let durable = ExchangeDeclareOptions {
