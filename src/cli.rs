@@ -11,7 +11,9 @@ use clap::{Args, Parser, Subcommand};
     name = "worker",
     version,
     about,
-    args_conflicts_with_subcommands = false
+    args_conflicts_with_subcommands = false,
+    // A flag given twice takes the last value, as click does for `celery worker`.
+    args_override_self = true
 )]
 pub struct Cli {
     /// TOML config file (see config/worker.toml for every key).
@@ -162,7 +164,7 @@ pub struct RunArgs {
     #[arg(short = 'q', long)]
     pub quiet: bool,
     /// Accepted: celeryd's log is never coloured.
-    #[arg(long)]
+    #[arg(short = 'C', long)]
     pub no_color: bool,
     /// With -A: skip Django's checks in the children (sets CELERY_SKIP_CHECKS, as Celery).
     #[arg(long)]
@@ -205,7 +207,7 @@ impl RunArgs {
         {
             let instead = match pool.as_str() {
                 "eventlet" | "gevent" => {
-                    "green-thread pools run Python code only; use the default prefork pool                      with a higher -c for I/O-bound tasks"
+                    "green-thread pools run Python code only; use the default prefork pool with a higher -c for I/O-bound tasks"
                 }
                 "solo" | "threads" => "use the default prefork pool (-c 1 for one task at a time)",
                 _ => "use the default prefork pool",
@@ -216,25 +218,25 @@ impl RunArgs {
         }
         if self.beat || self.schedule.is_some() || self.scheduler.is_some() {
             return Some(
-                "-B/--beat (and -s/--schedule, --scheduler): celeryd has no embedded periodic                  task scheduler yet; keep `celery -A proj beat` running beside the worker, it                  publishes to the same queues."
+                "-B/--beat (and -s/--schedule, --scheduler): celeryd has no embedded periodic task scheduler yet; keep `celery -A proj beat` running beside the worker, it publishes to the same queues."
                     .to_owned(),
             );
         }
         if self.disable_prefetch {
             return Some(
-                "--disable-prefetch: Celery supports it on Redis brokers only; on RabbitMQ use                  --prefetch-multiplier 1 (a task then goes to an idle child only, as -O fair)."
+                "--disable-prefetch: Celery supports it on Redis brokers only; on RabbitMQ use --prefetch-multiplier 1 (a task then goes to an idle child only, as -O fair)."
                     .to_owned(),
             );
         }
         if self.include.is_some() {
             return Some(
-                "-I/--include: Rust tasks are compiled into the binary, and with -A the children                  import the app's `imports` and `include` settings as Celery's do: add the                  modules to app.conf.include (or imports) instead."
+                "-I/--include: Rust tasks are compiled into the binary, and with -A the children import the app's `imports` and `include` settings as Celery's do: add the modules to app.conf.include (or imports) instead."
                     .to_owned(),
             );
         }
         if self.loader.is_some() {
             return Some(
-                "--loader: celeryd loads the app given with -A as Celery's default app loader                  does; custom loaders are not supported. Leave it out."
+                "--loader: celeryd loads the app given with -A as Celery's default app loader does; custom loaders are not supported. Leave it out."
                     .to_owned(),
             );
         }
@@ -370,6 +372,7 @@ pub fn with_celery_worker_env(
     let mut unknown = Vec::new();
     let mut vars: Vec<(String, String)> = env
         .filter(|(k, _)| k.starts_with("CELERY_WORKER_"))
+        .filter(|(k, _)| crate::settings::celery_variable(k).is_none())
         .collect();
     vars.sort();
     for (name, value) in vars {
@@ -437,10 +440,15 @@ mod tests {
             ("CELERY_WORKER_WITHOUT_MINGLE", "true"),
             ("CELERY_WORKER_POOL", "gevent"),
             ("CELERY_WORKER_NOT_AN_OPTION", "x"),
+            ("CELERY_WORKER_REVOKES_MAX", "9"),
         ]
         .map(|(k, v)| (k.to_owned(), v.to_owned()));
         let (argv, unknown) = with_celery_worker_env(argv.into_iter(), env.into_iter());
-        assert_eq!(unknown, ["CELERY_WORKER_NOT_AN_OPTION"]);
+        assert_eq!(
+            unknown,
+            ["CELERY_WORKER_NOT_AN_OPTION"],
+            "a setting read from the environment is not an unknown option"
+        );
         let cli = Cli::try_parse_from(argv).unwrap();
         assert_eq!(cli.run.concurrency, Some(3));
         assert_eq!(cli.run.loglevel.as_deref(), Some("debug"), "the flag wins");

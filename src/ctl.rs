@@ -15,24 +15,16 @@ pub mod spec;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, ExchangeKind};
 use serde_json::{Map, Value, json};
 
 use celeryd_actors::Settings;
-use celeryd_actors::control::PIDBOX_EXCHANGE;
 
 use self::output::{online, python_json, reply_block};
 use self::spec::Kind;
 use crate::cli::CtlArgs;
 
 /// The exchange replies come back on.
-pub const REPLY_EXCHANGE: &str = "reply.celery.pidbox";
+pub use celeryd_actors::control::client::REPLY_EXCHANGE;
 
 /// Exit status when no node replied (EX_UNAVAILABLE).
 pub const EXIT_NO_REPLY: u8 = 69;
@@ -144,11 +136,7 @@ pub fn plan(args: &CtlArgs) -> Result<Plan, String> {
 }
 
 /// The request body Celery's `Mailbox` publishes.
-pub fn request_body(
-    plan: &Plan,
-    args: &CtlArgs,
-    reply: Option<(&str, &str)>,
-) -> Map<String, Value> {
+pub fn request_body(plan: &Plan, args: &CtlArgs) -> Map<String, Value> {
     let mut body = Map::new();
     body.insert("method".into(), json!(plan.method));
     body.insert("arguments".into(), Value::Object(plan.arguments.clone()));
@@ -160,13 +148,6 @@ pub fn request_body(
         .map(|_| args.matcher.clone().unwrap_or_else(|| "glob".into()));
     body.insert("pattern".into(), json!(args.pattern));
     body.insert("matcher".into(), json!(matcher));
-    if let Some((ticket, oid)) = reply {
-        body.insert("ticket".into(), json!(ticket));
-        body.insert(
-            "reply_to".into(),
-            json!({"exchange": REPLY_EXCHANGE, "routing_key": oid}),
-        );
-    }
     body
 }
 
@@ -245,114 +226,18 @@ pub async fn broadcast(
     let (conn, ch) = celeryd_actors::consumer::amqp::connect(&settings.broker, &name, None)
         .await
         .map_err(|e| e.to_string())?;
-    let result = exchange(&ch, plan, args, timeout, limit, &mut on_reply).await;
+    let body = request_body(plan, args);
+    let result = celeryd_actors::control::client::request(
+        &ch,
+        body,
+        plan.reply,
+        timeout,
+        limit,
+        &mut on_reply,
+    )
+    .await;
     let _ = conn.close(200, "bye".into()).await;
     result.map_err(|e| e.to_string())
-}
-
-async fn exchange(
-    ch: &lapin::Channel,
-    plan: &Plan,
-    args: &CtlArgs,
-    timeout: Duration,
-    limit: Option<usize>,
-    on_reply: &mut impl FnMut(&str, &Value),
-) -> Result<(), lapin::Error> {
-    let plain = ExchangeDeclareOptions::default();
-    let none = FieldTable::default;
-    ch.exchange_declare(PIDBOX_EXCHANGE.into(), ExchangeKind::Fanout, plain, none())
-        .await?;
-    let oid = uuid::Uuid::new_v4().to_string();
-    let ticket = uuid::Uuid::new_v4().to_string();
-    let mut stream = None;
-    if plan.reply {
-        ch.exchange_declare(REPLY_EXCHANGE.into(), ExchangeKind::Direct, plain, none())
-            .await?;
-        let queue = format!("{oid}.reply.celery.pidbox");
-        let mut qargs = FieldTable::default();
-        qargs.insert("x-expires".into(), AMQPValue::LongInt(10_000));
-        qargs.insert("x-message-ttl".into(), AMQPValue::LongInt(300_000));
-        let qopts = QueueDeclareOptions {
-            exclusive: true,
-            auto_delete: true,
-            ..Default::default()
-        };
-        ch.queue_declare(queue.as_str().into(), qopts, qargs)
-            .await?;
-        ch.queue_bind(
-            queue.as_str().into(),
-            REPLY_EXCHANGE.into(),
-            oid.as_str().into(),
-            QueueBindOptions::default(),
-            none(),
-        )
-        .await?;
-        let copts = BasicConsumeOptions {
-            no_ack: true,
-            ..Default::default()
-        };
-        stream = Some(
-            ch.basic_consume(queue.as_str().into(), "".into(), copts, none())
-                .await?,
-        );
-    }
-    let reply_to = plan.reply.then_some((ticket.as_str(), oid.as_str()));
-    let body = serde_json::to_vec(&request_body(plan, args, reply_to)).unwrap_or_default();
-    let expires = if plan.reply {
-        celeryd_actors::protocol::time::epoch_f64(time::OffsetDateTime::now_utc())
-            + timeout.as_secs_f64()
-    } else {
-        0.0
-    };
-    let mut headers = FieldTable::default();
-    headers.insert("clock".into(), AMQPValue::LongLongInt(1));
-    headers.insert("expires".into(), AMQPValue::Double(expires));
-    let props = BasicProperties::default()
-        .with_content_type(ShortString::from("application/json"))
-        .with_content_encoding(ShortString::from("utf-8"))
-        .with_delivery_mode(2)
-        .with_headers(headers);
-    ch.basic_publish(
-        PIDBOX_EXCHANGE.into(),
-        "".into(),
-        BasicPublishOptions::default(),
-        &body,
-        props,
-    )
-    .await?
-    .await?;
-    let mut got = 0;
-    if let Some(stream) = stream.as_mut() {
-        while limit.is_none_or(|l| got < l) {
-            let Ok(Some(Ok(delivery))) = tokio::time::timeout(timeout, stream.next()).await else {
-                break;
-            };
-            if !ticket_matches(&delivery, &ticket) {
-                continue;
-            }
-            let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(&delivery.data) else {
-                continue;
-            };
-            for (node, value) in &m {
-                on_reply(node, value);
-                got += 1;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A reply belongs to this request when its `ticket` header is ours (or it has none, as
-/// kombu accepts).
-fn ticket_matches(delivery: &lapin::message::Delivery, ticket: &str) -> bool {
-    let Some(headers) = delivery.properties.headers() else {
-        return true;
-    };
-    match headers.inner().get("ticket") {
-        Some(AMQPValue::LongString(s)) => s.as_bytes() == ticket.as_bytes(),
-        Some(AMQPValue::ShortString(s)) => s.as_str() == ticket,
-        _ => true,
-    }
 }
 
 #[cfg(test)]
@@ -442,7 +327,11 @@ mod tests {
         let mut a = ctl("rate_limit", &["tasks.add", "5/s"]);
         a.destination = vec!["w1@h".into()];
         let p = plan(&a).unwrap();
-        let b = Value::Object(request_body(&p, &a, Some(("t", "oid"))));
+        let b = Value::Object(celeryd_actors::control::client::with_reply(
+            request_body(&p, &a),
+            "t",
+            "oid",
+        ));
         assert_eq!(b["method"], "rate_limit");
         assert_eq!(b["arguments"]["rate_limit"], "5/s");
         assert_eq!(b["destination"], json!(["w1@h"]));
@@ -452,7 +341,7 @@ mod tests {
         let mut a = ctl("shutdown", &[]);
         a.pattern = Some("w*".into());
         let p = plan(&a).unwrap();
-        let b = Value::Object(request_body(&p, &a, None));
+        let b = Value::Object(request_body(&p, &a));
         assert_eq!(b["destination"], Value::Null);
         assert_eq!(b["matcher"], "glob");
         assert!(b.get("ticket").is_none() && b.get("reply_to").is_none());

@@ -245,7 +245,22 @@ pub fn main_with(registry: Registry) -> ExitCode {
                 banner::banner(&settings, &node, &tasks, app_backend.as_deref())
             );
         }
-        let mut requests = signals::listen().map_err(|e| StartupError::Runtime(e.to_string()))?;
+        let (config_path, run_args) = (cli.config.clone(), cli.run.clone());
+        // The new configuration is read before anything stops: a broken one leaves this
+        // worker running on the old.
+        let can_restart = move || match settings::load(config_path.as_deref(), &run_args) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!(
+                    "Not restarting (SIGHUP): the configuration is invalid, so the worker \
+                     goes on with the one it started with. {}",
+                    celeryd_actors::settings::mask_urls(&e.to_string())
+                );
+                false
+            }
+        };
+        let mut requests =
+            signals::listen(can_restart).map_err(|e| StartupError::Runtime(e.to_string()))?;
         let mut usr2 =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())
                 .map_err(|e| StartupError::Runtime(e.to_string()))?;
@@ -258,22 +273,11 @@ pub fn main_with(registry: Registry) -> ExitCode {
             }
         });
         let (tx, shutdown) = mpsc::unbounded_channel();
-        let (config_path, run_args) = (cli.config.clone(), cli.run.clone());
         tokio::spawn(async move {
             while let Some(request) = requests.recv().await {
                 let mode = match request {
                     signals::Request::Shutdown(mode) => mode,
                     signals::Request::Restart => {
-                        // The new configuration is read before anything stops: a broken one
-                        // leaves this worker running on the old.
-                        if let Err(e) = settings::load(config_path.as_deref(), &run_args) {
-                            tracing::error!(
-                                "Not restarting (SIGHUP): the configuration is invalid, so \
-                                 the worker goes on with the one it started with. {}",
-                                celeryd_actors::settings::mask_urls(&e.to_string())
-                            );
-                            continue;
-                        }
                         tracing::info!("worker: Restarting (SIGHUP): warm stop, then re-exec.");
                         restart_requested.store(true, std::sync::atomic::Ordering::SeqCst);
                         ShutdownMode::Warm

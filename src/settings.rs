@@ -18,6 +18,26 @@ pub fn load(path: Option<&Path>, overrides: &RunArgs) -> Result<Settings, Startu
     load_over(path, overrides, &AppLayer::default()).map(|(s, _)| s)
 }
 
+/// What to say when `--config` names no file but looks like what Celery's `--config` takes:
+/// a configuration module.
+fn module_hint(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    let module_like = !text.contains('/')
+        && !text.ends_with(".toml")
+        && text
+            .split('.')
+            .all(|part| !part.is_empty() && part.chars().all(|c| c.is_alphanumeric() || c == '_'));
+    if module_like {
+        format!(
+            " (celeryd's --config is a TOML file; Celery's --config names a configuration \
+             module: load it in the app with app.config_from_object('{text}') and start with \
+             -A, whose app.conf celeryd honours)"
+        )
+    } else {
+        String::new()
+    }
+}
+
 /// [`load`] with a Python app's configuration under the file: defaults < app.conf < file <
 /// environment < flags. Also returns which settings kept the app's value (`section.key` ->
 /// Celery's name), for `--print-config`.
@@ -28,8 +48,13 @@ pub fn load_over(
 ) -> Result<(Settings, BTreeMap<String, String>), StartupError> {
     let (text, origin) = match path {
         Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| StartupError::Config(format!("cannot read {}: {e}", p.display())))?;
+            let text = std::fs::read_to_string(p).map_err(|e| {
+                StartupError::Config(format!(
+                    "cannot read {}: {e}{}",
+                    p.display(),
+                    module_hint(p)
+                ))
+            })?;
             (text, p.display().to_string())
         }
         None => (String::new(), "defaults".to_owned()),
@@ -233,13 +258,17 @@ pub const NOT_SETTINGS: &[&str] = &[
 ];
 
 /// The `CELERYD_<SECTION>_<KEY>` spelling of one of Celery's environment variables that
-/// celeryd honours: `CELERY_BROKER_URL` (which Celery's app reads over `broker_url`) and
-/// `CELERY_APP` (`celery -A`). Others (`CELERY_RESULT_BACKEND`, `CELERY_CONFIG_MODULE`, …)
+/// celeryd honours: `CELERY_BROKER_URL` (which Celery's app reads over `broker_url`),
+/// `CELERY_APP` (`celery -A`), `CELERY_WORKER_REVOKES_MAX` and `CELERY_WORKER_REVOKE_EXPIRES`
+/// (which Celery's worker reads at start). Others (`CELERY_RESULT_BACKEND`, `CELERY_CONFIG_MODULE`, …)
 /// reach the Python app unchanged, which reads them itself.
 pub fn celery_variable(name: &str) -> Option<&'static str> {
     match name {
         "CELERY_BROKER_URL" => Some("BROKER_URL"),
         "CELERY_APP" => Some("PYTHON_APP"),
+        // Read by Celery's worker state module from the environment.
+        "CELERY_WORKER_REVOKES_MAX" => Some("WORKER_REVOKES_MAX"),
+        "CELERY_WORKER_REVOKE_EXPIRES" => Some("WORKER_REVOKE_EXPIRES"),
         _ => None,
     }
 }
@@ -249,19 +278,30 @@ pub fn celery_variable(name: &str) -> Option<&'static str> {
 fn unknown_variable(name: &str, rest: &str) -> String {
     let defaults = toml::Value::try_from(Settings::default())
         .unwrap_or(toml::Value::Table(toml::Table::new()));
-    let meant = ENV_SECTIONS.iter().find(|s| {
-        defaults
-            .get(**s)
-            .and_then(|t| t.as_table())
-            .is_some_and(|t| t.contains_key(rest))
-    });
-    let hint = meant
-        .map(|s| {
-            format!(
+    let real: Vec<String> = ENV_SECTIONS
+        .iter()
+        .flat_map(|s| {
+            let keys = defaults.get(*s).and_then(|t| t.as_table());
+            keys.into_iter()
+                .flat_map(|t| t.keys())
+                .map(move |k| format!("CELERYD_{}_{}", s.to_uppercase(), k.to_uppercase()))
+        })
+        .collect();
+    let hint = nearest(name, &real)
+        .map(|m| format!("; did you mean {m}?"))
+        .or_else(|| {
+            // A key without its section (`CELERYD_CONCURRENCY`).
+            let meant = ENV_SECTIONS.iter().find(|s| {
+                defaults
+                    .get(**s)
+                    .and_then(|t| t.as_table())
+                    .is_some_and(|t| t.contains_key(rest))
+            })?;
+            Some(format!(
                 "; did you mean CELERYD_{}_{}?",
-                s.to_uppercase(),
+                meant.to_uppercase(),
                 rest.to_uppercase()
-            )
+            ))
         })
         .unwrap_or_default();
     format!(
@@ -274,6 +314,36 @@ fn unknown_variable(name: &str, rest: &str) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     )
+}
+
+/// The name in `names` closest to `typed` (a misspelling: at most 2 edits, and fewer than a
+/// third of its length), if any.
+fn nearest<'a>(typed: &str, names: &'a [String]) -> Option<&'a str> {
+    let limit = 2.min(typed.len() / 3);
+    names
+        .iter()
+        .map(|n| (edit_distance(typed, n), n))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, n)| n.as_str())
+}
+
+/// Levenshtein distance (insertions, deletions, substitutions), by bytes.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 /// The effective configuration as TOML, the broker password masked (`--print-config`).
@@ -388,6 +458,36 @@ mod tests {
     }
 
     #[test]
+    fn a_celery_config_module_name_is_told_apart_from_a_missing_file() {
+        let hint = module_hint(Path::new("celeryconfig"));
+        assert!(
+            hint.contains("app.config_from_object('celeryconfig')"),
+            "{hint}"
+        );
+        assert!(!module_hint(Path::new("proj.settings")).is_empty());
+        assert_eq!(module_hint(Path::new("/etc/celeryd/worker.toml")), "");
+        assert_eq!(module_hint(Path::new("worker.toml")), "");
+        let e = load(Some(Path::new("celeryconfig")), &RunArgs::default()).unwrap_err();
+        assert!(e.to_string().contains("config_from_object"), "{e}");
+    }
+
+    #[test]
+    fn a_misspelt_variable_gets_the_nearest_real_name() {
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "ab"), 2);
+        assert_eq!(edit_distance("same", "same"), 0);
+        let e = parse_with_env("", env(&[("CELERYD_BROKR_URL", "amqp://x//")])).unwrap_err();
+        assert!(e.contains("did you mean CELERYD_BROKER_URL?"), "{e}");
+        let e = parse_with_env("", env(&[("CELERYD_WORKER_CONCURENCY", "2")])).unwrap_err();
+        assert!(
+            e.contains("CELERYD_WORKER_CONCURENCY") && e.contains("`concurrency`"),
+            "{e}"
+        );
+        let e = parse_with_env("", env(&[("CELERYD_TOTALLY_ELSE", "1")])).unwrap_err();
+        assert!(!e.contains("did you mean"), "{e}");
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let e = parse("[worker]\nconcurency = 2\n").unwrap_err();
         assert!(e.contains("concurency"), "{e}");
@@ -462,6 +562,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.broker.url, "amqp://d//", "CELERYD_ wins over CELERY_");
+        let s = parse_with_env(
+            "",
+            env(&[
+                ("CELERY_WORKER_REVOKES_MAX", "7"),
+                ("CELERY_WORKER_REVOKE_EXPIRES", "60"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!((s.worker.revokes_max, s.worker.revoke_expires), (7, 60.0));
     }
 
     #[test]

@@ -15,8 +15,12 @@ pub enum Request {
     Restart,
 }
 
-/// Starts listening; the returned channel yields one request per signal.
-pub fn listen() -> std::io::Result<mpsc::UnboundedReceiver<Request>> {
+/// Starts listening; the returned channel yields one request per signal. A HUP becomes a
+/// [`Request::Restart`] only when `can_restart` says yes (it checks the new configuration and
+/// logs why not); a refused one changes nothing, so the next TERM is still a warm stop.
+pub fn listen(
+    can_restart: impl Fn() -> bool + Send + 'static,
+) -> std::io::Result<mpsc::UnboundedReceiver<Request>> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut quit = signal(SignalKind::quit())?;
@@ -30,7 +34,7 @@ pub fn listen() -> std::io::Result<mpsc::UnboundedReceiver<Request>> {
                 _ = int.recv() => Request::Shutdown(next_mode(&mut stopping)),
                 _ = quit.recv() => Request::Shutdown(ShutdownMode::Cold),
                 _ = hup.recv() => {
-                    if stopping { continue }
+                    if stopping || !can_restart() { continue }
                     stopping = true;
                     Request::Restart
                 }

@@ -109,6 +109,8 @@ pub struct ConsumerPeers {
     /// With Python tasks (`-A`): the helper and the app's tasks. The consumer then writes
     /// no result itself.
     pub python: Option<Arc<PythonTasks>>,
+    /// The node's logical clock (mingle adjusts it to the other nodes').
+    pub clock: crate::clock::Clock,
 }
 
 /// The consumer actor's configuration.
@@ -484,6 +486,7 @@ impl Consumer {
         let broker = &self.settings.broker;
         match self.open_link(myself, state).await {
             Ok(link) => {
+                state.peers.metrics.broker_connected(true);
                 if attempt > 0 {
                     state.peers.metrics.reconnected();
                     info!(broker = %broker.safe_url(), "Connected to the broker again.");
@@ -576,6 +579,9 @@ impl Consumer {
             }
         }
         state.queues.retain(|q| !refused.contains(&q.name));
+        if self.settings.worker.mingle && !state.ready {
+            self.mingle(&connection, state).await;
+        }
         state.generation += 1;
         state.unacked.clear();
         state.delay_declared = false;
@@ -726,6 +732,7 @@ impl Consumer {
             .is_some_and(|t| t.elapsed() < STABLE_CONNECTION);
         state.quick_drops = if quick { state.quick_drops + 1 } else { 0 };
         state.link = None;
+        state.peers.metrics.broker_connected(false);
         state.unacked.clear();
         let _ = state.peers.pool.cast(PoolMessage::Forget { generation });
         let _ = state
@@ -744,6 +751,71 @@ impl Consumer {
         } else {
             let _ = myself.cast(ConsumerMessage::Connect { attempt: 1 });
         }
+    }
+
+    /// Mingle, as Celery's worker does before it consumes: asks the other workers (`hello`,
+    /// with this node's revoked ids) for theirs and their clocks, and takes them over, so a
+    /// revoke sent while this worker was down still applies. One second for replies; no
+    /// reply is "all alone", a failure is logged and the start goes on.
+    async fn mingle(&self, connection: &Connection, state: &ConsumerState) {
+        use crate::control::client::{request, revoked_in_hello};
+        info!("mingle: searching for neighbors");
+        let ours = ractor::call!(state.peers.revoke, RevokeMessage::GetRevoked).unwrap_or_default();
+        let mut body = serde_json::Map::new();
+        body.insert("method".into(), json!("hello"));
+        body.insert(
+            "arguments".into(),
+            json!({"from_node": self.hostname, "revoked": ours}),
+        );
+        for key in ["destination", "pattern", "matcher"] {
+            body.insert(key.into(), serde_json::Value::Null);
+        }
+        let mut replies = Vec::new();
+        let asked = async {
+            let ch = connection.create_channel().await?;
+            let timeout = Duration::from_secs(1);
+            let done = request(&ch, body, true, timeout, None, &mut |node, value| {
+                if node != self.hostname && value.is_object() {
+                    replies.push((node.to_owned(), value.clone()));
+                }
+            })
+            .await;
+            let _ = ch.close(200, "mingled".into()).await;
+            done
+        };
+        if let Err(e) = asked.await {
+            warn!(error = %e, "mingle: cannot ask the other workers; starting without them.");
+            return;
+        }
+        if replies.is_empty() {
+            info!("mingle: all alone");
+            return;
+        }
+        let mut ids = Vec::new();
+        for (node, reply) in &replies {
+            let theirs = revoked_in_hello(reply);
+            debug!(node = %node, revoked = theirs.len(), "mingle: sync with {node}");
+            ids.extend(theirs);
+            if let Some(clock) = reply.get("clock").and_then(serde_json::Value::as_u64) {
+                state.peers.clock.adjust(clock);
+            }
+        }
+        ids.sort();
+        ids.dedup();
+        let count = ids.len();
+        if count > 0 {
+            let stored = ractor::call!(state.peers.revoke, |reply| RevokeMessage::Revoke {
+                ids,
+                terminate: None,
+                reply: Some(reply),
+            });
+            if !matches!(stored, Ok(Ok(()))) {
+                warn!(
+                    "mingle: the revoked ids from the other workers are in force but could not be stored."
+                );
+            }
+        }
+        info!(revoked = count, "mingle: sync with {} nodes", replies.len());
     }
 
     /// Logs the outcome of declaring Celery's native delayed delivery; once it worked, it
@@ -884,6 +956,7 @@ impl Consumer {
                         "Received invalid task message: {e}. Rejected."
                     );
                 }
+                state.peers.metrics.malformed();
                 state.reject(delivery, false);
                 return;
             }
@@ -905,6 +978,7 @@ impl Consumer {
                 error!(task_id = %reserved.request.id,
                     "Received unregistered task of type '{name}'. The message has been rejected.");
                 state.event(|| event::task_unregistered(&reserved.request.id, name));
+                state.peers.metrics.unregistered();
                 if let Some(py) = state.peers.python.clone() {
                     let kind = ReportKind::NotRegistered;
                     self.report(state, &py, &reserved, kind, Settle::Reject)

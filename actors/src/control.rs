@@ -9,6 +9,7 @@
 //! backoff. A node name already in use on the broker (the exclusive queue is locked) stops the
 //! worker at start-up.
 
+pub mod client;
 pub mod custom;
 pub mod info;
 #[cfg(test)]
@@ -593,6 +594,16 @@ impl Control {
                 if from == self.nodename {
                     Value::Null
                 } else {
+                    // A starting worker's mingle: its revoked ids are taken over too, as
+                    // Celery's `hello` does.
+                    let theirs = client::revoked_in_hello(&Value::Object(args.clone()));
+                    if !theirs.is_empty() {
+                        let _ = ractor::call!(peers.revoke, |reply| RevokeMessage::Revoke {
+                            ids: theirs,
+                            terminate: None,
+                            reply: Some(reply),
+                        });
+                    }
                     let revoked =
                         ractor::call!(peers.revoke, RevokeMessage::GetRevoked).unwrap_or_default();
                     json!({ "revoked": revoked, "clock": peers.clock.forward() })

@@ -76,6 +76,9 @@ struct Inner {
     killed: u64,
     lost: u64,
     reconnects: u64,
+    unregistered: u64,
+    malformed: u64,
+    connected: bool,
 }
 
 /// The shared registry of counters and histograms.
@@ -160,6 +163,21 @@ impl Metrics {
         self.with(|i| i.reconnects += 1);
     }
 
+    /// A message named a task this worker does not have (rejected).
+    pub fn unregistered(&self) {
+        self.with(|i| i.unregistered += 1);
+    }
+
+    /// A message could not be decoded (rejected).
+    pub fn malformed(&self) {
+        self.with(|i| i.malformed += 1);
+    }
+
+    /// The consumer is now connected to the broker (`true`) or has lost it (`false`).
+    pub fn broker_connected(&self, connected: bool) {
+        self.with(|i| i.connected = connected);
+    }
+
     /// The Prometheus text exposition of everything, with `gauges`.
     pub fn render(&self, gauges: &Gauges) -> String {
         let Ok(i) = self.inner.lock() else {
@@ -169,6 +187,16 @@ impl Metrics {
         let head = |out: &mut String, name: &str, kind: &str, help: &str| {
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
         };
+        head(
+            &mut out,
+            "celeryd_build_info",
+            "gauge",
+            "The running build (always 1; the labels carry the facts).",
+        );
+        out.push_str(&format!(
+            "celeryd_build_info{{version=\"{}\",protocol=\"2\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        ));
         head(
             &mut out,
             "celeryd_tasks_total",
@@ -225,12 +253,27 @@ impl Metrics {
                 "Reconnections to the broker.",
                 i.reconnects,
             ),
+            (
+                "celeryd_messages_unregistered_total",
+                "Messages naming a task this worker does not have (rejected).",
+                i.unregistered,
+            ),
+            (
+                "celeryd_messages_malformed_total",
+                "Messages that could not be decoded (rejected).",
+                i.malformed,
+            ),
         ];
         for (name, help, n) in counters {
             head(&mut out, name, "counter", help);
             out.push_str(&format!("{name} {n}\n"));
         }
         let gauges = [
+            (
+                "celeryd_broker_connected",
+                "1 while the consumer is connected to the broker, else 0.",
+                usize::from(i.connected),
+            ),
             (
                 "celeryd_pool_processes",
                 "Child processes.",
@@ -414,6 +457,21 @@ mod tests {
         assert!(text.contains("celeryd_children_killed_total 1\n"));
         assert!(text.contains("celeryd_pool_processes 2\n"));
         assert!(text.contains("# TYPE celeryd_pool_busy gauge\n"));
+        assert!(text.contains("celeryd_broker_connected 0\n"));
+        assert!(text.contains("celeryd_messages_unregistered_total 0\n"));
+        let version = format!(
+            "celeryd_build_info{{version=\"{}\"",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&version), "{text}");
+        m.unregistered();
+        m.malformed();
+        m.malformed();
+        m.broker_connected(true);
+        let text = m.render(&Gauges::default());
+        assert!(text.contains("celeryd_broker_connected 1\n"));
+        assert!(text.contains("celeryd_messages_unregistered_total 1\n"));
+        assert!(text.contains("celeryd_messages_malformed_total 2\n"));
     }
 
     #[test]

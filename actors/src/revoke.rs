@@ -62,7 +62,9 @@ impl RevokedSet {
     /// Adds an id revoked at `at` (ms); returns the ids dropped to make room or expired.
     pub fn add(&mut self, id: String, at: u64) -> Vec<String> {
         let mut dropped = self.purge(at);
-        if self.ids.insert(id.clone(), at).is_none() {
+        // Revoked again (a repeated revoke, or a neighbour's at mingle): the new time counts,
+        // and the entry under the old one is skipped from then on.
+        if self.ids.insert(id.clone(), at) != Some(at) {
             self.order.push_back((at, id));
         }
         while self.ids.len() > self.max {

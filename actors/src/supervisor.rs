@@ -204,6 +204,7 @@ impl Actor for Supervisor {
             task_events: task_events.clone(),
             metrics: metrics.clone(),
             python,
+            clock: clock.clone(),
         };
         let control_peers = ControlPeers {
             supervisor: myself.clone(),

@@ -603,3 +603,62 @@ fn a_priority_queue_delivers_the_highest_priority_first() {
     drop(w);
     block_on(delete_queue(&q));
 }
+
+#[test]
+fn a_direct_exchange_quorum_default_queue_is_declared_and_served_with_countdowns_held() {
+    let q = unique_queue("dquorum");
+    // `task_default_queue_type = "quorum"` on the default direct exchange: Celery's client
+    // has no broker-side delay there (it warns and sends the eta as is), so the worker holds
+    // the countdown; the queue is a quorum queue, consumed per consumer.
+    let conf = json!({"task_default_queue": q, "task_default_queue_type": "quorum",
+                      "broker_transport_options": {"confirm_publish": true}})
+    .to_string();
+    let w = Worker::start_python(&q, REDIS, &conf, &["-c", "2"]);
+    let env = [("RESULT_BACKEND", REDIS), ("PROJ_CONF", conf.as_str())];
+    let started = std::time::Instant::now();
+    let sent = crate::support::proj_client(
+        &[
+            "send",
+            "--queue",
+            &q,
+            "--task",
+            "proj.add",
+            "--args",
+            "[2, 3]",
+            "--countdown",
+            "2",
+        ],
+        &env,
+    );
+    let id = sent["id"].as_str().unwrap().to_owned();
+    let done = crate::support::proj_client(
+        &["wait", "--queue", &q, "--id", &id, "--timeout", "30"],
+        &env,
+    );
+    assert_eq!(done["result"], 5, "{done}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        w.log()
+            .contains(&format!("Task proj.add[{id}] received (eta")),
+        "held by the worker: {}",
+        w.log()
+    );
+    let out = Command::new("rabbitmqctl")
+        .args(["-q", "list_queues", "name", "type"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    let line = listed
+        .lines()
+        .find(|l| l.starts_with(&q))
+        .unwrap_or_default();
+    assert!(line.contains("quorum"), "{listed}");
+    assert!(!w.log().contains("NOT_IMPLEMENTED"), "{}", w.log());
+    drop(w);
+    block_on(delete_queue(&q));
+}

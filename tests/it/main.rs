@@ -17,6 +17,7 @@ mod interop;
 mod limits;
 mod malformed;
 mod metrics;
+mod operator;
 mod ops;
 mod python_child;
 mod python_tasks;

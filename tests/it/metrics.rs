@@ -3,7 +3,30 @@
 use std::time::Duration;
 
 use crate::block_on;
-use crate::support::{Worker, call_task, delete_queue, eventually, free_port, http, unique_queue};
+use crate::support::{
+    Worker, call_task, connect, delete_queue, eventually, free_port, http, unique_queue,
+};
+
+/// Publishes `body` as a JSON task message for `tasks.add` to `queue`.
+async fn publish_raw(queue: &str, body: &[u8]) {
+    use lapin::options::BasicPublishOptions;
+    use lapin::types::{AMQPValue, FieldTable};
+    let conn = connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    let mut headers = FieldTable::default();
+    headers.insert("task".into(), AMQPValue::LongString("tasks.add".into()));
+    headers.insert("id".into(), AMQPValue::LongString("metrics-bad".into()));
+    let props = lapin::BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_headers(headers);
+    let options = BasicPublishOptions::default();
+    ch.basic_publish("".into(), queue.into(), options, body, props)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    conn.close(200, "bye".into()).await.unwrap();
+}
 
 fn value(text: &str, series: &str) -> f64 {
     text.lines()
@@ -59,6 +82,22 @@ fn metrics_endpoint_counts_tasks_children_and_pool() {
     assert_eq!(value(&text, "celeryd_children_killed_total"), 1.0);
     assert_eq!(value(&text, "celeryd_pool_busy"), 0.0);
     assert!(text.contains("# TYPE celeryd_task_runtime_seconds histogram"));
+    assert_eq!(value(&text, "celeryd_broker_connected"), 1.0);
+    assert!(text.contains(&format!(
+        "celeryd_build_info{{version=\"{}\"",
+        env!("CARGO_PKG_VERSION")
+    )));
+    assert_eq!(value(&text, "celeryd_messages_unregistered_total"), 0.0);
+    assert_eq!(value(&text, "celeryd_messages_malformed_total"), 0.0);
+    let r = call_task(&queue, "tasks.no_such_task", "[]", &[]);
+    assert_eq!(r["exc_type"], "NotRegistered", "{r}");
+    block_on(publish_raw(&queue, b"{not json"));
+    eventually(
+        Duration::from_secs(10),
+        "the malformed message counted",
+        || value(&scrape(), "celeryd_messages_malformed_total") == 1.0,
+    );
+    assert_eq!(value(&scrape(), "celeryd_messages_unregistered_total"), 1.0);
     let (status, _) = http("GET", port, "/other");
     assert_eq!(status, 404);
     drop(worker);

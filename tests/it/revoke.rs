@@ -118,7 +118,14 @@ fn revokes_survive_kill_9_with_a_statedb() {
     let dir = tempfile::tempdir().unwrap();
     let statedb = dir.path().join("state");
     let queue = unique_queue("statedb");
-    let flags = ["-c", "1", "--statedb", statedb.to_str().unwrap()];
+    // Without mingle: the running workers' revoked ids would be stored too.
+    let flags = [
+        "-c",
+        "1",
+        "--without-mingle",
+        "--statedb",
+        statedb.to_str().unwrap(),
+    ];
     let worker = Worker::start(&queue, "", &flags);
     let revoked = id();
     control(&worker, &["revoke", &revoked]);

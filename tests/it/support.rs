@@ -336,6 +336,12 @@ impl Worker {
         format!("{}@{}", self.name, celeryd_actors::hostname::this_host())
     }
 
+    /// The config file it was started with (rewritable, for SIGHUP tests).
+    #[allow(dead_code)] // not every test binary that shares this file uses it
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.path().join("worker.toml")
+    }
+
     /// The OS pid.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or_default()
@@ -395,7 +401,7 @@ impl Drop for Worker {
 }
 
 /// Collects a child's stderr lines (echoed with a `[tag]` prefix) into a shared string.
-fn capture_log(stderr: std::process::ChildStderr, tag: &'static str) -> Arc<Mutex<String>> {
+pub fn capture_log(stderr: std::process::ChildStderr, tag: &'static str) -> Arc<Mutex<String>> {
     let log = Arc::new(Mutex::new(String::new()));
     let sink = log.clone();
     std::thread::spawn(move || {

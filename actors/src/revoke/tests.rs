@@ -19,6 +19,22 @@ fn expires_and_caps() {
 }
 
 #[test]
+fn an_id_revoked_again_stays_listed_under_its_new_time() {
+    let t0 = 1_000_000;
+    let mut s = RevokedSet::new(10, Duration::from_secs(10));
+    s.add("a".into(), t0);
+    s.add("b".into(), t0 + 1000);
+    s.add("a".into(), t0 + 2000);
+    assert_eq!(s.ids(), vec!["b".to_owned(), "a".to_owned()]);
+    assert_eq!(s.len(), 2);
+    // Expiry follows the new time: `b` goes first, `a` 10 s after its second revoke.
+    assert_eq!(s.purge(t0 + 11_000), vec!["b".to_owned()]);
+    assert!(s.contains("a", t0 + 11_500));
+    assert_eq!(s.purge(t0 + 12_000), vec!["a".to_owned()]);
+    assert!(s.is_empty());
+}
+
+#[test]
 fn restore_drops_expired_and_over_cap() {
     let now = 100_000_000;
     let records = vec![
