@@ -27,27 +27,12 @@ pub fn parse_umask(text: &str) -> Result<u32, String> {
 }
 
 /// Applies `--umask`, sets what `--result-backend` and `--skip-checks` hand to a Python app
-/// (as `celery` sets `CELERY_RESULT_BACKEND` and `CELERY_SKIP_CHECKS`), refuses a result
-/// backend Rust tasks cannot answer over, and resolves `--uid/--gid`.
-pub fn prepare(run: &RunArgs, settings: &Settings) -> Result<Privileges, StartupError> {
+/// (as `celery` sets `CELERY_RESULT_BACKEND` and `CELERY_SKIP_CHECKS`) and resolves
+/// `--uid/--gid`.
+pub fn prepare(run: &RunArgs, _settings: &Settings) -> Result<Privileges, StartupError> {
     if let Some(text) = &run.umask {
         let mode = parse_umask(text).map_err(StartupError::Config)?;
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mode));
-    }
-    let backend = run
-        .result_backend
-        .clone()
-        .or_else(|| std::env::var("CELERY_RESULT_BACKEND").ok())
-        .filter(|b| !b.is_empty());
-    if settings.python.app.is_none()
-        && let Some(b) = &backend
-        && !b.starts_with("rpc")
-    {
-        return Err(StartupError::Config(format!(
-            "result backend {}: Rust tasks answer over rpc:// only (the Redis backend is not \
-             there yet); leave --result-backend / CELERY_RESULT_BACKEND out or set it to rpc://",
-            celeryd_actors::settings::mask_urls(b)
-        )));
     }
     // SAFETY (both): before the runtime starts, this process has a single thread.
     if let Some(b) = &run.result_backend {

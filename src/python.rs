@@ -178,6 +178,8 @@ pub fn task_options(tasks: &HashMap<String, PythonTask>) -> HashMap<String, Task
                 time_limit: t.time_limit.filter(|s| *s > 0.0),
                 soft_time_limit: t.soft_time_limit.filter(|s| *s > 0.0),
                 rate_limit,
+                // Celery's tracer in the child decides for Python tasks.
+                ignore_result: None,
             };
             (name.clone(), options)
         })

@@ -135,7 +135,7 @@ pub fn parse(text: &str) -> Result<Settings, String> {
 }
 
 /// The sections environment variables may set.
-pub const ENV_SECTIONS: &[&str] = &["broker", "worker", "task", "python"];
+pub const ENV_SECTIONS: &[&str] = &["broker", "worker", "task", "python", "result"];
 
 /// Parses a config file with `CELERYD_<SECTION>_<KEY>` variables from `env` laid over it
 /// (`CELERYD_BROKER_URL`, `CELERYD_WORKER_CONCURRENCY=8`, `CELERYD_TASK_ACKS_LATE=true`,
@@ -266,6 +266,7 @@ pub fn celery_variable(name: &str) -> Option<&'static str> {
     match name {
         "CELERY_BROKER_URL" => Some("BROKER_URL"),
         "CELERY_APP" => Some("PYTHON_APP"),
+        "CELERY_RESULT_BACKEND" => Some("RESULT_BACKEND"),
         // Read by Celery's worker state module from the environment.
         "CELERY_WORKER_REVOKES_MAX" => Some("WORKER_REVOKES_MAX"),
         "CELERY_WORKER_REVOKE_EXPIRES" => Some("WORKER_REVOKE_EXPIRES"),
@@ -444,6 +445,9 @@ pub fn apply(settings: &mut Settings, o: &RunArgs) {
     }
     if let Some(v) = &o.broker {
         settings.broker.url = v.clone();
+    }
+    if let Some(v) = &o.result_backend {
+        settings.result.backend = v.clone();
     }
 }
 

@@ -18,6 +18,7 @@ pub mod delay;
 pub mod native_delay;
 pub mod outbox;
 pub mod python;
+pub mod results;
 pub mod route;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -47,7 +48,7 @@ use crate::protocol::amqp_value::headers_to_json;
 use crate::protocol::repr::{py_repr, truncate};
 use crate::protocol::{
     DeliveryInfo, ExceptionInfo, Properties, RawMessage, ResultState, decode_keeping_body,
-    decode_with_limit, result_body,
+    decode_with_limit,
 };
 use crate::revoke::RevokeMessage;
 use crate::scheduler::SchedulerMessage;
@@ -111,6 +112,8 @@ pub struct ConsumerPeers {
     pub python: Option<Arc<PythonTasks>>,
     /// The node's logical clock (mingle adjusts it to the other nodes').
     pub clock: crate::clock::Clock,
+    /// The Redis result backend, when results go there.
+    pub backend: Option<ActorRef<crate::backend::BackendMessage>>,
 }
 
 /// The consumer actor's configuration.
@@ -119,6 +122,8 @@ pub struct Consumer {
     settings: Arc<Settings>,
     hostname: String,
     registered: HashSet<String>,
+    /// `ignore_result` set at registration, by task name.
+    ignoring: HashMap<String, bool>,
     /// `broker.qos` resolved: a channel-wide prefetch limit.
     global_qos: bool,
 }
@@ -149,8 +154,19 @@ impl Consumer {
             settings,
             hostname,
             registered,
+            ignoring: HashMap::new(),
             global_qos,
         }
+    }
+
+    /// With the tasks whose registration sets `ignore_result`.
+    pub fn ignoring(mut self, ignoring: HashMap<String, bool>) -> Self {
+        self.ignoring = ignoring;
+        self
+    }
+
+    fn registered_ignore(&self, task: &str) -> Option<bool> {
+        self.ignoring.get(task).copied()
     }
 }
 
@@ -174,6 +190,9 @@ pub fn refuses_global_qos(error: &str) -> bool {
 /// Messages to the consumer.
 #[derive(Debug)]
 pub enum ConsumerMessage {
+    /// A chord's header is complete and this worker publishes its body (from the result
+    /// backend).
+    ChordReady(Box<crate::backend::ChordReady>),
     /// Try to (re)connect; sent to itself.
     Connect {
         /// Attempts made so far.
@@ -270,6 +289,8 @@ struct Link {
 /// The consumer's state.
 pub struct ConsumerState {
     peers: ConsumerPeers,
+    /// Where results go (`[result]`).
+    results: results::Results,
     /// A channel-wide prefetch limit (`broker.qos`), until the broker refuses it for a
     /// quorum queue (540): then per consumer.
     global_qos: bool,
@@ -345,6 +366,7 @@ impl Actor for Consumer {
     ) -> Result<Self::State, ActorProcessingErr> {
         myself.cast(ConsumerMessage::Connect { attempt: 0 })?;
         Ok(ConsumerState {
+            results: results::Results::new(&self.settings, &self.hostname, peers.backend.clone()),
             peers,
             queues: self.configured_queues(),
             link: None,
@@ -381,6 +403,7 @@ impl Actor for Consumer {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ConsumerMessage::Connect { attempt } => self.connect(&myself, state, attempt).await?,
+            ConsumerMessage::ChordReady(ready) => state.on_chord_ready(*ready).await,
             ConsumerMessage::DeliveryReceived {
                 generation,
                 queue,
@@ -992,7 +1015,12 @@ impl Consumer {
                     traceback: None,
                 };
                 state
-                    .publish_state(&reserved, &st, self.settings.task.ignore_result, true)
+                    .publish_state(
+                        &reserved,
+                        &st,
+                        self.registered_ignore(&reserved.request.task),
+                        true,
+                    )
                     .await;
                 state.reject(delivery, false);
             }
@@ -1012,7 +1040,12 @@ impl Consumer {
                 });
                 let st = ResultState::Revoked(reason.to_owned());
                 state
-                    .publish_state(&reserved, &st, self.settings.task.ignore_result, false)
+                    .publish_state(
+                        &reserved,
+                        &st,
+                        self.registered_ignore(&reserved.request.task),
+                        false,
+                    )
                     .await;
                 state.ack(delivery);
             }
@@ -1180,20 +1213,15 @@ impl Consumer {
         if state.peers.python.is_some() {
             return; // Celery's tracer in the child stores STARTED (track_started)
         }
-        let ignore = req
-            .ignore_result
-            .unwrap_or(self.settings.task.ignore_result);
-        if self.settings.task.track_started
-            && !ignore
-            && let Some(q) = req.result_queue()
-        {
+        let keeps = state
+            .results
+            .keeps(req, self.registered_ignore(&req.task), false);
+        if self.settings.task.track_started && keeps {
             let st = ResultState::Started {
                 pid: info.pid,
                 hostname: self.hostname.clone(),
             };
-            let body = result_body(&req.id, &st, None, None, OffsetDateTime::now_utc());
-            let (queue, cid) = (q.to_owned(), req.correlation_id.clone());
-            state.publish(queue, cid, body).await;
+            state.store_result(req, &st).await;
         }
     }
 
@@ -1213,7 +1241,7 @@ impl Consumer {
         let req = &reserved.request;
         let (name, id) = (req.display_name(), &req.id);
         let secs = runtime.as_secs_f64();
-        let ignore = task.ignore_result;
+        let ignore = self.registered_ignore(&req.task);
         let metrics = &state.peers.metrics;
         let counted = match &outcome {
             TaskOutcome::Success(_) => "succeeded",
@@ -1241,9 +1269,11 @@ impl Consumer {
                     info!(task_id = %id, runtime = secs, "Task {name}[{id}] succeeded in {secs:.6}s: {repr}");
                     state.event(|| event::task_succeeded(id, &repr, secs));
                 }
-                state
-                    .publish_state(&reserved, &ResultState::Success(value), ignore, false)
-                    .await;
+                let st = ResultState::Success(value);
+                state.publish_state(&reserved, &st, ignore, false).await;
+                if let ResultState::Success(value) = &st {
+                    state.after_success(&reserved.request, value).await;
+                }
                 if task.acks_late {
                     state.ack(reserved.delivery);
                 }
@@ -1338,6 +1368,7 @@ impl Consumer {
                     state.held = state.held.saturating_sub(1);
                     state.prefetch_dirty = true;
                 }
+                state.after_revoked(&reserved.request, &reason);
                 state
                     .publish_state(&reserved, &ResultState::Revoked(reason), ignore, false)
                     .await;
@@ -1364,10 +1395,10 @@ impl Consumer {
         state.event(|| {
             event::task_failed(id, &exc.repr(), traceback.as_deref().unwrap_or_default())
         });
+        let ignore = self.registered_ignore(&reserved.request.task);
+        state.after_failure(&reserved.request, &exc).await;
         let st = ResultState::Failure { exc, traceback };
-        state
-            .publish_state(reserved, &st, task.ignore_result, true)
-            .await;
+        state.publish_state(reserved, &st, ignore, true).await;
         if task.acks_late {
             let ack = ack_anyway || task.acks_on_failure_or_timeout;
             state.settle(reserved.delivery, ack);
@@ -1491,7 +1522,7 @@ fn forward(
 impl ConsumerState {
     /// The side channel (see the `side` field), opened in confirm mode when there is none or
     /// it was closed; `None` when not connected or the broker refused it.
-    async fn side_channel(&mut self) -> Option<Channel> {
+    pub(super) async fn side_channel(&mut self) -> Option<Channel> {
         if let Some(ch) = &self.side
             && ch.status().connected()
         {
@@ -1561,32 +1592,7 @@ impl ConsumerState {
         }
     }
 
-    async fn publish_state(
-        &mut self,
-        r: &Reserved,
-        st: &ResultState,
-        ignore_default: bool,
-        is_error: bool,
-    ) {
-        let ignore = r.request.ignore_result.unwrap_or(ignore_default);
-        if ignore && !is_error {
-            return;
-        }
-        let Some(queue) = r.request.result_queue() else {
-            return;
-        };
-        let body = result_body(
-            &r.request.id,
-            st,
-            r.request.parent_id.as_deref(),
-            r.request.group.as_deref(),
-            OffsetDateTime::now_utc(),
-        );
-        let (queue, cid) = (queue.to_owned(), r.request.correlation_id.clone());
-        self.publish(queue, cid, body).await;
-    }
-
-    async fn publish(&mut self, queue: String, correlation_id: String, body: Vec<u8>) {
+    pub(super) async fn publish(&mut self, queue: String, correlation_id: String, body: Vec<u8>) {
         let result = PendingResult {
             queue,
             correlation_id,

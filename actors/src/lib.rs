@@ -15,6 +15,7 @@
 //! decision, the ETA queue, node-name expansion, settings validation) hold the logic and carry
 //! most of the unit tests; the actors wire them to the broker and the child processes.
 
+pub mod backend;
 pub mod child;
 pub mod clock;
 pub mod consumer;

@@ -5,6 +5,7 @@
 //! [`encode::TaskMessage`] builds task messages the way `celery call` does.
 
 pub mod amqp_value;
+pub mod canvas;
 pub mod encode;
 pub mod message;
 pub mod python;

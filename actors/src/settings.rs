@@ -22,6 +22,81 @@ pub struct Settings {
     pub task: TaskSettings,
     /// `[python]`: run a Python Celery app's own tasks (`-A`).
     pub python: PythonSettings,
+    /// `[result]`: where Rust tasks' results go.
+    pub result: ResultSettings,
+}
+
+/// `[result]` section: the result backend of Rust tasks (a Python app's tasks use the app's
+/// own `result_backend`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResultSettings {
+    /// `result_backend`: `rpc://` (results sent to the client's reply queue, the default),
+    /// `redis://[:password@]host[:port][/db]` or `rediss://…` (stored as Celery's Redis
+    /// backend stores them, with chords), or `disabled://` (none).
+    pub backend: String,
+    /// `result_expires`: seconds a stored result is kept (Redis). Default 86400 (1 day);
+    /// 0 keeps them for ever.
+    pub expires: f64,
+    /// `result_extended`: store the task's name, args, kwargs, worker, retries and queue with
+    /// its result (Redis). Default false.
+    pub extended: bool,
+    /// `result_chord_ordered` (Celery's `result_backend_transport_options`): keep a chord's
+    /// header results in header order (a sorted set) rather than arrival order (a list).
+    /// Default true, as Celery 5.7. Every worker of one chord must agree.
+    pub chord_ordered: bool,
+}
+
+impl Default for ResultSettings {
+    fn default() -> Self {
+        ResultSettings {
+            backend: "rpc://".to_owned(),
+            expires: 86_400.0,
+            extended: false,
+            chord_ordered: true,
+        }
+    }
+}
+
+/// Which result backend `[result] backend` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendKind {
+    /// Replies to the client's queue.
+    Rpc,
+    /// Celery's Redis backend at this URL.
+    Redis(String),
+    /// No results at all.
+    Disabled,
+}
+
+impl ResultSettings {
+    /// The backend named, or why the URL names none celeryd has.
+    pub fn kind(&self) -> Result<BackendKind, ConfigError> {
+        let url = self.backend.trim();
+        let scheme = url.split_once("://").map_or(url, |(s, _)| s);
+        match scheme {
+            "rpc" => Ok(BackendKind::Rpc),
+            "" | "disabled" => Ok(BackendKind::Disabled),
+            "redis" | "rediss" => {
+                redis::Client::open(url).map_err(|e| {
+                    ConfigError::invalid(
+                        "result.backend",
+                        format!("cannot use {:?}: {e}", mask_password(url)),
+                    )
+                })?;
+                Ok(BackendKind::Redis(url.to_owned()))
+            }
+            other => Err(ConfigError::invalid(
+                "result.backend",
+                format!(
+                    "{:?}: Rust tasks store results over rpc://, redis:// or rediss:// (or \
+                     disabled://); the {other} backend is not there. With -A, the app's own \
+                     result_backend is used whatever it is.",
+                    mask_password(url)
+                ),
+            )),
+        }
+    }
 }
 
 /// `[python]` section: a Python Celery app whose tasks the worker runs, in Python children
@@ -376,6 +451,9 @@ pub struct TaskSettings {
     pub track_started: bool,
     /// `task_ignore_result`: publish no results (unless the message asks). Default false.
     pub ignore_result: bool,
+    /// `task_store_errors_even_if_ignored`: store failures of tasks whose result is ignored.
+    /// Default false.
+    pub store_errors_even_if_ignored: bool,
     /// `task_acks_on_failure_or_timeout`: with acks_late, ack failed and timed-out tasks
     /// (else requeue them). Default true.
     pub acks_on_failure_or_timeout: bool,
@@ -428,6 +506,7 @@ impl Default for TaskSettings {
             acks_late: false,
             track_started: false,
             ignore_result: false,
+            store_errors_even_if_ignored: false,
             acks_on_failure_or_timeout: true,
             reject_on_worker_lost: false,
             time_limit: None,
@@ -528,6 +607,13 @@ impl Settings {
         }
         self.task_queues()?;
         self.global_qos()?;
+        self.result.kind()?;
+        if !(self.result.expires.is_finite() && self.result.expires >= 0.0) {
+            return Err(ConfigError::invalid(
+                "result.expires",
+                "must be a number of seconds, 0 or more",
+            ));
+        }
         if !queues::QUEUE_TYPES.contains(&self.broker.native_delayed_delivery_queue_type.as_str()) {
             return Err(ConfigError::invalid(
                 "broker.native_delayed_delivery_queue_type",
@@ -654,6 +740,7 @@ impl Settings {
             time_limit: self.task.time_limit,
             soft_time_limit: self.task.soft_time_limit,
             rate_limit: None,
+            ignore_result: None,
         }
     }
 

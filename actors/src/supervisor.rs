@@ -183,6 +183,22 @@ impl Actor for Supervisor {
         });
         let attrs = task_attrs(&settings, &args.tasks);
         let registered: HashSet<String> = args.tasks.keys().cloned().collect();
+        let ignoring: std::collections::HashMap<String, bool> = args
+            .tasks
+            .iter()
+            .filter_map(|(name, o)| Some((name.clone(), o.ignore_result?)))
+            .collect();
+        let backend = match settings.result.kind() {
+            Ok(crate::settings::BackendKind::Redis(url)) if python.is_none() => {
+                let b = crate::backend::Backend::new(
+                    url,
+                    settings.result.expires,
+                    settings.result.chord_ordered,
+                );
+                Some(Actor::spawn_linked(None, b, (), cell.clone()).await?.0)
+            }
+            _ => None,
+        };
         let (pool, _) = Actor::spawn_linked(None, pool, args.tasks, cell.clone()).await?;
         let clock = Clock::new();
         let task_events = TaskEvents::new(settings.worker.send_events);
@@ -196,6 +212,7 @@ impl Actor for Supervisor {
         let (scheduler, _) =
             Actor::spawn_linked(None, Scheduler::new(pool.clone()), (), cell.clone()).await?;
         let peers = ConsumerPeers {
+            backend: backend.clone(),
             pool: pool.clone(),
             scheduler: scheduler.clone(),
             revoke: revoke.clone(),
@@ -227,9 +244,15 @@ impl Actor for Supervisor {
         }
         let (control, _) =
             Actor::spawn_linked(None, control, control_peers, myself.get_cell()).await?;
-        let consumer = Consumer::new(settings.clone(), args.hostname.clone(), registered);
+        let consumer =
+            Consumer::new(settings.clone(), args.hostname.clone(), registered).ignoring(ignoring);
         let (consumer, _) = Actor::spawn_linked(None, consumer, peers, cell).await?;
         pool.cast(PoolMessage::SetConsumer(consumer.clone()))?;
+        if let Some(b) = &backend {
+            b.cast(crate::backend::BackendMessage::SetConsumer(
+                consumer.clone(),
+            ))?;
+        }
         control.cast(ControlMessage::SetConsumer(consumer.clone()))?;
         revoke.cast(RevokeMessage::SetPeers {
             pool: pool.clone(),

@@ -252,6 +252,9 @@ pub struct TaskOptions {
     pub soft_time_limit: Option<f64>,
     /// Rate limit in tasks per second.
     pub rate_limit: Option<f64>,
+    /// `ignore_result` at registration: store no result (a message's own `ignore_result`
+    /// header wins). None: the `task_ignore_result` setting.
+    pub ignore_result: Option<bool>,
 }
 
 /// A registered task.
@@ -288,6 +291,13 @@ impl RegisteredTask {
     pub fn rate_limit(&mut self, rate: &str) -> Result<&mut Self, String> {
         self.options.rate_limit = crate::pool::rate::parse_rate(rate)?;
         Ok(self)
+    }
+
+    /// Stores no result for this task (or does, against `task_ignore_result`), as
+    /// `@app.task(ignore_result=True)`.
+    pub fn ignore_result(&mut self, ignore: bool) -> &mut Self {
+        self.options.ignore_result = Some(ignore);
+        self
     }
 
     /// The options set at registration.

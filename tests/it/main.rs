@@ -3,6 +3,7 @@
 #![allow(missing_docs, unreachable_pub, clippy::unwrap_used)]
 
 mod broker;
+mod canvas;
 mod cli;
 mod ctl;
 mod declare;

@@ -32,7 +32,8 @@ impl ExceptionInfo {
         format!("{}({})", self.exc_type, inner.join(", "))
     }
 
-    fn to_json(&self) -> Value {
+    /// As a result backend stores it: `exc_type`, `exc_message`, `exc_module`.
+    pub fn to_json(&self) -> Value {
         json!({
             "exc_type": self.exc_type,
             "exc_message": self.exc_message,
