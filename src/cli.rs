@@ -170,7 +170,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub skip_checks: bool,
     /// With -A: the app's result backend (sets CELERY_RESULT_BACKEND for it, as `celery
-    /// --result-backend`). Rust tasks answer over rpc:// only.
+    /// --result-backend`); for Rust tasks, `[result] backend` (rpc://, redis://, rediss://,
+    /// disabled://).
     #[arg(long, value_name = "URL")]
     pub result_backend: Option<String>,
     /// Refused: see the message (the embedded scheduler is not there yet).

@@ -31,11 +31,18 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio::sync::mpsc;
 
+/// The engine, for what the re-exports above leave out.
+pub use celeryd_actors as engine;
 use celeryd_actors::child::ChildCommand;
 use celeryd_actors::control::custom::ControlCommands;
 use celeryd_actors::supervisor::{ExitReason, PythonSetup, Supervisor, SupervisorArgs};
 use celeryd_actors::task::TaskOptions;
+/// What a worker of your own needs besides [`Registry`] and [`main_with`]: one crate to
+/// depend on.
+pub use celeryd_actors::task::{Args, RegisteredTask, TaskContext, TaskError};
 pub use celeryd_actors::{Registry, Settings, ShutdownMode};
+/// The JSON values task arguments and results are (`json!`, `Value`, `Map`).
+pub use serde_json;
 
 use crate::cli::{Cli, Command};
 pub use crate::error::StartupError;

@@ -57,6 +57,29 @@ pub fn example_registry() -> Registry {
             Ok(ctx.retries)
         },
     );
+    // Reports PROGRESS {current, total} after each of `steps` steps of `pause` seconds
+    // (default 0.2), then returns `steps`: Celery's `self.update_state`.
+    r.task(
+        "tasks.progress",
+        &["steps", "pause=0.2"],
+        |ctx, (steps, pause): (u32, f64)| {
+            for i in 1..=steps {
+                sleep(ctx, pause)?;
+                ctx.update_state("PROGRESS", json!({"current": i, "total": steps}))?;
+            }
+            Ok(steps)
+        },
+    );
+    // Sends `tasks.add(x, y)` (to `queue`, default the worker's default queue) and returns its
+    // id: a task that sends a task, with this one as its parent.
+    r.task(
+        "tasks.send_add",
+        &["x", "y", "queue?"],
+        |ctx, (x, y, queue): (Value, Value, Option<String>)| {
+            let options = queue.map_or(json!({}), |q| json!({ "queue": q }));
+            ctx.send_task("tasks.add", vec![x, y], serde_json::Map::new(), options)
+        },
+    );
     // An application control command (Celery's `Panel.register`): how much work this node
     // holds, by where it is. `worker ctl broadcast task_counts`.
     r.control_command("task_counts", |handle, _args| async move {

@@ -168,6 +168,8 @@ pub enum ChildMessage {
 pub enum Incoming {
     /// The child is up (its pid).
     Ready(u32),
+    /// The running task asks for something.
+    Signal(crate::task::TaskSignal),
     /// The current job ended.
     Done {
         /// How (for a Python child: what Celery's tracer did; it stored the result).
@@ -389,6 +391,18 @@ impl ChildProcess {
                     pid,
                 });
             }
+            Incoming::Signal(signal) => match &state.current {
+                Some((reserved, _)) => {
+                    let _ = self.pool.cast(PoolMessage::TaskSignal {
+                        request: reserved.request.clone(),
+                        signal,
+                    });
+                }
+                None => warn!(
+                    child_pid = state.pid,
+                    "A task signal without a task; ignored."
+                ),
+            },
             Incoming::Failed(traceback) => {
                 error!(
                     child_pid = state.pid,
@@ -515,6 +529,7 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
 fn incoming_of(frame: FromChild) -> Incoming {
     match frame {
         FromChild::Ready { pid } => Incoming::Ready(pid),
+        FromChild::Signal(signal) => Incoming::Signal(signal),
         FromChild::Done { outcome, rss_kib } => Incoming::Done {
             outcome: outcome_of(outcome),
             rss_kib,

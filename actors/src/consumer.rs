@@ -193,6 +193,13 @@ pub enum ConsumerMessage {
     /// A chord's header is complete and this worker publishes its body (from the result
     /// backend).
     ChordReady(Box<crate::backend::ChordReady>),
+    /// A running Rust task asks for a state update or a task to be sent.
+    TaskSignal {
+        /// The task.
+        request: Arc<crate::protocol::TaskRequest>,
+        /// What it asks.
+        signal: crate::task::TaskSignal,
+    },
     /// Try to (re)connect; sent to itself.
     Connect {
         /// Attempts made so far.
@@ -404,6 +411,9 @@ impl Actor for Consumer {
         match msg {
             ConsumerMessage::Connect { attempt } => self.connect(&myself, state, attempt).await?,
             ConsumerMessage::ChordReady(ready) => state.on_chord_ready(*ready).await,
+            ConsumerMessage::TaskSignal { request, signal } => {
+                state.on_task_signal(&request, signal).await
+            }
             ConsumerMessage::DeliveryReceived {
                 generation,
                 queue,

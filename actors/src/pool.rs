@@ -200,6 +200,13 @@ pub enum PoolMessage {
     Reserve(Box<Reserved>),
     /// Where starts and outcomes go (sent by the supervisor once the consumer runs).
     SetConsumer(ActorRef<ConsumerMessage>),
+    /// A running task asks for something (from its child actor): passed to the consumer.
+    TaskSignal {
+        /// The task.
+        request: std::sync::Arc<crate::protocol::TaskRequest>,
+        /// What it asks.
+        signal: crate::task::TaskSignal,
+    },
     /// A child process is up (sent by the child actor).
     ChildReady {
         /// The child actor.
@@ -418,6 +425,11 @@ impl Actor for Pool {
                 state.dispatch(&myself, self.default_limits);
             }
             PoolMessage::SetConsumer(c) => state.consumer = Some(c),
+            PoolMessage::TaskSignal { request, signal } => {
+                if let Some(c) = &state.consumer {
+                    let _ = c.cast(ConsumerMessage::TaskSignal { request, signal });
+                }
+            }
             PoolMessage::ChildReady { child, pid } => {
                 if let Some(slot) = state.slots.get_mut(&child) {
                     slot.pid = Some(pid);

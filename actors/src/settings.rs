@@ -607,7 +607,10 @@ impl Settings {
         }
         self.task_queues()?;
         self.global_qos()?;
-        self.result.kind()?;
+        // With -A the app's own result_backend is used, whatever it is.
+        if self.python.app.is_none() {
+            self.result.kind()?;
+        }
         if !(self.result.expires.is_finite() && self.result.expires >= 0.0) {
             return Err(ConfigError::invalid(
                 "result.expires",
@@ -853,6 +856,24 @@ pub fn metrics_socket(addr: &str) -> Result<std::net::SocketAddr, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn result_backends_rust_tasks_can_use() {
+        let mut s = Settings::default();
+        assert_eq!(s.result.kind(), Ok(BackendKind::Rpc));
+        s.result.backend = "redis://:pw@127.0.0.1:6379/3".into();
+        assert!(matches!(s.result.kind(), Ok(BackendKind::Redis(_))));
+        s.result.backend = "disabled://".into();
+        assert_eq!(s.result.kind(), Ok(BackendKind::Disabled));
+        s.result.backend = "db+postgresql://u:secret@h/db".into();
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("result.backend") && !e.contains("secret"), "{e}");
+        s.python.app = Some("proj".into());
+        assert!(
+            s.validate().is_ok(),
+            "with -A the app's backend is the app's business"
+        );
+    }
 
     #[test]
     fn defaults_are_valid() {

@@ -119,8 +119,30 @@ impl std::fmt::Display for TaskError {
     }
 }
 
+/// What a running task asks its worker to do while it runs (sent from the child process to
+/// the worker, which carries it out).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub enum TaskSignal {
+    /// Store this state and meta as the task's result (`self.update_state`).
+    UpdateState {
+        /// A state name, e.g. `PROGRESS`.
+        state: String,
+        /// Its meta (JSON text).
+        meta_json: String,
+    },
+    /// Send a task (`app.send_task` from inside a task): `parent_id` and `root_id` are
+    /// this task's.
+    SendTask {
+        /// The signature as Celery's dict (JSON text), `options.task_id` set.
+        signature_json: String,
+    },
+}
+
+/// Where a task's [`TaskSignal`]s go (in a child process: the pipe to the worker).
+pub type SignalSink = Arc<dyn Fn(TaskSignal) -> Result<(), String> + Send + Sync>;
+
 /// What a running task can see about itself.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TaskContext {
     /// Task id.
     pub id: String,
@@ -131,6 +153,18 @@ pub struct TaskContext {
     /// The worker's node name.
     pub hostname: String,
     soft_limit: Arc<AtomicBool>,
+    signals: Option<SignalSink>,
+}
+
+impl std::fmt::Debug for TaskContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskContext")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("retries", &self.retries)
+            .field("hostname", &self.hostname)
+            .finish()
+    }
 }
 
 impl TaskContext {
@@ -149,7 +183,69 @@ impl TaskContext {
             retries,
             hostname,
             soft_limit,
+            signals: None,
         }
+    }
+
+    /// With `sink` taking what the task asks of its worker ([`TaskContext::update_state`],
+    /// [`TaskContext::send_task`]).
+    pub fn with_signals(mut self, sink: SignalSink) -> Self {
+        self.signals = Some(sink);
+        self
+    }
+
+    fn signal(&self, signal: TaskSignal) -> Result<(), TaskError> {
+        let sink = self
+            .signals
+            .as_ref()
+            .ok_or_else(|| TaskError::new("RuntimeError", "the task does not run in a worker"))?;
+        sink(signal).map_err(|e| TaskError::new("RuntimeError", e))
+    }
+
+    /// Celery's `self.update_state(state=…, meta=…)`: the result backend stores `state` with
+    /// `meta` as the task's result until it ends (a client's `AsyncResult.state` / `.info`
+    /// show it). With `rpc://` the client's reply queue gets it.
+    pub fn update_state(&self, state: &str, meta: Value) -> Result<(), TaskError> {
+        self.signal(TaskSignal::UpdateState {
+            state: state.to_owned(),
+            meta_json: meta.to_string(),
+        })
+    }
+
+    /// Sends task `name` with `args` and `kwargs` (`app.send_task` from a task): `options`
+    /// are Celery's (`queue`, `exchange`, `routing_key`, `countdown`, `eta`, `expires`,
+    /// `priority`, `task_id`, `link`, `link_error`…). Its `parent_id` is this task and its
+    /// `root_id` this task's root. Returns the new task's id.
+    pub fn send_task(
+        &self,
+        name: &str,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+        options: Value,
+    ) -> Result<String, TaskError> {
+        let mut options = match options {
+            Value::Object(o) => o,
+            Value::Null => Map::new(),
+            other => {
+                return Err(TaskError::type_error(format!(
+                    "send_task options must be an object, not {other}"
+                )));
+            }
+        };
+        let id = options
+            .get("task_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        options.insert("task_id".into(), Value::String(id.clone()));
+        let signature = serde_json::json!({
+            "task": name, "args": args, "kwargs": kwargs, "options": options,
+            "subtask_type": null, "immutable": true,
+        });
+        self.signal(TaskSignal::SendTask {
+            signature_json: signature.to_string(),
+        })?;
+        Ok(id)
     }
 
     /// Whether the soft time limit has passed.
@@ -208,13 +304,18 @@ impl Args {
                 self.args.len()
             )));
         }
-        if let Some(k) = self.kwargs.keys().find(|k| !params.contains(&k.as_str())) {
+        let params: Vec<(&str, Option<Value>)> = params.iter().map(|p| param(p)).collect();
+        if let Some(k) = self
+            .kwargs
+            .keys()
+            .find(|k| !params.iter().any(|(n, _)| n == &k.as_str()))
+        {
             return Err(TaskError::type_error(format!(
                 "{task}() got an unexpected keyword argument '{k}'"
             )));
         }
         let mut values = Vec::with_capacity(params.len());
-        for (i, p) in params.iter().enumerate() {
+        for (i, (p, default)) in params.iter().enumerate() {
             match (self.args.get(i), self.kwargs.get(*p)) {
                 (Some(_), Some(_)) => {
                     return Err(TaskError::type_error(format!(
@@ -222,11 +323,14 @@ impl Args {
                     )));
                 }
                 (Some(v), None) | (None, Some(v)) => values.push(v.clone()),
-                (None, None) => {
-                    return Err(TaskError::type_error(format!(
-                        "{task}() missing required argument: '{p}'"
-                    )));
-                }
+                (None, None) => match default {
+                    Some(v) => values.push(v.clone()),
+                    None => {
+                        return Err(TaskError::type_error(format!(
+                            "{task}() missing required argument: '{p}'"
+                        )));
+                    }
+                },
             }
         }
         let packed = if values.is_empty() {
@@ -236,6 +340,68 @@ impl Args {
         };
         serde_json::from_value(packed)
             .map_err(|e| TaskError::type_error(format!("{task}(): bad argument: {e}")))
+    }
+}
+
+/// A parameter as registered: `name` (required), `name?` (optional: `null`, for an
+/// `Option<T>`, when not given) or `name=<JSON>` (this default when not given; text that is
+/// not JSON is a string default).
+fn param(spec: &str) -> (&str, Option<Value>) {
+    if let Some((name, default)) = spec.split_once('=') {
+        let value = serde_json::from_str(default.trim())
+            .unwrap_or_else(|_| Value::String(default.to_owned()));
+        return (name.trim(), Some(value));
+    }
+    match spec.strip_suffix('?') {
+        Some(name) => (name.trim(), Some(Value::Null)),
+        None => (spec.trim(), None),
+    }
+}
+
+/// `?` on common errors in a task: each becomes the Python exception a client expects.
+impl From<std::io::Error> for TaskError {
+    /// `OSError` (Python's I/O errors), with the OS error number when there is one.
+    fn from(e: std::io::Error) -> Self {
+        let mut err = TaskError::new("OSError", e.to_string());
+        if let Some(code) = e.raw_os_error() {
+            err.args = vec![Value::from(code), Value::String(e.to_string())];
+        }
+        err
+    }
+}
+
+impl From<serde_json::Error> for TaskError {
+    /// `ValueError` (what Python's `json` raises is a subclass of it).
+    fn from(e: serde_json::Error) -> Self {
+        TaskError::new("ValueError", e.to_string())
+    }
+}
+
+impl From<std::num::ParseIntError> for TaskError {
+    /// `ValueError`, as `int('x')`.
+    fn from(e: std::num::ParseIntError) -> Self {
+        TaskError::new("ValueError", e.to_string())
+    }
+}
+
+impl From<std::num::ParseFloatError> for TaskError {
+    /// `ValueError`, as `float('x')`.
+    fn from(e: std::num::ParseFloatError) -> Self {
+        TaskError::new("ValueError", e.to_string())
+    }
+}
+
+impl From<std::str::Utf8Error> for TaskError {
+    /// `ValueError` (Python's `UnicodeDecodeError` is one).
+    fn from(e: std::str::Utf8Error) -> Self {
+        TaskError::new("ValueError", e.to_string())
+    }
+}
+
+impl From<std::string::FromUtf8Error> for TaskError {
+    /// `ValueError` (Python's `UnicodeDecodeError` is one).
+    fn from(e: std::string::FromUtf8Error) -> Self {
+        TaskError::new("ValueError", e.to_string())
     }
 }
 
@@ -428,6 +594,54 @@ mod tests {
             e,
             "out of retries: the error itself"
         );
+    }
+
+    #[test]
+    fn optional_and_default_parameters() {
+        let a = Args {
+            args: vec![json!(2)],
+            ..Default::default()
+        };
+        let (x, y, name): (i64, Option<i64>, String) =
+            a.bind("f", &["x", "y?", "name=\"anon\""]).unwrap();
+        assert_eq!((x, y, name.as_str()), (2, None, "anon"));
+        let a = Args {
+            args: vec![json!(2), json!(5)],
+            kwargs: json!({"name": "bo"}).as_object().cloned().unwrap(),
+        };
+        let (x, y, name): (i64, Option<i64>, String) =
+            a.bind("f", &["x", "y?", "name=anon"]).unwrap();
+        assert_eq!((x, y, name.as_str()), (2, Some(5), "bo"));
+        let a = Args {
+            kwargs: json!({"z": 1}).as_object().cloned().unwrap(),
+            ..Default::default()
+        };
+        let e = a.bind::<(Option<i64>,)>("f", &["y=3"]).unwrap_err();
+        assert!(
+            e.to_string().contains("unexpected keyword argument 'z'"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn question_mark_turns_common_errors_into_python_exceptions() {
+        fn read() -> Result<String, TaskError> {
+            Ok(std::fs::read_to_string("/no/such/file")?)
+        }
+        let e = read().unwrap_err();
+        assert_eq!(
+            (e.exc_type.as_str(), e.exc_module.as_str()),
+            ("OSError", "builtins")
+        );
+        assert_eq!(e.args[0], json!(2), "errno first, as Python's");
+        fn parse() -> Result<i64, TaskError> {
+            Ok("x".parse::<i64>()?)
+        }
+        assert_eq!(parse().unwrap_err().exc_type, "ValueError");
+        fn decode() -> Result<Value, TaskError> {
+            Ok(serde_json::from_str("{")?)
+        }
+        assert_eq!(decode().unwrap_err().exc_type, "ValueError");
     }
 
     #[test]

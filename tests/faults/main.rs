@@ -11,6 +11,7 @@ mod chaos;
 mod cluster;
 mod hardening;
 mod hostile;
+mod redis_backend;
 mod tls;
 
 use std::sync::{Mutex, MutexGuard};

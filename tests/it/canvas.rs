@@ -83,6 +83,14 @@ fn chains_links_errbacks_and_groups_of_rust_tasks() {
     assert_eq!(r["extended"]["name"], "tasks.add", "{r}");
     assert_eq!(r["extended"]["args"], json!([20, 22]), "{r}");
     assert_eq!(r["extended"]["worker"], w.nodename().as_str(), "{r}");
+    let r = c(&["progress"]);
+    assert_eq!(r["result"], 5, "{r}");
+    let seen = r["seen"].as_array().unwrap();
+    assert!(seen.len() >= 2, "PROGRESS seen while it ran: {r}");
+    assert!(seen.iter().all(|m| m["total"] == 5), "{r}");
+    let r = c(&["task_sends_task"]);
+    assert_eq!(r["child"], 5, "{r}");
+    assert_eq!(r["parent_id"], r["id"], "the sender is the parent: {r}");
     assert!(!w.log().contains("not carried out"), "{}", w.log());
     drop(w);
     block_on(delete_queue(&queue));

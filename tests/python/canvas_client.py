@@ -12,9 +12,12 @@ line:
     chord_rust_head  chord(add(i, i) on celeryd)(proj.tsum on the Python worker)
     chord_py_head    chord(proj.add(i, i) on the Python worker)(tasks.echo on celeryd)
     chord_failure    chord([add(1, 1), fail('bad')])(echo) -> the body's state and exception
+    progress         tasks.progress(5): the PROGRESS metas seen while it runs, its result
+    task_sends_task  tasks.send_add(2, 3): the sent task's result and parent
     states           FAILURE, RETRY, REVOKED, TimeLimitExceeded, WorkerLostError as the client
                      reads them from Redis
-    meta ID          the raw stored value of task ID
+    send N           N add(i, 1) sent without touching Redis -> their ids
+    collect IDS S    the results of the tasks IDS (JSON list), waiting up to S seconds each
 """
 
 import json
@@ -114,8 +117,28 @@ def main(argv):
         out["success"] = ok.get(timeout=TIMEOUT)
         meta = app.backend.get_task_meta(ok.id)
         out["extended"] = {k: meta.get(k) for k in ("name", "args", "worker", "queue")}
+    elif cmd == "progress":
+        res = rust("tasks.progress", 5, 0.3).apply_async()
+        seen = []
+        deadline = time.time() + TIMEOUT
+        while not res.ready() and time.time() < deadline:
+            if res.state == "PROGRESS" and res.info not in seen:
+                seen.append(res.info)
+            time.sleep(0.05)
+        out = {"result": res.get(timeout=TIMEOUT), "seen": seen}
+    elif cmd == "task_sends_task":
+        res = rust("tasks.send_add", 2, 3, QUEUE).apply_async()
+        child_id = res.get(timeout=TIMEOUT)
+        child = app.AsyncResult(child_id)
+        out = {"child": child.get(timeout=TIMEOUT), "parent_id": app.backend.get_task_meta(child_id).get("parent_id"), "id": res.id}
     elif cmd == "send":
-        ids = [rust("tasks.add", i, 1).apply_async().id for i in range(int(argv[1]))]
+        # Sent without the Redis backend (which the client needs to send), so that it works
+        # while Redis is down; the worker stores the results in Redis all the same.
+        sender = Celery("sender", broker=app.conf.broker_url, backend="rpc://")
+        ids = [
+            sender.send_task("tasks.add", (i, 1), queue=QUEUE, ignore_result=False).id
+            for i in range(int(argv[1]))
+        ]
         out = {"ids": ids}
     elif cmd == "collect":
         ids = json.loads(argv[1])

@@ -70,6 +70,8 @@ pub enum FromChild {
         /// Its pid.
         pid: u32,
     },
+    /// The running task asks the worker for something (a state update, a task to send).
+    Signal(crate::task::TaskSignal),
     /// The current job ended.
     Done {
         /// How it ended.

@@ -32,28 +32,40 @@ fn child_loop(registry: &Registry) -> Result<(), ChildError> {
     }
     let ipc_out = nix::unistd::dup(std::io::stdout()).map_err(std::io::Error::from)?;
     nix::unistd::dup2_stdout(std::io::stderr()).map_err(std::io::Error::from)?;
-    let mut out = BufWriter::new(std::fs::File::from(ipc_out));
+    // Shared with the running task's context, whose signals go out between its frames.
+    let out = Arc::new(std::sync::Mutex::new(BufWriter::new(std::fs::File::from(
+        ipc_out,
+    ))));
+    let sink_out = out.clone();
+    let sink: crate::task::SignalSink = Arc::new(move |signal| {
+        let mut w = sink_out
+            .lock()
+            .map_err(|_| "the pipe to the worker is broken".to_owned())?;
+        write_frame_blocking(&mut *w, &FromChild::Signal(signal)).map_err(|e| e.to_string())
+    });
+    let write = |frame: &FromChild| -> Result<(), ChildError> {
+        let mut w = out
+            .lock()
+            .map_err(|_| ChildError::Frame("the pipe to the worker is broken".into()))?;
+        write_frame_blocking(&mut *w, frame)
+    };
     let mut input = BufReader::new(std::io::stdin().lock());
     let soft_limit = Arc::new(AtomicBool::new(false));
     let mut memory = ResidentMemory::default();
     // The parent signals the soft time limit with SIGUSR1; the task sees it through its context.
     signal_hook::flag::register(signal_hook::consts::SIGUSR1, soft_limit.clone())?;
 
-    write_frame_blocking(
-        &mut out,
-        &FromChild::Ready {
-            pid: std::process::id(),
-        },
-    )?;
+    write(&FromChild::Ready {
+        pid: std::process::id(),
+    })?;
     while let Some(msg) = read_frame_blocking::<ToChild>(&mut input)? {
         match msg {
             ToChild::Run(job) => {
                 soft_limit.store(false, std::sync::atomic::Ordering::Relaxed);
                 let measure = job.measure_memory;
-                let outcome = run_job(registry, job, &soft_limit);
+                let outcome = run_job(registry, job, &soft_limit, Some(sink.clone()));
                 let rss_kib = if measure { memory.kib() } else { 0 };
-                let done = FromChild::Done { outcome, rss_kib };
-                write_frame_blocking(&mut out, &done)?;
+                write(&FromChild::Done { outcome, rss_kib })?;
             }
         }
     }
@@ -61,7 +73,14 @@ fn child_loop(registry: &Registry) -> Result<(), ChildError> {
 }
 
 /// Runs one job and turns whatever happens (value, error, panic) into an outcome.
-pub fn run_job(registry: &Registry, job: Job, soft_limit: &Arc<AtomicBool>) -> JobOutcome {
+/// With `signals`, the task's [`TaskContext::update_state`] and
+/// [`TaskContext::send_task`] reach the worker.
+pub fn run_job(
+    registry: &Registry,
+    job: Job,
+    soft_limit: &Arc<AtomicBool>,
+    signals: Option<crate::task::SignalSink>,
+) -> JobOutcome {
     let Some(task) = registry.get(&job.name) else {
         return failure(
             &TaskError::new("NotRegistered", job.name.clone()).with_module("celery.exceptions"),
@@ -72,13 +91,16 @@ pub fn run_job(registry: &Registry, job: Job, soft_limit: &Arc<AtomicBool>) -> J
         Ok(a) => a,
         Err(e) => return failure(&e, String::new()),
     };
-    let ctx = TaskContext::new(
+    let mut ctx = TaskContext::new(
         job.task_id,
         job.name,
         job.retries,
         job.hostname,
         soft_limit.clone(),
     );
+    if let Some(sink) = signals {
+        ctx = ctx.with_signals(sink);
+    }
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| task.call(&ctx, args)));
     match result {
         Ok(Ok(value)) => JobOutcome::Success {
@@ -215,12 +237,12 @@ mod tests {
         });
         let flag = Arc::default();
         assert_eq!(
-            run_job(&r, job("add", "[2,3]"), &flag),
+            run_job(&r, job("add", "[2,3]"), &flag, None),
             JobOutcome::Success {
                 result_json: "5".into()
             }
         );
-        match run_job(&r, job("fail", "[]"), &flag) {
+        match run_job(&r, job("fail", "[]"), &flag, None) {
             JobOutcome::Failure {
                 exc_type,
                 exc_module,
@@ -235,11 +257,11 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(run_job(&r, job("panic", "[]"), &flag),
+        assert!(matches!(run_job(&r, job("panic", "[]"), &flag, None),
             JobOutcome::Failure { exc_type, .. } if exc_type == "RuntimeError"));
-        assert!(matches!(run_job(&r, job("add", "[1]"), &flag),
+        assert!(matches!(run_job(&r, job("add", "[1]"), &flag, None),
             JobOutcome::Failure { exc_type, .. } if exc_type == "TypeError"));
-        assert!(matches!(run_job(&r, job("nope", "[]"), &flag),
+        assert!(matches!(run_job(&r, job("nope", "[]"), &flag, None),
             JobOutcome::Failure { exc_type, .. } if exc_type == "NotRegistered"));
     }
 }

@@ -19,6 +19,7 @@ use crate::pool::Reserved;
 use crate::protocol::canvas::{self, CanvasError, Embed, Outgoing, Sender};
 use crate::protocol::{ExceptionInfo, ResultState, TaskRequest, result_body};
 use crate::settings::{BackendKind, Settings};
+use crate::task::TaskSignal;
 
 /// How results are kept, from `[result]` and `[task]`.
 #[derive(Debug, Clone)]
@@ -257,6 +258,26 @@ impl ConsumerState {
             group_id: ready.group_id.clone(),
             token: ready.token.clone(),
         });
+    }
+
+    /// What a running Rust task asks: a state update stored as its result, or a task sent
+    /// with it as parent.
+    pub(super) async fn on_task_signal(&mut self, req: &Arc<TaskRequest>, signal: TaskSignal) {
+        match signal {
+            TaskSignal::UpdateState { state, meta_json } => {
+                let meta = serde_json::from_str(&meta_json).unwrap_or(Value::Null);
+                let st = ResultState::Custom { state, meta };
+                if self.results.keeps(req, None, false) {
+                    self.store_result(req, &st).await;
+                }
+            }
+            TaskSignal::SendTask { signature_json } => {
+                let sig: Value = serde_json::from_str(&signature_json).unwrap_or(Value::Null);
+                let from = Sender::of(req, &self.results.hostname, &self.results.default_queue);
+                let out = canvas::simple(&sig, None, &from, None, OffsetDateTime::now_utc());
+                self.send_all(&req.id, vec![out]).await;
+            }
+        }
     }
 
     /// Publishes what a task's embed sends; whatever cannot be sent is logged with the id.

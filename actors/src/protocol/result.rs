@@ -63,6 +63,13 @@ pub enum ResultState {
     },
     /// Revoked: reason is `revoked`, `expired` or `terminated`.
     Revoked(String),
+    /// A state the task set itself (`update_state`), with its meta.
+    Custom {
+        /// The state name, e.g. `PROGRESS`.
+        state: String,
+        /// Its meta (the stored `result`).
+        meta: Value,
+    },
     /// To be retried; the exception that caused it.
     Retry {
         /// The exception.
@@ -74,8 +81,9 @@ pub enum ResultState {
 
 impl ResultState {
     /// The Celery state name.
-    pub fn name(&self) -> &'static str {
+    pub fn name(&self) -> &str {
         match self {
+            ResultState::Custom { state, .. } => state,
             ResultState::Started { .. } => "STARTED",
             ResultState::Success(_) => "SUCCESS",
             ResultState::Failure { .. } => "FAILURE",
@@ -88,7 +96,7 @@ impl ResultState {
     pub fn is_ready(&self) -> bool {
         !matches!(
             self,
-            ResultState::Started { .. } | ResultState::Retry { .. }
+            ResultState::Started { .. } | ResultState::Retry { .. } | ResultState::Custom { .. }
         )
     }
 }
@@ -97,7 +105,7 @@ impl ResultState {
 /// state's parts: a result is serialized straight into the message body.
 #[derive(serde::Serialize)]
 struct Body<'a> {
-    status: &'static str,
+    status: &'a str,
     result: ResultValue<'a>,
     traceback: Option<&'a str>,
     children: [(); 0],
@@ -133,7 +141,9 @@ pub fn result_body(
             },
             None,
         ),
-        ResultState::Success(v) => (ResultValue::Value(v), None),
+        ResultState::Success(v) | ResultState::Custom { meta: v, .. } => {
+            (ResultValue::Value(v), None)
+        }
         ResultState::Failure { exc, traceback } | ResultState::Retry { exc, traceback } => {
             (ResultValue::Exception(exc.to_json()), traceback.as_deref())
         }
