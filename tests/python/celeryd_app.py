@@ -12,7 +12,7 @@ from celery import Celery
 app = Celery(
     "celeryd_app",
     broker=os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//"),
-    backend="rpc://",
+    backend=os.environ.get("RESULT_BACKEND", "rpc://"),
 )
 
 
