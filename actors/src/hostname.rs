@@ -20,24 +20,12 @@ pub fn expand_nodename(template: &str, host: &str) -> Result<String, String> {
         Some((s, d)) => (s, d),
         None => (host, ""),
     };
-    let mut out = String::with_capacity(full.len() + host.len());
-    let mut chars = full.chars();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('h') => out.push_str(host),
-            Some('n') => out.push_str(short),
-            Some('d') => out.push_str(domain),
-            Some('i') => out.push('0'),
-            Some('I') => {}
-            Some('%') => out.push('%'),
-            Some(other) => return Err(format!("unknown format key %{other} in {template:?}")),
-            None => return Err(format!("dangling % at the end of {template:?}")),
-        }
-    }
+    let out = expand_keys(&full, template, |key| match key {
+        'h' => Some(host),
+        'n' => Some(short),
+        'd' => Some(domain),
+        _ => None,
+    })?;
     if out.ends_with('@') || out.starts_with('@') {
         return Err(format!(
             "{template:?} expands to {out:?}, which lacks a name or host part"
@@ -60,22 +48,37 @@ pub fn expand_nodename(template: &str, host: &str) -> Result<String, String> {
 pub fn expand_path(template: &str, nodename: &str) -> Result<String, String> {
     let (name, host) = nodename.split_once('@').unwrap_or(("celery", nodename));
     let domain = host.split_once('.').map_or("", |(_, d)| d);
-    let mut out = String::with_capacity(template.len() + nodename.len());
-    let mut chars = template.chars();
+    expand_keys(template, template, |key| match key {
+        'h' => Some(host),
+        'n' => Some(name),
+        'd' => Some(domain),
+        'p' => Some(nodename),
+        _ => None,
+    })
+}
+
+/// Expands `%<key>` in `text` with `value(key)`, and the keys every template has: `%i` (0),
+/// `%I` (nothing: the main process) and `%%`. `template` names the text in errors.
+fn expand_keys<'a>(
+    text: &str,
+    template: &str,
+    value: impl Fn(char) -> Option<&'a str>,
+) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut chars = text.chars();
     while let Some(c) = chars.next() {
         if c != '%' {
             out.push(c);
             continue;
         }
         match chars.next() {
-            Some('h') => out.push_str(host),
-            Some('n') => out.push_str(name),
-            Some('d') => out.push_str(domain),
-            Some('p') => out.push_str(nodename),
             Some('i') => out.push('0'),
             Some('I') => {}
             Some('%') => out.push('%'),
-            Some(other) => return Err(format!("unknown format key %{other} in {template:?}")),
+            Some(key) => match value(key) {
+                Some(v) => out.push_str(v),
+                None => return Err(format!("unknown format key %{key} in {template:?}")),
+            },
             None => return Err(format!("dangling % at the end of {template:?}")),
         }
     }

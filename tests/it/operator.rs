@@ -30,6 +30,22 @@ fn node() -> String {
     format!("op-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
 }
 
+/// Declares `queue` as Celery (and celeryd) declare a plain queue: durable, no arguments.
+fn declare_plain_queue(queue: &str) {
+    block_on(async {
+        let conn = connect().await;
+        let ch = conn.create_channel().await.unwrap();
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        ch.queue_declare(queue.into(), durable, FieldTable::default())
+            .await
+            .unwrap();
+        let _ = conn.close(200, "bye".into()).await;
+    });
+}
+
 fn host() -> String {
     celeryd_actors::hostname::this_host()
 }
@@ -410,18 +426,7 @@ fn fair_dispatch_no_task_waits_behind_a_busy_child() {
 #[test]
 fn purge_discards_the_waiting_messages_before_consuming() {
     let queue = unique_queue("purge");
-    block_on(async {
-        let conn = connect().await;
-        let ch = conn.create_channel().await.unwrap();
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        ch.queue_declare(queue.as_str().into(), durable, FieldTable::default())
-            .await
-            .unwrap();
-        let _ = conn.close(200, "bye".into()).await;
-    });
+    declare_plain_queue(&queue);
     for _ in 0..3 {
         let r = call_task(&queue, "tasks.add", "[1, 1]", &["--no-wait"]);
         assert!(r["id"].is_string(), "{r}");
@@ -573,18 +578,7 @@ fn mingle_takes_over_a_revoke_sent_while_the_worker_was_down() {
     // Only A hears the revoke: B is not running yet.
     let (code, out, err) = worker_ctl(&["revoke", &revoked, "-d", &a.nodename()]);
     assert_eq!(code, 0, "{out}{err}");
-    block_on(async {
-        let conn = connect().await;
-        let ch = conn.create_channel().await.unwrap();
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        ch.queue_declare(qb.as_str().into(), durable, FieldTable::default())
-            .await
-            .unwrap();
-        let _ = conn.close(200, "bye".into()).await;
-    });
+    declare_plain_queue(&qb);
     let r = call_task(
         &qb,
         "tasks.add",
