@@ -864,7 +864,10 @@ mod tests {
         s.result.backend = "redis://:pw@127.0.0.1:6379/3".into();
         assert!(matches!(s.result.kind(), Ok(BackendKind::Redis(_))));
         s.result.backend = "rediss://:pw@redis.example:6380/0".into();
-        assert!(matches!(s.result.kind(), Ok(BackendKind::Redis(_))), "TLS built in");
+        assert!(
+            matches!(s.result.kind(), Ok(BackendKind::Redis(_))),
+            "TLS built in"
+        );
         s.result.backend = "disabled://".into();
         assert_eq!(s.result.kind(), Ok(BackendKind::Disabled));
         s.result.backend = "db+postgresql://u:secret@h/db".into();
