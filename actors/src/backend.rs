@@ -195,6 +195,9 @@ fn is_transient(e: &redis::RedisError) -> bool {
     e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped()
 }
 
+/// The most results sent in one pipeline.
+const STORE_BATCH: usize = 256;
+
 /// Delay before retry `n` (1-based): 0.5 s doubling to 8 s.
 pub fn retry_backoff(n: u32) -> Duration {
     Duration::from_millis(500u64 << n.saturating_sub(1).min(4))
@@ -204,7 +207,36 @@ impl Backend {
     /// Sends what waits, in order, until Redis fails; then arms a retry.
     async fn flush(&self, myself: &ActorRef<BackendMessage>, state: &mut BackendState) {
         while let Some(op) = state.pending.pop_front() {
-            match self.run(state, &op).await {
+            // Results waiting one after another go in one pipeline (one round trip).
+            let mut single = Some(op);
+            let mut batch = Vec::new();
+            if matches!(single, Some(Op::Store { .. }))
+                && matches!(state.pending.front(), Some(Op::Store { .. }))
+            {
+                batch.extend(single.take());
+                while batch.len() < STORE_BATCH
+                    && matches!(state.pending.front(), Some(Op::Store { .. }))
+                {
+                    batch.extend(state.pending.pop_front());
+                }
+            }
+            let done = match &single {
+                Some(op) => self.run(state, op).await,
+                None => match self.store_all(state, &batch).await {
+                    Err(e) if !is_transient(&e) => {
+                        // One of them is refused: store them one by one, so only it is lost.
+                        for one in &batch {
+                            if let Err(e) = self.run(state, one).await {
+                                error!(error = %e, "The result backend refused {}; it is dropped.", one.describe());
+                            }
+                        }
+                        Ok(())
+                    }
+                    other => other,
+                },
+            };
+            let op = single;
+            match done {
                 Ok(()) => {
                     if let Some((since, _)) = state.down.take() {
                         info!(
@@ -216,7 +248,9 @@ impl Backend {
                     }
                 }
                 Err(e) if is_transient(&e) => {
-                    state.pending.push_front(op);
+                    for back in op.into_iter().chain(batch).rev() {
+                        state.pending.push_front(back);
+                    }
                     let (since, tries) = state.down.unwrap_or((std::time::Instant::now(), 0));
                     if tries == 0 {
                         warn!(error = %e, kept = state.pending.len(),
@@ -233,10 +267,34 @@ impl Backend {
                     return;
                 }
                 Err(e) => {
-                    error!(error = %e, "The result backend refused {}; it is dropped.", op.describe());
+                    let what = op.as_ref().map_or_else(String::new, Op::describe);
+                    error!(error = %e, "The result backend refused {what}; it is dropped.");
                 }
             }
         }
+    }
+
+    /// Stores several results in one pipeline.
+    async fn store_all(&self, state: &mut BackendState, batch: &[Op]) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        for op in batch {
+            if let Op::Store { task_id, value } = op {
+                pipe.add_command(self.store_cmd(task_id, value)).ignore();
+            }
+        }
+        pipe.query_async::<()>(&mut state.conn).await
+    }
+
+    /// The one command that stores a result: [`redis_keys::STORE_SCRIPT`] (a stored SUCCESS
+    /// is kept; else SET with the expiry, then PUBLISH on the key).
+    fn store_cmd(&self, task_id: &str, value: &[u8]) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(redis_keys::STORE_SCRIPT)
+            .arg(1)
+            .arg(redis_keys::task_key(task_id))
+            .arg(value)
+            .arg(self.expires);
+        cmd
     }
 
     async fn run(&self, state: &mut BackendState, op: &Op) -> redis::RedisResult<()> {
@@ -271,26 +329,17 @@ impl Backend {
         task_id: &str,
         value: &[u8],
     ) -> redis::RedisResult<()> {
-        let key = redis_keys::task_key(task_id);
-        let current: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(&key)
+        let stored: i64 = self
+            .store_cmd(task_id, value)
             .query_async(&mut state.conn)
             .await?;
-        if redis_keys::stored_status(current.as_deref()) == "SUCCESS" {
+        if stored == 0 {
             debug!(
                 task_id,
                 "A SUCCESS is stored already; the later state is not."
             );
-            return Ok(());
         }
-        let mut pipe = redis::pipe();
-        if self.expires > 0 {
-            pipe.set_ex(&key, value, self.expires).ignore();
-        } else {
-            pipe.set(&key, value).ignore();
-        }
-        pipe.publish(&key, value).ignore();
-        pipe.query_async::<()>(&mut state.conn).await
+        Ok(())
     }
 
     async fn count_part(&self, state: &mut BackendState, p: &ChordPart) -> redis::RedisResult<()> {

@@ -91,6 +91,20 @@ fn chains_links_errbacks_and_groups_of_rust_tasks() {
     let r = c(&["task_sends_task"]);
     assert_eq!(r["child"], 5, "{r}");
     assert_eq!(r["parent_id"], r["id"], "the sender is the parent: {r}");
+    // A SUCCESS stored already is never overwritten by a later state of the same id.
+    let id = uuid::Uuid::new_v4().to_string();
+    c(&["preset_success", &id]);
+    w.wait_for_log(
+        &format!("Task tasks.fail[{id}] raised"),
+        std::time::Duration::from_secs(20),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let r = c(&["meta", &id]);
+    assert_eq!(
+        (r["status"].clone(), r["result"].clone()),
+        (json!("SUCCESS"), json!(1)),
+        "{r}"
+    );
     assert!(!w.log().contains("not carried out"), "{}", w.log());
     drop(w);
     block_on(delete_queue(&queue));

@@ -131,6 +131,18 @@ def main(argv):
         child_id = res.get(timeout=TIMEOUT)
         child = app.AsyncResult(child_id)
         out = {"child": child.get(timeout=TIMEOUT), "parent_id": app.backend.get_task_meta(child_id).get("parent_id"), "id": res.id}
+    elif cmd == "preset_success":
+        # A SUCCESS already stored for ID (a duplicate of a task that succeeded elsewhere).
+        task_id = argv[1]
+        app.backend.client.set(
+            app.backend.get_key_for_task(task_id),
+            json.dumps({"status": "SUCCESS", "result": 1, "task_id": task_id}),
+        )
+        out = {"id": rust("tasks.fail", "late", task_id=task_id).apply_async().id}
+    elif cmd == "meta":
+        app.backend._cache.clear()
+        out = app.backend.get_task_meta(argv[1])
+        out = {"status": out.get("status"), "result": out.get("result")}
     elif cmd == "send":
         # Sent without the Redis backend (which the client needs to send), so that it works
         # while Redis is down; the worker stores the results in Redis all the same.

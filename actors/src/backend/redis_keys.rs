@@ -84,6 +84,29 @@ pub fn chord_results(parts: &[Vec<u8>]) -> Result<Vec<Value>, (String, Value)> {
     Ok(out)
 }
 
+/// Stores a task's result unless a SUCCESS is stored already (a lost or duplicated task must
+/// not overwrite it, as Celery checks before it writes), with an expiry when one is given,
+/// and publishes it on the key's channel for clients waiting by pub/sub. One round trip.
+/// KEYS: the task key. ARGV: the value, the expiry in seconds (0: none). Returns 1 when
+/// stored, 0 when a SUCCESS was kept.
+pub const STORE_SCRIPT: &str = r"
+local held = redis.call('GET', KEYS[1])
+if held then
+  local ok, meta = pcall(cjson.decode, held)
+  if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then
+    return 0
+  end
+end
+local ttl = tonumber(ARGV[2])
+if ttl > 0 then
+  redis.call('SETEX', KEYS[1], ttl, ARGV[1])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+";
+
 /// Records a chord header part once (keyed on task id and header position, so a redelivered
 /// part counts once) unless the chord is finished already; refreshes the expiry of the
 /// chord's keys; and, when every part is in, takes the dispatch claim atomically so that
