@@ -163,7 +163,9 @@ fn start(subject: Subject, queue: &str, concurrency: usize) -> Running {
     let c = concurrency.to_string();
     let dir = tempfile::tempdir().unwrap();
     let child = match subject {
-        Subject::Celeryd => start_worker(dir.path(), queue, "", &["-c", &c]),
+        // Without mingle, as the Celery subject below (mingle waits a second for other
+        // workers' replies at start, in both).
+        Subject::Celeryd => start_worker(dir.path(), queue, "", &["-c", &c, "--without-mingle"]),
         Subject::Baseline => start_worker_program(
             &baseline_bin().expect("BENCH_BASELINE_BIN"),
             dir.path(),
@@ -177,6 +179,7 @@ fn start(subject: Subject, queue: &str, concurrency: usize) -> Running {
             let flags = [
                 "-c",
                 &c,
+                "--without-mingle",
                 "-A",
                 "celeryd_app",
                 "--python",
