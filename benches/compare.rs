@@ -191,35 +191,8 @@ fn start(subject: Subject, queue: &str, concurrency: usize) -> Running {
             start_worker(dir.path(), queue, "", &flags)
         }
         Subject::Celery => {
-            let url = celery_amqp_url();
-            let node = format!(
-                "bench-py-{}@%h",
-                &uuid::Uuid::new_v4().simple().to_string()[..8]
-            );
-            Command::new(celery_exe().expect("python celery"))
-                .current_dir(python_dir())
-                .args([
-                    "-A",
-                    "celeryd_app",
-                    "worker",
-                    "-P",
-                    "prefork",
-                    "-c",
-                    &c,
-                    "-Q",
-                    queue,
-                ])
-                .args(["-n", &node, "-l", "warning"])
-                .args([
-                    "--without-gossip",
-                    "--without-mingle",
-                    "--without-heartbeat",
-                ])
-                .env("AMQP_URL", url)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start celery worker")
+            let python = python_exe().expect("python celery");
+            support::start_celery_worker(&python, queue, concurrency, &[])
         }
         // The same prefetch as a worker with this concurrency (multiplier 4).
         Subject::Ceiling => Command::new(std::env::current_exe().unwrap())
@@ -470,7 +443,7 @@ fn tracer_floor() -> Option<TracerFloor> {
     let out = Command::new(python_exe()?)
         .current_dir(python_dir())
         .arg("tracer_floor.py")
-        .env("AMQP_URL", celery_amqp_url())
+        .env("AMQP_URL", support::celery_amqp_url())
         .stderr(Stdio::inherit())
         .output()
         .ok()?;
@@ -482,11 +455,6 @@ fn tracer_floor() -> Option<TracerFloor> {
             None
         }
     }
-}
-
-/// The broker URL as Celery spells the default vhost.
-fn celery_amqp_url() -> String {
-    amqp_url().replace("/%2f", "//").replace("/%2F", "//")
 }
 
 /// Everything measured of one subject, one entry per round.

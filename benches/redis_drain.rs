@@ -71,35 +71,7 @@ fn start(subject: Subject, queue: &str, dir: &Path, url: &str, python: &Path) ->
             &["-c", "2", "--without-mingle"],
         ),
         Subject::Celery => {
-            let node = format!(
-                "bench-py-{}@%h",
-                &uuid::Uuid::new_v4().simple().to_string()[..8]
-            );
-            Command::new(python.with_file_name("celery"))
-                .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python"))
-                .args([
-                    "-A",
-                    "celeryd_app",
-                    "worker",
-                    "-P",
-                    "prefork",
-                    "-c",
-                    "2",
-                    "-Q",
-                    queue,
-                ])
-                .args(["-n", &node, "-l", "warning"])
-                .args([
-                    "--without-gossip",
-                    "--without-mingle",
-                    "--without-heartbeat",
-                ])
-                .env("AMQP_URL", support::amqp_url().replace("/%2f", "//"))
-                .env("RESULT_BACKEND", url)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start celery worker")
+            support::start_celery_worker(python, queue, 2, &[("RESULT_BACKEND", url)])
         }
     }
 }

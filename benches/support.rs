@@ -107,6 +107,55 @@ pub fn start_worker_program(
         .expect("start worker")
 }
 
+/// The broker URL as Celery spells the default vhost (`//`).
+pub fn celery_amqp_url() -> String {
+    amqp_url().replace("/%2f", "//").replace("/%2F", "//")
+}
+
+/// Starts Python Celery's prefork worker (`celery` beside `python`) on the stock task names of
+/// `tests/python/celeryd_app.py`, on `queue`, with `concurrency` children, without gossip,
+/// mingle or heartbeat, and `env` besides `AMQP_URL`.
+pub fn start_celery_worker(
+    python: &Path,
+    queue: &str,
+    concurrency: usize,
+    env: &[(&str, &str)],
+) -> Child {
+    let node = format!(
+        "bench-py-{}@%h",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let c = concurrency.to_string();
+    Command::new(python.with_file_name("celery"))
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python"))
+        .args([
+            "-A",
+            "celeryd_app",
+            "worker",
+            "-P",
+            "prefork",
+            "-c",
+            &c,
+            "-Q",
+            queue,
+        ])
+        .args(["-n", &node, "-l", "warning"])
+        .args([
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ])
+        .env(
+            "AMQP_URL",
+            amqp_url().replace("/%2f", "//").replace("/%2F", "//"),
+        )
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start celery worker")
+}
+
 /// Warm-stops the worker and deletes the queue.
 pub async fn teardown(mut worker: Child, ch: &Channel, queue: &str) {
     let pid = nix::unistd::Pid::from_raw(worker.id() as i32);

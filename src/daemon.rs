@@ -9,7 +9,6 @@ use nix::unistd::{Gid, Group, Uid, User};
 
 use crate::cli::RunArgs;
 use crate::error::StartupError;
-use celeryd_actors::Settings;
 
 /// The user and group to become, resolved (and checked) before anything is opened.
 #[derive(Debug, Default)]
@@ -29,7 +28,7 @@ pub fn parse_umask(text: &str) -> Result<u32, String> {
 /// Applies `--umask`, sets what `--result-backend` and `--skip-checks` hand to a Python app
 /// (as `celery` sets `CELERY_RESULT_BACKEND` and `CELERY_SKIP_CHECKS`) and resolves
 /// `--uid/--gid`.
-pub fn prepare(run: &RunArgs, _settings: &Settings) -> Result<Privileges, StartupError> {
+pub fn prepare(run: &RunArgs) -> Result<Privileges, StartupError> {
     if let Some(text) = &run.umask {
         let mode = parse_umask(text).map_err(StartupError::Config)?;
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mode));

@@ -164,7 +164,7 @@ pub fn main_with(registry: Registry) -> ExitCode {
             Ok(ExitCode::SUCCESS)
         });
     }
-    let privileges = match daemon::prepare(&cli.run, &settings) {
+    let privileges = match daemon::prepare(&cli.run) {
         Ok(p) => p,
         Err(e) => return fail(&e),
     };

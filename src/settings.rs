@@ -259,9 +259,10 @@ pub const NOT_SETTINGS: &[&str] = &[
 
 /// The `CELERYD_<SECTION>_<KEY>` spelling of one of Celery's environment variables that
 /// celeryd honours: `CELERY_BROKER_URL` (which Celery's app reads over `broker_url`),
-/// `CELERY_APP` (`celery -A`), `CELERY_WORKER_REVOKES_MAX` and `CELERY_WORKER_REVOKE_EXPIRES`
-/// (which Celery's worker reads at start). Others (`CELERY_RESULT_BACKEND`, `CELERY_CONFIG_MODULE`, …)
-/// reach the Python app unchanged, which reads them itself.
+/// `CELERY_APP` (`celery -A`), `CELERY_RESULT_BACKEND` (the Rust tasks' `[result] backend`;
+/// with -A the app reads it itself), `CELERY_WORKER_REVOKES_MAX` and
+/// `CELERY_WORKER_REVOKE_EXPIRES` (which Celery's worker reads at start). Others
+/// (`CELERY_CONFIG_MODULE`, …) reach the Python app unchanged.
 pub fn celery_variable(name: &str) -> Option<&'static str> {
     match name {
         "CELERY_BROKER_URL" => Some("BROKER_URL"),

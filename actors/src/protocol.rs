@@ -17,4 +17,4 @@ pub use message::{
     DeliveryInfo, RawMessage, TaskRequest, decode, decode_keeping_body, decode_with_limit,
 };
 pub use python::{Properties, PythonMessage};
-pub use result::{ExceptionInfo, ResultState, result_body};
+pub use result::{ExceptionInfo, Extended, ResultState, result_body, stored_result};

@@ -9,8 +9,9 @@ use serde_json::{Value, json};
 use crate::block_on;
 use crate::support::{PyWorker, Worker, delete_queue, python, python_amqp_url, repo, unique_queue};
 
-/// The Redis database these tests keep results in (the others use 5 and below).
-const REDIS: &str = "redis://127.0.0.1:6379/7";
+/// The Redis database these tests keep results in: the other tests use 5 and below, Celery's
+/// suite (../shared/celery-suite) 7, the redis_drain benchmark 9.
+const REDIS: &str = "redis://127.0.0.1:6379/8";
 
 fn client(queue: &str, py_queue: &str, args: &[&str]) -> Value {
     let out = Command::new(python())

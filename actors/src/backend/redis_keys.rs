@@ -2,7 +2,7 @@
 //! scripts' keys and arguments, and reading a finished chord's header results. Pure; the
 //! [`super::Backend`] actor sends what these build.
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 /// `celery-task-meta-<id>`: a task's result (also the pub/sub channel clients wait on).
 pub fn task_key(task_id: &str) -> String {
@@ -13,41 +13,6 @@ pub fn task_key(task_id: &str) -> String {
 /// counters (`.j` results, `.t` size changes, `.s` size, `.d` parts seen, `.c` claim).
 pub fn group_key(group_id: &str, suffix: &str) -> String {
     format!("celery-taskset-meta-{group_id}{suffix}")
-}
-
-/// The stored value of a result: the result body with, when `extended`, the request's
-/// `name`, `args`, `kwargs`, `worker`, `retries` and `queue` (`result_extended`).
-pub fn stored_meta(body: &[u8], extended: Option<&Extended>) -> Vec<u8> {
-    let Some(ext) = extended else {
-        return body.to_vec();
-    };
-    let Ok(Value::Object(mut meta)) = serde_json::from_slice::<Value>(body) else {
-        return body.to_vec();
-    };
-    meta.insert("name".into(), json!(ext.name));
-    meta.insert("args".into(), Value::Array(ext.args.clone()));
-    meta.insert("kwargs".into(), Value::Object(ext.kwargs.clone()));
-    meta.insert("worker".into(), json!(ext.worker));
-    meta.insert("retries".into(), json!(ext.retries));
-    meta.insert("queue".into(), json!(ext.queue));
-    serde_json::to_vec(&meta).unwrap_or_else(|_| body.to_vec())
-}
-
-/// What `result_extended` adds to a stored result.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Extended {
-    /// Task name.
-    pub name: String,
-    /// Positional arguments.
-    pub args: Vec<Value>,
-    /// Keyword arguments.
-    pub kwargs: Map<String, Value>,
-    /// The node that ran it.
-    pub worker: String,
-    /// Retries so far.
-    pub retries: u32,
-    /// The routing key it arrived with.
-    pub queue: Option<String>,
 }
 
 /// The status a stored value holds (`PENDING` when there is none or it cannot be read).
@@ -190,23 +155,10 @@ mod tests {
     }
 
     #[test]
-    fn extended_meta_adds_the_request() {
+    fn a_stored_status_is_read() {
         let body = br#"{"status":"SUCCESS","result":3,"task_id":"t"}"#;
-        assert_eq!(stored_meta(body, None), body.to_vec());
-        let ext = Extended {
-            name: "tasks.add".into(),
-            args: vec![json!(1), json!(2)],
-            kwargs: Map::new(),
-            worker: "w@h".into(),
-            retries: 0,
-            queue: Some("celery".into()),
-        };
-        let v: Value = serde_json::from_slice(&stored_meta(body, Some(&ext))).unwrap();
-        assert_eq!(v["name"], "tasks.add");
-        assert_eq!(v["args"], json!([1, 2]));
-        assert_eq!(v["queue"], "celery");
-        assert_eq!(v["result"], 3);
         assert_eq!(stored_status(Some(body)), "SUCCESS");
+        assert_eq!(stored_status(Some(b"not json")), "PENDING");
         assert_eq!(stored_status(None), "PENDING");
     }
 

@@ -13,11 +13,13 @@ use tracing::{debug, error};
 
 use super::ConsumerState;
 use super::amqp;
-use crate::backend::redis_keys::{Extended, chord_part, stored_meta};
+use crate::backend::redis_keys::chord_part;
 use crate::backend::{BackendMessage, ChordPart, ChordReady};
 use crate::pool::Reserved;
 use crate::protocol::canvas::{self, CanvasError, Embed, Outgoing, Sender};
-use crate::protocol::{ExceptionInfo, ResultState, TaskRequest, result_body};
+use crate::protocol::{
+    ExceptionInfo, Extended, ResultState, TaskRequest, result_body, stored_result,
+};
 use crate::settings::{BackendKind, Settings};
 use crate::task::TaskSignal;
 
@@ -87,28 +89,29 @@ impl ConsumerState {
     /// Stores or sends state `st` of `req`, wherever the backend keeps results.
     pub(super) async fn store_result(&mut self, req: &TaskRequest, st: &ResultState) {
         let now = OffsetDateTime::now_utc();
-        let parent = req.parent_id.as_deref();
-        let body = result_body(&req.id, st, parent, req.group.as_deref(), now);
+        let (parent, group) = (req.parent_id.as_deref(), req.group.as_deref());
         match self.results.kind {
             BackendKind::Disabled => {}
             BackendKind::Rpc => {
                 if let Some(queue) = req.result_queue() {
+                    let body = result_body(&req.id, st, parent, group, now);
                     let (queue, cid) = (queue.to_owned(), req.correlation_id.clone());
                     self.publish(queue, cid, body).await;
                 }
             }
             BackendKind::Redis(_) => {
                 let ext = self.results.extended.then(|| Extended {
-                    name: req.task.clone(),
-                    args: req.args.clone(),
-                    kwargs: req.kwargs.clone(),
-                    worker: self.results.hostname.clone(),
+                    name: &req.task,
+                    args: &req.args,
+                    kwargs: &req.kwargs,
+                    worker: &self.results.hostname,
                     retries: req.retries,
-                    queue: Some(req.delivery_info.routing_key.clone()),
+                    queue: Some(&req.delivery_info.routing_key),
                 });
+                let value = stored_result(&req.id, st, parent, group, now, ext.as_ref());
                 self.to_backend(BackendMessage::Store {
                     task_id: req.id.clone(),
-                    value: stored_meta(&body, ext.as_ref()),
+                    value,
                 });
             }
         }
@@ -177,6 +180,9 @@ impl ConsumerState {
 
     /// A revoked task still counts towards its chord (as REVOKED, which fails the chord).
     pub(super) fn after_revoked(&mut self, req: &TaskRequest, reason: &str) {
+        if req.group.is_none() {
+            return; // not a chord part
+        }
         let embed = Embed::of(req);
         let exc = ExceptionInfo::new("TaskRevokedError", "celery.exceptions", vec![json!(reason)]);
         self.chord_part(req, &embed, "REVOKED", &exc.to_json());

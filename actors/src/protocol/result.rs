@@ -115,6 +115,26 @@ struct Body<'a> {
     parent_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     group_id: Option<&'a str>,
+    #[serde(flatten)]
+    extended: Option<&'a Extended<'a>>,
+}
+
+/// What `result_extended` adds to a stored result: the request's name, args, kwargs, the
+/// worker that ran it, its retries and the routing key it came with.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Extended<'a> {
+    /// Task name.
+    pub name: &'a str,
+    /// Positional arguments.
+    pub args: &'a [Value],
+    /// Keyword arguments.
+    pub kwargs: &'a serde_json::Map<String, Value>,
+    /// The node that ran it.
+    pub worker: &'a str,
+    /// Retries so far.
+    pub retries: u32,
+    /// The routing key it arrived with.
+    pub queue: Option<&'a str>,
 }
 
 #[derive(serde::Serialize)]
@@ -132,6 +152,19 @@ pub fn result_body(
     parent_id: Option<&str>,
     group_id: Option<&str>,
     now: OffsetDateTime,
+) -> Vec<u8> {
+    stored_result(task_id, state, parent_id, group_id, now, None)
+}
+
+/// [`result_body`] with, when `extended` is given, the request's fields `result_extended`
+/// stores (what a result backend keeps).
+pub fn stored_result(
+    task_id: &str,
+    state: &ResultState,
+    parent_id: Option<&str>,
+    group_id: Option<&str>,
+    now: OffsetDateTime,
+    extended: Option<&Extended<'_>>,
 ) -> Vec<u8> {
     let (result, traceback) = match state {
         ResultState::Started { pid, hostname } => (
@@ -164,6 +197,7 @@ pub fn result_body(
         task_id,
         parent_id,
         group_id,
+        extended,
     };
     serde_json::to_vec(&body).unwrap_or_default()
 }
@@ -171,6 +205,31 @@ pub fn result_body(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extended_results_carry_the_request() {
+        let now = OffsetDateTime::now_utc();
+        let args = [json!(1), json!(2)];
+        let kwargs = serde_json::Map::new();
+        let ext = Extended {
+            name: "tasks.add",
+            args: &args,
+            kwargs: &kwargs,
+            worker: "w@h",
+            retries: 0,
+            queue: Some("celery"),
+        };
+        let st = ResultState::Success(json!(3));
+        let v: Value =
+            serde_json::from_slice(&stored_result("t", &st, None, None, now, Some(&ext))).unwrap();
+        assert_eq!(v["name"], "tasks.add");
+        assert_eq!(v["args"], json!([1, 2]));
+        assert_eq!(v["worker"], "w@h");
+        assert_eq!(v["queue"], "celery");
+        assert_eq!(v["result"], 3);
+        let plain = parse(&result_body("t", &st, None, None, now));
+        assert!(plain.get("name").is_none(), "{plain}");
+    }
 
     fn parse(b: &[u8]) -> Value {
         serde_json::from_slice(b).unwrap()
