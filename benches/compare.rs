@@ -39,7 +39,7 @@ use celeryd_actors::consumer::amqp::publish_result;
 use celeryd_actors::protocol::{ResultState, result_body};
 use support::{
     amqp_url, broker_processes, cpu_seconds, delete_queue, env_or, process_tree, publish, setup,
-    start_worker, start_worker_program,
+    start_worker, start_worker_program, tree_pss_kib,
 };
 
 /// Set (to the queue name) when this benchmark runs as the echo consumer.
@@ -147,16 +147,7 @@ fn python_exe() -> Option<PathBuf> {
     if std::env::var("BENCH_PYTHON").as_deref() == Ok("0") {
         return None;
     }
-    let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ensure-python.sh"))
-        .stderr(Stdio::inherit())
-        .output()
-        .ok()?;
-    let python = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()?
-        .trim()
-        .to_owned();
-    Some(PathBuf::from(python))
+    Some(support::python())
 }
 
 fn start(subject: Subject, queue: &str, concurrency: usize) -> Running {
@@ -391,22 +382,6 @@ fn print_bounds(floors: &[TracerFloor], ours: &Rows, py: &Rows) {
         ours.median(|d| d.cpu.subject).0 - ours.median(|d| d.cpu.main).0,
         ours.median(|d| d.cpu.main).0,
     );
-}
-
-/// PSS (shared pages split between the processes that map them) of `pid` and every
-/// descendant, in KiB.
-fn tree_pss_kib(pid: u32) -> u64 {
-    process_tree(pid)
-        .iter()
-        .map(|p| {
-            let text =
-                std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).unwrap_or_default();
-            text.lines()
-                .find_map(|l| l.strip_prefix("Pss:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                .unwrap_or(0)
-        })
-        .sum()
 }
 
 /// The median of `v`, and its smallest and largest values.

@@ -14,8 +14,8 @@
 #[path = "support.rs"]
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use lapin::options::ConfirmSelectOptions;
@@ -46,20 +46,6 @@ fn redis_pids() -> Vec<u32> {
         .lines()
         .filter_map(|l| l.trim().parse().ok())
         .collect()
-}
-
-fn python() -> PathBuf {
-    let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ensure-python.sh"))
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap();
-    PathBuf::from(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap()
-            .trim(),
-    )
 }
 
 fn start(subject: Subject, queue: &str, dir: &Path, url: &str, python: &Path) -> Child {
@@ -149,7 +135,7 @@ fn main() {
     let n: usize = env_or("BENCH_TASKS", 5_000);
     let rounds: usize = env_or("BENCH_ROUNDS", 3).max(1);
     let db: u32 = env_or("BENCH_REDIS_DB", 9);
-    let python = python();
+    let python = support::python();
     let subjects = [Subject::Celeryd, Subject::Celery];
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(), Vec::new()];
     support::run(async {

@@ -121,6 +121,20 @@ pub fn start_celery_worker(
     concurrency: usize,
     env: &[(&str, &str)],
 ) -> Child {
+    start_celery_pool(python, "celeryd_app", "prefork", queue, concurrency, env)
+}
+
+/// Starts Python Celery's worker for `app` (a module of `tests/python`) with pool `pool`
+/// (`-P`) on `queue`, with `concurrency`, without gossip, mingle or heartbeat, and `env`
+/// besides `AMQP_URL`.
+pub fn start_celery_pool(
+    python: &Path,
+    app: &str,
+    pool: &str,
+    queue: &str,
+    concurrency: usize,
+    env: &[(&str, &str)],
+) -> Child {
     let node = format!(
         "bench-py-{}@%h",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
@@ -128,32 +142,51 @@ pub fn start_celery_worker(
     let c = concurrency.to_string();
     Command::new(python.with_file_name("celery"))
         .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python"))
-        .args([
-            "-A",
-            "celeryd_app",
-            "worker",
-            "-P",
-            "prefork",
-            "-c",
-            &c,
-            "-Q",
-            queue,
-        ])
+        .args(["-A", app, "worker", "-P", pool, "-c", &c, "-Q", queue])
         .args(["-n", &node, "-l", "warning"])
         .args([
             "--without-gossip",
             "--without-mingle",
             "--without-heartbeat",
         ])
-        .env(
-            "AMQP_URL",
-            amqp_url().replace("/%2f", "//").replace("/%2F", "//"),
-        )
+        .env("AMQP_URL", celery_amqp_url())
         .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start celery worker")
+}
+
+/// The test virtualenv's python (`scripts/ensure-python.sh` makes it if needed).
+pub fn python() -> std::path::PathBuf {
+    let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ensure-python.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run scripts/ensure-python.sh");
+    assert!(out.status.success(), "scripts/ensure-python.sh failed");
+    std::path::PathBuf::from(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .expect("a python path")
+            .trim(),
+    )
+}
+
+/// PSS (shared pages split between the processes that map them) of `pid` and every
+/// descendant, in KiB.
+pub fn tree_pss_kib(pid: u32) -> u64 {
+    process_tree(pid)
+        .iter()
+        .map(|p| {
+            let text =
+                std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).unwrap_or_default();
+            text.lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum()
 }
 
 /// Warm-stops the worker and deletes the queue.

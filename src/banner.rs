@@ -25,11 +25,12 @@ pub fn banner(
     let results = match (&settings.python.app, app_backend) {
         (Some(_), Some(b)) => b.to_owned(),
         (Some(_), None) => "disabled:// (the app sets no result_backend)".to_owned(),
-        (None, _) => "rpc://".to_owned(),
+        (None, _) => celeryd_actors::settings::mask_password(&settings.result.backend),
     };
+    let pool = settings.pool_kind().name();
     let concurrency = match settings.autoscale() {
-        Some((max, min)) => format!("{{min={min}, max={max}}} (prefork, autoscale)"),
-        None => format!("{} (prefork)", settings.effective_concurrency()),
+        Some((max, min)) => format!("{{min={min}, max={max}}} ({pool}, autoscale)"),
+        None => format!("{} ({pool})", settings.effective_concurrency()),
     };
     let events = if settings.worker.send_events {
         "ON".to_owned()

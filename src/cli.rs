@@ -125,8 +125,11 @@ pub struct RunArgs {
     #[arg(short = 'O', long = "optimization", value_name = "default|fair",
           value_parser = ["default", "fair"])]
     pub optimization: Option<String>,
-    /// Pool: `prefork` (also `processes`), the only one so far; the others are refused with
-    /// what to use instead.
+    /// Pool (`[worker] pool`): `prefork` (the default, also `processes`): child processes;
+    /// `async`: async Rust tasks in the worker process, -c of them in flight (e.g. -c 1000);
+    /// `threads`: -c threads; `solo`: one task at a time. In-process pools have no child to
+    /// recycle or signal: --max-tasks-per-child, --max-memory-per-child and pool_restart are
+    /// refused with them, and threads/solo refuse --time-limit (a thread cannot be killed).
     #[arg(short = 'P', long, value_name = "POOL")]
     pub pool: Option<String>,
     /// With -A: `fork` (the default: children forked from a fork server that loaded the app)
@@ -204,18 +207,9 @@ impl RunArgs {
     /// what to do instead (exit 64): such a flag is never accepted and ignored.
     pub fn refusal(&self) -> Option<String> {
         if let Some(pool) = &self.pool
-            && !matches!(pool.as_str(), "prefork" | "processes")
+            && let Err(why) = celeryd_actors::settings::PoolKind::parse(pool)
         {
-            let instead = match pool.as_str() {
-                "eventlet" | "gevent" => {
-                    "green-thread pools run Python code only; use the default prefork pool with a higher -c for I/O-bound tasks"
-                }
-                "solo" | "threads" => "use the default prefork pool (-c 1 for one task at a time)",
-                _ => "use the default prefork pool",
-            };
-            return Some(format!(
-                "-P/--pool {pool}: celeryd has the prefork pool only so far; {instead}."
-            ));
+            return Some(format!("-P/--pool {pool}: {why}."));
         }
         if self.beat || self.schedule.is_some() || self.scheduler.is_some() {
             return Some(
@@ -465,7 +459,8 @@ mod tests {
             &["worker", "--disable-prefetch"],
             &["worker", "-I", "a.b"],
             &["worker", "--loader", "x"],
-            &["worker", "-P", "solo"],
+            &["worker", "-P", "eventlet"],
+            &["worker", "-P", "greenlets"],
         ] {
             let cli = Cli::try_parse_from(args).unwrap();
             let why = cli.run.refusal().unwrap_or_default();
@@ -473,6 +468,9 @@ mod tests {
         }
         for args in [
             &["worker", "-P", "prefork"][..],
+            &["worker", "-P", "async", "-c", "1000"],
+            &["worker", "-P", "threads"],
+            &["worker", "-P", "solo"],
             &["worker", "-P", "processes", "-O", "fair", "-c", "auto"],
             &[
                 "worker",

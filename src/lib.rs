@@ -53,6 +53,7 @@ pub async fn run(
     tasks: HashMap<String, TaskOptions>,
     commands: ControlCommands,
     child_command: ChildCommand,
+    registry: std::sync::Arc<Registry>,
     python: Option<PythonSetup>,
     mut shutdown: mpsc::UnboundedReceiver<ShutdownMode>,
 ) -> Result<ExitReason, StartupError> {
@@ -66,6 +67,7 @@ pub async fn run(
         tasks,
         commands,
         child_command,
+        registry,
         exit: exit_tx,
         python,
     };
@@ -215,6 +217,7 @@ pub fn main_with(registry: Registry) -> ExitCode {
     };
     let rust_tasks = registry.options();
     let commands = registry.control_commands().clone();
+    let registry = std::sync::Arc::new(registry);
     let (purge, quiet) = (cli.run.purge, cli.run.quiet);
     let restart = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let restart_requested = restart.clone();
@@ -295,7 +298,22 @@ pub fn main_with(registry: Registry) -> ExitCode {
                 }
             }
         });
-        match run(settings, tasks, commands, child_command, python, shutdown).await? {
+        let registry = if python.is_some() {
+            std::sync::Arc::new(Registry::new())
+        } else {
+            registry
+        };
+        match run(
+            settings,
+            tasks,
+            commands,
+            child_command,
+            registry,
+            python,
+            shutdown,
+        )
+        .await?
+        {
             ExitReason::Cold => Ok(ExitCode::from(1)),
             _ => Ok(ExitCode::SUCCESS),
         }

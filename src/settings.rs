@@ -398,6 +398,9 @@ pub fn apply(settings: &mut Settings, o: &RunArgs) {
     if let Some(v) = &o.autoscale {
         w.autoscale = Some(v.clone());
     }
+    if let Some(v) = &o.pool {
+        w.pool = v.clone();
+    }
     if o.events {
         w.send_events = true;
     }

@@ -6,8 +6,8 @@ use celeryd_actors::{Args, Registry, TaskContext, TaskError};
 use serde_json::{Value, json};
 
 /// A registry with `tasks.noop`, `add`, `echo`, `sleep`, `spin`, `fail`, `crash`, `hog`,
-/// `flaky` and `retry_in`,
-/// and the control command `task_counts`.
+/// `flaky`, `retry_in`, `progress`, `send_add`, the async tasks `async_sleep`, `async_panic`
+/// and `async_block`, and the control command `task_counts`.
 pub fn example_registry() -> Registry {
     let mut r = Registry::new();
     r.task("tasks.noop", &[], |_ctx, ()| Ok(Value::Null));
@@ -80,6 +80,45 @@ pub fn example_registry() -> Registry {
             ctx.send_task("tasks.add", vec![x, y], serde_json::Map::new(), options)
         },
     );
+    // Async tasks: `-P async` runs thousands of them at once on a few threads.
+    // Awaits a timer for `seconds` and returns it; the soft time limit ends the wait with
+    // SoftTimeLimitExceeded, the hard limit and `revoke --terminate` cancel it.
+    r.task_async(
+        "tasks.async_sleep",
+        &["seconds"],
+        |ctx, (seconds,): (f64,)| async move {
+            let Some(d) = deadline(seconds).map(|end| end - Instant::now()) else {
+                return Err(TaskError::new(
+                    "ValueError",
+                    "seconds must be a number from 0 to 31536000",
+                ));
+            };
+            ctx.sleep(d).await?;
+            Ok(seconds)
+        },
+    );
+    // Awaits once, then panics with `message`: the task fails with RuntimeError, nothing else.
+    r.task_async(
+        "tasks.async_panic",
+        &["message"],
+        |_ctx, (message,): (String,)| async move {
+            tokio::task::yield_now().await;
+            panic_with(&message)
+        },
+    );
+    // What a mistaken async task does: blocks its thread (std::thread::sleep) for `seconds`
+    // instead of awaiting. The worker's consumer and remote control must go on regardless.
+    r.task_async(
+        "tasks.async_block",
+        &["seconds"],
+        |_ctx, (seconds,): (f64,)| async move {
+            let Some(end) = deadline(seconds) else {
+                return Err(TaskError::new("ValueError", "seconds out of range"));
+            };
+            std::thread::sleep(end.saturating_duration_since(Instant::now()));
+            Ok(seconds)
+        },
+    );
     // An application control command (Celery's `Panel.register`): how much work this node
     // holds, by where it is. `worker ctl broadcast task_counts`.
     r.control_command("task_counts", |handle, _args| async move {
@@ -92,6 +131,11 @@ pub fn example_registry() -> Registry {
         }})
     });
     r
+}
+
+/// Panics with `message` (the `tasks.async_panic` example).
+fn panic_with(message: &str) -> Result<(), TaskError> {
+    panic!("{message}")
 }
 
 /// x + y for integers (exact) or any numbers (as floats), like Python's `+`.
@@ -193,6 +237,43 @@ mod tests {
         );
         assert!(call("tasks.spin", json!([0.001])).is_ok());
         assert!(call("tasks.add", json!([null, 1])).is_err());
+        assert_eq!(call("tasks.async_sleep", json!([0.01])), Ok(json!(0.01)));
+        assert!(call("tasks.async_sleep", json!([-1])).is_err());
+        assert_eq!(call("tasks.async_block", json!([0.01])), Ok(json!(0.01)));
+        let panicked = std::panic::catch_unwind(|| call("tasks.async_panic", json!(["boo"])));
+        assert!(
+            panicked.is_err(),
+            "call() leaves panics to the pool to catch"
+        );
+    }
+
+    #[test]
+    fn async_sleep_ends_at_the_soft_limit() {
+        let r = example_registry();
+        let ctx = TaskContext::new(
+            "id".into(),
+            "tasks.async_sleep".into(),
+            0,
+            "h".into(),
+            Arc::default(),
+        );
+        let raiser = ctx.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            raiser.raise_soft_limit();
+        });
+        let started = Instant::now();
+        let args = Args {
+            args: vec![json!(30)],
+            ..Default::default()
+        };
+        let e = r
+            .get("tasks.async_sleep")
+            .unwrap()
+            .call(&ctx, args)
+            .unwrap_err();
+        assert_eq!(e.exc_type, "SoftTimeLimitExceeded");
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[test]

@@ -405,6 +405,16 @@ impl Control {
                 }
                 reply
             }
+            "time_limit"
+                if self.settings.pool_kind().on_threads()
+                    && args.get("hard").is_some_and(|h| !h.is_null()) =>
+            {
+                error(format!(
+                    "NotImplementedError('the {} pool runs tasks on threads, which cannot be \
+                     killed: a hard time limit cannot be enforced; set the soft one only')",
+                    self.settings.pool_kind().name()
+                ))
+            }
             "time_limit" => match time_limit(peers, args).await {
                 Ok((soft, hard)) => {
                     if let Some(attrs) = task_name(args).and_then(|t| state.tasks.get_mut(t)) {
@@ -498,6 +508,15 @@ impl Control {
                 )
             }
             "query_task" => self.query_task(peers, args).await,
+            "pool_grow" | "pool_shrink" | "autoscale"
+                if self.settings.pool_kind() == crate::settings::PoolKind::Solo =>
+            {
+                error(format!(
+                    "NotImplementedError('the solo pool runs one task at a time: {} is not \
+                     possible (use -P threads or -P async)')",
+                    req.method
+                ))
+            }
             "pool_grow" | "pool_shrink" => {
                 let limit = self.settings.pool_size_limit();
                 let n = match int_arg(args, "n", 1024) {
@@ -712,20 +731,24 @@ impl Control {
         let mtpc = self.settings.worker.max_tasks_per_child;
         let soft = self.settings.task.soft_time_limit.unwrap_or(0.0);
         let hard = self.settings.task.time_limit.unwrap_or(0.0);
+        let mut pool = json!({
+            "implementation": "celeryd.pool:ChildProcessPool",
+            "max-concurrency": concurrency,
+            "processes": tasks.processes,
+            "max-tasks-per-child": if mtpc == 0 { json!("N/A") } else { json!(mtpc) },
+            "put-guarded-by-semaphore": false,
+            "timeouts": [soft, hard],
+            "writes": "N/A",
+        });
+        if let Value::Object(p) = &mut pool {
+            info::pool_kind_stats(p, self.settings.pool_kind(), tasks.active.len());
+        }
         let mut stats = json!({
             "total": tasks.total,
             "pid": std::process::id(),
             "clock": clock.to_string(),
             "uptime": self.started.elapsed().as_secs(),
-            "pool": {
-                "implementation": "celeryd.pool:ChildProcessPool",
-                "max-concurrency": concurrency,
-                "processes": tasks.processes,
-                "max-tasks-per-child": if mtpc == 0 { json!("N/A") } else { json!(mtpc) },
-                "put-guarded-by-semaphore": false,
-                "timeouts": [soft, hard],
-                "writes": "N/A",
-            },
+            "pool": pool,
             "broker": broker.unwrap_or_else(|| json!({})),
             "prefetch_count": self.settings.prefetch_for(match tasks.autoscaler {
                 Some((max, ..)) => max,

@@ -1,6 +1,10 @@
-//! The pool: the reserved queue and dispatch over the [`ChildProcess`] actors, one task per
-//! child at a time. Supervises the children one-for-one: a child that stops is replaced (with
-//! backoff when children keep dying at start-up).
+//! The pool: the reserved queue, rate limits and dispatch. How a task runs is the pool's
+//! strategy ([`PoolKind`]): `prefork` hands it to one of the [`ChildProcess`] actors, one task
+//! per child at a time, and supervises the children one-for-one (a child that stops is
+//! replaced, with backoff when children keep dying at start-up); `async`, `threads` and `solo`
+//! run it inside the worker process ([`inproc`]), up to the pool's size at once. Everything
+//! else (reserved queue, rate limits, ETA releases, revokes, `inspect active`, grow/shrink,
+//! autoscale, warm shutdown) is the same code for every kind.
 //!
 //! Receives work from the consumer and the scheduler ([`PoolMessage::Reserve`]); reports starts
 //! and outcomes to the consumer, which acks and publishes results.
@@ -15,16 +19,19 @@ use time::OffsetDateTime;
 use tracing::{debug, error, info, warn};
 
 pub mod autoscale;
+pub mod inproc;
 pub mod rate;
 
 use self::autoscale::{Autoscaler, Scale};
+use self::inproc::{InProcess, Stop};
 use self::rate::RateQueues;
 use crate::child::{
     AbortOnDrop, ChildCommand, ChildMessage, ChildProcess, HARD_LIMIT_REASON, Limits, Recycling,
 };
 use crate::consumer::{ConsumerMessage, DeliveryRef, StartedInfo};
 use crate::protocol::{ExceptionInfo, TaskRequest};
-use crate::task::TaskOptions;
+use crate::settings::PoolKind;
+use crate::task::{Registry, TaskOptions};
 
 /// A request waiting for (or running in) a child, with the delivery it came from.
 #[derive(Debug)]
@@ -97,6 +104,9 @@ pub enum TaskOutcome {
 /// The pool actor's configuration.
 #[derive(Debug)]
 pub struct Pool {
+    kind: PoolKind,
+    registry: Arc<Registry>,
+    max_size: usize,
     command: ChildCommand,
     concurrency: usize,
     hostname: String,
@@ -110,9 +120,15 @@ pub struct Pool {
 /// What the pool is built from.
 #[derive(Debug, Clone)]
 pub struct PoolArgs {
+    /// How tasks run.
+    pub kind: PoolKind,
+    /// The tasks, for the in-process pools (prefork children have their own copy).
+    pub registry: Arc<Registry>,
+    /// The most tasks the pool may ever run at once (`pool_grow`/`autoscale` bound).
+    pub max_size: usize,
     /// How to start a child process.
     pub command: ChildCommand,
-    /// Number of child processes.
+    /// Number of child processes (tasks at once, for the in-process pools).
     pub concurrency: usize,
     /// The node name (for the children and STARTED results).
     pub hostname: String,
@@ -158,6 +174,9 @@ impl Pool {
     /// A pool built from `args`.
     pub fn new(args: PoolArgs) -> Self {
         Pool {
+            kind: args.kind,
+            registry: args.registry,
+            max_size: args.max_size,
             command: args.command,
             concurrency: args.concurrency,
             hostname: args.hostname,
@@ -206,6 +225,24 @@ pub enum PoolMessage {
         request: std::sync::Arc<crate::protocol::TaskRequest>,
         /// What it asks.
         signal: crate::task::TaskSignal,
+    },
+    /// An in-process job ended (sent by the job itself): how, unless it was cancelled.
+    JobEnded {
+        /// The job.
+        job: u64,
+        /// How the task ended; None when its future was cancelled.
+        outcome: Option<TaskOutcome>,
+        /// How long it ran.
+        runtime: Duration,
+    },
+    /// A time limit of an in-process job passed (the pool's own timer).
+    JobLimit {
+        /// The job.
+        job: u64,
+        /// The hard limit (else the soft one).
+        hard: bool,
+        /// The limit, for the log and the failure.
+        seconds: f64,
     },
     /// A child process is up (sent by the child actor).
     ChildReady {
@@ -352,10 +389,26 @@ struct Running {
     started_at: f64,
 }
 
+impl Running {
+    /// The request again, to report how it ended.
+    fn to_reserved(&self) -> Box<Reserved> {
+        Box::new(Reserved {
+            request: self.request.clone(),
+            delivery: self.delivery,
+            was_scheduled: self.was_scheduled,
+            holds_prefetch: false, // released when it started
+            received: self.received,
+        })
+    }
+}
+
 /// The pool's state.
 #[derive(Debug)]
 pub struct PoolState {
+    /// Prefork: the child actors.
     slots: HashMap<ActorId, Slot>,
+    /// The in-process pools: the jobs running in the worker process.
+    inproc: Option<InProcess>,
     reserved: VecDeque<Box<Reserved>>,
     consumer: Option<ActorRef<ConsumerMessage>>,
     draining: bool,
@@ -395,14 +448,26 @@ impl Actor for Pool {
             autoscaler: self.autoscale,
             metrics: self.metrics.clone(),
             slots: HashMap::new(),
+            inproc: None,
             reserved: VecDeque::new(),
             consumer: None,
             draining: false,
             idle_waiters: Vec::new(),
             recent_failures: VecDeque::new(),
         };
-        for _ in 0..self.concurrency {
-            self.spawn_child(&myself, &mut state).await?;
+        if self.kind.in_process() {
+            let jobs = InProcess::new(
+                self.kind,
+                self.max_size.max(self.concurrency),
+                self.registry.clone(),
+                self.hostname.clone(),
+            )
+            .map_err(|e| format!("cannot start the {} pool's runtime: {e}", self.kind.name()))?;
+            state.inproc = Some(jobs);
+        } else {
+            for _ in 0..self.concurrency {
+                self.spawn_child(&myself, &mut state).await?;
+            }
         }
         if state.autoscaler.is_some() {
             myself.send_interval(Duration::from_secs(1), || PoolMessage::AutoscaleTick);
@@ -419,7 +484,7 @@ impl Actor for Pool {
         match msg {
             PoolMessage::Reserve(r) => {
                 state.reserved.push_back(r);
-                if state.autoscaler.is_some() && state.idle_slot().is_none() {
+                if state.autoscaler.is_some() && !state.has_room() {
                     self.autoscale(&myself, state).await;
                 }
                 state.dispatch(&myself, self.default_limits);
@@ -428,6 +493,36 @@ impl Actor for Pool {
             PoolMessage::TaskSignal { request, signal } => {
                 if let Some(c) = &state.consumer {
                     let _ = c.cast(ConsumerMessage::TaskSignal { request, signal });
+                }
+            }
+            PoolMessage::JobEnded {
+                job,
+                outcome,
+                runtime,
+            } => {
+                let Some((running, reported)) = state.inproc.as_mut().and_then(|j| j.ended(job))
+                else {
+                    return Ok(());
+                };
+                if let (false, Some(outcome), Some(c)) = (reported, outcome, &state.consumer) {
+                    let _ = c.cast(ConsumerMessage::TaskFinished {
+                        reserved: running.to_reserved(),
+                        outcome,
+                        runtime,
+                    });
+                }
+                state.dispatch(&myself, self.default_limits);
+                state.wake_idle_waiters();
+            }
+            PoolMessage::JobLimit { job, hard, seconds } => {
+                let Some(jobs) = state.inproc.as_mut() else {
+                    return Ok(());
+                };
+                if !hard {
+                    jobs.soft_limit(job, seconds);
+                } else if let Some((reserved, outcome)) = jobs.stop(job, Stop::HardLimit(seconds)) {
+                    state.metrics.killed();
+                    state.report(reserved, outcome);
                 }
             }
             PoolMessage::ChildReady { child, pid } => {
@@ -502,6 +597,7 @@ impl Actor for Pool {
             }
             PoolMessage::SpawnChild => {
                 if !state.draining
+                    && state.inproc.is_none()
                     && state.slots.len() < state.target
                     && let Err(e) = self.spawn_child(&myself, state).await
                 {
@@ -546,6 +642,10 @@ impl Actor for Pool {
             PoolMessage::AutoscaleTick => {
                 self.autoscale(&myself, state).await;
                 state.dispatch(&myself, self.default_limits);
+            }
+            PoolMessage::Restart { reply } if state.inproc.is_some() => {
+                // Refused by the settings (worker.pool_restarts): there is no process.
+                let _ = reply.send(0);
             }
             PoolMessage::Restart { reply } => {
                 let _ = reply.send(state.slots.len());
@@ -610,12 +710,7 @@ impl Actor for Pool {
                 let _ = reply.send(state.tasks());
             }
             PoolMessage::GetActiveIds { reply } => {
-                let ids = state
-                    .slots
-                    .values()
-                    .filter_map(|s| s.running.as_ref())
-                    .map(|r| r.request.id.clone())
-                    .collect();
+                let ids = state.running().map(|(r, _)| r.request.id.clone()).collect();
                 let _ = reply.send(ids);
             }
             PoolMessage::RateLimitReady => {
@@ -702,6 +797,11 @@ impl Pool {
     /// stop when their task ends).
     async fn resize(&self, myself: &ActorRef<PoolMessage>, state: &mut PoolState, target: usize) {
         state.target = target;
+        if state.inproc.is_some() {
+            // Only how many may run at once changes; running jobs finish as they are.
+            state.dispatch(myself, self.default_limits);
+            return;
+        }
         while state.slots.len() < state.target && !state.draining {
             if let Err(e) = self.spawn_child(myself, state).await {
                 self.start_failed(myself, state, &e.to_string());
@@ -790,6 +890,26 @@ impl Pool {
     }
 }
 
+/// A task started: counted in `stats.total` by name, and its wait in the queue (unless the
+/// scheduler held it) in the metrics.
+fn count_start(
+    total: &mut HashMap<String, u64>,
+    metrics: &crate::metrics::Metrics,
+    running: &Running,
+) {
+    if !running.was_scheduled {
+        let waited = running.since.saturating_duration_since(running.received);
+        metrics.queue_wait(waited.as_secs_f64());
+    }
+    let name = running.request.display_name();
+    match total.get_mut(name) {
+        Some(n) => *n += 1,
+        None => {
+            total.insert(name.to_owned(), 1);
+        }
+    }
+}
+
 /// Delay before starting a replacement, given recent start-up failures: none for the first,
 /// then doubling from 100 ms up to 30 s.
 pub fn restart_backoff(recent_failures: usize) -> Duration {
@@ -801,8 +921,43 @@ pub fn restart_backoff(recent_failures: usize) -> Duration {
 }
 
 impl PoolState {
+    /// Tasks holding a child, a thread or a slot of the in-process pool.
     fn active(&self) -> usize {
-        self.slots.values().filter(|s| s.busy).count()
+        match &self.inproc {
+            Some(jobs) => jobs.len(),
+            None => self.slots.values().filter(|s| s.busy).count(),
+        }
+    }
+
+    /// The running tasks, each with the pid it runs in.
+    fn running(&self) -> Box<dyn Iterator<Item = (&Running, u32)> + '_> {
+        match &self.inproc {
+            Some(jobs) => Box::new(jobs.running().map(|r| (r, jobs.pid()))),
+            None => Box::new(
+                self.slots
+                    .values()
+                    .filter_map(|s| s.running.as_ref().map(|r| (r, s.pid.unwrap_or_default()))),
+            ),
+        }
+    }
+
+    /// Whether a task could start now: an idle child, or a free slot of the in-process pool.
+    fn has_room(&self) -> bool {
+        match &self.inproc {
+            Some(jobs) => jobs.len() < self.target,
+            None => self.idle_slot().is_some(),
+        }
+    }
+
+    /// Tells the consumer how a task ended.
+    fn report(&self, reserved: Box<Reserved>, outcome: TaskOutcome) {
+        if let Some(c) = &self.consumer {
+            let _ = c.cast(ConsumerMessage::TaskFinished {
+                reserved,
+                outcome,
+                runtime: Duration::ZERO,
+            });
+        }
     }
 
     /// Requests held: running, waiting for a child, or waiting for a rate-limit token (the
@@ -855,6 +1010,23 @@ impl PoolState {
             }
         }
         let Some(signal) = terminate else { return };
+        if let Some(jobs) = self.inproc.as_mut() {
+            let mut stopped = Vec::new();
+            for job in jobs.jobs_of(ids) {
+                if let Some(done) = jobs.stop(job, Stop::Terminate(signal as i32)) {
+                    info!(
+                        "Terminating {}[{}] (signal {signal}): its future is cancelled.",
+                        done.0.request.display_name(),
+                        done.0.request.id
+                    );
+                    stopped.push(done);
+                }
+            }
+            for (reserved, outcome) in stopped {
+                self.report(reserved, outcome);
+            }
+            return;
+        }
         for slot in self.slots.values_mut() {
             let Some(run) = &slot.running else { continue };
             if ids.contains(&run.request.id) {
@@ -887,15 +1059,18 @@ impl PoolState {
     }
 
     fn tasks(&self) -> PoolTasks {
+        let processes = match &self.inproc {
+            Some(jobs) => vec![jobs.pid()],
+            None => self.slots.values().filter_map(|s| s.pid).collect(),
+        };
+        let size = match &self.inproc {
+            Some(_) => self.target,
+            None => self.slots.len(),
+        };
         PoolTasks {
             active: self
-                .slots
-                .values()
-                .filter_map(|s| {
-                    s.running
-                        .as_ref()
-                        .map(|r| (r.request.clone(), s.pid.unwrap_or_default(), r.started_at))
-                })
+                .running()
+                .map(|(r, pid)| (r.request.clone(), pid, r.started_at))
                 .collect(),
             reserved: self
                 .reserved
@@ -903,12 +1078,10 @@ impl PoolState {
                 .map(|r| r.request.clone())
                 .chain(self.rates.iter().map(|r| r.request.clone()))
                 .collect(),
-            processes: self.slots.values().filter_map(|s| s.pid).collect(),
+            processes,
             total: self.total.clone(),
             target: self.target,
-            autoscaler: self
-                .autoscaler
-                .map(|a| (a.max, a.min, self.slots.len(), self.held())),
+            autoscaler: self.autoscaler.map(|a| (a.max, a.min, size, self.held())),
         }
     }
 
@@ -957,7 +1130,7 @@ impl PoolState {
             return;
         };
         let now = Instant::now();
-        while let Some(slot_id) = self.idle_slot() {
+        while self.has_room() {
             let Some(reserved) = self.next_request(now) else {
                 break;
             };
@@ -979,12 +1152,6 @@ impl PoolState {
                 .copied()
                 .unwrap_or_default();
             let limits = effective_limits(reserved.request.timelimit, task_limits, defaults);
-            let Some(slot) = self.slots.get_mut(&slot_id) else {
-                break;
-            };
-            let pid = slot.pid.unwrap_or_default();
-            let info = StartedInfo::of(&reserved, pid);
-            slot.busy = true;
             let running = Running {
                 request: reserved.request.clone(),
                 delivery: reserved.delivery,
@@ -993,19 +1160,22 @@ impl PoolState {
                 since: Instant::now(),
                 started_at: crate::protocol::time::epoch_f64(OffsetDateTime::now_utc()),
             };
+            if let Some(jobs) = self.inproc.as_mut() {
+                let info = StartedInfo::of(&reserved, jobs.pid());
+                count_start(&mut self.total, &self.metrics, &running);
+                jobs.start(myself, running, limits);
+                let _ = consumer.cast(ConsumerMessage::TaskStarted(Box::new(info)));
+                continue;
+            }
+            let Some(slot) = self.idle_slot().and_then(|id| self.slots.get_mut(&id)) else {
+                break;
+            };
+            let pid = slot.pid.unwrap_or_default();
+            let info = StartedInfo::of(&reserved, pid);
+            slot.busy = true;
             match slot.actor.cast(ChildMessage::Run(reserved, limits)) {
                 Ok(()) => {
-                    if !running.was_scheduled {
-                        let waited = running.since.saturating_duration_since(running.received);
-                        self.metrics.queue_wait(waited.as_secs_f64());
-                    }
-                    let name = running.request.display_name();
-                    match self.total.get_mut(name) {
-                        Some(n) => *n += 1,
-                        None => {
-                            self.total.insert(name.to_owned(), 1);
-                        }
-                    }
+                    count_start(&mut self.total, &self.metrics, &running);
                     slot.running = Some(running);
                     let _ = consumer.cast(ConsumerMessage::TaskStarted(Box::new(info)));
                 }
@@ -1025,7 +1195,7 @@ impl PoolState {
     /// every child is busy: a finishing task dispatches again anyway, and a timer then would
     /// only spin.
     fn arm_rate_timer(&mut self, myself: &ActorRef<PoolMessage>, now: Instant) {
-        if self.rates.held() == 0 || self.idle_slot().is_none() {
+        if self.rates.held() == 0 || !self.has_room() {
             self.rate_timer = None;
             return;
         }

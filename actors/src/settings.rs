@@ -319,6 +319,77 @@ pub fn mask_urls(text: &str) -> String {
     }
 }
 
+/// Which pool runs the tasks (`[worker] pool`, `-P`): Celery's names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PoolKind {
+    /// Child processes, one task at a time each (`prefork`, `processes`).
+    #[default]
+    Prefork,
+    /// Async Rust tasks in the worker process, many in flight (`async`).
+    Async,
+    /// One task at a time in the worker process (`solo`).
+    Solo,
+    /// Tasks on threads of the worker process (`threads`).
+    Threads,
+}
+
+impl PoolKind {
+    /// The most tasks at once each pool may be given (`-c`, `pool_grow`, `autoscale`): AMQP's
+    /// prefetch count is 16 bits, so an async pool stops there; processes and threads at 1024.
+    pub fn max_concurrency(self) -> usize {
+        match self {
+            PoolKind::Async => 65_535,
+            _ => 1024,
+        }
+    }
+
+    /// Reads a pool name as `celery worker -P` takes it.
+    ///
+    /// ```
+    /// use celeryd_actors::settings::PoolKind;
+    /// assert_eq!(PoolKind::parse("processes"), Ok(PoolKind::Prefork));
+    /// assert_eq!(PoolKind::parse("async"), Ok(PoolKind::Async));
+    /// assert!(PoolKind::parse("gevent").unwrap_err().contains("async"));
+    /// ```
+    pub fn parse(name: &str) -> Result<PoolKind, String> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "prefork" | "processes" => Ok(PoolKind::Prefork),
+            "async" => Ok(PoolKind::Async),
+            "solo" => Ok(PoolKind::Solo),
+            "threads" => Ok(PoolKind::Threads),
+            "eventlet" | "gevent" => Err(format!(
+                "{name:?}: green threads run Python code; celeryd's async pool (-P async) runs \
+                 async Rust tasks the same way (thousands at once, -c 1000). Python tasks (-A) run in the \
+                 prefork pool; keep Celery's own worker with -P {name} for queues of I/O-bound \
+                 Python tasks"
+            )),
+            _ => Err(format!(
+                "{name:?} is not one of prefork (processes), async, solo, threads"
+            )),
+        }
+    }
+
+    /// Celery's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            PoolKind::Prefork => "prefork",
+            PoolKind::Async => "async",
+            PoolKind::Solo => "solo",
+            PoolKind::Threads => "threads",
+        }
+    }
+
+    /// Whether tasks run inside the worker process (every pool but prefork).
+    pub fn in_process(self) -> bool {
+        self != PoolKind::Prefork
+    }
+
+    /// Whether a running task is on a thread that cannot be stopped (threads, solo).
+    pub fn on_threads(self) -> bool {
+        matches!(self, PoolKind::Threads | PoolKind::Solo)
+    }
+}
+
 /// `[worker]` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -326,8 +397,17 @@ pub struct WorkerSettings {
     /// Node name (`-n`); `%h` host, `%n` short host, `%d` domain, `%%` a percent sign.
     /// A name without `@` is the host part (`w1` → `celery@w1`). Default `celery@%h`.
     pub hostname: String,
-    /// `worker_concurrency`: number of child processes. 0 (the default) = number of CPUs.
+    /// `worker_concurrency` (`-c`): how many tasks run at once: child processes (prefork),
+    /// threads (threads), tasks in flight (async, up to 65535); solo runs one. 0 (the
+    /// default) = number of CPUs.
     pub concurrency: usize,
+    /// `worker_pool` (`-P`): how tasks run. `prefork` (the default; also `processes`): each
+    /// task in a child process, one at a time per child, killed at its hard time limit.
+    /// `async`: async Rust tasks on a runtime of their own inside the worker process,
+    /// `concurrency` of them in flight (sync tasks run on its blocking threads). `threads`:
+    /// tasks on `concurrency` threads of the worker process (no hard time limit: a thread
+    /// cannot be killed). `solo`: one task at a time in the worker process (debugging).
+    pub pool: String,
     /// `worker_prefetch_multiplier`: prefetch = concurrency × this. Default 4; 0 = unlimited.
     pub prefetch_multiplier: u16,
     /// Queues to consume from (`-Q`), by name: a `[[task.queues]]` entry, or (with
@@ -411,6 +491,7 @@ impl Default for WorkerSettings {
         WorkerSettings {
             hostname: "celery@%h".to_owned(),
             concurrency: 0,
+            pool: "prefork".to_owned(),
             prefetch_multiplier: 4,
             queues: Vec::new(),
             exclude_queues: Vec::new(),
@@ -599,12 +680,19 @@ impl Settings {
                 format!("{} is not from 4096 to 131072", self.broker.frame_max),
             ));
         }
-        if self.worker.concurrency > 1024 {
+        let pool = PoolKind::parse(&self.worker.pool)
+            .map_err(|reason| ConfigError::invalid("worker.pool", reason))?;
+        if self.worker.concurrency > pool.max_concurrency() {
             return Err(ConfigError::invalid(
                 "worker.concurrency",
-                "must be at most 1024",
+                format!(
+                    "must be at most {} for the {} pool",
+                    pool.max_concurrency(),
+                    pool.name()
+                ),
             ));
         }
+        self.check_pool(pool)?;
         self.task_queues()?;
         self.global_qos()?;
         // With -A the app's own result_backend is used, whatever it is.
@@ -677,7 +765,7 @@ impl Settings {
         check_limit(self.worker.revoke_expires)
             .map_err(|reason| ConfigError::invalid("worker.revoke_expires", reason))?;
         if let Some(a) = &self.worker.autoscale {
-            parse_autoscale(a)
+            parse_autoscale(a, pool.max_concurrency())
                 .map_err(|reason| ConfigError::invalid("worker.autoscale", reason))?;
         }
         if let Some(a) = &self.worker.metrics_addr {
@@ -703,10 +791,14 @@ impl Settings {
                 ),
             ));
         }
-        if self.worker.max_pool_size > 1024 {
+        if self.worker.max_pool_size > pool.max_concurrency() {
             return Err(ConfigError::invalid(
                 "worker.max_pool_size",
-                "must be at most 1024 (0 = four per CPU)",
+                format!(
+                    "must be at most {} for the {} pool (0 = four per CPU)",
+                    pool.max_concurrency(),
+                    pool.name()
+                ),
             ));
         }
         if self.worker.max_pool_size > 0 && self.worker.max_pool_size < self.max_concurrency() {
@@ -737,6 +829,82 @@ impl Settings {
         Ok(())
     }
 
+    /// The pool named by `worker.pool` (prefork when it names none; `validate` refuses that).
+    pub fn pool_kind(&self) -> PoolKind {
+        PoolKind::parse(&self.worker.pool).unwrap_or_default()
+    }
+
+    /// What the pool cannot carry out is refused, naming the key: nothing configured is
+    /// ignored.
+    fn check_pool(&self, pool: PoolKind) -> Result<(), ConfigError> {
+        if pool == PoolKind::Prefork {
+            return Ok(());
+        }
+        let name = pool.name();
+        if self.python.app.is_some() {
+            return Err(ConfigError::invalid(
+                "worker.pool",
+                format!(
+                    "{name}: Python tasks (-A) run in Python child processes, which only the \
+                     prefork pool has; use -P prefork (the default)"
+                ),
+            ));
+        }
+        let no_child = |key: &str, what: &str| {
+            ConfigError::invalid(
+                key,
+                format!(
+                    "the {name} pool runs tasks inside the worker process: there is no child \
+                     process to {what}. Leave it out, or use -P prefork"
+                ),
+            )
+        };
+        if self.worker.max_tasks_per_child > 0 {
+            return Err(no_child(
+                "worker.max_tasks_per_child",
+                "replace after N tasks",
+            ));
+        }
+        if self.worker.max_memory_per_child > 0 {
+            return Err(no_child(
+                "worker.max_memory_per_child",
+                "replace when it grows",
+            ));
+        }
+        if self.worker.pool_restarts {
+            return Err(no_child("worker.pool_restarts", "restart"));
+        }
+        if pool.on_threads() && self.task.time_limit.is_some() {
+            return Err(ConfigError::invalid(
+                "task.time_limit",
+                format!(
+                    "the {name} pool runs tasks on threads, and a thread cannot be killed, so a \
+                     hard time limit cannot be enforced. Use task.soft_time_limit \
+                     (--soft-time-limit: the task sees it through its context), or -P prefork \
+                     (the child is killed) or -P async (the future is cancelled)"
+                ),
+            ));
+        }
+        if pool == PoolKind::Solo && self.worker.concurrency > 1 {
+            return Err(ConfigError::invalid(
+                "worker.concurrency",
+                format!(
+                    "the solo pool runs one task at a time, not {}; use -P threads -c {} for \
+                     that many at once",
+                    self.worker.concurrency, self.worker.concurrency
+                ),
+            ));
+        }
+        if pool == PoolKind::Solo && self.worker.autoscale.is_some() {
+            return Err(ConfigError::invalid(
+                "worker.autoscale",
+                "the solo pool runs one task at a time and cannot scale; use -P threads or \
+                 -P async with --autoscale",
+            ));
+        }
+        Ok(())
+    }
+
     /// The default (soft, hard) limits from the `[task]` section.
     pub fn default_limits(&self) -> crate::task::TaskOptions {
         crate::task::TaskOptions {
@@ -750,6 +918,9 @@ impl Settings {
     /// The number of child processes the pool starts with: the autoscale minimum, else
     /// `worker.concurrency`, or the number of CPUs when 0.
     pub fn effective_concurrency(&self) -> usize {
+        if self.pool_kind() == PoolKind::Solo {
+            return 1;
+        }
         if let Some((_, min)) = self.autoscale() {
             return min;
         }
@@ -766,7 +937,7 @@ impl Settings {
         self.worker
             .autoscale
             .as_deref()
-            .and_then(|a| parse_autoscale(a).ok())
+            .and_then(|a| parse_autoscale(a, self.pool_kind().max_concurrency()).ok())
     }
 
     /// The most child processes the pool may have: the autoscale maximum, else the fixed size.
@@ -777,13 +948,20 @@ impl Settings {
         }
     }
 
-    /// The most child processes `pool_grow` and `autoscale` may reach: `worker.max_pool_size`,
-    /// or when 0 four per CPU, never less than the pool's own size.
+    /// The most child processes (threads, tasks in flight) `pool_grow` and `autoscale` may
+    /// reach: `worker.max_pool_size`, or when 0 four per CPU (an async pool: four times its
+    /// own size), never less than the pool's own size.
     pub fn pool_size_limit(&self) -> usize {
+        let pool = self.pool_kind();
         match self.worker.max_pool_size {
             0 => {
-                let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-                cpus.saturating_mul(4).max(self.max_concurrency()).min(1024)
+                let base = match pool {
+                    PoolKind::Async => self.max_concurrency(),
+                    _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                };
+                base.saturating_mul(4)
+                    .max(self.max_concurrency())
+                    .min(pool.max_concurrency())
             }
             n => n,
         }
@@ -803,8 +981,8 @@ impl Settings {
 }
 
 /// Parses `--autoscale` as Celery does: `"max,min"` or `"max"` (min 0); max must be at least
-/// 1 and min at most max.
-pub fn parse_autoscale(text: &str) -> Result<(usize, usize), String> {
+/// 1 and at most `cap` (the pool's [`PoolKind::max_concurrency`]), and min at most max.
+pub fn parse_autoscale(text: &str, cap: usize) -> Result<(usize, usize), String> {
     let (max, min) = text.split_once(',').unwrap_or((text, ""));
     let num = |s: &str, what: &str| {
         s.trim()
@@ -817,8 +995,8 @@ pub fn parse_autoscale(text: &str) -> Result<(usize, usize), String> {
     } else {
         num(min, "min")?
     };
-    if max == 0 || max > 1024 {
-        return Err(format!("max in {text:?} must be 1 to 1024"));
+    if max == 0 || max > cap {
+        return Err(format!("max in {text:?} must be 1 to {cap}"));
     }
     if min > max {
         return Err(format!("min {min} is above max {max} in {text:?}"));
@@ -1008,12 +1186,20 @@ mod tests {
 
     #[test]
     fn autoscale_reads_max_then_min_and_sizes_prefetch_by_max() {
-        assert_eq!(parse_autoscale("10,3"), Ok((10, 3)));
-        assert_eq!(parse_autoscale("4"), Ok((4, 0)));
-        assert_eq!(parse_autoscale(" 6 , 2 "), Ok((6, 2)));
-        assert!(parse_autoscale("3,5").unwrap_err().contains("above max"));
-        assert!(parse_autoscale("0").is_err());
-        assert!(parse_autoscale("ten,1").unwrap_err().contains("\"ten\""));
+        assert_eq!(parse_autoscale("10,3", 1024), Ok((10, 3)));
+        assert_eq!(parse_autoscale("4", 1024), Ok((4, 0)));
+        assert_eq!(parse_autoscale(" 6 , 2 ", 1024), Ok((6, 2)));
+        assert!(
+            parse_autoscale("3,5", 1024)
+                .unwrap_err()
+                .contains("above max")
+        );
+        assert!(parse_autoscale("0", 1024).is_err());
+        assert!(
+            parse_autoscale("ten,1", 1024)
+                .unwrap_err()
+                .contains("\"ten\"")
+        );
         let mut s = Settings::default();
         s.worker.autoscale = Some("8,2".into());
         s.worker.prefetch_multiplier = 2;

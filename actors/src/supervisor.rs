@@ -60,6 +60,8 @@ pub struct SupervisorArgs {
     pub commands: ControlCommands,
     /// How to start a child process.
     pub child_command: ChildCommand,
+    /// The Rust tasks, which the in-process pools (`async`, `threads`, `solo`) run.
+    pub registry: Arc<crate::task::Registry>,
     /// Receives the exit reason just before the supervisor stops.
     pub exit: UnboundedSender<ExitReason>,
     /// With Python tasks (`-A`): the helper (already started: it said which tasks the app
@@ -166,6 +168,9 @@ impl Actor for Supervisor {
             None => (None, None),
         };
         let pool = Pool::new(PoolArgs {
+            kind: settings.pool_kind(),
+            registry: args.registry,
+            max_size: settings.pool_size_limit(),
             command: args.child_command,
             concurrency: settings.effective_concurrency(),
             hostname: args.hostname.clone(),

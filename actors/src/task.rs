@@ -8,13 +8,23 @@
 //! registry.task("tasks.fail", &["message"], |_ctx, (m,): (String,)| -> Result<(), TaskError> {
 //!     Err(TaskError::new("ValueError", m))
 //! });
+//! // An async task: awaits instead of blocking a thread (`-P async` runs thousands at once).
+//! registry.task_async("tasks.wait", &["seconds"], |ctx, (s,): (f64,)| async move {
+//!     ctx.sleep(std::time::Duration::from_secs_f64(s)).await?;
+//!     Ok(s)
+//! });
 //! assert!(registry.contains("tasks.add"));
+//! assert!(registry.get("tasks.wait").is_some_and(|t| t.is_async()));
 //! ```
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -153,6 +163,8 @@ pub struct TaskContext {
     /// The worker's node name.
     pub hostname: String,
     soft_limit: Arc<AtomicBool>,
+    /// Woken when the soft limit passes, for tasks that await it.
+    soft_wake: Arc<tokio::sync::Notify>,
     signals: Option<SignalSink>,
 }
 
@@ -183,7 +195,47 @@ impl TaskContext {
             retries,
             hostname,
             soft_limit,
+            soft_wake: Arc::default(),
             signals: None,
+        }
+    }
+
+    /// With `wake` notified (as well as the flag raised) when the soft limit passes; a child
+    /// process shares one between its tasks, as it shares the flag.
+    pub fn with_soft_limit_wake(mut self, wake: Arc<tokio::sync::Notify>) -> Self {
+        self.soft_wake = wake;
+        self
+    }
+
+    /// Marks the soft time limit as passed and wakes the task if it awaits it (the worker
+    /// calls this; a task has no reason to).
+    pub fn raise_soft_limit(&self) {
+        self.soft_limit.store(true, Ordering::Relaxed);
+        self.soft_wake.notify_waiters();
+    }
+
+    /// Completes once the soft time limit has passed (never, if the task has none): an async
+    /// task can `select!` on it to clean up, as a Python task catches
+    /// `SoftTimeLimitExceeded`.
+    pub async fn soft_time_limit_reached(&self) {
+        loop {
+            let notified = self.soft_wake.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the flag is read, so a raise in between is not missed.
+            notified.as_mut().enable();
+            if self.soft_time_limit_exceeded() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Sleeps for `duration` without holding a thread, or fails with `SoftTimeLimitExceeded`
+    /// as soon as the soft time limit passes (propagate it with `?`).
+    pub async fn sleep(&self, duration: Duration) -> Result<(), TaskError> {
+        tokio::select! {
+            () = tokio::time::sleep(duration) => Ok(()),
+            () = self.soft_time_limit_reached() => Err(TaskError::soft_time_limit_exceeded()),
         }
     }
 
@@ -408,6 +460,20 @@ impl From<std::string::FromUtf8Error> for TaskError {
 /// The function behind a task: context and arguments in, a JSON value or an error out.
 pub type TaskFn = dyn Fn(&TaskContext, Args) -> Result<Value, TaskError> + Send + Sync;
 
+/// The function behind an async task: context and arguments in, a future of the value or
+/// error out.
+pub type AsyncTaskFn =
+    dyn Fn(TaskContext, Args) -> BoxFuture<'static, Result<Value, TaskError>> + Send + Sync;
+
+/// What a registered task runs.
+#[derive(Clone)]
+enum Body {
+    /// A function that runs to completion on the thread that calls it.
+    Sync(Arc<TaskFn>),
+    /// A function that returns a future.
+    Async(Arc<AsyncTaskFn>),
+}
+
 /// Per-task defaults set at registration (the config's values apply where these are None).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct TaskOptions {
@@ -427,7 +493,7 @@ pub struct TaskOptions {
 #[derive(Clone)]
 pub struct RegisteredTask {
     name: String,
-    func: Arc<TaskFn>,
+    body: Body,
     options: TaskOptions,
 }
 
@@ -435,6 +501,7 @@ impl std::fmt::Debug for RegisteredTask {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RegisteredTask")
             .field("name", &self.name)
+            .field("async", &self.is_async())
             .finish()
     }
 }
@@ -471,9 +538,45 @@ impl RegisteredTask {
         self.options
     }
 
-    /// Runs the task.
+    /// Whether it was registered with [`Registry::task_async`] (or
+    /// [`Registry::register_async`]).
+    pub fn is_async(&self) -> bool {
+        matches!(self.body, Body::Async(_))
+    }
+
+    /// Runs the task on this thread, to the end. An async task is driven by a runtime of its
+    /// own on this thread: call this from synchronous code only (a child process, a test),
+    /// never from inside an async task.
     pub fn call(&self, ctx: &TaskContext, args: Args) -> Result<Value, TaskError> {
-        (self.func)(ctx, args)
+        match &self.body {
+            Body::Sync(f) => f(ctx, args),
+            Body::Async(f) => match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(f(ctx.clone(), args)),
+                Err(e) => Err(TaskError::new(
+                    "RuntimeError",
+                    format!("cannot start a runtime for the task: {e}"),
+                )),
+            },
+        }
+    }
+
+    /// The task as a future. An async task's future awaits; a sync task runs to the end
+    /// inside the future's first poll (so it holds that thread meanwhile).
+    pub fn call_async(
+        &self,
+        ctx: TaskContext,
+        args: Args,
+    ) -> BoxFuture<'static, Result<Value, TaskError>> {
+        match &self.body {
+            Body::Async(f) => f(ctx, args),
+            Body::Sync(f) => {
+                let f = f.clone();
+                async move { f(&ctx, args) }.boxed()
+            }
+        }
     }
 }
 
@@ -497,9 +600,26 @@ impl Registry {
     where
         F: Fn(&TaskContext, Args) -> Result<Value, TaskError> + Send + Sync + 'static,
     {
+        self.insert(name, Body::Sync(Arc::new(func)))
+    }
+
+    /// Registers an async task taking the raw [`Args`]: `func` returns the future that runs
+    /// it. See [`Registry::task_async`].
+    pub fn register_async<F, Fut>(&mut self, name: &str, func: F) -> &mut RegisteredTask
+    where
+        F: Fn(TaskContext, Args) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Value, TaskError>> + Send + 'static,
+    {
+        self.insert(
+            name,
+            Body::Async(Arc::new(move |ctx, args| func(ctx, args).boxed())),
+        )
+    }
+
+    fn insert(&mut self, name: &str, body: Body) -> &mut RegisteredTask {
         let task = RegisteredTask {
             name: name.to_owned(),
-            func: Arc::new(func),
+            body,
             options: TaskOptions::default(),
         };
         let slot = self
@@ -526,6 +646,42 @@ impl Registry {
             let out = func(ctx, bound)?;
             serde_json::to_value(out)
                 .map_err(|e| TaskError::new("EncodeError", format!("cannot encode result: {e}")))
+        })
+    }
+
+    /// Registers a typed async task, bound as [`Registry::task`] binds: `func` gets the
+    /// context (owned, so the future can keep it) and the arguments, and returns a future.
+    /// Under `-P async` thousands run at once on a runtime of their own; the soft limit is
+    /// awaitable ([`TaskContext::soft_time_limit_reached`], [`TaskContext::sleep`]) and the
+    /// hard limit and `revoke --terminate` cancel the future. The other pools run it too (a
+    /// prefork child or a thread drives it to the end).
+    pub fn task_async<A, R, F, Fut>(
+        &mut self,
+        name: &str,
+        params: &[&str],
+        func: F,
+    ) -> &mut RegisteredTask
+    where
+        A: DeserializeOwned,
+        R: Serialize,
+        F: Fn(TaskContext, A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, TaskError>> + Send + 'static,
+    {
+        let params: Vec<String> = params.iter().map(|p| (*p).to_owned()).collect();
+        let task_name = name.to_owned();
+        let func = Arc::new(func);
+        self.register_async(name, move |ctx, args| {
+            let names: Vec<&str> = params.iter().map(String::as_str).collect();
+            // Bound now, so the future does not borrow the parameter names.
+            let call = args
+                .bind::<A>(&task_name, &names)
+                .map(|bound| func(ctx, bound));
+            async move {
+                let out = call?.await?;
+                serde_json::to_value(out).map_err(|e| {
+                    TaskError::new("EncodeError", format!("cannot encode result: {e}"))
+                })
+            }
         })
     }
 

@@ -51,6 +51,15 @@ impl Flower {
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
     }
 
+    /// GET `path` as JSON, or None while Flower answers anything but 200 (it has not seen
+    /// the task yet, say).
+    fn try_get(&self, path: &str) -> Option<Value> {
+        let (status, body) = http("GET", self.port, path);
+        (status == 200)
+            .then(|| serde_json::from_str(&body).ok())
+            .flatten()
+    }
+
     fn post(&self, path: &str) -> (u16, String) {
         http("POST", self.port, path)
     }
@@ -93,7 +102,9 @@ fn flower_shows_and_controls_a_celeryd_worker() {
         let r = call_task(&queue, "tasks.add", "[2, 3]", &[]);
         id = r["id"].as_str().unwrap().to_owned();
         std::thread::sleep(Duration::from_millis(500));
-        flower.get(&format!("/api/task/info/{id}"))["state"] == "SUCCESS"
+        flower
+            .try_get(&format!("/api/task/info/{id}"))
+            .is_some_and(|info| info["state"] == "SUCCESS")
     });
     let info = flower.get(&format!("/api/task/info/{id}"));
     assert_eq!(info["name"], "tasks.add", "{info}");
@@ -156,6 +167,31 @@ fn flower_shows_and_controls_a_celeryd_worker() {
         scaling.children().len() == 2
     });
     drop(scaling);
+    // The async pool's page: its implementation and size, a task followed to SUCCESS.
+    let async_queue = unique_queue("flower-async");
+    let asynchronous = Worker::start(&async_queue, "", &["-P", "async", "-c", "50", "-E"]);
+    let async_node = asynchronous.nodename();
+    let mut pool = Value::Null;
+    eventually(
+        Duration::from_secs(30),
+        "Flower to list the async worker",
+        || {
+            pool = flower.get("/api/workers?refresh=1")[&async_node]["stats"]["pool"].clone();
+            pool.is_object()
+        },
+    );
+    assert_eq!(pool["implementation"], "celeryd.pool:AsyncPool", "{pool}");
+    assert_eq!(pool["max-concurrency"], 50, "{pool}");
+    assert_eq!(pool["processes"], json!([asynchronous.pid()]), "{pool}");
+    let r = call_task(&async_queue, "tasks.async_sleep", "[0.1]", &[]);
+    let async_id = r["id"].as_str().unwrap().to_owned();
+    eventually(Duration::from_secs(30), "the async task in Flower", || {
+        flower
+            .try_get(&format!("/api/task/info/{async_id}"))
+            .is_some_and(|info| info["state"] == "SUCCESS" && info["worker"] == async_node.as_str())
+    });
+    drop(asynchronous);
+    block_on(delete_queue(&async_queue));
     let running = spawn_task(&queue, "tasks.sleep", "[30]", &[]);
     worker.wait_for_log("Task tasks.sleep[", Duration::from_secs(20));
     let active = flower.get(&format!("/api/workers?refresh=1&workername={node}"));

@@ -20,6 +20,7 @@ mod malformed;
 mod metrics;
 mod operator;
 mod ops;
+mod pools;
 mod python_child;
 mod python_tasks;
 mod queues;

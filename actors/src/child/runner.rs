@@ -50,10 +50,11 @@ fn child_loop(registry: &Registry) -> Result<(), ChildError> {
         write_frame_blocking(&mut *w, frame)
     };
     let mut input = BufReader::new(std::io::stdin().lock());
-    let soft_limit = Arc::new(AtomicBool::new(false));
+    let mut env = JobEnv::new(Some(sink));
+    env.watch_signal = true;
     let mut memory = ResidentMemory::default();
     // The parent signals the soft time limit with SIGUSR1; the task sees it through its context.
-    signal_hook::flag::register(signal_hook::consts::SIGUSR1, soft_limit.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, env.soft_limit.clone())?;
 
     write(&FromChild::Ready {
         pid: std::process::id(),
@@ -61,9 +62,10 @@ fn child_loop(registry: &Registry) -> Result<(), ChildError> {
     while let Some(msg) = read_frame_blocking::<ToChild>(&mut input)? {
         match msg {
             ToChild::Run(job) => {
-                soft_limit.store(false, std::sync::atomic::Ordering::Relaxed);
+                env.soft_limit
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
                 let measure = job.measure_memory;
-                let outcome = run_job(registry, job, &soft_limit, Some(sink.clone()));
+                let outcome = run_job(registry, job, &mut env);
                 let rss_kib = if measure { memory.kib() } else { 0 };
                 write(&FromChild::Done { outcome, rss_kib })?;
             }
@@ -72,15 +74,73 @@ fn child_loop(registry: &Registry) -> Result<(), ChildError> {
     Ok(())
 }
 
-/// Runs one job and turns whatever happens (value, error, panic) into an outcome.
-/// With `signals`, the task's [`TaskContext::update_state`] and
-/// [`TaskContext::send_task`] reach the worker.
-pub fn run_job(
-    registry: &Registry,
-    job: Job,
-    soft_limit: &Arc<AtomicBool>,
+/// What a child process keeps from one job to the next.
+pub struct JobEnv {
+    /// Raised (by SIGUSR1 in a child) when the soft limit of the running job passes.
+    pub soft_limit: Arc<AtomicBool>,
+    /// Woken with it, for async tasks that await the soft limit.
+    soft_wake: Arc<tokio::sync::Notify>,
+    /// Where the task's [`TaskContext::update_state`] and [`TaskContext::send_task`] go.
     signals: Option<crate::task::SignalSink>,
-) -> JobOutcome {
+    /// Drives async tasks; built at the first one.
+    runtime: Option<tokio::runtime::Runtime>,
+    /// Wake async tasks on SIGUSR1 (a child process: the parent signals the soft limit so).
+    watch_signal: bool,
+}
+
+impl std::fmt::Debug for JobEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobEnv")
+            .field("runtime", &self.runtime.is_some())
+            .finish()
+    }
+}
+
+impl JobEnv {
+    /// A fresh environment; with `signals`, a task's signals reach the worker.
+    pub fn new(signals: Option<crate::task::SignalSink>) -> Self {
+        JobEnv {
+            soft_limit: Arc::default(),
+            soft_wake: Arc::default(),
+            signals,
+            runtime: None,
+            watch_signal: false,
+        }
+    }
+
+    /// The runtime async tasks run on in this process: one thread (this one), built once.
+    fn runtime(&mut self) -> Result<&tokio::runtime::Runtime, TaskError> {
+        if self.runtime.is_none() {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| TaskError::new("RuntimeError", format!("no runtime: {e}")))?;
+            if self.watch_signal {
+                // The flag is raised by its own handler; this wakes a task that awaits it.
+                // The watcher runs whenever a task is driven, which is when it matters.
+                let wake = self.soft_wake.clone();
+                let usr1 = rt.block_on(async {
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+                });
+                if let Ok(mut usr1) = usr1 {
+                    rt.spawn(async move {
+                        while usr1.recv().await.is_some() {
+                            wake.notify_waiters();
+                        }
+                    });
+                }
+            }
+            self.runtime = Some(rt);
+        }
+        self.runtime
+            .as_ref()
+            .ok_or_else(|| TaskError::new("RuntimeError", "no runtime"))
+    }
+}
+
+/// Runs one job and turns whatever happens (value, error, panic) into an outcome. An async
+/// task is driven to its end on `env`'s runtime.
+pub fn run_job(registry: &Registry, job: Job, env: &mut JobEnv) -> JobOutcome {
     let Some(task) = registry.get(&job.name) else {
         return failure(
             &TaskError::new("NotRegistered", job.name.clone()).with_module("celery.exceptions"),
@@ -96,33 +156,50 @@ pub fn run_job(
         job.name,
         job.retries,
         job.hostname,
-        soft_limit.clone(),
-    );
-    if let Some(sink) = signals {
-        ctx = ctx.with_signals(sink);
+        env.soft_limit.clone(),
+    )
+    .with_soft_limit_wake(env.soft_wake.clone());
+    if let Some(sink) = &env.signals {
+        ctx = ctx.with_signals(sink.clone());
     }
-    let result = std::panic::catch_unwind(AssertUnwindSafe(|| task.call(&ctx, args)));
+    let result = if task.is_async() {
+        match env.runtime() {
+            Ok(rt) => {
+                let fut = task.call_async(ctx.clone(), args);
+                std::panic::catch_unwind(AssertUnwindSafe(|| rt.block_on(fut)))
+            }
+            Err(e) => Ok(Err(e)),
+        }
+    } else {
+        std::panic::catch_unwind(AssertUnwindSafe(|| task.call(&ctx, args)))
+    };
     match result {
         Ok(Ok(value)) => JobOutcome::Success {
             result_json: serde_json::to_string(&value).unwrap_or_else(|_| "null".into()),
         },
-        Ok(Err(e)) => {
-            let tb = format!(
-                "Traceback (most recent call last):\n  celeryd task {}\n{e}\n",
-                ctx.name
-            );
+        Ok(Err(e)) => failure(&e, traceback_text(&ctx.name, &e)),
+        Err(panic) => {
+            let (e, tb) = panic_error(&ctx.name, panic.as_ref());
             failure(&e, tb)
         }
-        Err(panic) => {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "task panicked".to_owned());
-            let e = TaskError::new("RuntimeError", format!("task panicked: {msg}"));
-            failure(&e, format!("task {} panicked: {msg}\n", ctx.name))
-        }
     }
+}
+
+/// The traceback text of a task that returned `e`.
+pub fn traceback_text(name: &str, e: &TaskError) -> String {
+    format!("Traceback (most recent call last):\n  celeryd task {name}\n{e}\n")
+}
+
+/// The error (`RuntimeError('task panicked: …')`) and traceback text of a task that panicked
+/// with `payload`.
+pub fn panic_error(name: &str, payload: &(dyn std::any::Any + Send)) -> (TaskError, String) {
+    let msg = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "task panicked".to_owned());
+    let e = TaskError::new("RuntimeError", format!("task panicked: {msg}"));
+    (e, format!("task {name} panicked: {msg}\n"))
 }
 
 /// This process's resident memory in KiB (from /proc/self/statm), 0 if unknown.
@@ -235,14 +312,14 @@ mod tests {
         r.task("panic", &[], |_c, ()| -> Result<(), TaskError> {
             panic!("oops")
         });
-        let flag = Arc::default();
+        let env = &mut JobEnv::new(None);
         assert_eq!(
-            run_job(&r, job("add", "[2,3]"), &flag, None),
+            run_job(&r, job("add", "[2,3]"), env),
             JobOutcome::Success {
                 result_json: "5".into()
             }
         );
-        match run_job(&r, job("fail", "[]"), &flag, None) {
+        match run_job(&r, job("fail", "[]"), env) {
             JobOutcome::Failure {
                 exc_type,
                 exc_module,
@@ -257,11 +334,57 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(run_job(&r, job("panic", "[]"), &flag, None),
+        assert!(matches!(run_job(&r, job("panic", "[]"), env),
             JobOutcome::Failure { exc_type, .. } if exc_type == "RuntimeError"));
-        assert!(matches!(run_job(&r, job("add", "[1]"), &flag, None),
+        assert!(matches!(run_job(&r, job("add", "[1]"), env),
             JobOutcome::Failure { exc_type, .. } if exc_type == "TypeError"));
-        assert!(matches!(run_job(&r, job("nope", "[]"), &flag, None),
+        assert!(matches!(run_job(&r, job("nope", "[]"), env),
             JobOutcome::Failure { exc_type, .. } if exc_type == "NotRegistered"));
+    }
+
+    #[test]
+    fn async_tasks_run_to_the_end_in_a_child_and_see_the_soft_limit() {
+        let mut r = Registry::new();
+        r.task_async("wait", &["s"], |ctx, (s,): (f64,)| async move {
+            ctx.sleep(std::time::Duration::from_secs_f64(s)).await?;
+            Ok(s)
+        });
+        fn boom() -> Result<(), TaskError> {
+            panic!("async oops")
+        }
+        r.task_async("boom", &[], |_ctx, ()| async move {
+            tokio::task::yield_now().await;
+            boom()
+        });
+        let env = &mut JobEnv::new(None);
+        assert_eq!(
+            run_job(&r, job("wait", "[0.01]"), env),
+            JobOutcome::Success {
+                result_json: "0.01".into()
+            }
+        );
+        // The same runtime serves the next one.
+        assert!(matches!(
+            run_job(&r, job("wait", "[0]"), env),
+            JobOutcome::Success { .. }
+        ));
+        match run_job(&r, job("boom", "[]"), env) {
+            JobOutcome::Failure {
+                exc_type,
+                args_json,
+                ..
+            } => {
+                assert_eq!(exc_type, "RuntimeError");
+                assert!(args_json.contains("async oops"), "{args_json}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A soft limit raised before the sleep ends it at once.
+        env.soft_limit
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        assert!(matches!(run_job(&r, job("wait", "[30]"), env),
+            JobOutcome::Failure { exc_type, .. } if exc_type == "SoftTimeLimitExceeded"));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 }

@@ -8,6 +8,42 @@ use crate::protocol::repr::py_repr;
 use crate::protocol::time::format_iso;
 use crate::settings::TaskSettings;
 
+/// Completes `stats.pool` (built for prefork) for the pool `kind`, with `active` tasks
+/// running: each in-process pool names its implementation and adds what Celery's
+/// counterpart reports (eventlet/gevent's free and running "threads", the thread pool's
+/// threads, solo's fixed size and `put-guarded-by-semaphore`).
+pub fn pool_kind_stats(
+    pool: &mut serde_json::Map<String, Value>,
+    kind: crate::settings::PoolKind,
+    active: usize,
+) {
+    use crate::settings::PoolKind;
+    let max = pool
+        .get("max-concurrency")
+        .and_then(Value::as_u64)
+        .unwrap_or(1);
+    let implementation = match kind {
+        PoolKind::Prefork => return,
+        PoolKind::Async => {
+            pool.insert(
+                "free-threads".into(),
+                json!(max.saturating_sub(active as u64)),
+            );
+            pool.insert("running-threads".into(), json!(active));
+            "celeryd.pool:AsyncPool"
+        }
+        PoolKind::Threads => {
+            pool.insert("threads".into(), json!(active));
+            "celeryd.pool:ThreadPool"
+        }
+        PoolKind::Solo => {
+            pool.insert("put-guarded-by-semaphore".into(), json!(true));
+            "celeryd.pool:SoloPool"
+        }
+    };
+    pool.insert("implementation".into(), json!(implementation));
+}
+
 /// What `registered` lists when no `taskinfoitems` are asked for (Celery's default).
 pub const DEFAULT_TASK_INFO_ITEMS: &[&str] = &["exchange", "routing_key", "rate_limit"];
 

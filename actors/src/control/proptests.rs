@@ -102,7 +102,7 @@ proptest! {
     fn other_argument_parsers_never_panic(v in arg(), text in ".{0,16}") {
         let _ = parse_headers(Some(&v));
         let _ = parse_signal(&text);
-        if let Ok((max, min)) = parse_autoscale(&text) {
+        if let Ok((max, min)) = parse_autoscale(&text, 1024) {
             prop_assert!(min <= max && max <= 1024);
         }
     }

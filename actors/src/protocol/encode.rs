@@ -122,9 +122,23 @@ pub fn retry_message(req: &super::TaskRequest, countdown: f64, now: OffsetDateTi
             msg.headers.insert(k.clone(), v.clone());
         }
     }
-    msg.headers
-        .insert("retries".into(), json!(req.retries.saturating_add(1)));
-    msg.body = serde_json::to_vec(&json!([req.args, req.kwargs, req.embed])).unwrap_or_default();
+    // The fields a Rust request keeps out of its headers (`message::compact`).
+    let (hard, soft) = req.timelimit;
+    let h = &mut msg.headers;
+    h.insert("retries".into(), json!(req.retries.saturating_add(1)));
+    h.insert("shadow".into(), json!(req.shadow));
+    h.insert("group".into(), json!(req.group));
+    h.insert("group_index".into(), json!(req.group_index));
+    h.insert("timelimit".into(), json!([hard, soft]));
+    h.insert("root_id".into(), json!(req.root_id));
+    h.insert("parent_id".into(), json!(req.parent_id));
+    h.insert("argsrepr".into(), json!(req.argsrepr));
+    h.insert("kwargsrepr".into(), json!(req.kwargsrepr));
+    if let Some(ignore) = req.ignore_result {
+        h.insert("ignore_result".into(), json!(ignore));
+    }
+    msg.body = serde_json::to_vec(&json!([req.args, req.kwargs, req.embed_or_default()]))
+        .unwrap_or_default();
     msg
 }
 
@@ -204,9 +218,50 @@ mod tests {
             body: &again.body,
             ..raw
         };
-        let req2 = decode(raw).unwrap();
+        let req2 = decode(raw.clone()).unwrap();
         assert_eq!(req2.retries, 1);
         assert_eq!(req2.args, vec![json!(1)]);
+        // What the decoded request keeps in fields rather than headers comes back.
+        let mut headers = first.headers.clone();
+        for (k, v) in [
+            ("group", json!("g1")),
+            ("group_index", json!(2)),
+            ("parent_id", json!("p1")),
+            ("shadow", json!("nick")),
+            ("timelimit", json!([10, 5])),
+            ("stamped_headers", json!(["s"])),
+            ("s", json!("v")),
+        ] {
+            headers.insert(k.into(), v);
+        }
+        let raw = RawMessage {
+            headers,
+            body: &first.body,
+            ..raw
+        };
+        let req = decode(raw).unwrap();
+        assert!(!req.headers.contains_key("group"), "kept in a field");
+        let again = retry_message(&req, 1.0, now);
+        let h = &again.headers;
+        assert_eq!((&h["group"], &h["group_index"]), (&json!("g1"), &json!(2)));
+        assert_eq!(
+            (&h["parent_id"], &h["shadow"]),
+            (&json!("p1"), &json!("nick"))
+        );
+        assert_eq!(h["timelimit"], json!([10.0, 5.0]));
+        assert_eq!(h["root_id"], first.headers["root_id"]);
+        assert_eq!(h["argsrepr"], first.headers["argsrepr"]);
+        assert_eq!(
+            (&h["stamped_headers"], &h["s"]),
+            (&json!(["s"]), &json!("v"))
+        );
+        let body: Value = serde_json::from_slice(&again.body).unwrap();
+        assert_eq!(
+            body[2]["callbacks"],
+            Value::Null,
+            "an embed object, not null: {body}"
+        );
+        assert!(body[2].is_object());
         let due = req2.eta.unwrap() - (now + time::Duration::seconds(5));
         assert!(due.abs() < time::Duration::milliseconds(1), "{due}");
     }

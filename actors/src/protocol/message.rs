@@ -88,7 +88,10 @@ pub struct TaskRequest {
     pub correlation_id: String,
     /// Delivery metadata.
     pub delivery_info: DeliveryInfo,
-    /// Every application header as received (unknown ones are kept, e.g. for retries).
+    /// The application headers. As received for Python tasks (the child is handed them);
+    /// for Rust tasks ([`decode_with_limit`]) only those the fields above do not carry
+    /// (stamps, custom headers…), see [`compact`]: a held request then costs a third of the
+    /// memory.
     pub headers: Map<String, Value>,
     /// With Python tasks: what the Python child is handed (the body as delivered, the
     /// properties). None for Rust tasks, which need only the decoded fields.
@@ -128,7 +131,78 @@ pub fn decode_with_limit(
     raw: RawMessage<'_>,
     max_body: usize,
 ) -> Result<TaskRequest, ProtocolError> {
-    decode_inner(raw, max_body, false).map(|(r, _)| r)
+    decode_inner(raw, max_body, false).map(|(r, _)| compact(r))
+}
+
+/// The headers a protocol 2 request keeps in its own fields.
+const TYPED_HEADERS: &[&str] = &[
+    "id",
+    "task",
+    "shadow",
+    "eta",
+    "expires",
+    "group",
+    "group_index",
+    "retries",
+    "timelimit",
+    "root_id",
+    "parent_id",
+    "argsrepr",
+    "kwargsrepr",
+    "origin",
+    "ignore_result",
+];
+
+/// Drops from `req.headers` what its fields already hold, and the headers a client sends
+/// with their default values (`lang: "py"`, `replaced_task_nesting: 0`,
+/// `stamped_headers: null`, `stamps: {}`), and an embed with nothing in it becomes null: the
+/// memory of a held request is mostly these maps (a serde_json map node is ~700 bytes), and a
+/// worker holds its prefetch count of them. Messages built again from the request (retries)
+/// put the fields back ([`crate::protocol::encode::retry_message`]).
+///
+/// ```
+/// use celeryd_actors::protocol::message::compact;
+/// # use celeryd_actors::protocol::{RawMessage, DeliveryInfo, decode};
+/// # let mut h = serde_json::Map::new();
+/// # for (k, v) in [("task", "t"), ("id", "1"), ("lang", "py"), ("custom", "kept")] { h.insert(k.into(), v.into()); }
+/// # let body = br#"[[1], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]"#;
+/// # let raw = RawMessage { content_type: None, content_encoding: None, headers: h, correlation_id: None, reply_to: None, body, delivery_info: DeliveryInfo::default() };
+/// let req = compact(decode(raw).unwrap());
+/// assert_eq!(req.headers.keys().collect::<Vec<_>>(), ["custom"]);
+/// assert!(req.embed.is_null());
+/// ```
+pub fn compact(mut req: TaskRequest) -> TaskRequest {
+    req.headers.retain(|k, v| {
+        let default = match k.as_str() {
+            "lang" => v == "py",
+            "replaced_task_nesting" => v == 0,
+            "stamped_headers" => v.is_null(),
+            "stamps" => v.as_object().is_some_and(Map::is_empty),
+            _ => false,
+        };
+        !default && !TYPED_HEADERS.contains(&k.as_str())
+    });
+    let empty_embed = match &req.embed {
+        Value::Object(m) => m.values().all(Value::is_null),
+        _ => false,
+    };
+    if empty_embed {
+        req.embed = Value::Null;
+    }
+    req
+}
+
+impl TaskRequest {
+    /// The embed as a body carries it: `{callbacks, errbacks, chain, chord}` all null when
+    /// the request has none.
+    pub fn embed_or_default(&self) -> Value {
+        match &self.embed {
+            Value::Null => serde_json::json!({
+                "callbacks": null, "errbacks": null, "chain": null, "chord": null,
+            }),
+            other => other.clone(),
+        }
+    }
 }
 
 /// [`decode_with_limit`], also returning the body as Celery's tracer takes it (decompressed,

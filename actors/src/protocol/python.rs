@@ -101,7 +101,7 @@ pub fn python_message(req: &TaskRequest, body: Vec<u8>, properties: Properties) 
     if let Value::Object(fields) = fields {
         headers.extend(fields);
     }
-    let body = serde_json::to_vec(&json!([req.args, req.kwargs, req.embed]))
+    let body = serde_json::to_vec(&json!([req.args, req.kwargs, req.embed_or_default()]))
         .unwrap_or_else(|_| b"[[], {}, {}]".to_vec());
     PythonMessage {
         body,
