@@ -40,8 +40,9 @@ pub struct RunArgs {
     /// Log level: debug, info, warning, error, critical.
     #[arg(short = 'l', long)]
     pub loglevel: Option<String>,
-    /// Number of child processes (default: number of CPUs); `auto`: the CPUs this process
-    /// may use (its affinity mask and cgroup quota).
+    /// How many tasks at once (default: number of CPUs): child processes (prefork), tasks in
+    /// flight (async, e.g. 1000), threads (threads); `auto`: the CPUs this process may use
+    /// (its affinity mask and cgroup quota).
     #[arg(short = 'c', long, value_parser = concurrency)]
     pub concurrency: Option<usize>,
     /// Broker URL (`celery -b`), over the config file and the environment (for `ctl` and
@@ -61,16 +62,20 @@ pub struct RunArgs {
     /// Prefetch = concurrency × this (default 4).
     #[arg(long)]
     pub prefetch_multiplier: Option<u16>,
-    /// Hard time limit in seconds for every task (`task_time_limit`).
+    /// Hard time limit in seconds for every task (`task_time_limit`): prefork kills the
+    /// child, async cancels the future; threads and solo refuse it (a thread cannot be
+    /// killed).
     #[arg(long, value_name = "SECONDS")]
     pub time_limit: Option<f64>,
     /// Soft time limit in seconds for every task (`task_soft_time_limit`).
     #[arg(long, value_name = "SECONDS")]
     pub soft_time_limit: Option<f64>,
-    /// Replace a child process after this many tasks.
+    /// Replace a child process after this many tasks (prefork only: the in-process pools
+    /// have no child to replace and refuse it).
     #[arg(long, value_name = "N")]
     pub max_tasks_per_child: Option<u64>,
-    /// Replace a child process whose resident memory exceeds this many KiB.
+    /// Replace a child process whose resident memory exceeds this many KiB (prefork only:
+    /// the in-process pools share the worker's memory and refuse it).
     #[arg(long, value_name = "KIB")]
     pub max_memory_per_child: Option<u64>,
     /// Keep revoked task ids in this RocksDB directory across restarts (`worker_state_db`;

@@ -172,16 +172,21 @@ const TYPED_HEADERS: &[&str] = &[
 /// assert!(req.embed.is_null());
 /// ```
 pub fn compact(mut req: TaskRequest) -> TaskRequest {
-    req.headers.retain(|k, v| {
-        let default = match k.as_str() {
-            "lang" => v == "py",
-            "replaced_task_nesting" => v == 0,
-            "stamped_headers" => v.is_null(),
-            "stamps" => v.as_object().is_some_and(Map::is_empty),
-            _ => false,
-        };
-        !default && !TYPED_HEADERS.contains(&k.as_str())
-    });
+    // Collected into a new map: one emptied by `retain` keeps its node allocated.
+    let headers = std::mem::take(&mut req.headers);
+    req.headers = headers
+        .into_iter()
+        .filter(|(k, v)| {
+            let default = match k.as_str() {
+                "lang" => v == "py",
+                "replaced_task_nesting" => v == 0,
+                "stamped_headers" => v.is_null(),
+                "stamps" => v.as_object().is_some_and(Map::is_empty),
+                _ => false,
+            };
+            !default && !TYPED_HEADERS.contains(&k.as_str())
+        })
+        .collect();
     let empty_embed = match &req.embed {
         Value::Object(m) => m.values().all(Value::is_null),
         _ => false,
