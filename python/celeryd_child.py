@@ -228,6 +228,55 @@ def conf_meta(app):
         # As Celery's worker will declare them: app.amqp.queues has Celery's defaults filled
         # in (the default exchange, task_queue_max_priority).
         out["task_queues"] = [queue_meta(q) for q in app.amqp.queues.values()]
+    if conf.beat_schedule:
+        out["beat_schedule"] = {
+            str(name): beat_entry_meta(entry) for name, entry in conf.beat_schedule.items()
+        }
+    return out
+
+
+def beat_entry_meta(entry):
+    """One `beat_schedule` entry as the parent's `[beat.schedule.<name>]` takes it: the
+    schedule as `every` (seconds) or `crontab` (five fields), else `unsupported` naming it."""
+    from datetime import timedelta
+
+    from celery.schedules import crontab, schedule
+
+    def field(v):
+        if isinstance(v, (set, frozenset, list, tuple)):
+            return ",".join(str(x) for x in sorted(v))
+        return str(v)
+
+    out = {
+        "task": entry.get("task"),
+        "args": list(entry.get("args") or ()),
+        "kwargs": dict(entry.get("kwargs") or {}),
+        "options": dict(entry.get("options") or {}),
+    }
+    when = entry.get("schedule")
+    if isinstance(when, bool):
+        out["unsupported"] = repr(when)
+    elif isinstance(when, (int, float)):
+        out["every"] = float(when)
+    elif isinstance(when, timedelta):
+        out["every"] = when.total_seconds()
+    elif isinstance(when, crontab):
+        out["crontab"] = " ".join(
+            field(v)
+            for v in (
+                when._orig_minute,
+                when._orig_hour,
+                when._orig_day_of_month,
+                when._orig_month_of_year,
+                when._orig_day_of_week,
+            )
+        )
+    elif isinstance(when, schedule):
+        out["every"] = when.run_every.total_seconds()
+        if getattr(when, "relative", False):
+            out["unsupported"] = "schedule(relative=True)"
+    else:
+        out["unsupported"] = type(when).__name__ + " " + repr(when)
     return out
 
 

@@ -53,6 +53,7 @@ const MAPPED: &[(&str, &str, &str, Kind)] = &[
         Kind::Text,
     ),
     ("worker_concurrency", "worker", "concurrency", Kind::Count),
+    ("timezone", "beat", "timezone", Kind::Text),
     (
         "worker_prefetch_multiplier",
         "worker",
@@ -230,6 +231,78 @@ pub fn layer(conf: &Map<String, Value>) -> Result<AppLayer, String> {
         }
     }
     Ok(out)
+}
+
+/// The app's `beat_schedule` (as the Python side spelt it out: `every` seconds or a
+/// `crontab`) as scheduler entries, checked as `[beat.schedule]` entries are, with a warning
+/// for each entry celeryd cannot schedule (a `solar` schedule, say), which is left out. An
+/// entry that is wrong (no task, an option celeryd does not send) is an error naming the entry
+/// and field.
+pub fn beat_entries(
+    conf: &Map<String, Value>,
+) -> Result<(celeryd_actors::settings::BeatEntries, Vec<String>), String> {
+    use celeryd_actors::settings::{BeatEntry, BeatOptions};
+    let Some(Value::Object(schedule)) = conf.get("beat_schedule") else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let (mut entries, mut warnings) = (Vec::new(), Vec::new());
+    for (name, e) in schedule {
+        let key = format!("app.conf beat_schedule[{name:?}]");
+        if let Some(what) = e.get("unsupported").and_then(Value::as_str) {
+            warnings.push(format!(
+                "{key}: its schedule ({what}) is not one celeryd's scheduler runs (a number, \
+                 timedelta or crontab); the entry is left out. Keep `celery beat` for it, or \
+                 write it as [beat.schedule.{name}] with `every` or `crontab`."
+            ));
+            continue;
+        }
+        let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+        let mut options = BeatOptions::default();
+        if let Some(Value::Object(o)) = e.get("options") {
+            for (k, v) in o {
+                let bad = || format!("{key}.options.{k}: {v} is not what celeryd sends");
+                match k.as_str() {
+                    "queue" => options.queue = Some(text(Some(v)).ok_or_else(bad)?),
+                    "exchange" => options.exchange = Some(text(Some(v)).ok_or_else(bad)?),
+                    "routing_key" => options.routing_key = Some(text(Some(v)).ok_or_else(bad)?),
+                    "priority" => {
+                        options.priority = Some(
+                            v.as_u64()
+                                .and_then(|p| u8::try_from(p).ok())
+                                .ok_or_else(bad)?,
+                        )
+                    }
+                    "expires" => options.expires = Some(v.as_f64().ok_or_else(bad)?),
+                    other => {
+                        return Err(format!(
+                            "{key}.options: {other:?} is not an option celeryd's scheduler \
+                             sends (queue, exchange, routing_key, priority, expires in \
+                             seconds); take it out of the entry, or keep `celery beat` for it"
+                        ));
+                    }
+                }
+            }
+        }
+        let entry = BeatEntry {
+            task: text(e.get("task")).unwrap_or_default(),
+            every: e.get("every").and_then(Value::as_f64),
+            crontab: text(e.get("crontab")),
+            args: e
+                .get("args")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
+            kwargs: e
+                .get("kwargs")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default(),
+            options,
+        };
+        entry.validate(&key).map_err(|e| e.to_string())?;
+        entries.push((name.clone(), entry));
+    }
+    Ok((entries, warnings))
 }
 
 impl AppLayer {
@@ -433,6 +506,34 @@ mod tests {
 
     fn conf(v: Value) -> Map<String, Value> {
         v.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn an_apps_beat_schedule_becomes_entries_and_what_cannot_run_is_named() {
+        let c = conf(json!({"beat_schedule": {
+            "a": {"task": "proj.add", "every": 10.0, "args": [1, 2], "kwargs": {},
+                  "options": {"queue": "q", "priority": 3, "expires": 5}},
+            "b": {"task": "proj.add", "crontab": "0 3 * * 1", "args": [], "kwargs": {"x": 1},
+                  "options": {}},
+            "c": {"task": "proj.add", "unsupported": "solar sunrise", "args": [],
+                  "kwargs": {}, "options": {}},
+        }}));
+        let (entries, warnings) = beat_entries(&c).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].1.every, Some(10.0));
+        assert_eq!(entries[0].1.options.queue.as_deref(), Some("q"));
+        assert_eq!(entries[0].1.options.priority, Some(3));
+        assert_eq!(entries[1].1.crontab.as_deref(), Some("0 3 * * 1"));
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("beat_schedule[\"c\"]") && warnings[0].contains("solar"));
+        let bad = conf(json!({"beat_schedule": {"d": {"task": "t", "every": 1.0,
+            "options": {"link": "x"}}}}));
+        let e = beat_entries(&bad).unwrap_err();
+        assert!(e.contains("beat_schedule[\"d\"].options") && e.contains("link"), "{e}");
+        let bad = conf(json!({"beat_schedule": {"e": {"task": "t", "crontab": "99 * * * *"}}}));
+        let e = beat_entries(&bad).unwrap_err();
+        assert!(e.contains("beat_schedule[\"e\"].crontab"), "{e}");
+        assert_eq!(beat_entries(&conf(json!({}))).unwrap().0.len(), 0);
     }
 
     #[test]

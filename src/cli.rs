@@ -182,18 +182,22 @@ pub struct RunArgs {
     /// disabled://).
     #[arg(long, value_name = "URL")]
     pub result_backend: Option<String>,
-    /// Refused: see the message (the embedded scheduler is not there yet).
-    #[arg(short = 'B', long, hide = true)]
+    /// Also run the periodic task scheduler (`[beat]`) in this worker. Several `-B` workers
+    /// may run: one publishes (it holds the broker-side lock `[beat] lock`), the others stand
+    /// by and take over when it goes.
+    #[arg(short = 'B', long)]
     pub beat: bool,
-    /// Refused with -B.
+    /// With -B: the schedule database, where each entry's last run is kept (`[beat]
+    /// schedule_db`; a RocksDB directory, default `celeryd-beat-schedule`).
     #[arg(
         short = 's',
         long = "schedule",
         visible_alias = "schedule-filename",
-        hide = true
+        value_name = "PATH"
     )]
     pub schedule: Option<String>,
-    /// Refused with -B.
+    /// Refused: celeryd's scheduler keeps its schedule in the config (and the app's
+    /// beat_schedule), not in a scheduler class.
     #[arg(long, hide = true)]
     pub scheduler: Option<String>,
     /// Refused: Celery supports it on Redis brokers only.
@@ -216,11 +220,10 @@ impl RunArgs {
         {
             return Some(format!("-P/--pool {pool}: {why}."));
         }
-        if self.beat || self.schedule.is_some() || self.scheduler.is_some() {
-            return Some(
-                "-B/--beat (and -s/--schedule, --scheduler): celeryd has no embedded periodic task scheduler yet; keep `celery -A proj beat` running beside the worker, it publishes to the same queues."
-                    .to_owned(),
-            );
+        if let Some(s) = &self.scheduler {
+            return Some(format!(
+                "--scheduler {s}: celeryd's scheduler runs the entries of [beat.schedule] and the app's beat_schedule, kept in its own database (-s); a scheduler class (django-celery-beat's DatabaseScheduler…) cannot be loaded. Keep `celery beat --scheduler {s}` for a database-driven schedule."
+            ));
         }
         if self.disable_prefetch {
             return Some(
@@ -252,6 +255,9 @@ pub enum Command {
     /// Remote control: inspect or control running workers (celeryd or Python Celery), like
     /// `celery inspect`/`celery control`/`celery status`. `worker ctl --help` lists commands.
     Ctl(CtlArgs),
+    /// Run only the periodic task scheduler (`celery beat`): the entries of `[beat.schedule]`
+    /// (and with -A the app's `beat_schedule`), sent when due. Several may run: one publishes.
+    Beat(BeatArgs),
     /// Child-process mode (internal: the worker starts its pool processes this way).
     #[command(hide = true)]
     Child {
@@ -259,6 +265,78 @@ pub enum Command {
         #[arg(long = "of")]
         of: Option<String>,
     },
+}
+
+/// `worker beat` arguments (`celery beat`'s names).
+#[derive(Debug, Clone, Default, Args)]
+pub struct BeatArgs {
+    /// The schedule database (`[beat] schedule_db`).
+    #[arg(
+        short = 's',
+        long = "schedule",
+        visible_alias = "schedule-filename",
+        value_name = "PATH"
+    )]
+    pub schedule: Option<String>,
+    /// Log level: debug, info, warning, error, critical.
+    #[arg(short = 'l', long)]
+    pub loglevel: Option<String>,
+    /// Write the log to this file.
+    #[arg(short = 'f', long, value_name = "FILE")]
+    pub logfile: Option<String>,
+    /// Write the pid to this file.
+    #[arg(long, value_name = "FILE")]
+    pub pidfile: Option<String>,
+    /// The node name the scheduler announces itself with (default `celery@%h`).
+    #[arg(short = 'n', long)]
+    pub hostname: Option<String>,
+    /// Also schedule this Python Celery app's `beat_schedule` (and use its `timezone`).
+    #[arg(short = 'A', long, value_name = "MODULE[:ATTR]")]
+    pub app: Option<String>,
+    /// With -A: the Python interpreter.
+    #[arg(long, visible_alias = "executable", value_name = "PATH")]
+    pub python: Option<String>,
+    /// Change to this directory first; with -A the app is imported from it.
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Refused: see the message.
+    #[arg(long, hide = true)]
+    pub max_interval: Option<String>,
+    /// Refused: see the message.
+    #[arg(short = 'S', long, hide = true)]
+    pub scheduler: Option<String>,
+}
+
+impl BeatArgs {
+    /// Why a `celery beat` option given cannot be carried out, if one is.
+    pub fn refusal(&self) -> Option<String> {
+        if self.max_interval.is_some() {
+            return Some(
+                "--max-interval: celeryd's scheduler wakes when the next entry is due, not on a polling interval; leave it out."
+                    .to_owned(),
+            );
+        }
+        self.scheduler.as_ref().map(|s| {
+            format!(
+                "-S/--scheduler {s}: celeryd's scheduler runs [beat.schedule] and the app's beat_schedule; a scheduler class cannot be loaded. Keep `celery beat -S {s}` for it."
+            )
+        })
+    }
+
+    /// The worker flags these stand for (the settings are loaded as the worker's are).
+    pub fn as_run_args(&self) -> RunArgs {
+        RunArgs {
+            loglevel: self.loglevel.clone(),
+            logfile: self.logfile.clone(),
+            pidfile: self.pidfile.clone(),
+            hostname: self.hostname.clone(),
+            app: self.app.clone(),
+            python: self.python.clone(),
+            workdir: self.workdir.clone(),
+            schedule: self.schedule.clone(),
+            ..Default::default()
+        }
+    }
 }
 
 /// `worker call` arguments.
@@ -459,8 +537,11 @@ mod tests {
     #[test]
     fn every_refused_flag_says_why_and_what_instead() {
         for args in [
-            &["worker", "-B"][..],
-            &["worker", "-s", "/tmp/x"],
+            &[
+                "worker",
+                "--scheduler",
+                "django_celery_beat.schedulers:DatabaseScheduler",
+            ][..],
             &["worker", "--disable-prefetch"],
             &["worker", "-I", "a.b"],
             &["worker", "--loader", "x"],

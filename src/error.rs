@@ -45,7 +45,7 @@ impl StartupError {
         }
         if inner.contains("already in use") {
             StartupError::Config(inner.to_owned())
-        } else if inner.contains("statedb") {
+        } else if inner.contains("statedb") || inner.contains("beat schedule database") {
             StartupError::Store(inner.to_owned())
         } else {
             StartupError::Runtime(inner.to_owned())

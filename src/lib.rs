@@ -47,14 +47,27 @@ pub use serde_json;
 use crate::cli::{Cli, Command};
 pub use crate::error::StartupError;
 
+/// What a worker runs besides its settings: its tasks and how to run them.
+#[derive(Debug)]
+pub struct Work {
+    /// The registered tasks (name -> options set at registration).
+    pub tasks: HashMap<String, TaskOptions>,
+    /// The application's own remote-control commands.
+    pub commands: ControlCommands,
+    /// How to start a child process.
+    pub child_command: ChildCommand,
+    /// The Rust tasks (run in the worker process by the in-process pools).
+    pub registry: std::sync::Arc<Registry>,
+    /// With `-A`: the app's `beat_schedule` entries (for `-B`).
+    pub beat_entries: celeryd_actors::settings::BeatEntries,
+    /// With `-A`: the Python side, set up.
+    pub python: Option<PythonSetup>,
+}
+
 /// Runs the worker until it is shut down through `shutdown` (or fails).
 pub async fn run(
     settings: Settings,
-    tasks: HashMap<String, TaskOptions>,
-    commands: ControlCommands,
-    child_command: ChildCommand,
-    registry: std::sync::Arc<Registry>,
-    python: Option<PythonSetup>,
+    work: Work,
     mut shutdown: mpsc::UnboundedReceiver<ShutdownMode>,
 ) -> Result<ExitReason, StartupError> {
     let host = celeryd_actors::hostname::this_host();
@@ -64,12 +77,13 @@ pub async fn run(
     let args = SupervisorArgs {
         settings,
         hostname,
-        tasks,
-        commands,
-        child_command,
-        registry,
+        tasks: work.tasks,
+        commands: work.commands,
+        child_command: work.child_command,
+        registry: work.registry,
+        beat_entries: work.beat_entries,
         exit: exit_tx,
-        python,
+        python: work.python,
     };
     let (sup, handle) = ractor::Actor::spawn(None, Supervisor, args)
         .await
@@ -116,6 +130,17 @@ pub fn main_with(registry: Registry) -> ExitCode {
     if let Some(why) = cli.run.refusal() {
         return fail(&StartupError::Usage(why));
     }
+    // `worker beat`: the scheduler alone, its settings loaded as the worker's are.
+    let beat_only = match &cli.command {
+        Some(Command::Beat(args)) => {
+            if let Some(why) = args.refusal() {
+                return fail(&StartupError::Usage(why));
+            }
+            cli.run = args.as_run_args();
+            true
+        }
+        _ => false,
+    };
     if let Err(e) = enter_workdir(&mut cli) {
         return fail(&e);
     }
@@ -135,7 +160,7 @@ pub fn main_with(registry: Registry) -> ExitCode {
             };
             return with_runtime(|| call::call(&settings, &args));
         }
-        None => {}
+        Some(Command::Beat(_)) | None => {}
     }
     let settings = match settings::load(cli.config.as_deref(), &cli.run) {
         Ok(s) => s,
@@ -223,15 +248,26 @@ pub fn main_with(registry: Registry) -> ExitCode {
     let restart_requested = restart.clone();
     let code = with_runtime(|| async move {
         let mut app_backend = None;
+        let mut beat_entries = Vec::new();
         let (settings, tasks, child_command, python) = if settings.python.app.is_some() {
             let (setup, prepared) = prepare_python(&cli, &settings, &node).await?;
             let tasks = python::task_options(&setup.tasks);
             app_backend = prepared.result_backend.clone();
-            (prepared.settings, tasks, prepared.command, Some(setup))
+            if prepared.settings.worker.beat || beat_only {
+                let (entries, warnings) =
+                    appconf::beat_entries(&prepared.conf).map_err(StartupError::Config)?;
+                for w in warnings {
+                    tracing::warn!("{w}");
+                }
+                beat_entries = entries;
+            }
+            // The scheduler alone needs no child, helper or fork server.
+            let python = (!beat_only).then_some(setup);
+            (prepared.settings, tasks, prepared.command, python)
         } else {
             (settings, rust_tasks, rust_child, None)
         };
-        if purge {
+        if purge && !beat_only {
             let names: Vec<String> = settings
                 .task_queues()
                 .unwrap_or_default()
@@ -249,7 +285,7 @@ pub fn main_with(registry: Registry) -> ExitCode {
                 if purged.len() == 1 { "" } else { "s" }
             );
         }
-        if !quiet {
+        if !quiet && !beat_only {
             tracing::info!(
                 "{}",
                 banner::banner(&settings, &node, &tasks, app_backend.as_deref())
@@ -298,22 +334,26 @@ pub fn main_with(registry: Registry) -> ExitCode {
                 }
             }
         });
+        if beat_only {
+            return match run_beat(settings, node, beat_entries, shutdown).await? {
+                ExitReason::Cold => Ok(ExitCode::from(1)),
+                _ => Ok(ExitCode::SUCCESS),
+            };
+        }
         let registry = if python.is_some() {
             std::sync::Arc::new(Registry::new())
         } else {
             registry
         };
-        match run(
-            settings,
+        let work = Work {
             tasks,
             commands,
             child_command,
             registry,
+            beat_entries,
             python,
-            shutdown,
-        )
-        .await?
-        {
+        };
+        match run(settings, work, shutdown).await? {
             ExitReason::Cold => Ok(ExitCode::from(1)),
             _ => Ok(ExitCode::SUCCESS),
         }
@@ -322,6 +362,35 @@ pub fn main_with(registry: Registry) -> ExitCode {
         return reexec();
     }
     code
+}
+
+/// Runs the periodic task scheduler alone (`worker beat`) until a signal stops it: TERM/INT
+/// (or HUP, which then re-executes) stop it at once (nothing is half done: each run is
+/// recorded before it is sent).
+pub async fn run_beat(
+    settings: Settings,
+    nodename: String,
+    entries: celeryd_actors::settings::BeatEntries,
+    mut shutdown: mpsc::UnboundedReceiver<ShutdownMode>,
+) -> Result<ExitReason, StartupError> {
+    let beat = celeryd_actors::beat::Beat::new(std::sync::Arc::new(settings), nodename, entries);
+    let (actor, mut handle) = ractor::Actor::spawn(None, beat, ())
+        .await
+        .map_err(|e| StartupError::from_spawn(&e.to_string()))?;
+    tokio::select! {
+        mode = shutdown.recv() => {
+            tracing::info!("beat: Stopping.");
+            actor.stop(Some("shutdown".into()));
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), handle).await;
+            Ok(match mode {
+                Some(ShutdownMode::Cold) => ExitReason::Cold,
+                _ => ExitReason::Warm,
+            })
+        }
+        _ = &mut handle => Err(StartupError::Runtime(
+            "the periodic task scheduler stopped (see the log above)".to_owned(),
+        )),
+    }
 }
 
 /// `--workdir`: changes to it before anything else reads a path, as `celery --workdir`
@@ -353,6 +422,8 @@ struct PythonPrepared {
     unhonoured: Vec<String>,
     /// The app's result backend (`result_backend`, password masked), for the banner.
     result_backend: Option<String>,
+    /// The app's configuration as the helper reported it (its `beat_schedule` among it).
+    conf: serde_json::Map<String, serde_json::Value>,
 }
 
 /// `-A`: starts the helper (the app loaded, or exit 78 with the Python traceback), lays the
@@ -424,6 +495,7 @@ async fn prepare_python(
         command,
         unhonoured: layer.unhonoured,
         result_backend,
+        conf: ready.conf.clone(),
     };
     Ok((setup, prepared))
 }

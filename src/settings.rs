@@ -106,6 +106,9 @@ pub fn expand_paths(settings: &mut Settings) -> Result<(), StartupError> {
             *v = expand_path(v, &node).map_err(|e| StartupError::Config(format!("{key}: {e}")))?;
         }
     }
+    let db = &mut settings.beat.schedule_db;
+    *db = expand_path(db, &node)
+        .map_err(|e| StartupError::Config(format!("beat.schedule_db: {e}")))?;
     Ok(())
 }
 
@@ -400,6 +403,12 @@ pub fn apply(settings: &mut Settings, o: &RunArgs) {
     }
     if let Some(v) = &o.pool {
         w.pool = v.clone();
+    }
+    if o.beat {
+        w.beat = true;
+    }
+    if let Some(v) = &o.schedule {
+        settings.beat.schedule_db = v.clone();
     }
     if o.events {
         w.send_events = true;

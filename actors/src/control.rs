@@ -115,6 +115,8 @@ pub struct ControlPeers {
     /// With Python tasks: the helper, which marks remote-revoked tasks REVOKED in the app's
     /// result backend, as Celery's worker does.
     pub helper: Option<ActorRef<crate::helper::HelperMessage>>,
+    /// With `-B`: the periodic task scheduler (`beat_schedule`, `stats.beat`).
+    pub beat: Option<ActorRef<crate::beat::BeatMessage>>,
 }
 
 /// Messages to the control actor.
@@ -583,6 +585,14 @@ impl Control {
                 }
             }
             "stats" => self.stats(peers, peers.clock.value()).await,
+            // celeryd's own: the periodic task scheduler's entries and role (`-B`).
+            "beat_schedule" => match beat_info(peers).await {
+                Some(info) => info.to_json(),
+                None => error(
+                    "the periodic task scheduler does not run on this node (start the worker \
+                     with -B, or run `worker beat`)",
+                ),
+            },
             "conf" | "dump_conf" => match &self.python {
                 Some(py) => python_conf(py, &self.settings, truthy(args.get("with_defaults"))),
                 None => conf(&self.settings),
@@ -756,6 +766,12 @@ impl Control {
             }),
             "rusage": rusage(),
         });
+        if let (Some(beat), Value::Object(m)) = (beat_info(peers).await, &mut stats) {
+            m.insert(
+                "beat".into(),
+                json!({"role": beat.role, "lock": beat.lock, "entries": beat.entries.len()}),
+            );
+        }
         if let (Some((max, min, current, qty)), Value::Object(m)) = (tasks.autoscaler, &mut stats) {
             m.insert(
                 "autoscaler".into(),
@@ -764,6 +780,14 @@ impl Control {
         }
         stats
     }
+}
+
+async fn beat_info(peers: &ControlPeers) -> Option<crate::beat::BeatInfo> {
+    let beat = peers.beat.as_ref()?;
+    ractor::call!(beat, |reply| crate::beat::BeatMessage::GetSchedule {
+        reply
+    })
+    .ok()
 }
 
 async fn pool_tasks(peers: &ControlPeers) -> crate::pool::PoolTasks {

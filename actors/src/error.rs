@@ -114,6 +114,15 @@ pub enum StoreError {
         /// RocksDB's words.
         reason: String,
     },
+    /// The beat schedule database cannot be opened (bad path, another scheduler has it open,
+    /// corruption).
+    #[error("cannot open the beat schedule database at {path}: {reason}")]
+    OpenSchedule {
+        /// The path.
+        path: String,
+        /// RocksDB's words.
+        reason: String,
+    },
     /// A read or write failed.
     #[error("statedb I/O error: {0}")]
     Io(String),

@@ -16,6 +16,7 @@
 //! most of the unit tests; the actors wire them to the broker and the child processes.
 
 pub mod backend;
+pub mod beat;
 pub mod child;
 pub mod clock;
 pub mod consumer;

@@ -17,6 +17,7 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{error, info, warn};
 
+use crate::beat::{Beat, BeatMessage};
 use crate::child::AbortOnDrop;
 use crate::child::python::PythonTask;
 use crate::child::{ChildCommand, Recycling};
@@ -62,6 +63,8 @@ pub struct SupervisorArgs {
     pub child_command: ChildCommand,
     /// The Rust tasks, which the in-process pools (`async`, `threads`, `solo`) run.
     pub registry: Arc<crate::task::Registry>,
+    /// With `-A`: the app's `beat_schedule` entries, for the scheduler (`-B`).
+    pub beat_entries: crate::settings::BeatEntries,
     /// Receives the exit reason just before the supervisor stops.
     pub exit: UnboundedSender<ExitReason>,
     /// With Python tasks (`-A`): the helper (already started: it said which tasks the app
@@ -110,6 +113,8 @@ pub struct SupervisorState {
     events: ActorRef<EventsMessage>,
     /// With Python tasks: the helper.
     helper: Option<ActorRef<HelperMessage>>,
+    /// With `-B`: the periodic task scheduler.
+    beat: Option<ActorRef<BeatMessage>>,
     /// The metrics endpoint's task, stopped with the supervisor.
     _metrics_endpoint: Option<AbortOnDrop<()>>,
     exit: UnboundedSender<ExitReason>,
@@ -228,6 +233,12 @@ impl Actor for Supervisor {
             python,
             clock: clock.clone(),
         };
+        let beat = if settings.worker.beat {
+            let b = Beat::new(settings.clone(), args.hostname.clone(), args.beat_entries);
+            Some(Actor::spawn_linked(None, b, (), cell.clone()).await?.0)
+        } else {
+            None
+        };
         let control_peers = ControlPeers {
             supervisor: myself.clone(),
             revoke: revoke.clone(),
@@ -237,6 +248,7 @@ impl Actor for Supervisor {
             task_events,
             clock,
             helper: helper.clone(),
+            beat: beat.clone(),
         };
         let mut control = Control::new(
             settings.clone(),
@@ -279,6 +291,7 @@ impl Actor for Supervisor {
             control,
             events,
             helper,
+            beat,
             _metrics_endpoint: metrics_endpoint,
             exit: args.exit,
             shutting_down: false,
@@ -295,6 +308,10 @@ impl Actor for Supervisor {
             SupervisorMessage::Shutdown(ShutdownMode::Warm) if !state.shutting_down => {
                 state.shutting_down = true;
                 info!("worker: Warm shutdown (MainProcess)");
+                if let Some(beat) = &state.beat {
+                    // Nothing is sent after a warm shutdown begins (the lock goes with it).
+                    beat.stop(Some("warm_shutdown".into()));
+                }
                 tokio::spawn(warm_shutdown(
                     myself.clone(),
                     state.consumer.clone(),
@@ -364,6 +381,8 @@ impl SupervisorState {
             "events"
         } else if self.helper.as_ref().is_some_and(|h| h.get_id() == id) {
             "python-helper"
+        } else if self.beat.as_ref().is_some_and(|b| b.get_id() == id) {
+            "beat"
         } else {
             "unknown"
         }
@@ -381,7 +400,8 @@ impl SupervisorState {
             self.revoke.get_cell(),
         ];
         let helper = self.helper.as_ref().map(|h| h.get_cell());
-        for c in cells.into_iter().chain(helper) {
+        let beat = self.beat.as_ref().map(|b| b.get_cell());
+        for c in beat.into_iter().chain(cells).chain(helper) {
             if kill {
                 c.kill()
             } else {

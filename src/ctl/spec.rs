@@ -115,6 +115,15 @@ pub const COMMANDS: &[Command] = &[
         "Change the autoscale bounds.",
     ),
     cmd(
+        "beat_schedule",
+        Inspect,
+        &[],
+        0,
+        None,
+        "",
+        "celeryd's own: the periodic task scheduler's role (active or standby) and entries (schedule, last and next run, runs), on nodes started with -B.",
+    ),
+    cmd(
         "cancel_consumer",
         Control,
         &[("queue", Str)],

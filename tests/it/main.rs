@@ -2,6 +2,7 @@
 //! Python Celery client (pinned, installed into a virtualenv by scripts/ensure-python.sh).
 #![allow(missing_docs, unreachable_pub, clippy::unwrap_used)]
 
+mod beat;
 mod broker;
 mod canvas;
 mod cli;

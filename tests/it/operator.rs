@@ -98,8 +98,14 @@ fn celery_environment_names_are_honoured_and_misspelt_celeryd_ones_refused() {
 fn flags_celeryd_cannot_honour_are_refused_with_the_reason_and_exit_64() {
     for (flags, says) in [
         (&["-P", "gevent"][..], "-P/--pool gevent"),
-        (&["-B"][..], "-B/--beat"),
-        (&["--beat", "-s", "/tmp/x"][..], "celery -A proj beat"),
+        (
+            &[
+                "-B",
+                "--scheduler",
+                "django_celery_beat.schedulers:DatabaseScheduler",
+            ][..],
+            "celery beat --scheduler",
+        ),
         (&["-I", "proj.tasks"][..], "-I/--include"),
         (&["--loader", "x.Loader"][..], "--loader"),
         (&["--disable-prefetch"][..], "--prefetch-multiplier 1"),

@@ -3,7 +3,7 @@
 
 Environment: AMQP_URL (broker), RESULT_BACKEND (rpc://, redis://…, db+postgresql://…),
 PROJ_CONF (JSON merged into app.conf, for the configuration tests), PROJ_QUEUES (task_queues
-as JSON, see below)."""
+as JSON, see below), PROJ_BEAT (beat_schedule as JSON, see below)."""
 
 import json
 import os
@@ -33,6 +33,34 @@ if os.environ.get("PROJ_QUEUES"):
         )
         for q in json.loads(os.environ["PROJ_QUEUES"])
     ]
+
+if os.environ.get("PROJ_BEAT"):
+    # beat_schedule, which JSON cannot spell: {name: {"task", "every": seconds (a timedelta)
+    # | "number": seconds | "crontab": {field: spec} | "solar": [event, lat, lon], "args",
+    # "kwargs", "options"}}.
+    from datetime import timedelta
+
+    from celery.schedules import crontab, solar
+
+    def _schedule(e):
+        if "every" in e:
+            return timedelta(seconds=e["every"])
+        if "number" in e:
+            return e["number"]
+        if "crontab" in e:
+            return crontab(**e["crontab"])
+        return solar(*e["solar"])
+
+    app.conf.beat_schedule = {
+        name: {
+            "task": e["task"],
+            "schedule": _schedule(e),
+            "args": tuple(e.get("args", ())),
+            "kwargs": e.get("kwargs", {}),
+            "options": e.get("options", {}),
+        }
+        for name, e in json.loads(os.environ["PROJ_BEAT"]).items()
+    }
 
 # What fired where: the tests read it back through proj.signals_seen.
 _SEEN = []

@@ -612,13 +612,30 @@ pub async fn publish_task(
 }
 
 /// Publishes a task message to `exchange` with `routing_key` (a retry goes where the original
-/// was sent).
+/// was sent), and waits for the broker's confirm when the channel is in confirm mode.
 pub async fn publish_task_to(
     channel: &Channel,
     exchange: &str,
     routing_key: &str,
     msg: &crate::protocol::encode::TaskMessage,
 ) -> Result<(), BrokerError> {
+    let confirm = send_task_to(channel, exchange, routing_key, msg)
+        .await?
+        .await?;
+    if confirm.is_nack() {
+        return Err(BrokerError::Nacked);
+    }
+    Ok(())
+}
+
+/// Hands a task message to the broker without waiting for its confirm: the returned future
+/// resolves to it (several publishes can then wait together).
+pub async fn send_task_to(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    msg: &crate::protocol::encode::TaskMessage,
+) -> Result<lapin::PublisherConfirm, BrokerError> {
     let mut props = BasicProperties::default()
         .with_content_type(ShortString::from("application/json"))
         .with_content_encoding(ShortString::from("utf-8"))
@@ -630,7 +647,7 @@ pub async fn publish_task_to(
     if let Some(exp) = &msg.expiration {
         props = props.with_expiration(ShortString::from(exp.as_str()));
     }
-    let confirm = channel
+    Ok(channel
         .basic_publish(
             exchange.into(),
             routing_key.into(),
@@ -638,12 +655,7 @@ pub async fn publish_task_to(
             &msg.body,
             props,
         )
-        .await?
-        .await?;
-    if confirm.is_nack() {
-        return Err(BrokerError::Nacked);
-    }
-    Ok(())
+        .await?)
 }
 
 /// Declares an exclusive, auto-deleted result queue `name` and consumes it without acks (the
