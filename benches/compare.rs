@@ -20,10 +20,17 @@
 //! earlier commit, say) beside this one for before/after figures, BENCH_SUBJECTS=a comma list
 //! of `ceiling,celeryd,baseline,python,celery` to run only those, AMQP_URL. Prints tables with
 //! ratios and writes `benches/output/throughput.svg`.
+//!
+//! Against rusty-celery: `BENCH_SUBJECTS=rusty,async,celeryd` runs the drain without results
+//! instead (`compare_quiet.rs`: BENCH_QUIET_TASKS, default 20000; BENCH_PREFETCH, default 8;
+//! BENCH_RUSTY_TARGET, where the rusty-celery peer is built).
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub, dead_code)] // a benchmark
 
 #[path = "support.rs"]
 mod support;
+
+#[path = "compare_quiet.rs"]
+mod quiet;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -452,6 +459,20 @@ impl Rows {
 async fn bench() {
     let n: usize = env_or("BENCH_TASKS", 10_000);
     let rounds: usize = env_or("BENCH_ROUNDS", 3).max(1);
+    // With `rusty` among the subjects: the drain without results against rusty-celery only.
+    if let Ok(only) = std::env::var("BENCH_SUBJECTS")
+        && only.split(',').any(|s| s.trim() == "rusty")
+    {
+        let subjects: Vec<quiet::Quiet> = [
+            quiet::Quiet::Rusty,
+            quiet::Quiet::Async,
+            quiet::Quiet::Prefork,
+        ]
+        .into_iter()
+        .filter(|q| only.split(',').any(|s| s.trim() == q.key()))
+        .collect();
+        return quiet::run(&subjects, rounds).await;
+    }
     let roundtrips: usize = env_or("BENCH_ROUNDTRIPS", 300);
     let sweep: usize = env_or("BENCH_SWEEP_TASKS", 4_000);
     let mut subjects = vec![Subject::Ceiling, Subject::Celeryd];

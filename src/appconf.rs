@@ -529,7 +529,10 @@ mod tests {
         let bad = conf(json!({"beat_schedule": {"d": {"task": "t", "every": 1.0,
             "options": {"link": "x"}}}}));
         let e = beat_entries(&bad).unwrap_err();
-        assert!(e.contains("beat_schedule[\"d\"].options") && e.contains("link"), "{e}");
+        assert!(
+            e.contains("beat_schedule[\"d\"].options") && e.contains("link"),
+            "{e}"
+        );
         let bad = conf(json!({"beat_schedule": {"e": {"task": "t", "crontab": "99 * * * *"}}}));
         let e = beat_entries(&bad).unwrap_err();
         assert!(e.contains("beat_schedule[\"e\"].crontab"), "{e}");
