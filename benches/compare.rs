@@ -23,7 +23,9 @@
 //!
 //! Against rusty-celery: `BENCH_SUBJECTS=rusty,async,celeryd` runs the drain without results
 //! instead (`compare_quiet.rs`: BENCH_QUIET_TASKS, default 20000; BENCH_PREFETCH, default 8;
-//! BENCH_RUSTY_TARGET, where the rusty-celery peer is built).
+//! BENCH_RUSTY_TARGET, where the rusty-celery peer is built); BENCH_QUIET=1 runs it without
+//! rusty-celery too (e.g. `BENCH_SUBJECTS=celeryd`). BENCH_WORKER_WRAPPER runs celeryd under
+//! a profiler (`valgrind --tool=callgrind`).
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub, dead_code)] // a benchmark
 
 #[path = "support.rs"]
@@ -461,7 +463,8 @@ async fn bench() {
     let rounds: usize = env_or("BENCH_ROUNDS", 3).max(1);
     // With `rusty` among the subjects: the drain without results against rusty-celery only.
     if let Ok(only) = std::env::var("BENCH_SUBJECTS")
-        && only.split(',').any(|s| s.trim() == "rusty")
+        && (only.split(',').any(|s| s.trim() == "rusty")
+            || std::env::var("BENCH_QUIET").as_deref() == Ok("1"))
     {
         let subjects: Vec<quiet::Quiet> = [
             quiet::Quiet::Rusty,

@@ -3,8 +3,9 @@
 //! Subjects, interleaved per round: rusty-celery (`benches/rusty`, built here in a target
 //! folder of its own the first time: never part of the project's build), celeryd `-P async
 //! -c 2` and celeryd prefork `-c 2`, each at the same prefetch (BENCH_PREFETCH, default 8:
-//! `-c 2` × multiplier 4, celeryd's and Celery's default). N preloaded `tasks.noop` messages
-//! (no `reply_to`, `ignore_result`), declared as Celery declares the queue; the drain is
+//! `-c 2` × multiplier 4, celeryd's and Celery's default). N preloaded no-op messages
+//! (`tasks.noop`; `tasks.async_noop`, an async fn as rusty-celery's, for the async pool; no
+//! `reply_to`, `ignore_result`), declared as Celery declares the queue; the drain is
 //! timed from the first message taken to an empty queue (the broker's count, polled every
 //! 2 ms), with the CPU per task of each subject's process tree and of the broker.
 
@@ -146,9 +147,14 @@ pub async fn drain(subject: Quiet, n: usize, prefetch: usize, rusty: &PathBuf) -
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
+    // An async no-op for the async pool (as rusty-celery's is an async fn), else the no-op.
+    let task = match subject {
+        Quiet::Async => "tasks.async_noop",
+        _ => "tasks.noop",
+    };
     for _ in 0..n {
         let call = TaskCall {
-            name: "tasks.noop".into(),
+            name: task.into(),
             origin: "bench@localhost".into(),
             ..Default::default()
         };

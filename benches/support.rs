@@ -96,8 +96,19 @@ pub fn start_worker_program(
         format!("[broker]\nurl = \"{}\"\n{config}\n", amqp_url()),
     )
     .unwrap();
-    Command::new(program)
-        .arg("--config")
+    // BENCH_WORKER_WRAPPER runs the worker under another program, e.g. `valgrind
+    // --tool=callgrind` to count its instructions.
+    let wrapper = std::env::var("BENCH_WORKER_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut cmd = match words.next() {
+        Some(w) => {
+            let mut c = Command::new(w);
+            c.args(words).arg(program);
+            c
+        }
+        None => Command::new(program),
+    };
+    cmd.arg("--config")
         .arg(&path)
         .args(["-Q", queue, "-l", "warning", "-n", "bench@%h"])
         .args(flags)

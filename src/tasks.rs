@@ -6,8 +6,8 @@ use celeryd_actors::{Args, Registry, TaskContext, TaskError};
 use serde_json::{Value, json};
 
 /// A registry with `tasks.noop`, `add`, `echo`, `sleep`, `spin`, `fail`, `crash`, `hog`,
-/// `flaky`, `retry_in`, `progress`, `send_add`, the async tasks `async_sleep`, `async_panic`
-/// and `async_block`, and the control command `task_counts`.
+/// `flaky`, `retry_in`, `progress`, `send_add`, the async tasks `async_noop`, `async_sleep`,
+/// `async_panic` and `async_block`, and the control command `task_counts`.
 pub fn example_registry() -> Registry {
     let mut r = Registry::new();
     r.task("tasks.noop", &[], |_ctx, ()| Ok(Value::Null));
@@ -81,6 +81,10 @@ pub fn example_registry() -> Registry {
         },
     );
     // Async tasks: `-P async` runs thousands of them at once on a few threads.
+    // Returns at once (the async counterpart of `tasks.noop`).
+    r.task_async("tasks.async_noop", &[], |_ctx, ()| async move {
+        Ok(Value::Null)
+    });
     // Awaits a timer for `seconds` and returns it; the soft time limit ends the wait with
     // SoftTimeLimitExceeded, the hard limit and `revoke --terminate` cancel it.
     r.task_async(
@@ -237,6 +241,7 @@ mod tests {
         );
         assert!(call("tasks.spin", json!([0.001])).is_ok());
         assert!(call("tasks.add", json!([null, 1])).is_err());
+        assert_eq!(call("tasks.async_noop", json!([])), Ok(Value::Null));
         assert_eq!(call("tasks.async_sleep", json!([0.01])), Ok(json!(0.01)));
         assert!(call("tasks.async_sleep", json!([-1])).is_err());
         assert_eq!(call("tasks.async_block", json!([0.01])), Ok(json!(0.01)));

@@ -322,7 +322,7 @@ impl Actor for ChildProcess {
                 }
             }
             ChildMessage::FrameReceived(frame) => self.on_frame(&myself, state, frame),
-            ChildMessage::PipeClosed => self.on_exit(&myself, state).await,
+            ChildMessage::PipeClosed => Box::pin(self.on_exit(&myself, state)).await,
         }
         Ok(())
     }

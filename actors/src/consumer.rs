@@ -12,6 +12,7 @@
 //! connection bumps a *generation*: acks for deliveries of an older generation are skipped
 //! (the broker has already requeued them), and the pool and scheduler forget those requests.
 
+pub mod acks;
 pub mod amqp;
 pub mod decide;
 pub mod delay;
@@ -48,7 +49,6 @@ use crate::protocol::amqp_value::headers_to_json;
 use crate::protocol::repr::{py_repr, truncate};
 use crate::protocol::{
     DeliveryInfo, ExceptionInfo, Properties, RawMessage, ResultState, decode_keeping_body,
-    decode_with_limit,
 };
 use crate::revoke::RevokeMessage;
 use crate::scheduler::SchedulerMessage;
@@ -246,6 +246,9 @@ pub enum ConsumerMessage {
     },
     /// Apply the pending prefetch change (sent to itself).
     ApplyPrefetch,
+    /// Send the acks that are ready (sent to itself behind the messages already queued, so
+    /// that a burst's acks go out together).
+    FlushAcks,
     /// The pool holds one more request for a rate-limit token (marked `holds_prefetch`):
     /// raise the prefetch by one until it starts, so other tasks keep flowing past it.
     HoldPrefetch,
@@ -310,7 +313,13 @@ pub struct ConsumerState {
     link: Option<Link>,
     generation: u64,
     /// Delivery tags of the current generation not yet acked or rejected.
-    unacked: HashSet<u64>,
+    /// Deliveries of this connection not acked yet, and the acks waiting to go out together
+    /// ([`ConsumerMessage::FlushAcks`]).
+    acks: acks::Acks,
+    /// A [`ConsumerMessage::FlushAcks`] is on its way.
+    acks_flush_queued: bool,
+    /// This actor, for the messages it sends itself.
+    myself: ActorRef<ConsumerMessage>,
     consuming: bool,
     closed: bool,
     held: u16,
@@ -355,7 +364,7 @@ impl std::fmt::Debug for ConsumerState {
         f.debug_struct("ConsumerState")
             .field("connected", &self.link.is_some())
             .field("generation", &self.generation)
-            .field("unacked", &self.unacked.len())
+            .field("unacked", &self.acks.len())
             .field("held", &self.held)
             .finish()
     }
@@ -378,7 +387,9 @@ impl Actor for Consumer {
             queues: self.configured_queues(),
             link: None,
             generation: 0,
-            unacked: HashSet::new(),
+            acks: acks::Acks::default(),
+            acks_flush_queued: false,
+            myself: myself.clone(),
             consuming: true,
             closed: false,
             held: 0,
@@ -409,10 +420,12 @@ impl Actor for Consumer {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ConsumerMessage::Connect { attempt } => self.connect(&myself, state, attempt).await?,
-            ConsumerMessage::ChordReady(ready) => state.on_chord_ready(*ready).await,
+            ConsumerMessage::Connect { attempt } => {
+                Box::pin(self.connect(&myself, state, attempt)).await?
+            }
+            ConsumerMessage::ChordReady(ready) => Box::pin(state.on_chord_ready(*ready)).await,
             ConsumerMessage::TaskSignal { request, signal } => {
-                state.on_task_signal(&request, signal).await
+                Box::pin(state.on_task_signal(&request, signal)).await
             }
             ConsumerMessage::DeliveryReceived {
                 generation,
@@ -429,8 +442,7 @@ impl Actor for Consumer {
                 tag,
                 error,
             } => {
-                self.on_stream_end(&myself, state, generation, &queue, &tag, error)
-                    .await;
+                Box::pin(self.on_stream_end(&myself, state, generation, &queue, &tag, error)).await;
             }
             ConsumerMessage::NativeDeclared { generation, error } => {
                 if generation == state.generation && state.link.is_some() {
@@ -439,7 +451,7 @@ impl Actor for Consumer {
                 }
             }
             ConsumerMessage::AddQueue { queue, reply } => {
-                let added = self.add_queue(&myself, state, queue).await;
+                let added = Box::pin(self.add_queue(&myself, state, queue)).await;
                 let _ = reply.send(added);
             }
             ConsumerMessage::CancelQueue(name) => {
@@ -468,10 +480,11 @@ impl Actor for Consumer {
                 state.held = state.held.saturating_add(1);
                 state.prefetch_dirty = true;
             }
+            ConsumerMessage::FlushAcks => state.flush_acks(),
             ConsumerMessage::ApplyPrefetch => {
                 state.prefetch_flush_queued = false;
                 if state.prefetch_dirty {
-                    self.apply_prefetch(&myself, state).await;
+                    Box::pin(self.apply_prefetch(&myself, state)).await;
                 }
             }
             ConsumerMessage::TaskStarted(info) => self.on_started(state, *info).await,
@@ -483,17 +496,18 @@ impl Actor for Consumer {
                 self.on_finished(state, *reserved, outcome, runtime).await;
             }
             ConsumerMessage::StopConsuming { reply } => {
-                state.stop_consuming().await;
+                Box::pin(state.stop_consuming()).await;
                 let _ = reply.send(());
             }
             ConsumerMessage::Requeue { reserved, reply } => {
+                state.flush_acks();
                 for r in reserved {
                     state.reject(r.delivery, true);
                 }
                 let _ = reply.send(());
             }
             ConsumerMessage::Close { reply } => {
-                state.close().await;
+                Box::pin(state.close()).await;
                 let _ = reply.send(());
             }
         }
@@ -616,7 +630,7 @@ impl Consumer {
             self.mingle(&connection, state).await;
         }
         state.generation += 1;
-        state.unacked.clear();
+        state.acks.clear();
         state.delay_declared = false;
         state.native_declared = false;
         state.side = None;
@@ -766,7 +780,7 @@ impl Consumer {
         state.quick_drops = if quick { state.quick_drops + 1 } else { 0 };
         state.link = None;
         state.peers.metrics.broker_connected(false);
-        state.unacked.clear();
+        state.acks.clear();
         let _ = state.peers.pool.cast(PoolMessage::Forget { generation });
         let _ = state
             .peers
@@ -928,52 +942,71 @@ impl Consumer {
             tag: d.delivery_tag,
             generation: state.generation,
         };
-        state.unacked.insert(d.delivery_tag);
-        let headers = match d.properties.headers().as_ref().map(headers_to_json) {
-            None => serde_json::Map::new(),
-            Some(Ok(h)) => h,
-            Some(Err(e)) => {
-                error!(
-                    delivery_tag = d.delivery_tag,
-                    "Received invalid task message: {e}. Rejected."
-                );
-                state.reject(delivery, false);
-                return;
-            }
-        };
-        let raw = RawMessage {
-            content_type: d.properties.content_type().as_ref().map(|s| s.as_str()),
-            content_encoding: d.properties.content_encoding().as_ref().map(|s| s.as_str()),
-            headers,
-            correlation_id: d.properties.correlation_id().as_ref().map(|s| s.as_str()),
-            reply_to: d.properties.reply_to().as_ref().map(|s| s.as_str()),
-            body: &d.data,
-            delivery_info: DeliveryInfo {
-                exchange: d.exchange.to_string(),
-                routing_key: d.routing_key.to_string(),
-                priority: d.properties.priority().unwrap_or(0),
-                redelivered: d.redelivered,
-                queue: queue.to_owned(),
-            },
+        state.acks.delivered(d.delivery_tag);
+        let delivery_info = DeliveryInfo {
+            exchange: d.exchange.to_string(),
+            routing_key: d.routing_key.to_string(),
+            priority: d.properties.priority().unwrap_or(0),
+            redelivered: d.redelivered,
+            queue: queue.to_owned(),
         };
         let max = self.settings.worker.max_message_size;
+        let p = &d.properties;
         let decoded = match &state.peers.python {
-            None => decode_with_limit(raw, max),
-            Some(py) => decode_keeping_body(raw, max, &py.accept).map(|(mut r, body)| {
-                let p = &d.properties;
-                let properties = Properties {
-                    content_type: p.content_type().as_ref().map(|s| s.as_str().to_owned()),
-                    content_encoding: p.content_encoding().as_ref().map(|s| s.as_str().to_owned()),
-                    correlation_id: p.correlation_id().as_ref().map(|s| s.as_str().to_owned()),
-                    reply_to: p.reply_to().as_ref().map(|s| s.as_str().to_owned()),
-                    priority: *p.priority(),
-                    delivery_mode: *p.delivery_mode(),
-                    extra: amqp::extra_properties(p),
+            // Rust tasks: read from lapin's header table, only what the request keeps
+            // converted to JSON.
+            None => crate::protocol::message::decode_amqp(
+                crate::protocol::message::AmqpMessage {
+                    content_type: p.content_type().as_ref().map(|s| s.as_str()),
+                    content_encoding: p.content_encoding().as_ref().map(|s| s.as_str()),
+                    headers: p.headers().as_ref(),
+                    correlation_id: p.correlation_id().as_ref().map(|s| s.as_str()),
+                    reply_to: p.reply_to().as_ref().map(|s| s.as_str()),
+                    body: &d.data,
+                    delivery_info,
+                },
+                max,
+            ),
+            Some(py) => {
+                let headers = match p.headers().as_ref().map(headers_to_json) {
+                    None => serde_json::Map::new(),
+                    Some(Ok(h)) => h,
+                    Some(Err(e)) => {
+                        error!(
+                            delivery_tag = d.delivery_tag,
+                            "Received invalid task message: {e}. Rejected."
+                        );
+                        state.reject(delivery, false);
+                        return;
+                    }
                 };
-                let m = crate::protocol::python::python_message(&r, body, properties);
-                r.python = Some(Box::new(m));
-                r
-            }),
+                let raw = RawMessage {
+                    content_type: p.content_type().as_ref().map(|s| s.as_str()),
+                    content_encoding: p.content_encoding().as_ref().map(|s| s.as_str()),
+                    headers,
+                    correlation_id: p.correlation_id().as_ref().map(|s| s.as_str()),
+                    reply_to: p.reply_to().as_ref().map(|s| s.as_str()),
+                    body: &d.data,
+                    delivery_info,
+                };
+                decode_keeping_body(raw, max, &py.accept).map(|(mut r, body)| {
+                    let properties = Properties {
+                        content_type: p.content_type().as_ref().map(|s| s.as_str().to_owned()),
+                        content_encoding: p
+                            .content_encoding()
+                            .as_ref()
+                            .map(|s| s.as_str().to_owned()),
+                        correlation_id: p.correlation_id().as_ref().map(|s| s.as_str().to_owned()),
+                        reply_to: p.reply_to().as_ref().map(|s| s.as_str().to_owned()),
+                        priority: *p.priority(),
+                        delivery_mode: *p.delivery_mode(),
+                        extra: amqp::extra_properties(p),
+                    };
+                    let m = crate::protocol::python::python_message(&r, body, properties);
+                    r.python = Some(Box::new(m));
+                    r
+                })
+            }
         };
         let request = match decoded {
             Ok(r) => r,
@@ -995,7 +1028,9 @@ impl Consumer {
             }
         };
         let registered = self.registered.contains(&request.task);
-        let revoked = registered && state.is_revoked(&request).await;
+        // Rare awaits are boxed: this future is made for every delivery, and its size (what
+        // the actor runtime moves around per message) is its largest state's.
+        let revoked = registered && Box::pin(state.is_revoked(&request)).await;
         let now = OffsetDateTime::now_utc();
         let decision = decide(&request, registered, revoked, now);
         let mut reserved = Box::new(Reserved {
@@ -1014,8 +1049,7 @@ impl Consumer {
                 state.peers.metrics.unregistered();
                 if let Some(py) = state.peers.python.clone() {
                     let kind = ReportKind::NotRegistered;
-                    self.report(state, &py, &reserved, kind, Settle::Reject)
-                        .await;
+                    Box::pin(self.report(state, &py, &reserved, kind, Settle::Reject)).await;
                     return;
                 }
                 let exc =
@@ -1024,14 +1058,8 @@ impl Consumer {
                     exc,
                     traceback: None,
                 };
-                state
-                    .publish_state(
-                        &reserved,
-                        &st,
-                        self.registered_ignore(&reserved.request.task),
-                        true,
-                    )
-                    .await;
+                let ignore = self.registered_ignore(&reserved.request.task);
+                Box::pin(state.publish_state(&reserved, &st, ignore, true)).await;
                 state.reject(delivery, false);
             }
             Decision::Revoke(reason) => {
@@ -1042,21 +1070,15 @@ impl Consumer {
                         "expired" => ReportKind::Expired,
                         _ => ReportKind::Revoked,
                     };
-                    self.report(state, &py, &reserved, kind, Settle::Ack).await;
+                    Box::pin(self.report(state, &py, &reserved, kind, Settle::Ack)).await;
                     return;
                 }
                 state.event(|| {
                     event::task_revoked(&reserved.request.id, false, None, reason == "expired")
                 });
                 let st = ResultState::Revoked(reason.to_owned());
-                state
-                    .publish_state(
-                        &reserved,
-                        &st,
-                        self.registered_ignore(&reserved.request.task),
-                        false,
-                    )
-                    .await;
+                let ignore = self.registered_ignore(&reserved.request.task);
+                Box::pin(state.publish_state(&reserved, &st, ignore, false)).await;
                 state.ack(delivery);
             }
             Decision::Schedule(eta) => {
@@ -1066,9 +1088,13 @@ impl Consumer {
                     reserved.request.display_name(), reserved.request.id,
                     crate::protocol::time::format_iso(eta));
                 if let Some(seconds) = broker_delay(eta, now, self.settings.worker.eta_hold_max)
-                    && let Some(ladder) = self
-                        .delay_in_broker(state, &d, &reserved.request.delivery_info, seconds)
-                        .await
+                    && let Some(ladder) = Box::pin(self.delay_in_broker(
+                        state,
+                        &d,
+                        &reserved.request.delivery_info,
+                        seconds,
+                    ))
+                    .await
                 {
                     info!(task_id = %reserved.request.id, exchange = %ladder,
                         "Task {}[{}] waits in the broker for {seconds}s (beyond eta_hold_max).",
@@ -1243,9 +1269,7 @@ impl Consumer {
         runtime: Duration,
     ) {
         if let Some(py) = state.peers.python.clone() {
-            return self
-                .on_python_finished(state, py, reserved, outcome, runtime)
-                .await;
+            return Box::pin(self.on_python_finished(state, py, reserved, outcome, runtime)).await;
         }
         let task = &self.settings.task;
         let req = &reserved.request;
@@ -1279,15 +1303,39 @@ impl Consumer {
                     info!(task_id = %id, runtime = secs, "Task {name}[{id}] succeeded in {secs:.6}s: {repr}");
                     state.event(|| event::task_succeeded(id, &repr, secs));
                 }
+                // What is not done for every task is boxed: this future is made for each
+                // finished task, and the actor runtime moves it whole.
                 let st = ResultState::Success(value);
-                state.publish_state(&reserved, &st, ignore, false).await;
-                if let ResultState::Success(value) = &st {
-                    state.after_success(&reserved.request, value).await;
+                if state.results.keeps(&reserved.request, ignore, false) {
+                    Box::pin(state.store_result(&reserved.request, &st)).await;
+                }
+                if let (false, ResultState::Success(value)) =
+                    (reserved.request.embed.is_null(), &st)
+                {
+                    Box::pin(state.after_success(&reserved.request, value)).await;
                 }
                 if task.acks_late {
                     state.ack(reserved.delivery);
                 }
             }
+            other => Box::pin(self.finished_otherwise(state, reserved, other, ignore, secs)).await,
+        }
+    }
+
+    /// [`Consumer::on_finished`] of a task that did not succeed.
+    async fn finished_otherwise(
+        &self,
+        state: &mut ConsumerState,
+        reserved: Reserved,
+        outcome: TaskOutcome,
+        ignore: Option<bool>,
+        secs: f64,
+    ) {
+        let task = &self.settings.task;
+        let req = &reserved.request;
+        let (name, id) = (req.display_name(), &req.id);
+        match outcome {
+            TaskOutcome::Success(_) => unreachable!("on_finished handles it"),
             TaskOutcome::Failure { exc, traceback } => {
                 error!(task_id = %id, runtime = secs, "Task {name}[{id}] raised unexpected: {}", exc.repr());
                 self.fail(state, &reserved, exc, traceback, false).await;
@@ -1575,17 +1623,31 @@ impl ConsumerState {
         ractor::call_t!(self.peers.revoke, ask, 5000).unwrap_or(false)
     }
 
+    /// Acks `d` with the others ready by the time the mailbox's messages so far are taken
+    /// ([`ConsumerMessage::FlushAcks`]).
     fn ack(&mut self, d: DeliveryRef) {
-        if d.generation != self.generation || !self.unacked.remove(&d.tag) {
+        if d.generation != self.generation || !self.acks.ready(d.tag) {
             return;
         }
+        if !self.acks_flush_queued {
+            self.acks_flush_queued = true;
+            let _ = self.myself.cast(ConsumerMessage::FlushAcks);
+        }
+    }
+
+    /// Sends the acks that are ready, as few frames as they allow.
+    fn flush_acks(&mut self) {
+        self.acks_flush_queued = false;
+        let frames = self.acks.take();
         if let Some(link) = &self.link {
-            Outbox::ack(&link.channel, d.tag, false);
+            for (tag, multiple) in frames {
+                Outbox::ack(&link.channel, tag, multiple);
+            }
         }
     }
 
     fn reject(&mut self, d: DeliveryRef, requeue: bool) {
-        if d.generation != self.generation || !self.unacked.remove(&d.tag) {
+        if d.generation != self.generation || !self.acks.settled(d.tag) {
             return;
         }
         if let Some(link) = &self.link {
@@ -1683,6 +1745,7 @@ impl ConsumerState {
     }
 
     async fn close(&mut self) {
+        self.flush_acks();
         self.closed = true;
         self.absorb_outbox().await;
         if let Some(link) = self.link.take() {

@@ -85,6 +85,8 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
+    /// Records nothing ([`Metrics::off`]).
+    off: bool,
 }
 
 /// Values read from the actors when scraped.
@@ -108,7 +110,19 @@ impl Metrics {
         Arc::new(Metrics::default())
     }
 
+    /// A registry that records nothing: no endpoint serves it (`--metrics-addr` unset), so
+    /// the per-task counting would be work nobody reads.
+    pub fn off() -> Arc<Self> {
+        Arc::new(Metrics {
+            off: true,
+            ..Metrics::default()
+        })
+    }
+
     fn with(&self, f: impl FnOnce(&mut Inner)) {
+        if self.off {
+            return;
+        }
         if let Ok(mut inner) = self.inner.lock() {
             f(&mut inner);
         }

@@ -485,7 +485,7 @@ impl Actor for Pool {
             PoolMessage::Reserve(r) => {
                 state.reserved.push_back(r);
                 if state.autoscaler.is_some() && !state.has_room() {
-                    self.autoscale(&myself, state).await;
+                    Box::pin(self.autoscale(&myself, state)).await;
                 }
                 state.dispatch(&myself, self.default_limits);
             }
@@ -570,7 +570,7 @@ impl Actor for Pool {
                         old.actor.stop(Some("recycled".into()));
                     }
                     if !state.draining
-                        && let Err(e) = self.spawn_child(&myself, state).await
+                        && let Err(e) = Box::pin(self.spawn_child(&myself, state)).await
                     {
                         self.start_failed(&myself, state, &e.to_string());
                     }
@@ -599,7 +599,7 @@ impl Actor for Pool {
                 if !state.draining
                     && state.inproc.is_none()
                     && state.slots.len() < state.target
-                    && let Err(e) = self.spawn_child(&myself, state).await
+                    && let Err(e) = Box::pin(self.spawn_child(&myself, state)).await
                 {
                     self.start_failed(&myself, state, &e.to_string());
                 }
@@ -610,8 +610,8 @@ impl Actor for Pool {
                     return Ok(());
                 }
                 let _ = reply.send(true);
-                self.resize(&myself, state, state.target.saturating_add(n).min(1024))
-                    .await;
+                let target = state.target.saturating_add(n).min(self.max_size.max(1));
+                Box::pin(self.resize(&myself, state, target)).await;
                 state.prefetch_follows(state.target);
             }
             PoolMessage::Shrink { n, reply } => {
@@ -620,8 +620,8 @@ impl Actor for Pool {
                     return Ok(());
                 }
                 let _ = reply.send(true);
-                self.resize(&myself, state, state.target.saturating_sub(n).max(1))
-                    .await;
+                let target = state.target.saturating_sub(n).max(1);
+                Box::pin(self.resize(&myself, state, target)).await;
                 state.prefetch_follows(state.target);
             }
             PoolMessage::Autoscale { max, min, reply } => {
@@ -636,11 +636,11 @@ impl Actor for Pool {
                 if bounds.0 != old_max {
                     state.prefetch_follows(bounds.0);
                 }
-                self.autoscale(&myself, state).await;
+                Box::pin(self.autoscale(&myself, state)).await;
                 state.dispatch(&myself, self.default_limits);
             }
             PoolMessage::AutoscaleTick => {
-                self.autoscale(&myself, state).await;
+                Box::pin(self.autoscale(&myself, state)).await;
                 state.dispatch(&myself, self.default_limits);
             }
             PoolMessage::Restart { reply } if state.inproc.is_some() => {
@@ -667,7 +667,7 @@ impl Actor for Pool {
                         old.actor.stop(Some("pool_restart".into()));
                     }
                 }
-                self.resize(&myself, state, state.target).await;
+                Box::pin(self.resize(&myself, state, state.target)).await;
             }
             PoolMessage::Forget { generation } => {
                 state

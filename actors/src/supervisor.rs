@@ -154,7 +154,11 @@ impl Actor for Supervisor {
             }
             None => None,
         };
-        let metrics = Metrics::new();
+        let metrics = if listener.is_some() {
+            Metrics::new()
+        } else {
+            Metrics::off()
+        };
         let (revoke, _) = Actor::spawn_linked(None, registry, (), cell.clone()).await?;
         let mut python_info = None;
         let (helper, python) = match args.python {

@@ -40,6 +40,12 @@ pub fn value_to_json(value: &AMQPValue) -> Value {
     value_at(value, 0, &mut false)
 }
 
+/// [`value_to_json`] for a header's value: sets `too_deep` when it nests deeper than
+/// [`MAX_HEADER_DEPTH`] (below a header table, as [`headers_to_json`] counts).
+pub fn value_checked(value: &AMQPValue, too_deep: &mut bool) -> Value {
+    value_at(value, 1, too_deep)
+}
+
 fn value_at(value: &AMQPValue, depth: usize, too_deep: &mut bool) -> Value {
     if depth > MAX_HEADER_DEPTH {
         *too_deep = true;

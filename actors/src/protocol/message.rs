@@ -134,24 +134,57 @@ pub fn decode_with_limit(
     decode_inner(raw, max_body, false).map(|(r, _)| compact(r))
 }
 
-/// The headers a protocol 2 request keeps in its own fields.
-const TYPED_HEADERS: &[&str] = &[
-    "id",
-    "task",
-    "shadow",
-    "eta",
-    "expires",
-    "group",
-    "group_index",
-    "retries",
-    "timelimit",
-    "root_id",
-    "parent_id",
-    "argsrepr",
-    "kwargsrepr",
-    "origin",
-    "ignore_result",
-];
+/// Which of the 15 headers a protocol 2 request keeps in its own fields `key` is, if one (a
+/// `match`, not a search: this runs for every header of every message).
+fn typed_index(key: &str) -> Option<usize> {
+    Some(match key {
+        "id" => 0,
+        "task" => 1,
+        "shadow" => 2,
+        "eta" => 3,
+        "expires" => 4,
+        "group" => 5,
+        "group_index" => 6,
+        "retries" => 7,
+        "timelimit" => 8,
+        "root_id" => 9,
+        "parent_id" => 10,
+        "argsrepr" => 11,
+        "kwargsrepr" => 12,
+        "origin" => 13,
+        "ignore_result" => 14,
+        _ => return None,
+    })
+}
+
+/// The typed headers of an AMQP header table, found in one pass over it.
+struct Typed<'a>([Option<&'a lapin::types::AMQPValue>; 15]);
+
+impl Typed<'_> {
+    fn get(&self, key: &str) -> Option<&lapin::types::AMQPValue> {
+        self.0[typed_index(key)?]
+    }
+}
+
+impl HeaderFields for Typed<'_> {
+    fn json(&self, key: &str) -> Option<Value> {
+        self.get(key).map(super::amqp_value::value_to_json)
+    }
+
+    fn text(&self, key: &str) -> Option<String> {
+        amqp_text(self.get(key)?)
+    }
+}
+
+/// A string AMQP value as an owned string.
+fn amqp_text(v: &lapin::types::AMQPValue) -> Option<String> {
+    use lapin::types::AMQPValue;
+    match v {
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        _ => None,
+    }
+}
 
 /// Drops from `req.headers` what its fields already hold, and the headers a client sends
 /// with their default values (`lang: "py"`, `replaced_task_nesting: 0`,
@@ -176,17 +209,26 @@ pub fn compact(mut req: TaskRequest) -> TaskRequest {
     let headers = std::mem::take(&mut req.headers);
     req.headers = headers
         .into_iter()
-        .filter(|(k, v)| {
-            let default = match k.as_str() {
-                "lang" => v == "py",
-                "replaced_task_nesting" => v == 0,
-                "stamped_headers" => v.is_null(),
-                "stamps" => v.as_object().is_some_and(Map::is_empty),
-                _ => false,
-            };
-            !default && !TYPED_HEADERS.contains(&k.as_str())
-        })
+        .filter(|(k, v)| kept_header(k, v))
         .collect();
+    compact_embed(req)
+}
+
+/// Whether a Rust request keeps header `key` (with `value`) in its `headers`: not when a
+/// field holds it, nor when it has a client's default value.
+fn kept_header(key: &str, value: &Value) -> bool {
+    let default = match key {
+        "lang" => value == "py",
+        "replaced_task_nesting" => value == 0,
+        "stamped_headers" => value.is_null(),
+        "stamps" => value.as_object().is_some_and(Map::is_empty),
+        _ => false,
+    };
+    !default && typed_index(key).is_none()
+}
+
+/// An embed with nothing in it becomes null.
+fn compact_embed(mut req: TaskRequest) -> TaskRequest {
     let empty_embed = match &req.embed {
         Value::Object(m) => m.values().all(Value::is_null),
         _ => false,
@@ -195,6 +237,105 @@ pub fn compact(mut req: TaskRequest) -> TaskRequest {
         req.embed = Value::Null;
     }
     req
+}
+
+/// A delivery as lapin gives it, for [`decode_amqp`].
+#[derive(Debug, Clone)]
+pub struct AmqpMessage<'a> {
+    /// `content_type` property.
+    pub content_type: Option<&'a str>,
+    /// `content_encoding` property.
+    pub content_encoding: Option<&'a str>,
+    /// The application headers, as lapin parsed them.
+    pub headers: Option<&'a lapin::types::FieldTable>,
+    /// `correlation_id` property.
+    pub correlation_id: Option<&'a str>,
+    /// `reply_to` property.
+    pub reply_to: Option<&'a str>,
+    /// The body.
+    pub body: &'a [u8],
+    /// Delivery metadata.
+    pub delivery_info: DeliveryInfo,
+}
+
+/// Decodes a delivery for a Rust task: the same request as [`decode_with_limit`] gives (then
+/// [`compact`]), read straight from lapin's header table, so that only the headers the
+/// request keeps become JSON (a protocol 2 message's typed headers are not converted, stored
+/// and dropped again). Protocol 1 and hybrid messages take the JSON way.
+pub fn decode_amqp(m: AmqpMessage<'_>, max_body: usize) -> Result<TaskRequest, ProtocolError> {
+    use lapin::types::AMQPValue;
+    let table = m.headers.filter(|t| {
+        matches!(
+            t.inner().get("task"),
+            Some(AMQPValue::LongString(_) | AMQPValue::ShortString(_))
+        )
+    });
+    let json_way = |m: AmqpMessage<'_>| {
+        let headers = match m.headers {
+            Some(t) => super::amqp_value::headers_to_json(t).map_err(|e| invalid("headers", e))?,
+            None => Map::new(),
+        };
+        let raw = RawMessage {
+            content_type: m.content_type,
+            content_encoding: m.content_encoding,
+            headers,
+            correlation_id: m.correlation_id,
+            reply_to: m.reply_to,
+            body: m.body,
+            delivery_info: m.delivery_info,
+        };
+        decode_with_limit(raw, max_body)
+    };
+    let Some(table) = table else {
+        return json_way(m);
+    };
+    check_content_type(m.content_type)?;
+    if m.body.len() > max_body {
+        return Err(ProtocolError::TooLarge {
+            limit: max_body,
+            what: "body",
+        });
+    }
+    let compression = table.json("compression");
+    let bytes = decompress(compression.as_ref(), m.body, max_body)?;
+    let body: Value =
+        serde_json::from_slice(&bytes).map_err(|e| ProtocolError::Json(e.to_string()))?;
+    if !body.is_array() {
+        return json_way(m); // a hybrid: a v1-style body under v2 headers
+    }
+    // One pass: the typed headers noted where they are, the others converted to JSON.
+    let mut typed = Typed([None; 15]);
+    let mut extras = Map::new();
+    for (k, v) in table.inner() {
+        let key = k.as_str();
+        if let Some(i) = typed_index(key) {
+            typed.0[i] = Some(v);
+            continue;
+        }
+        let mut too_deep = false;
+        let value = super::amqp_value::value_checked(v, &mut too_deep);
+        if too_deep {
+            return Err(invalid(
+                "headers",
+                format!(
+                    "headers nest deeper than {} levels",
+                    super::amqp_value::MAX_HEADER_DEPTH
+                ),
+            ));
+        }
+        if kept_header(key, &value) {
+            extras.insert(key.to_owned(), value);
+        }
+    }
+    let task = typed.text("task").unwrap_or_default();
+    let rest = Rest {
+        correlation_id: m.correlation_id,
+        reply_to: m.reply_to,
+        delivery_info: m.delivery_info,
+    };
+    let mut req = v2_request(&typed, rest, task, body)?;
+    req.headers = extras;
+    Ok(compact_embed(req))
 }
 
 impl TaskRequest {
@@ -340,7 +481,33 @@ fn decompress<'a>(
 }
 
 fn from_v2(raw: RawMessage<'_>, task: String, body: Value) -> Result<TaskRequest, ProtocolError> {
-    let h = &raw.headers;
+    let headers = raw.headers;
+    let rest = Rest {
+        correlation_id: raw.correlation_id,
+        reply_to: raw.reply_to,
+        delivery_info: raw.delivery_info,
+    };
+    v2_request(&headers, rest, task, body).map(|mut r| {
+        r.headers = headers;
+        r
+    })
+}
+
+/// The properties a request keeps besides its headers and body.
+struct Rest<'a> {
+    correlation_id: Option<&'a str>,
+    reply_to: Option<&'a str>,
+    delivery_info: DeliveryInfo,
+}
+
+/// A protocol 2 request from its header fields (read from `h`) and body; its `headers` are
+/// left empty for the caller.
+fn v2_request(
+    h: &impl HeaderFields,
+    rest: Rest<'_>,
+    task: String,
+    body: Value,
+) -> Result<TaskRequest, ProtocolError> {
     let id = required_str(h, "id")?;
     let Value::Array(mut parts) = body else {
         return Err(invalid(
@@ -373,19 +540,21 @@ fn from_v2(raw: RawMessage<'_>, task: String, body: Value) -> Result<TaskRequest
     let kwargsrepr = opt_str(h, "kwargsrepr")
         .unwrap_or_else(|| truncate(py_repr(&Value::Object(kwargs.clone())), 1024));
     Ok(TaskRequest {
-        correlation_id: raw.correlation_id.map_or_else(|| id.clone(), str::to_owned),
+        correlation_id: rest
+            .correlation_id
+            .map_or_else(|| id.clone(), str::to_owned),
         root_id: opt_str(h, "root_id"),
         parent_id: opt_str(h, "parent_id"),
         group: opt_str(h, "group"),
-        group_index: h.get("group_index").and_then(Value::as_i64),
+        group_index: h.json("group_index").and_then(|v| v.as_i64()),
         shadow: opt_str(h, "shadow"),
         eta: opt_time(h, "eta")?,
         expires: opt_time(h, "expires")?,
         retries: opt_u32(h, "retries")?,
-        timelimit: timelimit(h.get("timelimit"))?,
+        timelimit: timelimit(h.json("timelimit").as_ref())?,
         origin: opt_str(h, "origin"),
-        ignore_result: h.get("ignore_result").and_then(Value::as_bool),
-        reply_to: raw.reply_to.map(str::to_owned),
+        ignore_result: h.json("ignore_result").and_then(|v| v.as_bool()),
+        reply_to: rest.reply_to.map(str::to_owned),
         id,
         task,
         args,
@@ -393,8 +562,8 @@ fn from_v2(raw: RawMessage<'_>, task: String, body: Value) -> Result<TaskRequest
         embed,
         argsrepr,
         kwargsrepr,
-        delivery_info: raw.delivery_info,
-        headers: raw.headers,
+        delivery_info: rest.delivery_info,
+        headers: Map::new(),
         python: None,
     })
 }
@@ -454,27 +623,57 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> ProtocolError {
     }
 }
 
-fn required_str(m: &Map<String, Value>, key: &'static str) -> Result<String, ProtocolError> {
-    match m.get(key) {
-        // The id goes back as the result's `correlation_id`, an AMQP short string.
-        Some(Value::String(s)) if key == "id" && s.len() > 255 => {
-            Err(invalid(key, "longer than 255 bytes"))
+/// Where a request's header fields are read from: a JSON map (the headers as decoded, or a
+/// protocol 1 body), or the AMQP table lapin parsed, so that a Rust task's request converts
+/// only the headers its fields do not hold ([`decode_amqp`]).
+pub(crate) trait HeaderFields {
+    /// The field as JSON.
+    fn json(&self, key: &str) -> Option<Value>;
+    /// A string field as an owned string; None if absent or not a string.
+    fn text(&self, key: &str) -> Option<String>;
+}
+
+impl HeaderFields for Map<String, Value> {
+    fn json(&self, key: &str) -> Option<Value> {
+        self.get(key).cloned()
+    }
+
+    fn text(&self, key: &str) -> Option<String> {
+        match self.get(key) {
+            Some(Value::String(s)) => Some(s.clone()),
+            _ => None,
         }
-        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-        None | Some(Value::Null) => Err(ProtocolError::Missing(key)),
-        Some(_) => Err(invalid(key, "must be a non-empty string")),
     }
 }
 
-fn opt_str(m: &Map<String, Value>, key: &str) -> Option<String> {
-    match m.get(key) {
-        Some(Value::String(s)) => Some(s.clone()),
-        _ => None,
+impl HeaderFields for lapin::types::FieldTable {
+    fn json(&self, key: &str) -> Option<Value> {
+        self.inner().get(key).map(super::amqp_value::value_to_json)
+    }
+
+    fn text(&self, key: &str) -> Option<String> {
+        amqp_text(self.inner().get(key)?)
     }
 }
 
-fn opt_u32(m: &Map<String, Value>, key: &'static str) -> Result<u32, ProtocolError> {
-    match m.get(key) {
+fn required_str(m: &impl HeaderFields, key: &'static str) -> Result<String, ProtocolError> {
+    match m.text(key) {
+        // The id goes back as the result's `correlation_id`, an AMQP short string.
+        Some(s) if key == "id" && s.len() > 255 => Err(invalid(key, "longer than 255 bytes")),
+        Some(s) if !s.is_empty() => Ok(s),
+        _ => match m.json(key) {
+            None | Some(Value::Null) => Err(ProtocolError::Missing(key)),
+            Some(_) => Err(invalid(key, "must be a non-empty string")),
+        },
+    }
+}
+
+fn opt_str(m: &impl HeaderFields, key: &str) -> Option<String> {
+    m.text(key)
+}
+
+fn opt_u32(m: &impl HeaderFields, key: &'static str) -> Result<u32, ProtocolError> {
+    match m.json(key) {
         None | Some(Value::Null) => Ok(0),
         Some(v) => v
             .as_u64()
@@ -484,12 +683,12 @@ fn opt_u32(m: &Map<String, Value>, key: &'static str) -> Result<u32, ProtocolErr
 }
 
 fn opt_time(
-    m: &Map<String, Value>,
+    m: &impl HeaderFields,
     key: &'static str,
 ) -> Result<Option<OffsetDateTime>, ProtocolError> {
-    match m.get(key) {
+    match m.json(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => parse_iso(s).map(Some).map_err(|e| invalid(key, e)),
+        Some(Value::String(s)) => parse_iso(&s).map(Some).map_err(|e| invalid(key, e)),
         Some(other) => Err(invalid(key, format!("{other} is not an ISO-8601 string"))),
     }
 }

@@ -18,7 +18,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = celery::app!(
         broker = AMQPBroker { std::env::var("AMQP_ADDR").unwrap_or_else(|_| "amqp://127.0.0.1:5672".into()) },
         tasks = [noop],
-        task_routes = ["*" => "celery"],
+        task_routes = ["*" => queue.as_str()],
         prefetch_count = prefetch,
         heartbeat = Some(10),
     )
