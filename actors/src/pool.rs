@@ -107,6 +107,7 @@ pub struct Pool {
     kind: PoolKind,
     registry: Arc<Registry>,
     max_size: usize,
+    async_threads: usize,
     command: ChildCommand,
     concurrency: usize,
     hostname: String,
@@ -126,6 +127,8 @@ pub struct PoolArgs {
     pub registry: Arc<Registry>,
     /// The most tasks the pool may ever run at once (`pool_grow`/`autoscale` bound).
     pub max_size: usize,
+    /// Worker threads of the async pool's runtime (`[worker] async_threads`).
+    pub async_threads: usize,
     /// How to start a child process.
     pub command: ChildCommand,
     /// Number of child processes (tasks at once, for the in-process pools).
@@ -177,6 +180,7 @@ impl Pool {
             kind: args.kind,
             registry: args.registry,
             max_size: args.max_size,
+            async_threads: args.async_threads,
             command: args.command,
             concurrency: args.concurrency,
             hostname: args.hostname,
@@ -459,6 +463,7 @@ impl Actor for Pool {
             let jobs = InProcess::new(
                 self.kind,
                 self.max_size.max(self.concurrency),
+                self.async_threads,
                 self.registry.clone(),
                 self.hostname.clone(),
             )

@@ -482,6 +482,12 @@ pub struct WorkerSettings {
     /// tasks on `concurrency` threads of the worker process (no hard time limit: a thread
     /// cannot be killed). `solo`: one task at a time in the worker process (debugging).
     pub pool: String,
+    /// Worker threads of the `async` pool's runtime (1 to 64). Async tasks await rather than
+    /// compute, and on one thread they run without handing wake-ups between threads (a
+    /// task that blocks its thread stalls the others, as a blocking call stalls gevent's
+    /// hub; never the consumer or remote control, which run apart). More for async tasks
+    /// that compute. Default 1.
+    pub async_threads: usize,
     /// `worker_prefetch_multiplier`: prefetch = concurrency × this. Default 4; 0 = unlimited.
     pub prefetch_multiplier: u16,
     /// Queues to consume from (`-Q`), by name: a `[[task.queues]]` entry, or (with
@@ -569,6 +575,7 @@ impl Default for WorkerSettings {
             hostname: "celery@%h".to_owned(),
             concurrency: 0,
             pool: "prefork".to_owned(),
+            async_threads: 1,
             prefetch_multiplier: 4,
             queues: Vec::new(),
             exclude_queues: Vec::new(),
@@ -771,6 +778,12 @@ impl Settings {
             ));
         }
         self.check_pool(pool)?;
+        if !(1..=64).contains(&self.worker.async_threads) {
+            return Err(ConfigError::invalid(
+                "worker.async_threads",
+                format!("{} is not from 1 to 64", self.worker.async_threads),
+            ));
+        }
         self.task_queues()?;
         self.global_qos()?;
         // With -A the app's own result_backend is used, whatever it is.

@@ -180,6 +180,7 @@ impl Actor for Supervisor {
             kind: settings.pool_kind(),
             registry: args.registry,
             max_size: settings.pool_size_limit(),
+            async_threads: settings.worker.async_threads,
             command: args.child_command,
             concurrency: settings.effective_concurrency(),
             hostname: args.hostname.clone(),

@@ -110,14 +110,15 @@ impl InProcess {
     pub fn new(
         kind: PoolKind,
         max_jobs: usize,
+        async_threads: usize,
         registry: Arc<Registry>,
         hostname: String,
     ) -> std::io::Result<Self> {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        // Async tasks share the workers (one per CPU); threads and solo need one worker only
-        // to drive the timers and I/O of the async tasks their threads run.
+        // Async tasks share `async_threads` workers (`[worker] async_threads`); threads and
+        // solo need one worker only, to drive the timers and I/O of the async tasks their
+        // threads run.
         let workers = match kind {
-            PoolKind::Async => cpus.max(2),
+            PoolKind::Async => async_threads.max(1),
             _ => 1,
         };
         let rt = tokio::runtime::Builder::new_multi_thread()
