@@ -470,6 +470,7 @@ async fn bench() {
             quiet::Quiet::Rusty,
             quiet::Quiet::Async,
             quiet::Quiet::Prefork,
+            quiet::Quiet::Celery,
         ]
         .into_iter()
         .filter(|q| only.split(',').any(|s| s.trim() == q.key()))

@@ -2,7 +2,8 @@
 //! 0.5), whose worker runs tasks as tokio tasks in one process and publishes no results.
 //! Subjects, interleaved per round: rusty-celery (`benches/rusty`, built here in a target
 //! folder of its own the first time: never part of the project's build), celeryd `-P async
-//! -c 2` and celeryd prefork `-c 2`, each at the same prefetch (BENCH_PREFETCH, default 8:
+//! -c 2`, celeryd prefork `-c 2` and (with `celery` in BENCH_SUBJECTS) Python Celery's
+//! prefork `-c 2`, each at the same prefetch (BENCH_PREFETCH, default 8:
 //! `-c 2` × multiplier 4, celeryd's and Celery's default). N preloaded no-op messages
 //! (`tasks.noop`; `tasks.async_noop`, an async fn as rusty-celery's, for the async pool; no
 //! `reply_to`, `ignore_result`), declared as Celery declares the queue; the drain is
@@ -29,6 +30,8 @@ pub enum Quiet {
     Rusty,
     Async,
     Prefork,
+    /// Python Celery 5.7's prefork worker.
+    Celery,
 }
 
 impl Quiet {
@@ -37,6 +40,7 @@ impl Quiet {
             Quiet::Rusty => "rusty-celery 0.5 (tokio tasks, one process)",
             Quiet::Async => "celeryd -P async -c 2",
             Quiet::Prefork => "celeryd prefork -c 2",
+            Quiet::Celery => "Python Celery 5.7 prefork -c 2",
         }
     }
 
@@ -45,6 +49,7 @@ impl Quiet {
             Quiet::Rusty => "rusty",
             Quiet::Async => "async",
             Quiet::Prefork => "celeryd",
+            Quiet::Celery => "celery",
         }
     }
 }
@@ -83,7 +88,7 @@ fn start(
     let dir = tempfile::tempdir().unwrap();
     let multiplier = (prefetch / 2).max(1).to_string();
     let child = match subject {
-        Quiet::Rusty => Command::new(rusty)
+        Quiet::Rusty => wrapped(rusty)
             .env("AMQP_ADDR", amqp_url())
             .env("RUSTY_QUEUE", queue)
             .env("RUSTY_PREFETCH", prefetch.to_string())
@@ -118,8 +123,28 @@ fn start(
                 "--without-mingle",
             ],
         ),
+        Quiet::Celery => super::support::start_celery_worker(
+            &super::support::python(),
+            queue,
+            2,
+            &[("CELERY_WORKER_PREFETCH_MULTIPLIER", multiplier.as_str())],
+        ),
     };
     (child, dir)
+}
+
+/// `program` under BENCH_WORKER_WRAPPER (a profiler), as celeryd is run under it.
+fn wrapped(program: &PathBuf) -> Command {
+    let wrapper = std::env::var("BENCH_WORKER_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    match words.next() {
+        Some(w) => {
+            let mut c = Command::new(w);
+            c.args(words).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
 }
 
 /// One drain's figures.
@@ -298,11 +323,12 @@ pub async fn run(subjects: &[Quiet], rounds: usize) {
                 .join(", ")
         };
         let (target_drain, target_cpu) = match s {
-            Quiet::Async => ("≥ 1.10", "≤ 1.00"),
-            _ => ("≥ 0.95", "≤ 1.20"),
+            Quiet::Async => ("; target ≥ 1.10", "; target ≤ 1.00"),
+            Quiet::Prefork => ("; target ≥ 0.95", "; target ≤ 1.20"),
+            _ => ("", ""),
         };
         println!(
-            "{} / rusty-celery: drain ×{:.2} (per round {}; target {target_drain}), CPU per task ×{:.2} (per round {}; target {target_cpu})",
+            "{} / rusty-celery: drain ×{:.2} (per round {}{target_drain}), CPU per task ×{:.2} (per round {}{target_cpu})",
             s.name(),
             med(drains.clone()).0,
             cells(&drains),
