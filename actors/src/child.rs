@@ -587,14 +587,7 @@ fn outcome_of(outcome: JobOutcome) -> TaskOutcome {
                 serde_json::from_str(&args_json).unwrap_or_default(),
             );
             let traceback = Some(traceback).filter(|t| !t.is_empty());
-            match retry_in {
-                Some(countdown) => TaskOutcome::Retry {
-                    exc,
-                    traceback,
-                    countdown,
-                },
-                None => TaskOutcome::Failure { exc, traceback },
-            }
+            TaskOutcome::of_error(exc, traceback, retry_in)
         }
     }
 }

@@ -101,6 +101,21 @@ pub enum TaskOutcome {
     Python(Box<crate::child::python::Done>),
 }
 
+impl TaskOutcome {
+    /// A task that returned an error: a retry when it asked for one (`retry_in` seconds),
+    /// else a failure.
+    pub fn of_error(exc: ExceptionInfo, traceback: Option<String>, retry_in: Option<f64>) -> Self {
+        match retry_in {
+            Some(countdown) => TaskOutcome::Retry {
+                exc,
+                traceback,
+                countdown,
+            },
+            None => TaskOutcome::Failure { exc, traceback },
+        }
+    }
+}
+
 /// The pool actor's configuration.
 #[derive(Debug)]
 pub struct Pool {

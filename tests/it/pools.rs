@@ -32,6 +32,12 @@ fn refused(flags: &[&str]) -> (Option<i32>, String) {
     )
 }
 
+/// Every result of a `--count` call is SUCCESS.
+fn all_succeeded(results: &Value) {
+    let all = results.as_array().expect("a list of results");
+    assert!(all.iter().all(|x| x["state"] == "SUCCESS"), "{results}");
+}
+
 fn stats_pool(worker: &Worker) -> Value {
     celery_inspect(&worker.nodename(), &["stats"])["pool"].clone()
 }
@@ -78,13 +84,7 @@ fn async_pool_runs_two_thousand_sleeps_a_thousand_at_a_time() {
         "in-process tasks run in the worker: {active}"
     );
     let r = parse_client_output(&burst.wait_with_output().unwrap());
-    assert!(
-        r.as_array()
-            .unwrap()
-            .iter()
-            .all(|x| x["state"] == "SUCCESS"),
-        "{r}"
-    );
+    all_succeeded(&r);
     drop(worker);
     block_on(delete_queue(&queue));
 }
@@ -164,13 +164,7 @@ fn async_limits_terminate_and_a_panic_beside_healthy_tasks() {
         "{r}"
     );
     let r = parse_client_output(&healthy.wait_with_output().unwrap());
-    assert!(
-        r.as_array()
-            .unwrap()
-            .iter()
-            .all(|x| x["state"] == "SUCCESS"),
-        "{r}"
-    );
+    all_succeeded(&r);
     // Sync tasks run too (on the pool's threads), and the worker is the same process.
     let r = call_task(&queue, "tasks.add", "[2, 3]", &[]);
     assert_eq!(r["result"], json!(5), "{r}");
@@ -202,13 +196,7 @@ fn a_blocking_async_task_freezes_neither_the_consumer_nor_remote_control() {
         "the blockers were still running: {active}"
     );
     let r = parse_client_output(&blockers.wait_with_output().unwrap());
-    assert!(
-        r.as_array()
-            .unwrap()
-            .iter()
-            .all(|x| x["state"] == "SUCCESS"),
-        "{r}"
-    );
+    all_succeeded(&r);
     drop(worker);
     block_on(delete_queue(&queue));
 }
@@ -259,13 +247,7 @@ fn async_pool_grows_shrinks_autoscales_and_keeps_rate_limits_eta_and_revokes() {
     // Rate limit: 10 tasks at 5/s, the last no earlier than 9/5 s after the first.
     let started = std::time::Instant::now();
     let r = call_task(&queue, "tasks.async_sleep", "[0]", &["--count", "10"]);
-    assert!(
-        r.as_array()
-            .unwrap()
-            .iter()
-            .all(|x| x["state"] == "SUCCESS"),
-        "{r}"
-    );
+    all_succeeded(&r);
     let elapsed = started.elapsed();
     assert!(
         elapsed >= Duration::from_millis(1800),
@@ -290,13 +272,7 @@ fn async_pool_grows_shrinks_autoscales_and_keeps_rate_limits_eta_and_revokes() {
         s["autoscaler"]["current"].as_u64().unwrap_or(0) >= 30
     });
     let r = parse_client_output(&burst.wait_with_output().unwrap());
-    assert!(
-        r.as_array()
-            .unwrap()
-            .iter()
-            .all(|x| x["state"] == "SUCCESS"),
-        "{r}"
-    );
+    all_succeeded(&r);
     drop(worker);
     block_on(delete_queue(&queue));
 }

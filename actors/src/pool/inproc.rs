@@ -332,15 +332,7 @@ fn outcome_of(name: &str, result: std::thread::Result<Result<Value, TaskError>>)
         Err(panic) => crate::child::runner::panic_error(name, panic.as_ref()),
     };
     let exc = ExceptionInfo::new(&e.exc_type, &e.exc_module, e.args);
-    let traceback = Some(traceback);
-    match e.retry_in {
-        Some(countdown) => TaskOutcome::Retry {
-            exc,
-            traceback,
-            countdown,
-        },
-        None => TaskOutcome::Failure { exc, traceback },
-    }
+    TaskOutcome::of_error(exc, Some(traceback), e.retry_in)
 }
 
 #[cfg(test)]
