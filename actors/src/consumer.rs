@@ -433,7 +433,7 @@ impl Actor for Consumer {
                 delivery,
             } => {
                 if generation == state.generation {
-                    self.on_delivery(state, *delivery, &queue).await;
+                    Box::pin(self.on_delivery(state, *delivery, &queue)).await;
                 }
             }
             ConsumerMessage::StreamEnded {
@@ -487,13 +487,13 @@ impl Actor for Consumer {
                     Box::pin(self.apply_prefetch(&myself, state)).await;
                 }
             }
-            ConsumerMessage::TaskStarted(info) => self.on_started(state, *info).await,
+            ConsumerMessage::TaskStarted(info) => Box::pin(self.on_started(state, *info)).await,
             ConsumerMessage::TaskFinished {
                 reserved,
                 outcome,
                 runtime,
             } => {
-                self.on_finished(state, *reserved, outcome, runtime).await;
+                Box::pin(self.on_finished(state, *reserved, outcome, runtime)).await;
             }
             ConsumerMessage::StopConsuming { reply } => {
                 Box::pin(state.stop_consuming()).await;
