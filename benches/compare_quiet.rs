@@ -10,7 +10,7 @@
 //! timed from the first message taken to an empty queue (the broker's count, polled every
 //! 2 ms), with the CPU per task of each subject's process tree and of the broker.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -79,16 +79,11 @@ pub fn rusty_bin() -> Result<PathBuf, String> {
     Ok(target.join("release/rusty-peer"))
 }
 
-fn start(
-    subject: Quiet,
-    queue: &str,
-    prefetch: usize,
-    rusty: &PathBuf,
-) -> (Child, tempfile::TempDir) {
+fn start(subject: Quiet, queue: &str, prefetch: usize, rusty: &Path) -> (Child, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let multiplier = (prefetch / 2).max(1).to_string();
     let child = match subject {
-        Quiet::Rusty => wrapped(rusty)
+        Quiet::Rusty => super::support::wrapped(rusty)
             .env("AMQP_ADDR", amqp_url())
             .env("RUSTY_QUEUE", queue)
             .env("RUSTY_PREFETCH", prefetch.to_string())
@@ -133,20 +128,6 @@ fn start(
     (child, dir)
 }
 
-/// `program` under BENCH_WORKER_WRAPPER (a profiler), as celeryd is run under it.
-fn wrapped(program: &PathBuf) -> Command {
-    let wrapper = std::env::var("BENCH_WORKER_WRAPPER").unwrap_or_default();
-    let mut words = wrapper.split_whitespace();
-    match words.next() {
-        Some(w) => {
-            let mut c = Command::new(w);
-            c.args(words).arg(program);
-            c
-        }
-        None => Command::new(program),
-    }
-}
-
 /// One drain's figures.
 #[derive(Debug, Clone, Copy)]
 pub struct QuietDrain {
@@ -160,7 +141,7 @@ pub struct QuietDrain {
 }
 
 /// Preloads `n` no-op tasks without a reply queue, starts `subject` and times the drain.
-pub async fn drain(subject: Quiet, n: usize, prefetch: usize, rusty: &PathBuf) -> QuietDrain {
+pub async fn drain(subject: Quiet, n: usize, prefetch: usize, rusty: &Path) -> QuietDrain {
     let conn = lapin::Connection::connect(&amqp_url(), Default::default())
         .await
         .expect("broker");

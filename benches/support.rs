@@ -96,18 +96,7 @@ pub fn start_worker_program(
         format!("[broker]\nurl = \"{}\"\n{config}\n", amqp_url()),
     )
     .unwrap();
-    // BENCH_WORKER_WRAPPER runs the worker under another program, e.g. `valgrind
-    // --tool=callgrind` to count its instructions.
-    let wrapper = std::env::var("BENCH_WORKER_WRAPPER").unwrap_or_default();
-    let mut words = wrapper.split_whitespace();
-    let mut cmd = match words.next() {
-        Some(w) => {
-            let mut c = Command::new(w);
-            c.args(words).arg(program);
-            c
-        }
-        None => Command::new(program),
-    };
+    let mut cmd = wrapped(program);
     cmd.arg("--config")
         .arg(&path)
         .args(["-Q", queue, "-l", "warning", "-n", "bench@%h"])
@@ -116,6 +105,21 @@ pub fn start_worker_program(
         .stderr(Stdio::null())
         .spawn()
         .expect("start worker")
+}
+
+/// `program` run under BENCH_WORKER_WRAPPER when it is set: another program with its own
+/// arguments, e.g. `valgrind --tool=callgrind` to count the worker's instructions.
+pub fn wrapped(program: &Path) -> Command {
+    let wrapper = std::env::var("BENCH_WORKER_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    match words.next() {
+        Some(w) => {
+            let mut c = Command::new(w);
+            c.args(words).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
 }
 
 /// The broker URL as Celery spells the default vhost (`//`).
