@@ -23,8 +23,9 @@
 //!
 //! Against rusty-celery: `BENCH_SUBJECTS=rusty,async,celeryd` runs the drain without results
 //! instead (`compare_quiet.rs`: BENCH_QUIET_TASKS, default 20000; BENCH_PREFETCH, default 8;
-//! BENCH_RUSTY_TARGET, where the rusty-celery peer is built); BENCH_QUIET=1 runs it without
-//! rusty-celery too (e.g. `BENCH_SUBJECTS=celeryd`). BENCH_WORKER_WRAPPER runs celeryd under
+//! BENCH_RUSTY_TARGET, where the rusty-celery peer is built; `base-async`, `base-celeryd`:
+//! the same from BENCH_BASELINE_BIN); BENCH_QUIET=1 runs it without rusty-celery too (e.g.
+//! `BENCH_SUBJECTS=celeryd`). BENCH_WORKER_WRAPPER runs celeryd under
 //! a profiler (`valgrind --tool=callgrind`).
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub, dead_code)] // a benchmark
 
@@ -466,15 +467,10 @@ async fn bench() {
         && (only.split(',').any(|s| s.trim() == "rusty")
             || std::env::var("BENCH_QUIET").as_deref() == Ok("1"))
     {
-        let subjects: Vec<quiet::Quiet> = [
-            quiet::Quiet::Rusty,
-            quiet::Quiet::Async,
-            quiet::Quiet::Prefork,
-            quiet::Quiet::Celery,
-        ]
-        .into_iter()
-        .filter(|q| only.split(',').any(|s| s.trim() == q.key()))
-        .collect();
+        let subjects: Vec<quiet::Quiet> = quiet::ALL
+            .into_iter()
+            .filter(|q| only.split(',').any(|s| s.trim() == q.key()))
+            .collect();
         return quiet::run(&subjects, rounds).await;
     }
     let roundtrips: usize = env_or("BENCH_ROUNDTRIPS", 300);

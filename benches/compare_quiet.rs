@@ -9,6 +9,10 @@
 //! `reply_to`, `ignore_result`), declared as Celery declares the queue; the drain is
 //! timed from the first message taken to an empty queue (the broker's count, polled every
 //! 2 ms), with the CPU per task of each subject's process tree and of the broker.
+//! BENCH_WORKER_CONFIG adds TOML to the celeryd subjects' configuration, after `[broker]
+//! url` (`\n` for newlines; `qos = "global"` to measure channel-wide QoS).
+//! `base-async` and `base-celeryd` run the same two celeryd subjects from BENCH_BASELINE_BIN
+//! (a build of an earlier commit), interleaved with this build's: before/after figures.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,7 +23,8 @@ use lapin::types::FieldTable;
 use time::OffsetDateTime;
 
 use super::support::{
-    amqp_url, broker_processes, cpu_seconds, delete_queue, env_or, process_tree, start_worker,
+    amqp_url, broker_processes, cpu_seconds, delete_queue, env_or, process_tree,
+    start_worker_program,
 };
 use celeryd_actors::consumer::amqp::{TaskQueue, declare_task_queue, publish_task};
 use celeryd_actors::protocol::encode::{TaskCall, TaskMessage};
@@ -32,7 +37,21 @@ pub enum Quiet {
     Prefork,
     /// Python Celery 5.7's prefork worker.
     Celery,
+    /// `Async` from BENCH_BASELINE_BIN.
+    BaseAsync,
+    /// `Prefork` from BENCH_BASELINE_BIN.
+    BasePrefork,
 }
+
+/// Every subject, in the order they run in a round.
+pub const ALL: [Quiet; 6] = [
+    Quiet::Rusty,
+    Quiet::Async,
+    Quiet::BaseAsync,
+    Quiet::Prefork,
+    Quiet::BasePrefork,
+    Quiet::Celery,
+];
 
 impl Quiet {
     pub fn name(self) -> &'static str {
@@ -41,6 +60,8 @@ impl Quiet {
             Quiet::Async => "celeryd -P async -c 2",
             Quiet::Prefork => "celeryd prefork -c 2",
             Quiet::Celery => "Python Celery 5.7 prefork -c 2",
+            Quiet::BaseAsync => "baseline -P async -c 2",
+            Quiet::BasePrefork => "baseline prefork -c 2",
         }
     }
 
@@ -50,6 +71,18 @@ impl Quiet {
             Quiet::Async => "async",
             Quiet::Prefork => "celeryd",
             Quiet::Celery => "celery",
+            Quiet::BaseAsync => "base-async",
+            Quiet::BasePrefork => "base-celeryd",
+        }
+    }
+
+    /// The worker binary of a celeryd subject.
+    fn program(self) -> PathBuf {
+        match self {
+            Quiet::BaseAsync | Quiet::BasePrefork => std::env::var_os("BENCH_BASELINE_BIN")
+                .map(PathBuf::from)
+                .expect("BENCH_BASELINE_BIN for the baseline subjects"),
+            _ => PathBuf::from(env!("CARGO_BIN_EXE_worker")),
         }
     }
 }
@@ -82,6 +115,11 @@ pub fn rusty_bin() -> Result<PathBuf, String> {
 fn start(subject: Quiet, queue: &str, prefetch: usize, rusty: &Path) -> (Child, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let multiplier = (prefetch / 2).max(1).to_string();
+    // Extra TOML for the celeryd subjects; it follows `[broker] url`, so `qos = "global"` is
+    // a broker key.
+    let config = std::env::var("BENCH_WORKER_CONFIG")
+        .unwrap_or_default()
+        .replace("\\n", "\n");
     let child = match subject {
         Quiet::Rusty => super::support::wrapped(rusty)
             .env("AMQP_ADDR", amqp_url())
@@ -92,10 +130,11 @@ fn start(subject: Quiet, queue: &str, prefetch: usize, rusty: &Path) -> (Child, 
             .stderr(Stdio::null())
             .spawn()
             .expect("start rusty-celery"),
-        Quiet::Async => start_worker(
+        Quiet::Async | Quiet::BaseAsync => start_worker_program(
+            &subject.program(),
             dir.path(),
             queue,
-            "",
+            &config,
             &[
                 "-P",
                 "async",
@@ -106,10 +145,11 @@ fn start(subject: Quiet, queue: &str, prefetch: usize, rusty: &Path) -> (Child, 
                 "--without-mingle",
             ],
         ),
-        Quiet::Prefork => start_worker(
+        Quiet::Prefork | Quiet::BasePrefork => start_worker_program(
+            &subject.program(),
             dir.path(),
             queue,
-            "",
+            &config,
             &[
                 "-c",
                 "2",
@@ -155,7 +195,7 @@ pub async fn drain(subject: Quiet, n: usize, prefetch: usize, rusty: &Path) -> Q
         .unwrap();
     // An async no-op for the async pool (as rusty-celery's is an async fn), else the no-op.
     let task = match subject {
-        Quiet::Async => "tasks.async_noop",
+        Quiet::Async | Quiet::BaseAsync => "tasks.async_noop",
         _ => "tasks.noop",
     };
     for _ in 0..n {
@@ -306,6 +346,7 @@ pub async fn run(subjects: &[Quiet], rounds: usize) {
         let (target_drain, target_cpu) = match s {
             Quiet::Async => ("; target ≥ 1.10", "; target ≤ 1.00"),
             Quiet::Prefork => ("; target ≥ 0.95", "; target ≤ 1.20"),
+            Quiet::BaseAsync | Quiet::BasePrefork => (" (baseline)", " (baseline)"),
             _ => ("", ""),
         };
         println!(

@@ -14,6 +14,7 @@
 
 pub mod acks;
 pub mod amqp;
+pub mod batch;
 pub mod decide;
 pub mod delay;
 pub mod native_delay;
@@ -190,6 +191,9 @@ pub fn refuses_global_qos(error: &str) -> bool {
 /// Messages to the consumer.
 #[derive(Debug)]
 pub enum ConsumerMessage {
+    /// Several messages, handled in order (from [`batch::ToConsumer`], or deliveries that
+    /// arrived together). Never nested.
+    Batch(Vec<ConsumerMessage>),
     /// A chord's header is complete and this worker publishes its body (from the result
     /// backend).
     ChordReady(Box<crate::backend::ChordReady>),
@@ -345,6 +349,12 @@ pub struct ConsumerState {
     outbox: Outbox,
     /// Results to publish once connected again, oldest first.
     pending_results: VecDeque<PendingResult>,
+    /// Requests for the pool, sent together once the message (or batch) is handled.
+    #[allow(
+        clippy::vec_box,
+        reason = "the pool queues them boxed: moved as they are, not boxed again"
+    )]
+    to_pool: Vec<Box<Reserved>>,
     /// The frame size asked for instead of the configured one, once a header frame did not
     /// fit ([`amqp::FRAME_MAX_RAISED`]); kept for the rest of the process's life.
     frame_max: Option<u32>,
@@ -405,6 +415,7 @@ impl Actor for Consumer {
             restarts: 0,
             outbox: Outbox::default(),
             pending_results: VecDeque::new(),
+            to_pool: Vec::new(),
             frame_max: None,
             connected_at: None,
             quick_drops: 0,
@@ -420,8 +431,38 @@ impl Actor for Consumer {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            ConsumerMessage::Batch(msgs) => {
+                for msg in msgs {
+                    self.handle_one(&myself, msg, state).await?;
+                }
+            }
+            msg => self.handle_one(&myself, msg, state).await?,
+        }
+        state.reserve_in_pool();
+        state.reap_outbox();
+        if state.prefetch_dirty && !state.prefetch_flush_queued {
+            state.prefetch_flush_queued = true;
+            let _ = myself.cast(ConsumerMessage::ApplyPrefetch);
+        }
+        Ok(())
+    }
+}
+
+impl Consumer {
+    /// One message of [`Actor::handle`] (a batch's members one by one).
+    async fn handle_one(
+        &self,
+        myself: &ActorRef<ConsumerMessage>,
+        msg: ConsumerMessage,
+        state: &mut ConsumerState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ConsumerMessage::Batch(_) => {
+                // Built flat (batch::ToConsumer::tell, forward): one level only.
+                error!("A nested batch of consumer messages was dropped; this is a bug.");
+            }
             ConsumerMessage::Connect { attempt } => {
-                Box::pin(self.connect(&myself, state, attempt)).await?
+                Box::pin(self.connect(myself, state, attempt)).await?
             }
             ConsumerMessage::ChordReady(ready) => Box::pin(state.on_chord_ready(*ready)).await,
             ConsumerMessage::TaskSignal { request, signal } => {
@@ -442,7 +483,7 @@ impl Actor for Consumer {
                 tag,
                 error,
             } => {
-                Box::pin(self.on_stream_end(&myself, state, generation, &queue, &tag, error)).await;
+                Box::pin(self.on_stream_end(myself, state, generation, &queue, &tag, error)).await;
             }
             ConsumerMessage::NativeDeclared { generation, error } => {
                 if generation == state.generation && state.link.is_some() {
@@ -451,7 +492,7 @@ impl Actor for Consumer {
                 }
             }
             ConsumerMessage::AddQueue { queue, reply } => {
-                let added = Box::pin(self.add_queue(&myself, state, queue)).await;
+                let added = Box::pin(self.add_queue(myself, state, queue)).await;
                 let _ = reply.send(added);
             }
             ConsumerMessage::CancelQueue(name) => {
@@ -484,7 +525,7 @@ impl Actor for Consumer {
             ConsumerMessage::ApplyPrefetch => {
                 state.prefetch_flush_queued = false;
                 if state.prefetch_dirty {
-                    Box::pin(self.apply_prefetch(&myself, state)).await;
+                    Box::pin(self.apply_prefetch(myself, state)).await;
                 }
             }
             ConsumerMessage::TaskStarted(info) => Box::pin(self.on_started(state, *info)).await,
@@ -510,11 +551,6 @@ impl Actor for Consumer {
                 Box::pin(state.close()).await;
                 let _ = reply.send(());
             }
-        }
-        state.reap_outbox();
-        if state.prefetch_dirty && !state.prefetch_flush_queued {
-            state.prefetch_flush_queued = true;
-            let _ = myself.cast(ConsumerMessage::ApplyPrefetch);
         }
         Ok(())
     }
@@ -781,6 +817,7 @@ impl Consumer {
         state.link = None;
         state.peers.metrics.broker_connected(false);
         state.acks.clear();
+        state.reserve_in_pool(); // before Forget, which drops those of this generation
         let _ = state.peers.pool.cast(PoolMessage::Forget { generation });
         let _ = state
             .peers
@@ -1115,7 +1152,7 @@ impl Consumer {
                 state.event(|| event::task_received(&reserved.request));
                 info!(task_id = %reserved.request.id, "Task {}[{}] received",
                     reserved.request.display_name(), reserved.request.id);
-                let _ = state.peers.pool.cast(PoolMessage::Reserve(reserved));
+                state.to_pool.push(reserved);
             }
         }
     }
@@ -1537,6 +1574,12 @@ async fn consume_with_tag(
     Ok((tag, forward(stream, myself.clone(), generation, name, t)))
 }
 
+/// At most this many deliveries that arrived together go to the actor as one batch.
+const DELIVERY_BATCH: usize = 64;
+
+/// Passes the queue's deliveries to the actor: those that arrived together (lapin parsed them
+/// from one read) as one [`ConsumerMessage::Batch`], so a burst released by one ack costs one
+/// mailbox round instead of one each.
 fn forward(
     mut stream: lapin::Consumer,
     myself: ActorRef<ConsumerMessage>,
@@ -1544,35 +1587,45 @@ fn forward(
     queue: Arc<str>,
     tag: Arc<str>,
 ) -> AbortOnDrop {
+    use futures_util::FutureExt;
     AbortOnDrop(tokio::spawn(async move {
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(delivery) => {
-                    let msg = ConsumerMessage::DeliveryReceived {
-                        generation,
-                        queue: queue.clone(),
-                        delivery: Box::new(delivery),
-                    };
-                    if myself.cast(msg).is_err() {
-                        return;
-                    }
+        let received = |delivery| ConsumerMessage::DeliveryReceived {
+            generation,
+            queue: queue.clone(),
+            delivery: Box::new(delivery),
+        };
+        let mut next = stream.next().await;
+        let error = loop {
+            let mut batch = Vec::new();
+            // `next` is what the stream gave; `None` inside `ready` means it has nothing yet.
+            let mut ready = Some(next);
+            let ended = loop {
+                match ready {
+                    None => break None,
+                    Some(Some(Ok(delivery))) => batch.push(received(delivery)),
+                    Some(Some(Err(e))) => break Some(Some(e.to_string())),
+                    Some(None) => break Some(None),
                 }
-                Err(e) => {
-                    let _ = myself.cast(ConsumerMessage::StreamEnded {
-                        generation,
-                        queue,
-                        tag,
-                        error: Some(e.to_string()),
-                    });
-                    return;
+                if batch.len() >= DELIVERY_BATCH {
+                    break None;
                 }
+                ready = stream.next().now_or_never();
+            };
+            if let Some(msg) = batch::gather(&mut batch)
+                && myself.cast(msg).is_err()
+            {
+                return;
             }
-        }
+            if let Some(error) = ended {
+                break error;
+            }
+            next = stream.next().await;
+        };
         let _ = myself.cast(ConsumerMessage::StreamEnded {
             generation,
             queue,
             tag,
-            error: None,
+            error,
         });
     }))
 }
@@ -1632,6 +1685,19 @@ impl ConsumerState {
         if !self.acks_flush_queued {
             self.acks_flush_queued = true;
             let _ = self.myself.cast(ConsumerMessage::FlushAcks);
+        }
+    }
+
+    /// Hands the pool the requests gathered while handling this message: deliveries that
+    /// arrived together go in one [`PoolMessage::ReserveAll`].
+    fn reserve_in_pool(&mut self) {
+        let msg = match self.to_pool.len() {
+            0 => return,
+            1 => self.to_pool.pop().map(PoolMessage::Reserve),
+            _ => Some(PoolMessage::ReserveAll(std::mem::take(&mut self.to_pool))),
+        };
+        if let Some(msg) = msg {
+            let _ = self.peers.pool.cast(msg);
         }
     }
 

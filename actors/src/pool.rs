@@ -28,6 +28,7 @@ use self::rate::RateQueues;
 use crate::child::{
     AbortOnDrop, ChildCommand, ChildMessage, ChildProcess, HARD_LIMIT_REASON, Limits, Recycling,
 };
+use crate::consumer::batch::ToConsumer;
 use crate::consumer::{ConsumerMessage, DeliveryRef, StartedInfo};
 use crate::protocol::{ExceptionInfo, TaskRequest};
 use crate::settings::PoolKind;
@@ -236,6 +237,8 @@ pub fn effective_limits(
 pub enum PoolMessage {
     /// Queue this request for the next idle child.
     Reserve(Box<Reserved>),
+    /// Queue these requests, in order (deliveries that arrived together).
+    ReserveAll(Vec<Box<Reserved>>),
     /// Where starts and outcomes go (sent by the supervisor once the consumer runs).
     SetConsumer(ActorRef<ConsumerMessage>),
     /// A running task asks for something (from its child actor): passed to the consumer.
@@ -429,7 +432,8 @@ pub struct PoolState {
     /// The in-process pools: the jobs running in the worker process.
     inproc: Option<InProcess>,
     reserved: VecDeque<Box<Reserved>>,
-    consumer: Option<ActorRef<ConsumerMessage>>,
+    /// Starts and outcomes for the consumer, sent together when a message is handled.
+    consumer: ToConsumer,
     draining: bool,
     idle_waiters: Vec<RpcReplyPort<()>>,
     recent_failures: VecDeque<Instant>,
@@ -469,7 +473,7 @@ impl Actor for Pool {
             slots: HashMap::new(),
             inproc: None,
             reserved: VecDeque::new(),
-            consumer: None,
+            consumer: ToConsumer::default(),
             draining: false,
             idle_waiters: Vec::new(),
             recent_failures: VecDeque::new(),
@@ -501,19 +505,102 @@ impl Actor for Pool {
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        let handled = self.handle_msg(myself, msg, state).await;
+        state.consumer.flush();
+        handled
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, reason) = match event {
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason),
+            SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string())),
+            _ => return Ok(()),
+        };
+        let Some(slot) = state.slots.remove(&cell.get_id()) else {
+            // A recycled child (already replaced) or one from before a restart.
+            debug!(actor = %cell.get_id(), "Supervision event from a child no longer in the pool.");
+            return Ok(());
+        };
+        let reason = reason.unwrap_or_default();
+        if let Some(run) = slot.running {
+            let reserved = Box::new(Reserved {
+                request: run.request,
+                delivery: run.delivery,
+                was_scheduled: run.was_scheduled,
+                holds_prefetch: false, // released when it started
+                received: run.received,
+            });
+            let outcome = match reason.strip_prefix(HARD_LIMIT_REASON) {
+                _ if slot.terminating.is_some() => {
+                    TaskOutcome::Terminated(slot.terminating.unwrap_or_default())
+                }
+                Some(secs) => TaskOutcome::TimeLimitExceeded(secs.parse().unwrap_or_default()),
+                None => TaskOutcome::WorkerLost(reason.clone()),
+            };
+            let runtime = run.since.elapsed();
+            state.consumer.tell(ConsumerMessage::TaskFinished {
+                reserved,
+                outcome,
+                runtime,
+            });
+            state.consumer.flush();
+        }
+        if state.draining {
+            state.wake_idle_waiters();
+            return Ok(());
+        }
+        match slot.pid {
+            None => self.start_failed(
+                &myself,
+                state,
+                &format!("died before it was ready ({reason})"),
+            ),
+            Some(pid) if reason.starts_with(HARD_LIMIT_REASON) => {
+                state.metrics.killed();
+                info!(
+                    child_pid = pid,
+                    "Child process killed at the hard time limit; replacing it."
+                );
+                self.schedule_spawn(&myself, state);
+            }
+            Some(pid) => {
+                state.metrics.lost();
+                warn!(child_pid = pid, reason = %reason, "Child process gone; starting a replacement.");
+                self.schedule_spawn(&myself, state);
+            }
+        }
+        state.consumer.flush();
+        Ok(())
+    }
+}
+
+impl Pool {
+    /// [`Actor::handle`], before what it told the consumer is flushed.
+    async fn handle_msg(
+        &self,
+        myself: ActorRef<PoolMessage>,
+        msg: PoolMessage,
+        state: &mut PoolState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             PoolMessage::Reserve(r) => {
                 state.reserved.push_back(r);
-                if state.autoscaler.is_some() && !state.has_room() {
-                    Box::pin(self.autoscale(&myself, state)).await;
-                }
-                state.dispatch(&myself, self.default_limits);
+                self.on_reserved(&myself, state).await;
             }
-            PoolMessage::SetConsumer(c) => state.consumer = Some(c),
+            PoolMessage::ReserveAll(rs) => {
+                state.reserved.extend(rs);
+                self.on_reserved(&myself, state).await;
+            }
+            PoolMessage::SetConsumer(c) => state.consumer.set(c),
             PoolMessage::TaskSignal { request, signal } => {
-                if let Some(c) = &state.consumer {
-                    let _ = c.cast(ConsumerMessage::TaskSignal { request, signal });
-                }
+                state
+                    .consumer
+                    .tell(ConsumerMessage::TaskSignal { request, signal });
             }
             PoolMessage::JobEnded {
                 job,
@@ -524,8 +611,8 @@ impl Actor for Pool {
                 else {
                     return Ok(());
                 };
-                if let (false, Some(outcome), Some(c)) = (reported, outcome, &state.consumer) {
-                    let _ = c.cast(ConsumerMessage::TaskFinished {
+                if let (false, Some(outcome)) = (reported, outcome) {
+                    state.consumer.tell(ConsumerMessage::TaskFinished {
                         reserved: running.to_reserved(),
                         outcome,
                         runtime,
@@ -571,13 +658,11 @@ impl Actor for Pool {
                     Some(signum) => TaskOutcome::Terminated(signum),
                     None => outcome,
                 };
-                if let Some(c) = &state.consumer {
-                    let _ = c.cast(ConsumerMessage::TaskFinished {
-                        reserved,
-                        outcome,
-                        runtime,
-                    });
-                }
+                state.consumer.tell(ConsumerMessage::TaskFinished {
+                    reserved,
+                    outcome,
+                    runtime,
+                });
                 if let Some(why) = recycle {
                     state.metrics.recycled();
                     // Take it out of the pool before it stops, so its supervision event is not
@@ -717,14 +802,11 @@ impl Actor for Pool {
                 state.revoke(&ids, terminate);
             }
             PoolMessage::Discard { reserved, reason } => {
-                if let Some(c) = &state.consumer {
-                    let outcome = TaskOutcome::Revoked(reason.into());
-                    let _ = c.cast(ConsumerMessage::TaskFinished {
-                        reserved,
-                        outcome,
-                        runtime: Duration::ZERO,
-                    });
-                }
+                state.consumer.tell(ConsumerMessage::TaskFinished {
+                    reserved,
+                    outcome: TaskOutcome::Revoked(reason.into()),
+                    runtime: Duration::ZERO,
+                });
             }
             PoolMessage::GetTasks { reply } => {
                 let _ = reply.send(state.tasks());
@@ -745,74 +827,6 @@ impl Actor for Pool {
         Ok(())
     }
 
-    async fn handle_supervisor_evt(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        event: SupervisionEvent,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        let (cell, reason) = match event {
-            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason),
-            SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string())),
-            _ => return Ok(()),
-        };
-        let Some(slot) = state.slots.remove(&cell.get_id()) else {
-            // A recycled child (already replaced) or one from before a restart.
-            debug!(actor = %cell.get_id(), "Supervision event from a child no longer in the pool.");
-            return Ok(());
-        };
-        let reason = reason.unwrap_or_default();
-        if let (Some(run), Some(consumer)) = (slot.running, &state.consumer) {
-            let reserved = Box::new(Reserved {
-                request: run.request,
-                delivery: run.delivery,
-                was_scheduled: run.was_scheduled,
-                holds_prefetch: false, // released when it started
-                received: run.received,
-            });
-            let outcome = match reason.strip_prefix(HARD_LIMIT_REASON) {
-                _ if slot.terminating.is_some() => {
-                    TaskOutcome::Terminated(slot.terminating.unwrap_or_default())
-                }
-                Some(secs) => TaskOutcome::TimeLimitExceeded(secs.parse().unwrap_or_default()),
-                None => TaskOutcome::WorkerLost(reason.clone()),
-            };
-            let runtime = run.since.elapsed();
-            let _ = consumer.cast(ConsumerMessage::TaskFinished {
-                reserved,
-                outcome,
-                runtime,
-            });
-        }
-        if state.draining {
-            state.wake_idle_waiters();
-            return Ok(());
-        }
-        match slot.pid {
-            None => self.start_failed(
-                &myself,
-                state,
-                &format!("died before it was ready ({reason})"),
-            ),
-            Some(pid) if reason.starts_with(HARD_LIMIT_REASON) => {
-                state.metrics.killed();
-                info!(
-                    child_pid = pid,
-                    "Child process killed at the hard time limit; replacing it."
-                );
-                self.schedule_spawn(&myself, state);
-            }
-            Some(pid) => {
-                state.metrics.lost();
-                warn!(child_pid = pid, reason = %reason, "Child process gone; starting a replacement.");
-                self.schedule_spawn(&myself, state);
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Pool {
     /// Sets the number of children to keep and starts or stops children to match (busy ones
     /// stop when their task ends).
     async fn resize(&self, myself: &ActorRef<PoolMessage>, state: &mut PoolState, target: usize) {
@@ -856,11 +870,21 @@ impl Pool {
         }
     }
 
+    /// New requests are queued: autoscaling may add a child for them; start what can start.
+    async fn on_reserved(&self, myself: &ActorRef<PoolMessage>, state: &mut PoolState) {
+        if state.autoscaler.is_some() && !state.has_room() {
+            Box::pin(self.autoscale(myself, state)).await;
+        }
+        state.dispatch(myself, self.default_limits);
+    }
+
     async fn spawn_child(
         &self,
         myself: &ActorRef<PoolMessage>,
         state: &mut PoolState,
     ) -> Result<(), ActorProcessingErr> {
+        // What was told the consumer goes before the wait for the child to start.
+        state.consumer.flush();
         let child = ChildProcess::new(
             self.command.clone(),
             self.hostname.clone(),
@@ -970,14 +994,12 @@ impl PoolState {
     }
 
     /// Tells the consumer how a task ended.
-    fn report(&self, reserved: Box<Reserved>, outcome: TaskOutcome) {
-        if let Some(c) = &self.consumer {
-            let _ = c.cast(ConsumerMessage::TaskFinished {
-                reserved,
-                outcome,
-                runtime: Duration::ZERO,
-            });
-        }
+    fn report(&mut self, reserved: Box<Reserved>, outcome: TaskOutcome) {
+        self.consumer.tell(ConsumerMessage::TaskFinished {
+            reserved,
+            outcome,
+            runtime: Duration::ZERO,
+        });
     }
 
     /// Requests held: running, waiting for a child, or waiting for a rate-limit token (the
@@ -987,10 +1009,9 @@ impl PoolState {
     }
 
     /// Tells the consumer the prefetch count now follows `processes` children.
-    fn prefetch_follows(&self, processes: usize) {
-        if let Some(c) = &self.consumer {
-            let _ = c.cast(ConsumerMessage::SetConcurrency(processes));
-        }
+    fn prefetch_follows(&mut self, processes: usize) {
+        self.consumer
+            .tell(ConsumerMessage::SetConcurrency(processes));
     }
 
     fn wake_idle_waiters(&mut self) {
@@ -1019,15 +1040,8 @@ impl PoolState {
         }
         self.reserved = kept;
         dropped.extend(self.rates.remove_where(|r| ids.contains(&r.request.id)));
-        if let Some(consumer) = &self.consumer {
-            for reserved in dropped {
-                let outcome = TaskOutcome::Revoked("revoked".into());
-                let _ = consumer.cast(ConsumerMessage::TaskFinished {
-                    reserved,
-                    outcome,
-                    runtime: Duration::ZERO,
-                });
-            }
+        for reserved in dropped {
+            self.report(reserved, TaskOutcome::Revoked("revoked".into()));
         }
         let Some(signal) = terminate else { return };
         if let Some(jobs) = self.inproc.as_mut() {
@@ -1131,11 +1145,7 @@ impl PoolState {
                     r.holds_prefetch = !bump;
                     return Some(r);
                 }
-                None if bump => {
-                    if let Some(c) = &self.consumer {
-                        let _ = c.cast(ConsumerMessage::HoldPrefetch);
-                    }
-                }
+                None if bump => self.consumer.tell(ConsumerMessage::HoldPrefetch),
                 None => {}
             }
         }
@@ -1146,9 +1156,9 @@ impl PoolState {
         if self.draining {
             return;
         }
-        let Some(consumer) = self.consumer.clone() else {
+        if !self.consumer.is_set() {
             return;
-        };
+        }
         let now = Instant::now();
         while self.has_room() {
             let Some(reserved) = self.next_request(now) else {
@@ -1159,11 +1169,7 @@ impl PoolState {
                 .expires
                 .is_some_and(|e| e <= OffsetDateTime::now_utc())
             {
-                let _ = consumer.cast(ConsumerMessage::TaskFinished {
-                    reserved,
-                    outcome: TaskOutcome::Revoked("expired".into()),
-                    runtime: Duration::ZERO,
-                });
+                self.report(reserved, TaskOutcome::Revoked("expired".into()));
                 continue;
             }
             let task_limits = self
@@ -1184,7 +1190,8 @@ impl PoolState {
                 let info = StartedInfo::of(&reserved, jobs.pid());
                 count_start(&mut self.total, &self.metrics, &running);
                 jobs.start(myself, running, limits);
-                let _ = consumer.cast(ConsumerMessage::TaskStarted(Box::new(info)));
+                self.consumer
+                    .tell(ConsumerMessage::TaskStarted(Box::new(info)));
                 continue;
             }
             let Some(slot) = self.idle_slot().and_then(|id| self.slots.get_mut(&id)) else {
@@ -1197,7 +1204,8 @@ impl PoolState {
                 Ok(()) => {
                     count_start(&mut self.total, &self.metrics, &running);
                     slot.running = Some(running);
-                    let _ = consumer.cast(ConsumerMessage::TaskStarted(Box::new(info)));
+                    self.consumer
+                        .tell(ConsumerMessage::TaskStarted(Box::new(info)));
                 }
                 Err(ractor::MessagingErr::SendErr(ChildMessage::Run(back, _))) => {
                     // The child actor is gone (its supervision event will replace it and

@@ -234,7 +234,9 @@ pub struct BrokerSettings {
     /// RabbitMQ 3.x: the limit can then be raised while consuming, which holding ETA tasks
     /// needs), `per-consumer` (what quorum queues and RabbitMQ 4.x take), or `auto` (the
     /// default): per-consumer when any configured queue is a quorum queue, as Celery detects
-    /// it, else global.
+    /// it, or when the worker consumes one queue only (the window is the same, and RabbitMQ
+    /// spends less per delivery: no channel-wide limiter to consult); else global, so that
+    /// several classic queues share one window as with Celery on 3.x.
     pub qos: String,
     /// The older spelling of `qos`: true = `global`, false = `per-consumer`. Unset by default.
     pub global_qos: Option<bool>,
@@ -704,6 +706,12 @@ impl Settings {
         queues::resolve(&self.task, &self.worker)
     }
 
+    /// How many queues the worker consumes at start: the configured ones not excluded, and
+    /// with `worker.direct` its own `<node>.dq2`.
+    pub fn consumed_queues(&self) -> usize {
+        self.task_queues().map_or(0, |q| q.len()) + usize::from(self.worker.direct)
+    }
+
     /// Whether the prefetch limit is channel-wide (`broker.qos`, `broker.global_qos`).
     pub fn global_qos(&self) -> Result<bool, ConfigError> {
         let by_qos = match self.broker.qos.as_str() {
@@ -726,7 +734,9 @@ impl Settings {
                 ),
             )),
             (Some(a), _) | (None, Some(a)) => Ok(a),
-            (None, None) => Ok(!queues::any_quorum(&self.task, &self.worker)),
+            (None, None) => {
+                Ok(!queues::any_quorum(&self.task, &self.worker) && self.consumed_queues() > 1)
+            }
         }
     }
 

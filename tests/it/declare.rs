@@ -292,11 +292,12 @@ fn an_apps_task_queues_are_declared_as_celery_declares_them() {
 #[test]
 fn a_quorum_queue_added_to_a_worker_with_channel_wide_qos_is_consumed_per_consumer() {
     let classic = unique_queue("classic");
+    let other = unique_queue("classic2");
     let q = unique_queue("addquorum");
     let ex = format!("{q}-bus");
     declare_quorum_on_topic(&q, &ex, "work.#");
-    // Only classic queues configured: `qos = "auto"` is channel-wide.
-    let w = Worker::start(&classic, "", &["-c", "1"]);
+    // Two classic queues consumed, none quorum: `qos = "auto"` is channel-wide.
+    let w = Worker::start(&format!("{classic},{other}"), "", &["-c", "1"]);
     let args = json!({"queue": q, "exchange": ex, "exchange_type": "topic",
                       "routing_key": "work.#", "queue_arguments": {"x-queue-type": "quorum"}});
     let replies = crate::support::celery_client(&[
@@ -332,6 +333,7 @@ fn a_quorum_queue_added_to_a_worker_with_channel_wide_qos_is_consumed_per_consum
     drop(w);
     block_on(delete_queue(&q));
     block_on(delete_queue(&classic));
+    block_on(delete_queue(&other));
     delete_exchange(&ex);
 }
 

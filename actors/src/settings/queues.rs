@@ -417,12 +417,26 @@ mod tests {
     }
 
     #[test]
-    fn qos_is_per_consumer_when_any_queue_is_quorum_unless_set() {
+    fn qos_is_per_consumer_for_one_queue_or_any_quorum_queue_unless_set() {
         let mut s = crate::settings::Settings::default();
         assert!(
-            s.global_qos().unwrap(),
-            "classic queues: global, as Celery on 3.x"
+            !s.global_qos().unwrap(),
+            "one classic queue: per-consumer (the same window, less broker work)"
         );
+        s.worker.direct = true;
+        assert!(
+            s.global_qos().unwrap(),
+            "two classic queues (celery and the node's dq2): global, as Celery on 3.x"
+        );
+        s.worker.direct = false;
+        s.task.queues = vec![spec("a"), spec("b")];
+        assert!(s.global_qos().unwrap(), "two classic queues: global");
+        s.worker.queues = vec!["b".into()];
+        assert!(
+            !s.global_qos().unwrap(),
+            "one of them consumed (-Q b): per-consumer"
+        );
+        s.worker.queues = Vec::new();
         s.task.queues = vec![
             spec("a"),
             QueueSpec {
