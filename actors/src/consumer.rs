@@ -1691,11 +1691,11 @@ impl ConsumerState {
     /// Hands the pool the requests gathered while handling this message: deliveries that
     /// arrived together go in one [`PoolMessage::ReserveAll`].
     fn reserve_in_pool(&mut self) {
-        let msg = match self.to_pool.len() {
-            0 => return,
-            1 => self.to_pool.pop().map(PoolMessage::Reserve),
-            _ => Some(PoolMessage::ReserveAll(std::mem::take(&mut self.to_pool))),
-        };
+        let msg = batch::one_or_all(
+            &mut self.to_pool,
+            PoolMessage::Reserve,
+            PoolMessage::ReserveAll,
+        );
         if let Some(msg) = msg {
             let _ = self.peers.pool.cast(msg);
         }

@@ -516,15 +516,30 @@ impl Actor for Pool {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        self.on_child_event(&myself, event, state);
+        state.consumer.flush();
+        Ok(())
+    }
+}
+
+impl Pool {
+    /// [`Actor::handle_supervisor_evt`]: a child actor that stopped has its task reported
+    /// (lost, killed at its limit, or terminated) and a replacement scheduled.
+    fn on_child_event(
+        &self,
+        myself: &ActorRef<PoolMessage>,
+        event: SupervisionEvent,
+        state: &mut PoolState,
+    ) {
         let (cell, reason) = match event {
             SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason),
             SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string())),
-            _ => return Ok(()),
+            _ => return,
         };
         let Some(slot) = state.slots.remove(&cell.get_id()) else {
             // A recycled child (already replaced) or one from before a restart.
             debug!(actor = %cell.get_id(), "Supervision event from a child no longer in the pool.");
-            return Ok(());
+            return;
         };
         let reason = reason.unwrap_or_default();
         if let Some(run) = slot.running {
@@ -548,15 +563,14 @@ impl Actor for Pool {
                 outcome,
                 runtime,
             });
-            state.consumer.flush();
         }
         if state.draining {
             state.wake_idle_waiters();
-            return Ok(());
+            return;
         }
         match slot.pid {
             None => self.start_failed(
-                &myself,
+                myself,
                 state,
                 &format!("died before it was ready ({reason})"),
             ),
@@ -566,20 +580,16 @@ impl Actor for Pool {
                     child_pid = pid,
                     "Child process killed at the hard time limit; replacing it."
                 );
-                self.schedule_spawn(&myself, state);
+                self.schedule_spawn(myself, state);
             }
             Some(pid) => {
                 state.metrics.lost();
                 warn!(child_pid = pid, reason = %reason, "Child process gone; starting a replacement.");
-                self.schedule_spawn(&myself, state);
+                self.schedule_spawn(myself, state);
             }
         }
-        state.consumer.flush();
-        Ok(())
     }
-}
 
-impl Pool {
     /// [`Actor::handle`], before what it told the consumer is flushed.
     async fn handle_msg(
         &self,
@@ -802,11 +812,7 @@ impl Pool {
                 state.revoke(&ids, terminate);
             }
             PoolMessage::Discard { reserved, reason } => {
-                state.consumer.tell(ConsumerMessage::TaskFinished {
-                    reserved,
-                    outcome: TaskOutcome::Revoked(reason.into()),
-                    runtime: Duration::ZERO,
-                });
+                state.report(reserved, TaskOutcome::Revoked(reason.into()));
             }
             PoolMessage::GetTasks { reply } => {
                 let _ = reply.send(state.tasks());

@@ -57,10 +57,20 @@ impl ToConsumer {
 
 /// The one message that carries `pending` (emptied), if any.
 pub fn gather(pending: &mut Vec<ConsumerMessage>) -> Option<ConsumerMessage> {
+    one_or_all(pending, |m| m, ConsumerMessage::Batch)
+}
+
+/// Empties `pending` into one message: none when it is empty, `one` of its only item, else
+/// `all` of them in order.
+pub fn one_or_all<T, M>(
+    pending: &mut Vec<T>,
+    one: impl FnOnce(T) -> M,
+    all: impl FnOnce(Vec<T>) -> M,
+) -> Option<M> {
     match pending.len() {
         0 => None,
-        1 => pending.pop(),
-        _ => Some(ConsumerMessage::Batch(std::mem::take(pending))),
+        1 => pending.pop().map(one),
+        _ => Some(all(std::mem::take(pending))),
     }
 }
 
