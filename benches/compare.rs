@@ -45,7 +45,7 @@ use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use time::OffsetDateTime;
 
-use celeryd_actors::consumer::amqp::publish_result;
+use celeryd_actors::broker::amqp::publish_result;
 use celeryd_actors::protocol::{ResultState, result_body};
 use support::{
     amqp_url, broker_processes, cpu_seconds, delete_queue, env_or, process_tree, publish, setup,

@@ -26,7 +26,7 @@ use super::support::{
     amqp_url, broker_processes, cpu_seconds, delete_queue, env_or, process_tree,
     start_worker_program,
 };
-use celeryd_actors::consumer::amqp::{TaskQueue, declare_task_queue, publish_task};
+use celeryd_actors::broker::amqp::{TaskQueue, declare_task_queue, publish_task};
 use celeryd_actors::protocol::encode::{TaskCall, TaskMessage};
 
 /// A subject of the quiet drain.

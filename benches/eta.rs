@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use celeryd_actors::consumer::amqp::publish_task;
+use celeryd_actors::broker::amqp::publish_task;
 use celeryd_actors::protocol::encode::{TaskCall, TaskMessage};
 use support::{env_or, median_p90, setup, start_worker, teardown};
 

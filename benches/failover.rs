@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use lapin::{Connection, ConnectionProperties};
 use time::OffsetDateTime;
 
-use celeryd_actors::consumer::amqp::publish_task;
+use celeryd_actors::broker::amqp::publish_task;
 use celeryd_actors::protocol::encode::{TaskCall, TaskMessage};
 use support::{env_or, median_p90};
 

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use lapin::options::ConfirmSelectOptions;
 use time::OffsetDateTime;
 
-use celeryd_actors::consumer::amqp::publish_task;
+use celeryd_actors::broker::amqp::publish_task;
 use celeryd_actors::protocol::encode::{TaskCall, TaskMessage};
 use support::{cpu_seconds, env_or, process_tree, setup};
 

@@ -7,9 +7,7 @@ use lapin::options::QueueDeleteOptions;
 use lapin::{Channel, Connection, ConnectionProperties};
 use time::OffsetDateTime;
 
-use celeryd_actors::consumer::amqp::{
-    TaskQueue, declare_task_queue, publish_task, result_consumer,
-};
+use celeryd_actors::broker::amqp::{TaskQueue, declare_task_queue, publish_task, result_consumer};
 use celeryd_actors::protocol::encode::{TaskCall, TaskMessage};
 
 /// Runs a benchmark's async body on a small runtime.

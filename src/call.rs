@@ -9,9 +9,7 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use celeryd_actors::Settings;
-use celeryd_actors::consumer::amqp::{
-    TaskQueue, declare_task_queue, publish_task, result_consumer,
-};
+use celeryd_actors::broker::amqp::{TaskQueue, declare_task_queue, publish_task, result_consumer};
 use celeryd_actors::protocol::encode::{TaskCall, TaskMessage};
 use celeryd_actors::protocol::time::parse_iso;
 
@@ -89,7 +87,7 @@ pub async fn call(settings: &Settings, args: &CallArgs) -> Result<ExitCode, Star
     };
     let queue = spec.name.clone();
     let (conn, channel) =
-        celeryd_actors::consumer::amqp::connect(&settings.broker, "worker call", None)
+        celeryd_actors::broker::amqp::connect(&settings.broker, "worker call", None)
             .await
             .map_err(|e| StartupError::Broker(e.to_string()))?;
     declare_task_queue(&channel, &spec)

@@ -223,7 +223,7 @@ pub async fn broadcast(
 ) -> Result<(), String> {
     let host = celeryd_actors::hostname::this_host();
     let name = format!("worker ctl@{host}");
-    let (conn, ch) = celeryd_actors::consumer::amqp::connect(&settings.broker, &name, None)
+    let (conn, ch) = celeryd_actors::broker::amqp::connect(&settings.broker, &name, None)
         .await
         .map_err(|e| e.to_string())?;
     let body = request_body(plan, args);

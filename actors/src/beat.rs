@@ -28,13 +28,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
-};
-use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -43,8 +36,8 @@ use tracing::{debug, error, info, warn};
 
 use self::schedule::{Entry, epoch, iso};
 use self::store::{Record, ScheduleStore};
-use crate::child::AbortOnDrop;
-use crate::error::BrokerError;
+use crate::abort::AbortOnDrop;
+use crate::broker::{BrokerError, ErrorKind, amqp};
 use crate::settings::{BeatEntry, Settings};
 
 /// The scheduler's configuration.
@@ -164,10 +157,10 @@ struct Slot {
 
 /// The connection, its publishing channel, and what is tied to it.
 struct Link {
-    conn: Connection,
-    publish: Channel,
+    /// The connection; its main channel publishes, in confirm mode.
+    broker: amqp::Link,
     /// Holds the exclusive lock queue while active.
-    lock: Option<Channel>,
+    lock: Option<amqp::Channel>,
     _watchers: Vec<AbortOnDrop>,
 }
 
@@ -259,7 +252,7 @@ impl Actor for Beat {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         if let Some(link) = state.link.take() {
-            let _ = link.conn.close(200, "beat stopped".into()).await;
+            link.broker.close_connection(200, "beat stopped").await;
         }
         Ok(())
     }
@@ -282,7 +275,7 @@ impl Actor for Beat {
                 let gone = state
                     .link
                     .as_ref()
-                    .is_some_and(|l| !l.conn.status().connected());
+                    .is_some_and(|l| !l.broker.is_connected());
                 if gone {
                     warn!(reason = %why, "beat: Lost the broker connection (and the lock); reconnecting.");
                     state.lost(&myself);
@@ -309,7 +302,7 @@ impl Beat {
                 self.try_lock(myself, state).await;
             }
             Err(e) => {
-                let delay = crate::consumer::connect_backoff(attempt + 1);
+                let delay = crate::broker::backoff(attempt + 1);
                 warn!(error = %e, "beat: Cannot connect to the broker; retrying in {} s.", delay.as_secs_f64());
                 myself.send_after(delay, move || BeatMessage::Connect {
                     attempt: attempt + 1,
@@ -322,80 +315,29 @@ impl Beat {
     /// and a watcher that reports the connection's loss.
     async fn open(&self, myself: &ActorRef<BeatMessage>) -> Result<Link, BrokerError> {
         let name = format!("{} (beat)", self.nodename);
-        let (conn, publish) =
-            crate::consumer::amqp::connect(&self.settings.broker, &name, None).await?;
-        publish
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        let broker = amqp::Link::open_confirmed(&self.settings.broker, &name).await?;
         let exchange = state_exchange(&self.settings.beat.lock);
-        publish
-            .exchange_declare(
-                exchange.as_str().into(),
-                ExchangeKind::Fanout,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
+        let (to, end) = (myself.clone(), myself.clone());
+        let consumer = broker
+            .subscribe_fanout(
+                &exchange,
+                "beat-state",
+                move |body| to.cast(BeatMessage::StateReceived(body)).is_ok(),
+                move || {
+                    let _ = end.cast(BeatMessage::ConnectionLost(
+                        "the state consumer ended".into(),
+                    ));
                 },
-                FieldTable::default(),
-            )
-            .await?;
-        let ch = conn.create_channel().await?;
-        let q = ch
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        ch.queue_bind(
-            q.name().as_str().into(),
-            exchange.as_str().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-        let mut states = ch
-            .basic_consume(
-                q.name().as_str().into(),
-                "beat-state".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
             )
             .await?;
         let to = myself.clone();
-        let consumer = tokio::spawn(async move {
-            while let Some(Ok(d)) = states.next().await {
-                if to.cast(BeatMessage::StateReceived(d.data)).is_err() {
-                    return;
-                }
-            }
-            let _ = to.cast(BeatMessage::ConnectionLost(
-                "the state consumer ended".into(),
-            ));
-        });
-        let mut events = conn.events_listener();
-        let to = myself.clone();
-        let watcher = tokio::spawn(async move {
-            while let Some(event) = events.next().await {
-                if let lapin::Event::Error(e) = event {
-                    let _ = to.cast(BeatMessage::ConnectionLost(e.to_string()));
-                    return;
-                }
-            }
+        let watcher = broker.watch(move |e| {
+            let _ = to.cast(BeatMessage::ConnectionLost(e));
         });
         Ok(Link {
-            conn,
-            publish,
+            broker,
             lock: None,
-            _watchers: vec![AbortOnDrop(consumer), AbortOnDrop(watcher)],
+            _watchers: vec![consumer, watcher],
         })
     }
 
@@ -410,23 +352,7 @@ impl Beat {
             return;
         }
         let lock = &self.settings.beat.lock;
-        let taken = match link.conn.create_channel().await {
-            Ok(ch) => {
-                let opts = QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                };
-                match ch
-                    .queue_declare(lock.as_str().into(), opts, FieldTable::default())
-                    .await
-                {
-                    Ok(_) => Ok(ch),
-                    Err(e) => Err(e.to_string()),
-                }
-            }
-            Err(e) => Err(e.to_string()),
-        };
+        let taken = link.broker.hold_exclusive(lock).await;
         match taken {
             Ok(ch) => {
                 link.lock = Some(ch);
@@ -442,7 +368,7 @@ impl Beat {
                 state.reschedule_all();
                 state.arm(myself);
             }
-            Err(e) if e.contains("RESOURCE_LOCKED") => {
+            Err(e) if e.kind() == ErrorKind::ResourceLocked => {
                 if state.role != Role::Standby {
                     info!("beat: Standing by: another scheduler holds the lock {lock:?}.");
                 }
@@ -508,7 +434,7 @@ impl Beat {
                 return Ok(());
             };
             info!(task_id = %message.id, "Scheduler: Sending due task {name} ({task})");
-            match crate::consumer::amqp::send_task_to(&link.publish, exchange, key, message).await {
+            match link.broker.send_task(exchange, key, message).await {
                 Ok(confirm) => confirms.push((name, task, confirm)),
                 Err(e) => {
                     error!(error = %e, "beat: Cannot send {name} ({task}); this run is skipped. Reconnecting.");
@@ -518,9 +444,9 @@ impl Beat {
             }
         }
         for (name, task, confirm) in confirms {
-            match confirm.await {
-                Ok(c) if c.is_ack() => {}
-                Ok(_) => {
+            match confirm.wait().await {
+                Ok(true) => {}
+                Ok(false) => {
                     error!("beat: The broker refused {name} ({task}) (nack); this run is skipped.")
                 }
                 Err(e) => {
@@ -548,20 +474,8 @@ impl Beat {
         let Ok(body) = serde_json::to_vec(&msg) else {
             return;
         };
-        let props = BasicProperties::default()
-            .with_content_type(ShortString::from("application/json"))
-            .with_delivery_mode(1);
         let exchange = state_exchange(&self.settings.beat.lock);
-        let sent = link
-            .publish
-            .basic_publish(
-                exchange.as_str().into(),
-                "".into(),
-                BasicPublishOptions::default(),
-                &body,
-                props,
-            )
-            .await;
+        let sent = link.broker.publish_fanout(&exchange, &body).await;
         if let Err(e) = sent {
             debug!(error = %e, "beat: cannot announce");
         }
@@ -619,7 +533,7 @@ impl BeatState {
         if let Some(link) = self.link.take() {
             // Closed, not just dropped: a connection that still works would keep the lock.
             tokio::spawn(async move {
-                let _ = link.conn.close(320, "beat reconnects".into()).await;
+                link.broker.close_connection(320, "beat reconnects").await;
             });
         }
         self.timer = None;

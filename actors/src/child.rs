@@ -31,9 +31,11 @@ use self::forkserver::ForkServer;
 use self::process::{Process, Writer};
 
 use self::ipc::{FromChild, Job, JobOutcome, ToChild};
+pub use crate::abort::AbortOnDrop;
 use crate::error::ChildError;
-use crate::pool::{PoolMessage, Reserved, TaskOutcome};
+use crate::pool::PoolMessage;
 use crate::protocol::ExceptionInfo;
+use crate::work::{Reserved, TaskOutcome};
 
 /// How to start a child process: the program, its arguments and the frames it speaks.
 #[derive(Debug, Clone)]
@@ -209,16 +211,6 @@ impl Drop for ChildState {
     /// task started do not outlive it (`kill_on_drop` only reaches the child itself).
     fn drop(&mut self) {
         self.process.kill_group(Some(self.pid));
-    }
-}
-
-/// Aborts a spawned task when dropped, so that a stopped actor leaves no task behind.
-#[derive(Debug)]
-pub struct AbortOnDrop<T = ()>(pub tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -13,83 +13,42 @@
 //! (the broker has already requeued them), and the pool and scheduler forget those requests.
 
 pub mod acks;
-pub mod amqp;
 pub mod batch;
 pub mod decide;
-pub mod delay;
-pub mod native_delay;
-pub mod outbox;
 pub mod python;
 pub mod results;
-pub mod route;
+
+// Until control and settings name the broker module themselves.
+pub use crate::broker::amqp;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use lapin::options::BasicCancelOptions;
-use lapin::{Channel, Connection};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::json;
 use time::OffsetDateTime;
 use tracing::{debug, error, info, warn};
 
-use self::amqp::TaskQueue;
 use self::decide::{Decision, decide};
-use self::outbox::{Outbox, PendingResult};
 use self::python::{PythonTasks, Settle};
-use self::route::Route;
-use crate::child::AbortOnDrop;
+use crate::abort::AbortOnDrop;
+use crate::broker::amqp::delay;
+use crate::broker::amqp::outbox::{Outbox, PendingResult};
+use crate::broker::amqp::route::{self, Route};
+use crate::broker::amqp::{Channel, StreamEvent, TaskQueue, consumer_tag};
+use crate::broker::{self, BrokerError, Delivery, ErrorKind};
 use crate::child::python::ReportKind;
-use crate::error::BrokerError;
 use crate::events::build as event;
 use crate::events::{EventsMessage, TaskEvents};
-use crate::pool::{PoolMessage, Reserved, TaskOutcome};
-use crate::protocol::amqp_value::headers_to_json;
+use crate::pool::PoolMessage;
 use crate::protocol::repr::{py_repr, truncate};
-use crate::protocol::{
-    DeliveryInfo, ExceptionInfo, Properties, RawMessage, ResultState, decode_keeping_body,
-};
+use crate::protocol::{ExceptionInfo, ResultState, decode_keeping_body};
 use crate::revoke::RevokeMessage;
 use crate::scheduler::SchedulerMessage;
 use crate::settings::Settings;
 use crate::settings::queues;
-
-/// Identifies a delivery on a given connection generation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct DeliveryRef {
-    /// AMQP delivery tag.
-    pub tag: u64,
-    /// Connection generation it arrived on.
-    pub generation: u64,
-}
-
-/// What the consumer needs when a child starts a task.
-#[derive(Debug, Clone)]
-pub struct StartedInfo {
-    /// The delivery (acked now unless acks_late).
-    pub delivery: DeliveryRef,
-    /// The request (shared, not copied).
-    pub request: Arc<crate::protocol::TaskRequest>,
-    /// The child's pid.
-    pub pid: u32,
-    /// Whether it was counted in the prefetch bump (held for an ETA or a rate-limit token):
-    /// starting releases it.
-    pub holds_prefetch: bool,
-}
-
-impl StartedInfo {
-    /// Extracts the fields from a reserved request.
-    pub fn of(r: &Reserved, pid: u32) -> Self {
-        StartedInfo {
-            delivery: r.delivery,
-            request: r.request.clone(),
-            pid,
-            holds_prefetch: r.holds_prefetch,
-        }
-    }
-}
+use crate::work::{DeliveryRef, Reserved, RevokeReason, StartedInfo, TaskOutcome};
 
 /// The peers the consumer hands work to.
 #[derive(Debug, Clone)]
@@ -182,12 +141,6 @@ pub fn reconsume_for(current: u16, wanted: u16, base: u16) -> bool {
     }
 }
 
-/// Whether a broker error is RabbitMQ refusing global QoS on a quorum queue
-/// (`540 NOT_IMPLEMENTED - queue '…' does not support global qos`).
-pub fn refuses_global_qos(error: &str) -> bool {
-    error.contains("does not support global qos")
-}
-
 /// Messages to the consumer.
 #[derive(Debug)]
 pub enum ConsumerMessage {
@@ -213,10 +166,8 @@ pub enum ConsumerMessage {
     DeliveryReceived {
         /// Connection generation.
         generation: u64,
-        /// The queue it came from.
-        queue: Arc<str>,
         /// The delivery.
-        delivery: Box<lapin::message::Delivery>,
+        delivery: Box<Delivery>,
     },
     /// The delivery stream ended (cancelled, or the connection was lost).
     StreamEnded {
@@ -291,8 +242,7 @@ pub enum ConsumerMessage {
 }
 
 struct Link {
-    connection: Connection,
-    channel: Channel,
+    broker: amqp::Link,
     /// Queue name -> (consumer tag, the task forwarding its deliveries).
     consumers: HashMap<String, (String, AbortOnDrop)>,
     /// Forwarding tasks of consumers replaced for a new prefetch count, left to drain what
@@ -361,7 +311,7 @@ pub struct ConsumerState {
     /// When the current connection was made.
     connected_at: Option<std::time::Instant>,
     /// Connections lost in a row within [`STABLE_CONNECTION`] of being made: the next
-    /// reconnect waits [`connect_backoff`] of it, so a connection that keeps dying (a message
+    /// reconnect waits [`broker::backoff`] of it, so a connection that keeps dying (a message
     /// that breaks it, a broker that closes it) is retried at most every 4 s, not in a loop.
     quick_drops: u32,
 }
@@ -470,11 +420,10 @@ impl Consumer {
             }
             ConsumerMessage::DeliveryReceived {
                 generation,
-                queue,
                 delivery,
             } => {
                 if generation == state.generation {
-                    Box::pin(self.on_delivery(state, *delivery, &queue)).await;
+                    Box::pin(self.on_delivery(state, *delivery)).await;
                 }
             }
             ConsumerMessage::StreamEnded {
@@ -501,11 +450,7 @@ impl Consumer {
                     && let Some((tag, _stream)) = link.consumers.remove(&name)
                 {
                     info!(queue = %name, "No longer consuming from queue.");
-                    if let Err(e) = link
-                        .channel
-                        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                        .await
-                    {
+                    if let Err(e) = link.broker.cancel(&tag).await {
                         warn!(queue = %name, error = %e, "Cannot cancel the consumer.");
                     }
                 }
@@ -592,7 +537,7 @@ impl Consumer {
                 error!(error = %e, "Queue declaration clashes with the broker's; cannot consume.");
                 Err(e)
             }
-            Err(e) if state.global_qos && refuses_global_qos(&e.to_string()) => {
+            Err(e) if state.global_qos && e.kind() == ErrorKind::GlobalQosRefused => {
                 // A quorum queue that `qos = "auto"` could not see (added by add_consumer) or
                 // `qos = "global"` set by hand: the broker closed the connection (540).
                 warn!(error = %e, "The broker refuses channel-wide QoS for a quorum queue; \
@@ -602,7 +547,7 @@ impl Consumer {
                 let _ = myself.cast(ConsumerMessage::Connect { attempt });
                 Ok(())
             }
-            Err(e) if !state.ready && is_login_refused(&e.to_string()) => {
+            Err(e) if !state.ready && e.kind() == ErrorKind::LoginRefused => {
                 // A wrong user, password or vhost permission does not mend itself: stop at
                 // once with the reason (exit 77) rather than retry it like a network blip.
                 Err(BrokerError::Unreachable {
@@ -625,7 +570,7 @@ impl Consumer {
                         last: e.to_string(),
                     });
                 }
-                let delay = connect_backoff(attempts);
+                let delay = broker::backoff(attempts);
                 error!(broker = %broker.safe_url(), error = %e,
                     "Cannot connect to the broker; trying again in {:.1} seconds... ({attempts}/{})",
                     delay.as_secs_f64(),
@@ -643,8 +588,7 @@ impl Consumer {
         myself: &ActorRef<ConsumerMessage>,
         state: &mut ConsumerState,
     ) -> Result<Link, BrokerError> {
-        let (connection, channel) =
-            amqp::connect(&self.settings.broker, &self.hostname, state.frame_max).await?;
+        let link = amqp::Link::open(&self.settings.broker, &self.hostname, state.frame_max).await?;
         let configured: Vec<String> = self
             .configured_queues()
             .into_iter()
@@ -653,8 +597,8 @@ impl Consumer {
         let mut refused = Vec::new();
         for q in &state.queues {
             if configured.contains(&q.name) {
-                amqp::declare_task_queue(&channel, q).await?;
-            } else if let Err(e) = amqp::declare_on_own_channel(&connection, q).await {
+                link.declare_task_queue(q).await?;
+            } else if let Err(e) = link.declare_on_own_channel(q).await {
                 // Added by `add_consumer` and refused now (deleted and declared otherwise
                 // since): dropped, not a reason to stop consuming the others.
                 error!(queue = %q.name, error = %e, "No longer consuming an added queue the broker now refuses.");
@@ -663,7 +607,7 @@ impl Consumer {
         }
         state.queues.retain(|q| !refused.contains(&q.name));
         if self.settings.worker.mingle && !state.ready {
-            self.mingle(&connection, state).await;
+            self.mingle(&link, state).await;
         }
         state.generation += 1;
         state.acks.clear();
@@ -675,7 +619,7 @@ impl Consumer {
             // queues through Celery's own ladder, which the worker declares. In the
             // background, on a channel of its own: 28 quorum queues take seconds on a
             // cluster, and consuming (after a failover too) must not wait for them.
-            let channel = connection.create_channel().await?;
+            let channel = link.channel().await?;
             let queue_type = self
                 .settings
                 .broker
@@ -684,7 +628,9 @@ impl Consumer {
             let all = self.settings.task_queues().unwrap_or_default();
             let (me, generation) = (myself.clone(), state.generation);
             tokio::spawn(async move {
-                let done = amqp::declare_native_delayed_delivery(&channel, &queue_type, &all).await;
+                let done = channel
+                    .declare_native_delayed_delivery(&queue_type, &all)
+                    .await;
                 let _ = me.cast(ConsumerMessage::NativeDeclared {
                     generation,
                     error: done.err().map(|e| e.to_string()),
@@ -692,18 +638,17 @@ impl Consumer {
             });
         }
         let prefetch = Self::prefetch(state);
-        amqp::set_prefetch(&channel, prefetch, state.global_qos).await?;
+        link.set_prefetch(prefetch, state.global_qos).await?;
         let mut consumers = HashMap::new();
         if state.consuming {
             for q in &state.queues {
-                let started = start_consumer(&channel, myself, &self.hostname, state.generation, q);
+                let started = start_consumer(&link, myself, &self.hostname, state.generation, q);
                 consumers.insert(q.name.clone(), started.await?);
             }
         }
         state.consumer_prefetch = prefetch;
         Ok(Link {
-            connection,
-            channel,
+            broker: link,
             consumers,
             retired: Vec::new(),
         })
@@ -722,7 +667,8 @@ impl Consumer {
         let Some(link) = &mut state.link else {
             return Err("not connected to the broker now; try again once it is".to_owned());
         };
-        amqp::declare_on_own_channel(&link.connection, &queue)
+        link.broker
+            .declare_on_own_channel(&queue)
             .await
             .map_err(|e| {
                 warn!(queue = %queue.name, error = %e, "The broker refused the added queue.");
@@ -734,7 +680,7 @@ impl Consumer {
             return Ok(());
         }
         let started = start_consumer(
-            &link.channel,
+            &link.broker,
             myself,
             &self.hostname,
             state.generation,
@@ -745,7 +691,7 @@ impl Consumer {
                 link.consumers.insert(queue.name.clone(), c);
                 Ok(())
             }
-            Err(e) if state.global_qos && refuses_global_qos(&e.to_string()) => {
+            Err(e) if state.global_qos && e.kind() == ErrorKind::GlobalQosRefused => {
                 // The broker closed the connection over channel-wide QoS on a quorum queue:
                 // the reconnect consumes every queue, this one too, with per-consumer QoS.
                 warn!(queue = %queue.name, error = %e, "The broker refuses channel-wide QoS for \
@@ -801,7 +747,7 @@ impl Consumer {
             error = why,
             "Connection to the broker lost; reconnecting. Unacked messages return to the queue."
         );
-        if state.frame_max.is_none() && amqp::is_frame_too_large(why) {
+        if state.frame_max.is_none() && amqp::kind_of_text(why) == ErrorKind::FrameTooLarge {
             warn!(
                 frame_max = self.settings.broker.frame_max,
                 "A message's header frame is larger than broker.frame_max; reconnecting with \
@@ -825,7 +771,7 @@ impl Consumer {
             .cast(SchedulerMessage::Forget { generation });
         state.held = 0;
         if state.quick_drops >= 2 {
-            let delay = connect_backoff(state.quick_drops - 1);
+            let delay = broker::backoff(state.quick_drops - 1);
             warn!(
                 "The connection was lost {} times in a row soon after it was made; next attempt in {:.0} s.",
                 state.quick_drops,
@@ -841,7 +787,7 @@ impl Consumer {
     /// with this node's revoked ids) for theirs and their clocks, and takes them over, so a
     /// revoke sent while this worker was down still applies. One second for replies; no
     /// reply is "all alone", a failure is logged and the start goes on.
-    async fn mingle(&self, connection: &Connection, state: &ConsumerState) {
+    async fn mingle(&self, link: &amqp::Link, state: &ConsumerState) {
         use crate::control::client::{request, revoked_in_hello};
         info!("mingle: searching for neighbors");
         let ours = ractor::call!(state.peers.revoke, RevokeMessage::GetRevoked).unwrap_or_default();
@@ -856,16 +802,16 @@ impl Consumer {
         }
         let mut replies = Vec::new();
         let asked = async {
-            let ch = connection.create_channel().await?;
+            let ch = link.channel().await?;
             let timeout = Duration::from_secs(1);
-            let done = request(&ch, body, true, timeout, None, &mut |node, value| {
+            let done = request(ch.lapin(), body, true, timeout, None, &mut |node, value| {
                 if node != self.hostname && value.is_object() {
                     replies.push((node.to_owned(), value.clone()));
                 }
             })
             .await;
-            let _ = ch.close(200, "mingled".into()).await;
-            done
+            ch.close("mingled").await;
+            done.map_err(BrokerError::from)
         };
         if let Err(e) = asked.await {
             warn!(error = %e, "mingle: cannot ask the other workers; starting without them.");
@@ -939,12 +885,12 @@ impl Consumer {
         let Some(link) = &mut state.link else {
             return false;
         };
-        if !link.channel.status().connected() {
+        if !link.broker.is_open() {
             return false;
         }
         warn!(queue = %queue, "The broker cancelled the consumer (consumer cancelled by the \
             broker); declaring the queue and consuming it again.");
-        if let Err(e) = amqp::declare_on_own_channel(&link.connection, &q).await {
+        if let Err(e) = link.broker.declare_on_own_channel(&q).await {
             warn!(queue = %queue, error = %e, "Cannot declare the queue again; reconnecting.");
             return false;
         }
@@ -954,7 +900,7 @@ impl Consumer {
             state.generation,
             &format!("{queue}~{}", state.restarts),
         );
-        match consume_with_tag(&link.channel, myself, state.generation, &q, tag).await {
+        match consume_with_tag(&link.broker, myself, state.generation, &q, tag).await {
             Ok(entry) => {
                 if let Some((_, old)) = link.consumers.insert(q.name.clone(), entry) {
                     link.retired.push(old);
@@ -969,76 +915,32 @@ impl Consumer {
         }
     }
 
-    async fn on_delivery(
-        &self,
-        state: &mut ConsumerState,
-        d: lapin::message::Delivery,
-        queue: &str,
-    ) {
+    async fn on_delivery(&self, state: &mut ConsumerState, d: Delivery) {
         let delivery = DeliveryRef {
-            tag: d.delivery_tag,
+            tag: d.tag,
             generation: state.generation,
         };
-        state.acks.delivered(d.delivery_tag);
-        let delivery_info = DeliveryInfo {
-            exchange: d.exchange.to_string(),
-            routing_key: d.routing_key.to_string(),
-            priority: d.properties.priority().unwrap_or(0),
-            redelivered: d.redelivered,
-            queue: queue.to_owned(),
-        };
+        state.acks.delivered(d.tag);
         let max = self.settings.worker.max_message_size;
-        let p = &d.properties;
+        let Delivery { tag, info, message } = d;
         let decoded = match &state.peers.python {
-            // Rust tasks: read from lapin's header table, only what the request keeps
+            // Rust tasks: read from the client's header table, only what the request keeps
             // converted to JSON.
-            None => crate::protocol::message::decode_amqp(
-                crate::protocol::message::AmqpMessage {
-                    content_type: p.content_type().as_ref().map(|s| s.as_str()),
-                    content_encoding: p.content_encoding().as_ref().map(|s| s.as_str()),
-                    headers: p.headers().as_ref(),
-                    correlation_id: p.correlation_id().as_ref().map(|s| s.as_str()),
-                    reply_to: p.reply_to().as_ref().map(|s| s.as_str()),
-                    body: &d.data,
-                    delivery_info,
-                },
-                max,
-            ),
+            None => message.decode_rust(info, max),
             Some(py) => {
-                let headers = match p.headers().as_ref().map(headers_to_json) {
-                    None => serde_json::Map::new(),
-                    Some(Ok(h)) => h,
-                    Some(Err(e)) => {
+                let raw = match message.raw(info) {
+                    Ok(raw) => raw,
+                    Err(e) => {
                         error!(
-                            delivery_tag = d.delivery_tag,
+                            delivery_tag = tag,
                             "Received invalid task message: {e}. Rejected."
                         );
                         state.reject(delivery, false);
                         return;
                     }
                 };
-                let raw = RawMessage {
-                    content_type: p.content_type().as_ref().map(|s| s.as_str()),
-                    content_encoding: p.content_encoding().as_ref().map(|s| s.as_str()),
-                    headers,
-                    correlation_id: p.correlation_id().as_ref().map(|s| s.as_str()),
-                    reply_to: p.reply_to().as_ref().map(|s| s.as_str()),
-                    body: &d.data,
-                    delivery_info,
-                };
                 decode_keeping_body(raw, max, &py.accept).map(|(mut r, body)| {
-                    let properties = Properties {
-                        content_type: p.content_type().as_ref().map(|s| s.as_str().to_owned()),
-                        content_encoding: p
-                            .content_encoding()
-                            .as_ref()
-                            .map(|s| s.as_str().to_owned()),
-                        correlation_id: p.correlation_id().as_ref().map(|s| s.as_str().to_owned()),
-                        reply_to: p.reply_to().as_ref().map(|s| s.as_str().to_owned()),
-                        priority: *p.priority(),
-                        delivery_mode: *p.delivery_mode(),
-                        extra: amqp::extra_properties(p),
-                    };
+                    let properties = message.properties();
                     let m = crate::protocol::python::python_message(&r, body, properties);
                     r.python = Some(Box::new(m));
                     r
@@ -1050,12 +952,12 @@ impl Consumer {
             Err(e) => {
                 if e == crate::error::ProtocolError::UnknownMessage {
                     warn!(
-                        delivery_tag = d.delivery_tag,
+                        delivery_tag = tag,
                         "Received and deleted unknown message. Wrong destination?!? ({e})"
                     );
                 } else {
                     error!(
-                        delivery_tag = d.delivery_tag,
+                        delivery_tag = tag,
                         "Received invalid task message: {e}. Rejected."
                     );
                 }
@@ -1104,16 +1006,16 @@ impl Consumer {
                     reserved.request.display_name(), reserved.request.id);
                 if let Some(py) = state.peers.python.clone() {
                     let kind = match reason {
-                        "expired" => ReportKind::Expired,
-                        _ => ReportKind::Revoked,
+                        RevokeReason::Expired => ReportKind::Expired,
+                        RevokeReason::Revoked => ReportKind::Revoked,
                     };
                     Box::pin(self.report(state, &py, &reserved, kind, Settle::Ack)).await;
                     return;
                 }
                 state.event(|| {
-                    event::task_revoked(&reserved.request.id, false, None, reason == "expired")
+                    event::task_revoked(&reserved.request.id, false, None, reason.expired())
                 });
-                let st = ResultState::Revoked(reason.to_owned());
+                let st = ResultState::Revoked(reason.as_str().to_owned());
                 let ignore = self.registered_ignore(&reserved.request.task);
                 Box::pin(state.publish_state(&reserved, &st, ignore, false)).await;
                 state.ack(delivery);
@@ -1127,7 +1029,7 @@ impl Consumer {
                 if let Some(seconds) = broker_delay(eta, now, self.settings.worker.eta_hold_max)
                     && let Some(ladder) = Box::pin(self.delay_in_broker(
                         state,
-                        &d,
+                        &message,
                         &reserved.request.delivery_info,
                         seconds,
                     ))
@@ -1165,7 +1067,7 @@ impl Consumer {
     async fn delay_in_broker(
         &self,
         state: &mut ConsumerState,
-        d: &lapin::message::Delivery,
+        d: &broker::Message,
         info: &crate::protocol::DeliveryInfo,
         seconds: u64,
     ) -> Option<String> {
@@ -1193,14 +1095,14 @@ impl Consumer {
         let ch = state.side_channel().await?;
         if !state.delay_declared && exchange.starts_with("celeryd.") {
             let names: Vec<String> = state.queues.iter().map(|q| q.name.clone()).collect();
-            if let Err(e) = amqp::declare_delay_topology(&ch, &names).await {
+            if let Err(e) = ch.declare_delay_topology(&names).await {
                 warn!(error = %e, "Cannot declare the delay topology; holding ETA tasks instead.");
                 state.side = None;
                 return None;
             }
             state.delay_declared = true;
         }
-        let sent = amqp::publish_delayed(&ch, d, &exchange, &key).await;
+        let sent = ch.publish_delayed(d, &exchange, &key).await;
         match sent {
             Ok(()) => Some(exchange),
             Err(e) => {
@@ -1228,7 +1130,7 @@ impl Consumer {
         let Some(link) = &mut state.link else {
             return;
         };
-        if let Err(e) = amqp::set_prefetch(&link.channel, count, state.global_qos).await {
+        if let Err(e) = link.broker.set_prefetch(count, state.global_qos).await {
             warn!(error = %e, "Cannot change the prefetch count.");
             return;
         }
@@ -1245,11 +1147,7 @@ impl Consumer {
             let Some((old, _)) = link.consumers.get(&q.name) else {
                 continue;
             };
-            if let Err(e) = link
-                .channel
-                .basic_cancel(old.as_str().into(), BasicCancelOptions::default())
-                .await
-            {
+            if let Err(e) = link.broker.cancel(old).await {
                 warn!(queue = %q.name, error = %e, "Cannot replace the consumer for a new prefetch count.");
                 continue;
             }
@@ -1258,7 +1156,7 @@ impl Consumer {
                 state.generation,
                 &format!("{}~{}", q.name, state.restarts),
             );
-            match consume_with_tag(&link.channel, myself, state.generation, q, tag).await {
+            match consume_with_tag(&link.broker, myself, state.generation, q, tag).await {
                 // The old entry's stream task keeps running until its stream drains.
                 Ok((tag, task)) => {
                     if let Some((_, old_task)) = link.consumers.insert(q.name.clone(), (tag, task))
@@ -1393,7 +1291,8 @@ impl Consumer {
                     route::route(target, q, countdown, state.native_declared).into_parts();
                 let sent = match state.side_channel().await {
                     Some(ch) => {
-                        let sent = amqp::publish_task_to(&ch, &exchange, &key, &again)
+                        let sent = ch
+                            .publish_task_to(&exchange, &key, &again)
                             .await
                             .map_err(|e| e.to_string());
                         if sent.is_err() {
@@ -1449,8 +1348,8 @@ impl Consumer {
             }
             TaskOutcome::Revoked(_) | TaskOutcome::Terminated(_) => {
                 let (reason, signum) = match outcome {
-                    TaskOutcome::Terminated(signum) => ("terminated".to_owned(), Some(signum)),
-                    TaskOutcome::Revoked(reason) => (reason, None),
+                    TaskOutcome::Terminated(signum) => ("terminated", Some(signum)),
+                    TaskOutcome::Revoked(reason) => (reason.as_str(), None),
                     _ => unreachable!("matched above"),
                 };
                 info!(task_id = %id, "Discarding revoked task: {name}[{id}] ({reason}).");
@@ -1463,9 +1362,14 @@ impl Consumer {
                     state.held = state.held.saturating_sub(1);
                     state.prefetch_dirty = true;
                 }
-                state.after_revoked(&reserved.request, &reason);
+                state.after_revoked(&reserved.request, reason);
                 state
-                    .publish_state(&reserved, &ResultState::Revoked(reason), ignore, false)
+                    .publish_state(
+                        &reserved,
+                        &ResultState::Revoked(reason.to_owned()),
+                        ignore,
+                        false,
+                    )
                     .await;
                 state.ack(reserved.delivery);
             }
@@ -1509,125 +1413,55 @@ pub fn broker_delay(eta: OffsetDateTime, now: OffsetDateTime, hold_max: f64) -> 
     (hold_max > 0.0 && wait > hold_max).then(|| wait.floor() as u64)
 }
 
-/// Whether a connection error is the broker refusing the login (AMQP 403 ACCESS_REFUSED:
-/// wrong credentials, or no permission on the vhost).
-pub fn is_login_refused(error: &str) -> bool {
-    error.contains("ACCESS_REFUSED") || error.contains("ACCESS-REFUSED")
-}
-
-/// Delay before connection attempt `n` (1-based): 1 s, 2 s, then every 4 s, so a worker is
-/// back within 4 s of the broker returning.
-pub fn connect_backoff(attempt: u32) -> Duration {
-    Duration::from_secs(1u64 << attempt.saturating_sub(1).min(2))
-}
-
-/// The consumer tag for `queue`: `node-generation-queue`, unique on the channel. A tag is an
-/// AMQP short string: when that would pass 255 bytes (a long node name and a long queue name
-/// from `add_consumer`), the queue is named by a hash of its name instead, and the node name
-/// is cut to fit.
-pub fn consumer_tag(hostname: &str, generation: u64, queue: &str) -> String {
-    let tag = format!("{hostname}-{generation}-{queue}");
-    if tag.len() <= 255 {
-        return tag;
-    }
-    let hashed = uuid::Uuid::new_v3(&uuid::Uuid::NAMESPACE_OID, queue.as_bytes()).simple();
-    let mut tag = format!("{generation}-{hashed}-");
-    for c in hostname.chars() {
-        if tag.len() + c.len_utf8() > 255 {
-            break;
-        }
-        tag.push(c);
-    }
-    tag
-}
-
 /// Consumes `queue` and forwards its deliveries to the actor.
 async fn start_consumer(
-    channel: &Channel,
+    link: &amqp::Link,
     myself: &ActorRef<ConsumerMessage>,
     hostname: &str,
     generation: u64,
     queue: &TaskQueue,
 ) -> Result<(String, AbortOnDrop), BrokerError> {
-    consume_with_tag(
-        channel,
-        myself,
-        generation,
-        queue,
-        consumer_tag(hostname, generation, &queue.name),
-    )
-    .await
+    let tag = consumer_tag(hostname, generation, &queue.name);
+    consume_with_tag(link, myself, generation, queue, tag).await
 }
 
-/// [`start_consumer`] under a given consumer tag.
+/// [`start_consumer`] under a given consumer tag. Deliveries that arrived together go to
+/// the actor as one [`ConsumerMessage::Batch`], so a burst released by one ack costs one
+/// mailbox round instead of one each.
 async fn consume_with_tag(
-    channel: &Channel,
+    link: &amqp::Link,
     myself: &ActorRef<ConsumerMessage>,
     generation: u64,
     queue: &TaskQueue,
     tag: String,
 ) -> Result<(String, AbortOnDrop), BrokerError> {
-    let stream = amqp::consume(channel, &queue.name, &tag).await?;
-    info!(queue = %queue.name, "Consuming from queue.");
+    let me = myself.clone();
     let name: Arc<str> = queue.name.as_str().into();
     let t: Arc<str> = tag.as_str().into();
-    Ok((tag, forward(stream, myself.clone(), generation, name, t)))
-}
-
-/// At most this many deliveries that arrived together go to the actor as one batch.
-const DELIVERY_BATCH: usize = 64;
-
-/// Passes the queue's deliveries to the actor: those that arrived together (lapin parsed them
-/// from one read) as one [`ConsumerMessage::Batch`], so a burst released by one ack costs one
-/// mailbox round instead of one each.
-fn forward(
-    mut stream: lapin::Consumer,
-    myself: ActorRef<ConsumerMessage>,
-    generation: u64,
-    queue: Arc<str>,
-    tag: Arc<str>,
-) -> AbortOnDrop {
-    use futures_util::FutureExt;
-    AbortOnDrop(tokio::spawn(async move {
-        let received = |delivery| ConsumerMessage::DeliveryReceived {
-            generation,
-            queue: queue.clone(),
-            delivery: Box::new(delivery),
-        };
-        let mut next = stream.next().await;
-        let error = loop {
-            let mut batch = Vec::new();
-            // `next` is what the stream gave; `None` inside `ready` means it has nothing yet.
-            let mut ready = Some(next);
-            let ended = loop {
-                match ready {
-                    None => break None,
-                    Some(Some(Ok(delivery))) => batch.push(received(delivery)),
-                    Some(Some(Err(e))) => break Some(Some(e.to_string())),
-                    Some(None) => break Some(None),
-                }
-                if batch.len() >= DELIVERY_BATCH {
-                    break None;
-                }
-                ready = stream.next().now_or_never();
-            };
-            if let Some(msg) = batch::gather(&mut batch)
-                && myself.cast(msg).is_err()
-            {
-                return;
-            }
-            if let Some(error) = ended {
-                break error;
-            }
-            next = stream.next().await;
-        };
-        let _ = myself.cast(ConsumerMessage::StreamEnded {
-            generation,
-            queue,
-            tag,
-            error,
-        });
-    }))
+    let sink = move |event| match event {
+        StreamEvent::Deliveries(ds) => {
+            let mut batch: Vec<ConsumerMessage> = ds
+                .into_iter()
+                .map(|d| ConsumerMessage::DeliveryReceived {
+                    generation,
+                    delivery: Box::new(d),
+                })
+                .collect();
+            batch::gather(&mut batch).is_none_or(|msg| me.cast(msg).is_ok())
+        }
+        StreamEvent::Ended(error) => {
+            let _ = me.cast(ConsumerMessage::StreamEnded {
+                generation,
+                queue: name.clone(),
+                tag: t.clone(),
+                error,
+            });
+            false
+        }
+    };
+    let task = link.consume(&queue.name, &tag, sink).await?;
+    info!(queue = %queue.name, "Consuming from queue.");
+    Ok((tag, task))
 }
 
 impl ConsumerState {
@@ -1635,18 +1469,12 @@ impl ConsumerState {
     /// it was closed; `None` when not connected or the broker refused it.
     pub(super) async fn side_channel(&mut self) -> Option<Channel> {
         if let Some(ch) = &self.side
-            && ch.status().connected()
+            && ch.is_open()
         {
             return Some(ch.clone());
         }
         let link = self.link.as_ref()?;
-        let opened = async {
-            let ch = link.connection.create_channel().await?;
-            ch.confirm_select(lapin::options::ConfirmSelectOptions::default())
-                .await?;
-            Ok::<_, lapin::Error>(ch)
-        };
-        match opened.await {
+        match link.broker.confirm_channel().await {
             Ok(ch) => {
                 self.side = Some(ch.clone());
                 self.delay_declared = false;
@@ -1707,7 +1535,7 @@ impl ConsumerState {
         let frames = self.acks.take();
         if let Some(link) = &self.link {
             for (tag, multiple) in frames {
-                Outbox::ack(&link.channel, tag, multiple);
+                link.broker.ack(tag, multiple);
             }
         }
     }
@@ -1717,7 +1545,7 @@ impl ConsumerState {
             return;
         }
         if let Some(link) = &self.link {
-            Outbox::reject(&link.channel, d.tag, requeue);
+            link.broker.reject(d.tag, requeue);
         }
     }
 
@@ -1746,7 +1574,7 @@ impl ConsumerState {
                     let failed = self.outbox.settle().await;
                     self.pending_results.extend(failed);
                 }
-                self.outbox.publish(&link.channel, result)
+                link.broker.publish_result(&mut self.outbox, result)
             }
             _ => {
                 // Keep results in order: what lapin still holds goes first.
@@ -1781,13 +1609,11 @@ impl ConsumerState {
                 self.pending_results.push_front(result);
                 return;
             };
-            let sent = amqp::publish_result(
-                &link.channel,
-                &result.queue,
-                &result.correlation_id,
-                &result.body,
-            )
-            .await;
+            let sent = link
+                .broker
+                .main()
+                .publish_result(&result.queue, &result.correlation_id, &result.body)
+                .await;
             if sent.is_err() {
                 self.pending_results.push_front(result);
                 return;
@@ -1799,11 +1625,7 @@ impl ConsumerState {
         self.consuming = false;
         if let Some(link) = &self.link {
             for (tag, _) in link.consumers.values() {
-                if let Err(e) = link
-                    .channel
-                    .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                    .await
-                {
+                if let Err(e) = link.broker.cancel(tag).await {
                     debug!(error = %e, "basic.cancel failed");
                 }
             }
@@ -1815,8 +1637,7 @@ impl ConsumerState {
         self.closed = true;
         self.absorb_outbox().await;
         if let Some(link) = self.link.take() {
-            let _ = link.channel.close(200, "worker shutdown".into()).await;
-            let _ = link.connection.close(200, "worker shutdown".into()).await;
+            link.broker.close("worker shutdown").await;
         }
         if !self.pending_results.is_empty() {
             error!(
@@ -1855,17 +1676,5 @@ mod tests {
         assert!(!reconsume_for(8, 8, 8));
         assert!(reconsume_for(8, 0, 8), "unlimited");
         assert!(!reconsume_for(0, 0, 0));
-    }
-
-    #[test]
-    fn connect_backoff_doubles_and_caps() {
-        assert_eq!(consumer_tag("w@h", 2, "celery"), "w@h-2-celery");
-        let long = consumer_tag(&"n".repeat(200), 7, &"q".repeat(255));
-        assert!(long.len() <= 255 && long.starts_with("7-"), "{long}");
-        assert_ne!(long, consumer_tag(&"n".repeat(200), 7, &"r".repeat(255)));
-        assert_eq!(connect_backoff(1), Duration::from_secs(1));
-        assert_eq!(connect_backoff(2), Duration::from_secs(2));
-        assert_eq!(connect_backoff(3), Duration::from_secs(4));
-        assert_eq!(connect_backoff(50), Duration::from_secs(4));
     }
 }

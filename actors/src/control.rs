@@ -33,10 +33,10 @@ use tracing::{debug, info, warn};
 use self::custom::{ControlCommands, ControlHandle};
 use self::info::TaskAttrs;
 use self::request::{ControlRequest, error, int_arg, ok, py_set, seconds_arg, task_ids, truthy};
+use crate::broker::BrokerError;
 use crate::child::AbortOnDrop;
 use crate::consumer::ConsumerMessage;
 use crate::consumer::amqp::TaskQueue;
-use crate::error::BrokerError;
 use crate::pool::PoolMessage;
 use crate::revoke::{RevokeMessage, parse_signal};
 use crate::settings::Settings;
@@ -221,7 +221,7 @@ impl Actor for Control {
                 if state.link.is_none()
                     && let Err(e) = self.open(&myself, state).await
                 {
-                    let delay = crate::consumer::connect_backoff(attempt + 1);
+                    let delay = crate::broker::backoff(attempt + 1);
                     warn!(error = %e, "Cannot connect the remote-control channel; retrying.");
                     myself.send_after(delay, move || ControlMessage::Connect {
                         attempt: attempt + 1,
@@ -260,7 +260,7 @@ impl Control {
         state: &mut ControlState,
     ) -> Result<(), BrokerError> {
         let name = format!("{} (pidbox)", self.nodename);
-        let (conn, ch) = crate::consumer::amqp::connect(&self.settings.broker, &name, None).await?;
+        let (conn, ch) = crate::broker::amqp::connect(&self.settings.broker, &name, None).await?;
         let plain = ExchangeDeclareOptions::default();
         ch.exchange_declare(
             PIDBOX_EXCHANGE.into(),

@@ -44,46 +44,6 @@ pub enum ProtocolError {
     },
 }
 
-/// Broker (AMQP) failures. Connection errors make the consumer reconnect with backoff.
-#[derive(Debug, Error)]
-pub enum BrokerError {
-    /// The broker URL cannot be parsed.
-    #[error("invalid broker url: {0}")]
-    Url(String),
-    /// Connecting, or an operation on the connection, failed.
-    #[error("broker error: {0}")]
-    Amqp(#[from] lapin::Error),
-    /// Gave up connecting after the configured number of attempts.
-    #[error("cannot reach the broker at {url} after {attempts} attempts: {last}")]
-    Unreachable {
-        /// The URL with the password masked.
-        url: String,
-        /// How many attempts were made.
-        attempts: u32,
-        /// The last error seen.
-        last: String,
-    },
-    /// The broker refused to take a published message (a negative publisher confirm); the
-    /// original delivery is kept.
-    #[error("the broker refused the message (publisher confirm nack)")]
-    Nacked,
-    /// A queue is declared with different arguments by someone else (406).
-    #[error("queue {name:?} clashes with its declaration on the broker: {reason}")]
-    Clash {
-        /// The queue or exchange.
-        name: String,
-        /// The broker's words.
-        reason: String,
-    },
-}
-
-impl BrokerError {
-    /// Whether reconnecting may help (as opposed to a configuration problem).
-    pub fn is_connection_error(&self) -> bool {
-        matches!(self, BrokerError::Amqp(_) | BrokerError::Unreachable { .. })
-    }
-}
-
 /// Failures talking to a child process. The child is replaced; its task (if any) fails with
 /// `WorkerLostError` or is requeued.
 #[derive(Debug, Error)]

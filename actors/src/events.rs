@@ -17,13 +17,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{debug, info, warn};
 
 use self::build::Event;
+use crate::broker::{BrokerError, amqp};
 use crate::clock::Clock;
 use crate::pool::PoolMessage;
 use crate::settings::Settings;
@@ -97,7 +95,7 @@ pub enum EventsMessage {
 /// The dispatcher's state.
 pub struct EventsState {
     pool: ActorRef<PoolMessage>,
-    link: Option<(Connection, Channel)>,
+    link: Option<amqp::Link>,
     online_sent: bool,
     closed: bool,
 }
@@ -154,7 +152,7 @@ impl Actor for Events {
                         }
                     }
                     Err(e) => {
-                        let delay = crate::consumer::connect_backoff(attempt + 1);
+                        let delay = crate::broker::backoff(attempt + 1);
                         warn!(error = %e, "Cannot connect the event dispatcher; retrying.");
                         myself.send_after(delay, move || EventsMessage::Connect {
                             attempt: attempt + 1,
@@ -177,9 +175,8 @@ impl Actor for Events {
                     self.send_worker(state, "worker-offline").await;
                 }
                 state.closed = true;
-                if let Some((conn, ch)) = state.link.take() {
-                    let _ = ch.close(200, "worker shutdown".into()).await;
-                    let _ = conn.close(200, "worker shutdown".into()).await;
+                if let Some(link) = state.link.take() {
+                    link.close("worker shutdown").await;
                 }
                 let _ = reply.send(());
             }
@@ -189,20 +186,10 @@ impl Actor for Events {
 }
 
 impl Events {
-    async fn open(&self) -> Result<(Connection, Channel), crate::error::BrokerError> {
+    async fn open(&self) -> Result<amqp::Link, BrokerError> {
         let name = format!("{} (events)", self.nodename);
-        let (conn, ch) = crate::consumer::amqp::connect(&self.settings.broker, &name, None).await?;
-        let durable = ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        ch.exchange_declare(
-            EVENT_EXCHANGE.into(),
-            ExchangeKind::Topic,
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
+        let link = amqp::Link::open(&self.settings.broker, &name, None).await?;
+        link.declare_topic(EVENT_EXCHANGE).await?;
         info!(
             "Events of group {{worker}} enabled{}.",
             if self.task_events.enabled() {
@@ -211,7 +198,7 @@ impl Events {
                 ""
             }
         );
-        Ok((conn, ch))
+        Ok(link)
     }
 
     async fn send_worker(&self, state: &mut EventsState, kind: &'static str) {
@@ -220,8 +207,8 @@ impl Events {
         let processed = tasks.total.values().sum();
         let freq = self.settings.worker.heartbeat_interval;
         let event = build::worker(kind, freq, tasks.active.len(), processed);
-        if let Some((_, ch)) = &state.link
-            && let Err(e) = self.publish_on(ch, &event).await
+        if let Some(link) = &state.link
+            && let Err(e) = self.publish_on(link, &event).await
         {
             debug!(error = %e, "Cannot send {kind}.");
         }
@@ -233,40 +220,23 @@ impl Events {
         state: &mut EventsState,
         event: &Event,
     ) {
-        let Some((_, ch)) = &state.link else {
+        let Some(link) = &state.link else {
             return;
         };
-        if let Err(e) = self.publish_on(ch, event).await {
+        if let Err(e) = self.publish_on(link, event).await {
             warn!(error = %e, "Event dispatcher lost its connection; reconnecting.");
             state.link = None;
             let _ = myself.cast(EventsMessage::Connect { attempt: 0 });
         }
     }
 
-    async fn publish_on(&self, ch: &Channel, event: &Event) -> Result<(), lapin::Error> {
+    async fn publish_on(&self, link: &amqp::Link, event: &Event) -> Result<(), BrokerError> {
         let clock = self.clock.forward();
         let now = crate::protocol::time::epoch_f64(time::OffsetDateTime::now_utc());
         let body = build::body(event, &self.nodename, std::process::id(), clock, now);
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
-        let mut headers = FieldTable::default();
-        headers.insert(
-            "hostname".into(),
-            AMQPValue::LongString(LongString::from(self.nodename.as_bytes().to_vec())),
-        );
-        let props = BasicProperties::default()
-            .with_content_type(ShortString::from("application/json"))
-            .with_content_encoding(ShortString::from("utf-8"))
-            .with_delivery_mode(1)
-            .with_headers(headers);
         let key = event.routing_key();
-        ch.basic_publish(
-            EVENT_EXCHANGE.into(),
-            key.as_str().into(),
-            BasicPublishOptions::default(),
-            &bytes,
-            props,
-        )
-        .await?;
-        Ok(())
+        link.publish_event(EVENT_EXCHANGE, &key, &bytes, &self.nodename)
+            .await
     }
 }

@@ -15,8 +15,10 @@
 //! decision, the ETA queue, node-name expansion, settings validation) hold the logic and carry
 //! most of the unit tests; the actors wire them to the broker and the child processes.
 
+pub mod abort;
 pub mod backend;
 pub mod beat;
+pub mod broker;
 pub mod child;
 pub mod clock;
 pub mod consumer;
@@ -25,6 +27,8 @@ pub mod error;
 pub mod events;
 pub mod helper;
 pub mod hostname;
+#[cfg(test)]
+mod layers;
 pub mod metrics;
 pub mod pool;
 pub mod protocol;
@@ -34,8 +38,10 @@ pub mod settings;
 pub mod shutdown;
 pub mod supervisor;
 pub mod task;
+pub mod work;
 
-pub use error::{BrokerError, ChildError, ConfigError, ProtocolError, StoreError};
+pub use broker::BrokerError;
+pub use error::{ChildError, ConfigError, ProtocolError, StoreError};
 pub use settings::Settings;
 pub use shutdown::ShutdownMode;
 pub use supervisor::{Supervisor, SupervisorArgs, SupervisorMessage};

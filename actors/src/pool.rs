@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use serde_json::Value;
 use time::OffsetDateTime;
 use tracing::{debug, error, info, warn};
 
@@ -28,28 +27,12 @@ use self::rate::RateQueues;
 use crate::child::{
     AbortOnDrop, ChildCommand, ChildMessage, ChildProcess, HARD_LIMIT_REASON, Limits, Recycling,
 };
+use crate::consumer::ConsumerMessage;
 use crate::consumer::batch::ToConsumer;
-use crate::consumer::{ConsumerMessage, DeliveryRef, StartedInfo};
-use crate::protocol::{ExceptionInfo, TaskRequest};
+use crate::protocol::TaskRequest;
 use crate::settings::PoolKind;
 use crate::task::{Registry, TaskOptions};
-
-/// A request waiting for (or running in) a child, with the delivery it came from.
-#[derive(Debug)]
-pub struct Reserved {
-    /// The decoded request (shared with the pool's record of what each child runs).
-    pub request: Arc<TaskRequest>,
-    /// The delivery to ack or reject.
-    pub delivery: DeliveryRef,
-    /// Held by the scheduler before (its wait is not a queue wait).
-    pub was_scheduled: bool,
-    /// Counted in the consumer's prefetch bump (held for an ETA, or for a rate-limit token):
-    /// released when it starts or is discarded, so held requests never fill the prefetch
-    /// window.
-    pub holds_prefetch: bool,
-    /// When the consumer received it (for the queue-wait metric).
-    pub received: Instant,
-}
+use crate::work::{DeliveryRef, Reserved, RevokeReason, StartedInfo, TaskOutcome};
 
 /// The pool's tasks, for `inspect active/reserved` and `stats`.
 #[derive(Debug, Clone, Default)]
@@ -66,55 +49,6 @@ pub struct PoolTasks {
     pub target: usize,
     /// With `--autoscale`: (max, min, current children, requests held).
     pub autoscaler: Option<(usize, usize, usize, usize)>,
-}
-
-/// How a task ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum TaskOutcome {
-    /// Returned a value.
-    Success(Value),
-    /// Raised.
-    Failure {
-        /// The exception.
-        exc: ExceptionInfo,
-        /// Traceback text.
-        traceback: Option<String>,
-    },
-    /// The task asked to be retried (`TaskContext::retry`).
-    Retry {
-        /// The exception it gave.
-        exc: ExceptionInfo,
-        /// Traceback text.
-        traceback: Option<String>,
-        /// Seconds until the retry is due.
-        countdown: f64,
-    },
-    /// The child process died while running it (how it exited).
-    WorkerLost(String),
-    /// Killed at its hard time limit (seconds).
-    TimeLimitExceeded(f64),
-    /// Not run: revoked, with the reason (`expired`, `revoked`).
-    Revoked(String),
-    /// Revoked with `terminate` while it ran: the signal number it was sent.
-    Terminated(i32),
-    /// A Python task ran through Celery's tracer, which stored its result: how it ended, as
-    /// the child says.
-    Python(Box<crate::child::python::Done>),
-}
-
-impl TaskOutcome {
-    /// A task that returned an error: a retry when it asked for one (`retry_in` seconds),
-    /// else a failure.
-    pub fn of_error(exc: ExceptionInfo, traceback: Option<String>, retry_in: Option<f64>) -> Self {
-        match retry_in {
-            Some(countdown) => TaskOutcome::Retry {
-                exc,
-                traceback,
-                countdown,
-            },
-            None => TaskOutcome::Failure { exc, traceback },
-        }
-    }
 }
 
 /// The pool actor's configuration.
@@ -330,8 +264,8 @@ pub enum PoolMessage {
     Discard {
         /// The request.
         reserved: Box<Reserved>,
-        /// `revoked` or `expired`.
-        reason: &'static str,
+        /// Why.
+        reason: RevokeReason,
     },
     /// Start a replacement child (sent to itself, after a backoff when needed).
     SpawnChild,
@@ -404,7 +338,7 @@ struct Slot {
 #[derive(Debug)]
 struct Running {
     request: Arc<TaskRequest>,
-    delivery: crate::consumer::DeliveryRef,
+    delivery: DeliveryRef,
     was_scheduled: bool,
     received: Instant,
     since: Instant,
@@ -812,7 +746,7 @@ impl Pool {
                 state.revoke(&ids, terminate);
             }
             PoolMessage::Discard { reserved, reason } => {
-                state.report(reserved, TaskOutcome::Revoked(reason.into()));
+                state.report(reserved, TaskOutcome::Revoked(reason));
             }
             PoolMessage::GetTasks { reply } => {
                 let _ = reply.send(state.tasks());
@@ -1047,7 +981,7 @@ impl PoolState {
         self.reserved = kept;
         dropped.extend(self.rates.remove_where(|r| ids.contains(&r.request.id)));
         for reserved in dropped {
-            self.report(reserved, TaskOutcome::Revoked("revoked".into()));
+            self.report(reserved, TaskOutcome::Revoked(RevokeReason::Revoked));
         }
         let Some(signal) = terminate else { return };
         if let Some(jobs) = self.inproc.as_mut() {
@@ -1175,7 +1109,7 @@ impl PoolState {
                 .expires
                 .is_some_and(|e| e <= OffsetDateTime::now_utc())
             {
-                self.report(reserved, TaskOutcome::Revoked("expired".into()));
+                self.report(reserved, TaskOutcome::Revoked(RevokeReason::Expired));
                 continue;
             }
             let task_limits = self

@@ -4,7 +4,8 @@
 //! [`result::result_body`] builds the JSON a Python `AsyncResult` waits for;
 //! [`encode::TaskMessage`] builds task messages the way `celery call` does.
 
-pub mod amqp_value;
+// Until control names the broker module itself.
+pub use crate::broker::amqp::value as amqp_value;
 pub mod canvas;
 pub mod encode;
 pub mod message;

@@ -14,8 +14,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use time::OffsetDateTime;
 
 use self::eta_queue::EtaQueue;
-use crate::child::AbortOnDrop;
-use crate::pool::{PoolMessage, Reserved};
+use crate::abort::AbortOnDrop;
+use crate::pool::PoolMessage;
+use crate::work::Reserved;
 
 /// The scheduler actor.
 #[derive(Debug)]
@@ -98,7 +99,7 @@ impl Actor for Scheduler {
                 for r in state.queue.remove_where(|r| ids.contains(&r.request.id)) {
                     let _ = self.pool.cast(PoolMessage::Discard {
                         reserved: r,
-                        reason: "revoked",
+                        reason: crate::work::RevokeReason::Revoked,
                     });
                 }
             }

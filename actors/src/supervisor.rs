@@ -17,8 +17,8 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{error, info, warn};
 
+use crate::abort::AbortOnDrop;
 use crate::beat::{Beat, BeatMessage};
-use crate::child::AbortOnDrop;
 use crate::child::python::PythonTask;
 use crate::child::{ChildCommand, Recycling};
 use crate::clock::Clock;

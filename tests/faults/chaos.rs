@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use lapin::{Channel, Connection};
 use time::OffsetDateTime;
 
-use celeryd_actors::consumer::amqp::{TaskQueue, declare_task_queue, publish_task};
+use celeryd_actors::broker::amqp::{TaskQueue, declare_task_queue, publish_task};
 use celeryd_actors::protocol::encode::{TaskCall, TaskMessage};
 
 use crate::support::{Worker, alive, connect, delete_queue, eventually, queue_depth, unique_queue};

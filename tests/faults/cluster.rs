@@ -63,7 +63,7 @@ pub async fn publish_via(node: u8, queue: &str, name: &str, n: usize) -> Vec<Str
             ..Default::default()
         };
         let msg = TaskMessage::new(&call, OffsetDateTime::now_utc());
-        celeryd_actors::consumer::amqp::publish_task(&ch, queue, &msg)
+        celeryd_actors::broker::amqp::publish_task(&ch, queue, &msg)
             .await
             .unwrap();
         ids.push(msg.id);

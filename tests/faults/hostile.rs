@@ -10,7 +10,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde_json::json;
 use time::OffsetDateTime;
 
-use celeryd_actors::consumer::amqp::publish_task;
+use celeryd_actors::broker::amqp::publish_task;
 use celeryd_actors::protocol::encode::{TaskCall, TaskMessage};
 
 use crate::support::{

@@ -568,7 +568,7 @@ fn a_priority_queue_delivers_the_highest_priority_first() {
                 &call,
                 time::OffsetDateTime::now_utc(),
             );
-            celeryd_actors::consumer::amqp::publish_task(&ch, &q, &msg)
+            celeryd_actors::broker::amqp::publish_task(&ch, &q, &msg)
                 .await
                 .unwrap();
             if i == 20 {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde_json::json;
 
-use celeryd_actors::consumer::amqp::publish_task;
+use celeryd_actors::broker::amqp::publish_task;
 use celeryd_actors::protocol::encode::{TaskCall, TaskMessage};
 
 use crate::block_on;

@@ -9,8 +9,8 @@ use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
 use serde_json::{Value, json};
 
-use celeryd_actors::consumer::amqp::{publish_task, result_consumer};
-use celeryd_actors::protocol::amqp_value::json_to_table;
+use celeryd_actors::broker::amqp::value::json_to_table;
+use celeryd_actors::broker::amqp::{publish_task, result_consumer};
 
 use crate::block_on;
 use crate::support::{Worker, connect, delete_queue, repo, unique_queue};

@@ -11,11 +11,11 @@ use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 
+use celeryd_actors::broker::amqp::result_consumer;
 use celeryd_actors::child::python::{
     Hello, Properties, Ready, ReportKind, Reported, encode_frame, parse_done, parse_hello,
     parse_reported, read_frame_blocking, report_header, run_header, write_script,
 };
-use celeryd_actors::consumer::amqp::result_consumer;
 use celeryd_actors::protocol::DeliveryInfo;
 use celeryd_actors::protocol::encode::{TaskCall, TaskMessage};
 

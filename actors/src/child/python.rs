@@ -323,34 +323,7 @@ pub struct Ready {
     pub inspect: Map<String, Value>,
 }
 
-/// How a task run ended, as the child's `done` frame says (Celery's tracer already wrote
-/// the result).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct Done {
-    /// The `seq` of the `run` frame.
-    pub seq: u64,
-    /// `SUCCESS`, `FAILURE`, `RETRY`, `IGNORED`, `REJECTED` or `EXIT`.
-    pub state: String,
-    /// The result's repr (for `task-succeeded`).
-    pub retstr: Option<String>,
-    /// Seconds the task ran.
-    pub runtime: Option<f64>,
-    /// The exception's class name.
-    pub exc_type: Option<String>,
-    /// The exception's module.
-    pub exc_module: Option<String>,
-    /// The exception's repr (for `task-failed`).
-    pub exc_repr: Option<String>,
-    /// The traceback text.
-    pub traceback: Option<String>,
-    /// `REJECTED`: requeue it.
-    pub requeue: Option<bool>,
-    /// `REJECTED`: the reason the task gave (`Reject(reason)`).
-    pub reason: Option<Value>,
-    /// Raised out of the tracer: nothing was stored.
-    pub escaped: Option<bool>,
-}
+pub use crate::work::Done;
 
 /// What the child said first: ready, or why the app could not be loaded.
 #[derive(Debug, Clone, PartialEq)]

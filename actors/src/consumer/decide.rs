@@ -4,6 +4,7 @@
 use time::OffsetDateTime;
 
 use crate::protocol::TaskRequest;
+use crate::work::RevokeReason;
 
 /// The routing decision for one request.
 #[derive(Debug, Clone, PartialEq)]
@@ -13,7 +14,7 @@ pub enum Decision {
     /// Hold it in the scheduler until its ETA.
     Schedule(OffsetDateTime),
     /// Do not run it: REVOKED result with this reason (`revoked`, `expired`), ack.
-    Revoke(&'static str),
+    Revoke(RevokeReason),
     /// Unknown task name: FAILURE `NotRegistered`, reject without requeue.
     NotRegistered,
 }
@@ -24,10 +25,10 @@ pub fn decide(req: &TaskRequest, registered: bool, revoked: bool, now: OffsetDat
         return Decision::NotRegistered;
     }
     if revoked {
-        return Decision::Revoke("revoked");
+        return Decision::Revoke(RevokeReason::Revoked);
     }
     if req.expires.is_some_and(|e| e <= now) {
-        return Decision::Revoke("expired");
+        return Decision::Revoke(RevokeReason::Expired);
     }
     match req.eta {
         Some(eta) if eta > now => Decision::Schedule(eta),
@@ -70,11 +71,11 @@ mod tests {
         );
         assert_eq!(
             decide(&req(None, None), true, true, now),
-            Decision::Revoke("revoked")
+            Decision::Revoke(RevokeReason::Revoked)
         );
         assert_eq!(
             decide(&req(None, Some(earlier)), true, false, now),
-            Decision::Revoke("expired")
+            Decision::Revoke(RevokeReason::Expired)
         );
         assert!(matches!(
             decide(&req(Some(later), None), true, false, now),

@@ -16,7 +16,7 @@ use super::{Consumer, ConsumerState};
 use crate::child::python::{Done, PythonTask, ReportKind, Reported};
 use crate::events::build as event;
 use crate::helper::{HelperMessage, REPORT_TIMEOUT};
-use crate::pool::{Reserved, TaskOutcome};
+use crate::work::{Reserved, RevokeReason, TaskOutcome};
 
 /// The Python side of a worker: the helper and the app's tasks as its `ready` frame
 /// described them.
@@ -250,10 +250,9 @@ impl Consumer {
                     state.held = state.held.saturating_sub(1);
                     state.prefetch_dirty = true;
                 }
-                if reason == "expired" {
-                    ReportKind::Expired
-                } else {
-                    ReportKind::Revoked
+                match reason {
+                    RevokeReason::Expired => ReportKind::Expired,
+                    RevokeReason::Revoked => ReportKind::Revoked,
                 }
             }
             other => {

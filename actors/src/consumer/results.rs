@@ -12,16 +12,15 @@ use time::OffsetDateTime;
 use tracing::{debug, error};
 
 use super::ConsumerState;
-use super::amqp;
 use crate::backend::redis_keys::chord_part;
 use crate::backend::{BackendMessage, ChordPart, ChordReady};
-use crate::pool::Reserved;
 use crate::protocol::canvas::{self, CanvasError, Embed, Outgoing, Sender};
 use crate::protocol::{
     ExceptionInfo, Extended, ResultState, TaskRequest, result_body, stored_result,
 };
 use crate::settings::{BackendKind, Settings};
 use crate::task::TaskSignal;
+use crate::work::Reserved;
 
 /// How results are kept, from `[result]` and `[task]`.
 #[derive(Debug, Clone)]
@@ -297,7 +296,8 @@ impl ConsumerState {
                 }
             };
             let sent = match self.side_channel().await {
-                Some(ch) => amqp::publish_task_to(&ch, &o.exchange, &o.routing_key, &o.message)
+                Some(ch) => ch
+                    .publish_task_to(&o.exchange, &o.routing_key, &o.message)
                     .await
                     .map_err(|e| e.to_string()),
                 None => Err("not connected to the broker".to_owned()),

@@ -24,11 +24,13 @@ use ractor::ActorRef;
 use serde_json::Value;
 use tracing::{error, warn};
 
-use super::{PoolMessage, Reserved, Running, TaskOutcome};
-use crate::child::{AbortOnDrop, Limits};
+use super::{PoolMessage, Running};
+use crate::abort::AbortOnDrop;
+use crate::child::Limits;
 use crate::protocol::ExceptionInfo;
 use crate::settings::PoolKind;
 use crate::task::{Args, Registry, SignalSink, TaskContext, TaskError};
+use crate::work::{Reserved, TaskOutcome};
 
 /// Stack of each task thread: as a process's main thread gets.
 const TASK_STACK: usize = 8 << 20;

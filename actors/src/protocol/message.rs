@@ -157,35 +157,6 @@ fn typed_index(key: &str) -> Option<usize> {
     })
 }
 
-/// The typed headers of an AMQP header table, found in one pass over it.
-struct Typed<'a>([Option<&'a lapin::types::AMQPValue>; 15]);
-
-impl Typed<'_> {
-    fn get(&self, key: &str) -> Option<&lapin::types::AMQPValue> {
-        self.0[typed_index(key)?]
-    }
-}
-
-impl HeaderFields for Typed<'_> {
-    fn json(&self, key: &str) -> Option<Value> {
-        self.get(key).map(super::amqp_value::value_to_json)
-    }
-
-    fn text(&self, key: &str) -> Option<String> {
-        amqp_text(self.get(key)?)
-    }
-}
-
-/// A string AMQP value as an owned string.
-fn amqp_text(v: &lapin::types::AMQPValue) -> Option<String> {
-    use lapin::types::AMQPValue;
-    match v {
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        _ => None,
-    }
-}
-
 /// Drops from `req.headers` what its fields already hold, and the headers a client sends
 /// with their default values (`lang: "py"`, `replaced_task_nesting: 0`,
 /// `stamped_headers: null`, `stamps: {}`), and an embed with nothing in it becomes null: the
@@ -237,105 +208,6 @@ fn compact_embed(mut req: TaskRequest) -> TaskRequest {
         req.embed = Value::Null;
     }
     req
-}
-
-/// A delivery as lapin gives it, for [`decode_amqp`].
-#[derive(Debug, Clone)]
-pub struct AmqpMessage<'a> {
-    /// `content_type` property.
-    pub content_type: Option<&'a str>,
-    /// `content_encoding` property.
-    pub content_encoding: Option<&'a str>,
-    /// The application headers, as lapin parsed them.
-    pub headers: Option<&'a lapin::types::FieldTable>,
-    /// `correlation_id` property.
-    pub correlation_id: Option<&'a str>,
-    /// `reply_to` property.
-    pub reply_to: Option<&'a str>,
-    /// The body.
-    pub body: &'a [u8],
-    /// Delivery metadata.
-    pub delivery_info: DeliveryInfo,
-}
-
-/// Decodes a delivery for a Rust task: the same request as [`decode_with_limit`] gives (then
-/// [`compact`]), read straight from lapin's header table, so that only the headers the
-/// request keeps become JSON (a protocol 2 message's typed headers are not converted, stored
-/// and dropped again). Protocol 1 and hybrid messages take the JSON way.
-pub fn decode_amqp(m: AmqpMessage<'_>, max_body: usize) -> Result<TaskRequest, ProtocolError> {
-    use lapin::types::AMQPValue;
-    let table = m.headers.filter(|t| {
-        matches!(
-            t.inner().get("task"),
-            Some(AMQPValue::LongString(_) | AMQPValue::ShortString(_))
-        )
-    });
-    let json_way = |m: AmqpMessage<'_>| {
-        let headers = match m.headers {
-            Some(t) => super::amqp_value::headers_to_json(t).map_err(|e| invalid("headers", e))?,
-            None => Map::new(),
-        };
-        let raw = RawMessage {
-            content_type: m.content_type,
-            content_encoding: m.content_encoding,
-            headers,
-            correlation_id: m.correlation_id,
-            reply_to: m.reply_to,
-            body: m.body,
-            delivery_info: m.delivery_info,
-        };
-        decode_with_limit(raw, max_body)
-    };
-    let Some(table) = table else {
-        return json_way(m);
-    };
-    check_content_type(m.content_type)?;
-    if m.body.len() > max_body {
-        return Err(ProtocolError::TooLarge {
-            limit: max_body,
-            what: "body",
-        });
-    }
-    let compression = table.json("compression");
-    let bytes = decompress(compression.as_ref(), m.body, max_body)?;
-    let body: Value =
-        serde_json::from_slice(&bytes).map_err(|e| ProtocolError::Json(e.to_string()))?;
-    if !body.is_array() {
-        return json_way(m); // a hybrid: a v1-style body under v2 headers
-    }
-    // One pass: the typed headers noted where they are, the others converted to JSON.
-    let mut typed = Typed([None; 15]);
-    let mut extras = Map::new();
-    for (k, v) in table.inner() {
-        let key = k.as_str();
-        if let Some(i) = typed_index(key) {
-            typed.0[i] = Some(v);
-            continue;
-        }
-        let mut too_deep = false;
-        let value = super::amqp_value::value_checked(v, &mut too_deep);
-        if too_deep {
-            return Err(invalid(
-                "headers",
-                format!(
-                    "headers nest deeper than {} levels",
-                    super::amqp_value::MAX_HEADER_DEPTH
-                ),
-            ));
-        }
-        if kept_header(key, &value) {
-            extras.insert(key.to_owned(), value);
-        }
-    }
-    let task = typed.text("task").unwrap_or_default();
-    let rest = Rest {
-        correlation_id: m.correlation_id,
-        reply_to: m.reply_to,
-        delivery_info: m.delivery_info,
-    };
-    let mut req = v2_request(&typed, rest, task, body)?;
-    req.headers = extras;
-    Ok(compact_embed(req))
 }
 
 impl TaskRequest {
@@ -624,8 +496,8 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> ProtocolError {
 }
 
 /// Where a request's header fields are read from: a JSON map (the headers as decoded, or a
-/// protocol 1 body), or the AMQP table lapin parsed, so that a Rust task's request converts
-/// only the headers its fields do not hold ([`decode_amqp`]).
+/// protocol 1 body), or a broker client's header table, so that a Rust task's request converts
+/// only the headers its fields do not hold ([`decode_table`]).
 pub(crate) trait HeaderFields {
     /// The field as JSON.
     fn json(&self, key: &str) -> Option<Value>;
@@ -643,16 +515,6 @@ impl HeaderFields for Map<String, Value> {
             Some(Value::String(s)) => Some(s.clone()),
             _ => None,
         }
-    }
-}
-
-impl HeaderFields for lapin::types::FieldTable {
-    fn json(&self, key: &str) -> Option<Value> {
-        self.inner().get(key).map(super::amqp_value::value_to_json)
-    }
-
-    fn text(&self, key: &str) -> Option<String> {
-        amqp_text(self.inner().get(key)?)
     }
 }
 
@@ -712,6 +574,10 @@ fn timelimit(v: Option<&Value>) -> Result<(Option<f64>, Option<f64>), ProtocolEr
         Some(other) => Err(invalid("timelimit", format!("{other} is not [hard, soft]"))),
     }
 }
+
+mod table;
+
+pub use table::{HeaderTable, MAX_HEADER_DEPTH, TableMessage, decode_table};
 
 #[cfg(test)]
 pub(crate) mod proptests;

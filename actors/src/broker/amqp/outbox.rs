@@ -24,7 +24,7 @@ use lapin::Channel;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use tracing::warn;
 
-use super::amqp;
+use super as amqp;
 
 /// At most this many publishes wait to be reported written; past it, the oldest is awaited.
 pub const MAX_IN_FLIGHT: usize = 4096;

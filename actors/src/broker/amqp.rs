@@ -1,13 +1,32 @@
-//! The lapin side of the consumer: connect, declare Celery's topology, qos, consume, publish.
+//! AMQP 0-9-1 over lapin: connect (with failover), declare Celery's topology, QoS, consume,
+//! acknowledge, publish (with confirms), the delay ladder and Celery's native delayed
+//! delivery. The only module of the engine that names lapin.
+
+pub mod consume;
+pub mod delay;
+mod election;
+mod error;
+mod link;
+mod message;
+pub mod native_delay;
+pub mod outbox;
+pub mod route;
+pub mod value;
+
+pub use self::consume::{StreamEvent, consumer_tag};
+pub use self::election::Confirm;
+pub use self::error::{AmqpError, kind_of_text};
+pub use self::link::{Channel, Link};
+pub use self::message::{Message, delivery_of, extra_properties};
 
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ExchangeDeclareOptions,
     QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 
-use crate::error::BrokerError;
+use crate::broker::BrokerError;
 use crate::settings::BrokerSettings;
 
 /// Opens a connection (with the configured heartbeat) and one channel. The connection is named
@@ -26,7 +45,7 @@ pub async fn connect(
     settings: &BrokerSettings,
     nodename: &str,
     frame_max: Option<u32>,
-) -> Result<(Connection, Channel), BrokerError> {
+) -> Result<(Connection, lapin::Channel), BrokerError> {
     let urls = settings.urls();
     let order = failover_order(urls.len(), &settings.failover_strategy);
     let first = LAST_CONNECTED.load(std::sync::atomic::Ordering::Relaxed);
@@ -88,7 +107,7 @@ async fn connect_one(
     url: &str,
     nodename: &str,
     frame_max: Option<u32>,
-) -> Result<(Connection, Channel), BrokerError> {
+) -> Result<(Connection, lapin::Channel), BrokerError> {
     let mut uri: lapin::uri::AMQPUri = url
         .parse()
         .map_err(|e: String| BrokerError::Url(crate::settings::mask_urls(&e)))?;
@@ -128,11 +147,6 @@ async fn connect_one(
 /// larger `frame_max` can still send a header this does not take: the connection then drops
 /// and is retried at most every 4 s, logged as an error each time.)
 pub const FRAME_MAX_RAISED: u32 = 131_072;
-
-/// Whether a connection error is the AMQP client refusing a frame larger than `frame_max`.
-pub fn is_frame_too_large(error: &str) -> bool {
-    error.contains("frame too large") // lapin's words (io_loop.rs, `parse`)
-}
 
 /// A queue the worker consumes from, with the exchange it is bound to (and any more
 /// bindings) and its arguments.
@@ -233,7 +247,10 @@ impl TaskQueue {
 /// Declares a task queue exactly as Celery 5.7 does: a durable exchange of each binding's
 /// type, a durable queue with the queue's arguments, and its bindings. The default exchange
 /// (`""`) is neither declared nor bound, as kombu leaves it.
-pub async fn declare_task_queue(channel: &Channel, queue: &TaskQueue) -> Result<(), BrokerError> {
+pub async fn declare_task_queue(
+    channel: &lapin::Channel,
+    queue: &TaskQueue,
+) -> Result<(), BrokerError> {
     let name = queue.name.as_str();
     let clash = |e: lapin::Error| {
         let text = e.to_string();
@@ -243,7 +260,7 @@ pub async fn declare_task_queue(channel: &Channel, queue: &TaskQueue) -> Result<
                 reason: describe_clash(name, &text),
             }
         } else {
-            BrokerError::Amqp(e)
+            BrokerError::from(e)
         }
     };
     let durable = ExchangeDeclareOptions {
@@ -366,11 +383,11 @@ pub fn describe_clash(queue: &str, broker: &str) -> String {
 /// declared otherwise) closes only that channel; a queue whose binding fails is named and the
 /// others still bound, as Celery carries on past them.
 pub async fn declare_native_delayed_delivery(
-    channel: &Channel,
+    channel: &lapin::Channel,
     queue_type: &str,
     queues: &[TaskQueue],
 ) -> Result<(), BrokerError> {
-    use super::native_delay::{
+    use self::native_delay::{
         DELIVERY, LEVELS, destination_bindings, level, pattern, queue_arguments,
     };
     declare_durable_topic(channel, DELIVERY).await?;
@@ -518,7 +535,7 @@ pub async fn purge(
 }
 
 /// Declares a durable topic exchange (the levels of both delay ladders).
-async fn declare_durable_topic(channel: &Channel, name: &str) -> Result<(), lapin::Error> {
+async fn declare_durable_topic(channel: &lapin::Channel, name: &str) -> Result<(), lapin::Error> {
     let durable = ExchangeDeclareOptions {
         durable: true,
         ..Default::default()
@@ -555,30 +572,18 @@ pub async fn declare_on_own_channel(
 /// Sets the prefetch count (0 = unlimited): for the whole channel when `global` (RabbitMQ
 /// applies a changed channel limit at once, so ETA bumps work), else for consumers started
 /// afterwards.
-pub async fn set_prefetch(channel: &Channel, count: u16, global: bool) -> Result<(), BrokerError> {
+pub async fn set_prefetch(
+    channel: &lapin::Channel,
+    count: u16,
+    global: bool,
+) -> Result<(), BrokerError> {
     channel.basic_qos(count, BasicQosOptions { global }).await?;
     Ok(())
 }
 
-/// Starts consuming `queue` with manual acks.
-pub async fn consume(
-    channel: &Channel,
-    queue: &str,
-    tag: &str,
-) -> Result<lapin::Consumer, BrokerError> {
-    Ok(channel
-        .basic_consume(
-            queue.into(),
-            tag.into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?)
-}
-
 /// Publishes a JSON message (a result) to the default exchange, routed to `queue`.
 pub async fn publish_result(
-    channel: &Channel,
+    channel: &lapin::Channel,
     queue: &str,
     correlation_id: &str,
     body: &[u8],
@@ -604,7 +609,7 @@ pub async fn publish_result(
 /// Publishes a task message the way a Python client does: to the default exchange with the
 /// queue name as routing key, persistent, JSON, with the message's headers and properties.
 pub async fn publish_task(
-    channel: &Channel,
+    channel: &lapin::Channel,
     queue: &str,
     msg: &crate::protocol::encode::TaskMessage,
 ) -> Result<(), BrokerError> {
@@ -614,7 +619,7 @@ pub async fn publish_task(
 /// Publishes a task message to `exchange` with `routing_key` (a retry goes where the original
 /// was sent), and waits for the broker's confirm when the channel is in confirm mode.
 pub async fn publish_task_to(
-    channel: &Channel,
+    channel: &lapin::Channel,
     exchange: &str,
     routing_key: &str,
     msg: &crate::protocol::encode::TaskMessage,
@@ -631,7 +636,7 @@ pub async fn publish_task_to(
 /// Hands a task message to the broker without waiting for its confirm: the returned future
 /// resolves to it (several publishes can then wait together).
 pub async fn send_task_to(
-    channel: &Channel,
+    channel: &lapin::Channel,
     exchange: &str,
     routing_key: &str,
     msg: &crate::protocol::encode::TaskMessage,
@@ -661,7 +666,7 @@ pub async fn send_task_to(
 /// Declares an exclusive, auto-deleted result queue `name` and consumes it without acks (the
 /// client side of rpc:// results).
 pub async fn result_consumer(
-    channel: &Channel,
+    channel: &lapin::Channel,
     name: &str,
 ) -> Result<lapin::Consumer, BrokerError> {
     let opts = QueueDeclareOptions {
@@ -689,10 +694,10 @@ pub async fn result_consumer(
 /// Declares the delay ladder (see [`super::delay`]) and binds `queues` to its deliver
 /// exchange. Idempotent.
 pub async fn declare_delay_topology(
-    channel: &Channel,
+    channel: &lapin::Channel,
     queues: &[String],
 ) -> Result<(), BrokerError> {
-    use super::delay::{
+    use self::delay::{
         DELIVER_EXCHANGE, LEVELS, bit_pattern, can_delay, deliver_pattern, legacy_wildcard_pattern,
         level_name, next_exchange,
     };
@@ -765,8 +770,8 @@ pub async fn declare_delay_topology(
 /// unchanged but for its `expiration` property (a per-message TTL would cut the wait short;
 /// the `expires` header still applies when it comes back).
 pub async fn publish_delayed(
-    channel: &Channel,
-    delivery: &lapin::message::Delivery,
+    channel: &lapin::Channel,
+    delivery: &Message,
     exchange: &str,
     routing_key: &str,
 ) -> Result<(), BrokerError> {
@@ -778,7 +783,7 @@ pub async fn publish_delayed(
             exchange.into(),
             routing_key.into(),
             BasicPublishOptions::default(),
-            &delivery.data,
+            &delivery.body,
             props,
         )
         .await?
@@ -821,29 +826,6 @@ fn strip_expiration(p: BasicProperties) -> BasicProperties {
     }
     if let Some(v) = p.reply_to() {
         out = out.with_reply_to(v.clone());
-    }
-    out
-}
-
-/// The basic properties Celery's request dict carries besides the ones the worker reads
-/// (`app_id`, `message_id`, `user_id`, `type`, `expiration`, `timestamp`), when present.
-pub fn extra_properties(p: &lapin::BasicProperties) -> serde_json::Map<String, serde_json::Value> {
-    use serde_json::Value;
-    let mut out = serde_json::Map::new();
-    let text = |v: &Option<lapin::types::ShortString>| v.as_ref().map(|s| s.as_str().to_owned());
-    for (key, value) in [
-        ("app_id", text(p.app_id())),
-        ("message_id", text(p.message_id())),
-        ("user_id", text(p.user_id())),
-        ("type", text(p.kind())),
-        ("expiration", text(p.expiration())),
-    ] {
-        if let Some(v) = value {
-            out.insert(key.to_owned(), Value::String(v));
-        }
-    }
-    if let Some(t) = p.timestamp() {
-        out.insert("timestamp".to_owned(), Value::from(*t));
     }
     out
 }

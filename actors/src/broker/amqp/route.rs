@@ -12,7 +12,7 @@
 //! that binding matches; everything else (direct exchanges, the default exchange) goes
 //! through celeryd's own ladder, which routes by queue name.
 
-use super::amqp::TaskQueue;
+use super::TaskQueue;
 use super::native_delay::{LEVELS, destination_key, level};
 use crate::protocol::DeliveryInfo;
 
@@ -199,7 +199,7 @@ pub fn route(
 
 #[cfg(test)]
 mod tests {
-    use super::super::amqp::Binding;
+    use super::super::Binding;
     use super::*;
 
     fn quorum_topic() -> TaskQueue {

@@ -9,7 +9,7 @@
 
 use serde_json::{Map, Value};
 
-use super::amqp::TaskQueue;
+use super::TaskQueue;
 
 /// Levels: delays up to 2^28 − 1 s.
 pub const LEVELS: u32 = 28;
@@ -100,7 +100,7 @@ mod tests {
         q.exchange = "bus".into();
         q.exchange_type = "topic".into();
         q.routing_key = "jobs.*".into();
-        q.bindings.push(super::super::amqp::Binding {
+        q.bindings.push(super::super::Binding {
             exchange: "all".into(),
             exchange_type: "fanout".into(),
             routing_key: "#".into(),

@@ -1,0 +1,86 @@
+//! The broker seam: what the consumer, remote control, events, beat and the result path need
+//! from a broker, in terms that name no client library. A transport is a folder below this
+//! one ([`amqp`] today); the rest of the engine sees [`Delivery`], [`BrokerError`] and
+//! [`backoff`], and calls the transport's operations.
+//!
+//! A [`Delivery`] is transport-neutral: where it came from ([`DeliveryInfo`]), the broker's
+//! tag to settle it by, and the [`Message`] as the transport received it, which decodes
+//! itself into a Celery request (a Rust task's straight from the client's header table) and
+//! can be sent on again as it came (the delay ladder).
+
+pub mod amqp;
+mod error;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use self::error::{BrokerError, ErrorKind};
+use crate::error::ProtocolError;
+use crate::protocol::{DeliveryInfo, Properties, RawMessage, TaskRequest};
+
+/// How long to wait before connection attempt `attempt` (1-based) after a failure: 1, 2, then
+/// 4 s, as Celery's own retry steps go at first. Shared by every link to the broker.
+pub fn backoff(attempt: u32) -> Duration {
+    Duration::from_secs(1u64 << attempt.saturating_sub(1).min(2))
+}
+
+/// One message delivered to the worker.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The broker's tag for it on this connection: acks, rejects and requeues name it.
+    pub tag: u64,
+    /// Where it came from.
+    pub info: DeliveryInfo,
+    /// The message as the transport received it.
+    pub message: Message,
+}
+
+/// A delivered message as its transport holds it.
+#[derive(Debug)]
+pub enum Message {
+    /// From AMQP (lapin's delivery).
+    Amqp(amqp::Message),
+}
+
+impl Message {
+    /// The request for a Rust task: headers read in place, only the kept ones converted.
+    pub fn decode_rust(
+        &self,
+        info: DeliveryInfo,
+        max: usize,
+    ) -> Result<TaskRequest, ProtocolError> {
+        match self {
+            Message::Amqp(m) => m.decode_rust(info, max),
+        }
+    }
+
+    /// The message's parts as JSON-headed [`RawMessage`] (Python tasks), or why the headers
+    /// cannot be read.
+    pub fn raw(&self, info: DeliveryInfo) -> Result<RawMessage<'_>, String> {
+        match self {
+            Message::Amqp(m) => m.raw(info),
+        }
+    }
+
+    /// Its properties as Celery's Python `Request` sees them.
+    pub fn properties(&self) -> Properties {
+        match self {
+            Message::Amqp(m) => m.properties(),
+        }
+    }
+}
+
+/// The queue name a stream of deliveries belongs to, shared by its deliveries.
+pub type QueueName = Arc<str>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let secs: Vec<u64> = (1..=5).map(|a| backoff(a).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 4, 4]);
+        assert_eq!(backoff(0), Duration::from_secs(1));
+    }
+}
