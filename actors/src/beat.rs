@@ -19,9 +19,11 @@
 //! Answers [`BeatMessage::GetSchedule`] (the `beat_schedule` control command, `inspect
 //! stats`).
 
-pub mod crontab;
 pub mod schedule;
 pub mod store;
+
+// Pure, and read by the settings' validation too: its own module now; its path here stays.
+pub use crate::crontab;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -55,11 +55,7 @@ const KNOWN: &[(&str, &str)] = &[
     ("pool", "metrics"),
     // The compat re-export `protocol::amqp_value`, until control names broker::amqp.
     ("protocol", "broker"),
-    // crontab, TaskQueue/Binding, rate parsing and TaskOptions move down.
-    ("settings", "beat"),
-    ("settings", "consumer"),
-    ("settings", "pool"),
-    ("settings", "task"),
+    // Rate parsing is settings' now; the task API still names it through the pool.
     ("task", "pool"),
     // Control commands registered apart from the task registry.
     ("task", "control"),
@@ -71,8 +67,6 @@ const KNOWN_LAPIN: &[&str] = &[
     "consumer.rs",
     "control.rs",
     "control/client.rs",
-    // broker URL validation.
-    "settings.rs",
 ];
 
 /// The most lines a file of the engine should have.
@@ -84,7 +78,6 @@ const KNOWN_LONG: &[&str] = &[
     "consumer.rs",
     "control.rs",
     "pool.rs",
-    "settings.rs",
     "task.rs",
 ];
 

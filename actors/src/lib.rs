@@ -12,8 +12,9 @@
 //!
 //! Start order is top to bottom, so nothing is delivered before there is somewhere to run it;
 //! stop order is the reverse. The pure parts (the Celery [`protocol`], the consumer's routing
-//! decision, the ETA queue, node-name expansion, settings validation) hold the logic and carry
-//! most of the unit tests; the actors wire them to the broker and the child processes.
+//! decision, the ETA queue, node-name expansion, [`crontab`] schedules, settings validation)
+//! hold the logic and carry most of the unit tests; the actors wire them to the broker and the
+//! child processes.
 
 pub mod abort;
 pub mod backend;
@@ -23,6 +24,7 @@ pub mod child;
 pub mod clock;
 pub mod consumer;
 pub mod control;
+pub mod crontab;
 pub mod error;
 pub mod events;
 pub mod helper;

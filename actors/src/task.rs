@@ -29,6 +29,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+// Defined with the settings it takes its defaults from; its path here stays.
+pub use crate::settings::TaskOptions;
+
 /// Python's built-in exception names: a [`TaskError`] of one of these types is reported in
 /// module `builtins`, so the Python client raises the real class.
 const PY_BUILTIN_EXCEPTIONS: &[&str] = &[
@@ -472,21 +475,6 @@ enum Body {
     Sync(Arc<TaskFn>),
     /// A function that returns a future.
     Async(Arc<AsyncTaskFn>),
-}
-
-/// Per-task defaults set at registration (the config's values apply where these are None).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct TaskOptions {
-    /// Hard time limit in seconds: the child is killed and the task fails with
-    /// `TimeLimitExceeded`.
-    pub time_limit: Option<f64>,
-    /// Soft time limit in seconds: the task is told (see [`TaskContext::check_soft_time_limit`]).
-    pub soft_time_limit: Option<f64>,
-    /// Rate limit in tasks per second.
-    pub rate_limit: Option<f64>,
-    /// `ignore_result` at registration: store no result (a message's own `ignore_result`
-    /// header wins). None: the `task_ignore_result` setting.
-    pub ignore_result: Option<bool>,
 }
 
 /// A registered task.

@@ -29,6 +29,10 @@ use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 use crate::broker::BrokerError;
 use crate::settings::BrokerSettings;
 
+// Pure queue declarations, defined with the settings they are resolved from; their paths
+// here stay.
+pub use crate::settings::queues::{Binding, TaskQueue};
+
 /// Opens a connection (with the configured heartbeat) and one channel. The connection is named
 /// after the node (`connection_name` client property), so operators can find it in
 /// `rabbitmqctl list_connections name client_properties`.
@@ -148,100 +152,15 @@ async fn connect_one(
 /// and is retried at most every 4 s, logged as an error each time.)
 pub const FRAME_MAX_RAISED: u32 = 131_072;
 
-/// A queue the worker consumes from, with the exchange it is bound to (and any more
-/// bindings) and its arguments.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TaskQueue {
-    /// Queue name.
-    pub name: String,
-    /// Exchange name (`""`: the default exchange, which is neither declared nor bound).
-    pub exchange: String,
-    /// Exchange type: `direct`, `topic`, `fanout` or `headers`.
-    pub exchange_type: String,
-    /// Binding key.
-    pub routing_key: String,
-    /// More bindings, each with its own exchange.
-    pub bindings: Vec<Binding>,
-    /// Queue arguments (`x-queue-type`, `x-max-priority`, …).
-    pub arguments: serde_json::Map<String, serde_json::Value>,
-}
-
-/// A binding of a queue to an exchange.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Binding {
-    /// Exchange name.
-    pub exchange: String,
-    /// Exchange type.
-    pub exchange_type: String,
-    /// Binding key.
-    pub routing_key: String,
-}
-
 /// An exchange kind by Celery's name for it, or an error naming the type.
 pub fn exchange_kind(name: &str) -> Result<ExchangeKind, String> {
-    match name {
-        "direct" => Ok(ExchangeKind::Direct),
-        "topic" => Ok(ExchangeKind::Topic),
-        "fanout" => Ok(ExchangeKind::Fanout),
-        "headers" => Ok(ExchangeKind::Headers),
-        other => Err(format!(
-            "exchange type {other:?} is not one of direct, topic, fanout, headers"
-        )),
-    }
-}
-
-impl TaskQueue {
-    /// A queue as Celery declares a plain queue name: bound to a direct exchange of the same
-    /// name with the name as routing key.
-    pub fn plain(name: &str) -> Self {
-        TaskQueue {
-            name: name.to_owned(),
-            exchange: name.to_owned(),
-            exchange_type: "direct".to_owned(),
-            routing_key: name.to_owned(),
-            bindings: Vec::new(),
-            arguments: serde_json::Map::new(),
-        }
-    }
-
-    /// Whether it is a quorum queue (`x-queue-type = quorum`).
-    pub fn is_quorum(&self) -> bool {
-        self.arguments.get("x-queue-type").and_then(|v| v.as_str()) == Some("quorum")
-    }
-
-    /// Every binding: the main one first.
-    pub fn all_bindings(&self) -> impl Iterator<Item = Binding> + '_ {
-        std::iter::once(Binding {
-            exchange: self.exchange.clone(),
-            exchange_type: self.exchange_type.clone(),
-            routing_key: self.routing_key.clone(),
-        })
-        .chain(self.bindings.iter().cloned())
-    }
-
-    /// Checks what the broker would refuse on the wire: names and the binding key are AMQP
-    /// short strings (at most 255 bytes; a queue name at least 1), and the exchange type is
-    /// one RabbitMQ has.
-    pub fn check(&self) -> Result<(), String> {
-        if self.name.is_empty() || self.name.len() > 255 {
-            return Err("a queue name is 1 to 255 bytes".to_owned());
-        }
-        for b in self.all_bindings() {
-            if b.exchange.len() > 255 {
-                return Err("an exchange name is at most 255 bytes".to_owned());
-            }
-            if b.routing_key.len() > 255 {
-                return Err("a routing key is at most 255 bytes".to_owned());
-            }
-            exchange_kind(&b.exchange_type)?;
-        }
-        Ok(())
-    }
-
-    /// The main exchange's kind, or an error naming the type.
-    pub fn kind(&self) -> Result<ExchangeKind, String> {
-        exchange_kind(&self.exchange_type)
-    }
+    crate::settings::queues::check_exchange_type(name)?;
+    Ok(match name {
+        "direct" => ExchangeKind::Direct,
+        "topic" => ExchangeKind::Topic,
+        "fanout" => ExchangeKind::Fanout,
+        _ => ExchangeKind::Headers,
+    })
 }
 
 /// Declares a task queue exactly as Celery 5.7 does: a durable exchange of each binding's
@@ -890,23 +809,5 @@ mod tests {
         let mut v = vec![0, 1, 2, 3, 4, 5, 6, 7];
         shuffle(&mut v, 42);
         assert_ne!(v, [0, 1, 2, 3, 4, 5, 6, 7]);
-    }
-
-    #[test]
-    fn bindings_are_checked_and_listed_with_the_main_one_first() {
-        let mut q = TaskQueue::plain("a");
-        q.bindings.push(Binding {
-            exchange: "b".into(),
-            exchange_type: "fan".into(),
-            routing_key: "k".into(),
-        });
-        assert!(q.check().unwrap_err().contains("\"fan\""));
-        q.bindings[0].exchange_type = "fanout".into();
-        assert!(q.check().is_ok());
-        let all: Vec<String> = q.all_bindings().map(|b| b.exchange).collect();
-        assert_eq!(all, ["a", "b"]);
-        assert!(!q.is_quorum());
-        q.arguments.insert("x-queue-type".into(), "quorum".into());
-        assert!(q.is_quorum());
     }
 }

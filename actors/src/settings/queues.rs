@@ -1,8 +1,9 @@
 //! Queue declarations as Celery's `task_queues` makes them (`rabbitmq-compat.md` §5): a
 //! `[[task.queues]]` entry per queue (exchange name and type, binding keys, queue arguments),
 //! the default queue, queues created on demand for names given with `-Q`, and `-X`.
-//! Everything here is pure: [`resolve`] turns settings into the [`TaskQueue`]s to declare
-//! and consume, or an error naming the key.
+//! Everything here is pure: [`resolve`] turns settings into the [`TaskQueue`]s (with their
+//! [`Binding`]s) to declare and consume, or an error naming the key; the consumer declares
+//! them on the broker.
 
 use std::collections::BTreeMap;
 
@@ -10,11 +11,102 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{TaskSettings, WorkerSettings};
-use crate::consumer::amqp::{Binding, TaskQueue};
 use crate::error::ConfigError;
 
 /// The queue types Celery names (`task_default_queue_type`, `task_create_missing_queue_type`).
 pub const QUEUE_TYPES: &[&str] = &["classic", "quorum"];
+
+/// A queue the worker consumes from, with the exchange it is bound to (and any more
+/// bindings) and its arguments.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskQueue {
+    /// Queue name.
+    pub name: String,
+    /// Exchange name (`""`: the default exchange, which is neither declared nor bound).
+    pub exchange: String,
+    /// Exchange type: `direct`, `topic`, `fanout` or `headers`.
+    pub exchange_type: String,
+    /// Binding key.
+    pub routing_key: String,
+    /// More bindings, each with its own exchange.
+    pub bindings: Vec<Binding>,
+    /// Queue arguments (`x-queue-type`, `x-max-priority`, …).
+    pub arguments: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A binding of a queue to an exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    /// Exchange name.
+    pub exchange: String,
+    /// Exchange type.
+    pub exchange_type: String,
+    /// Binding key.
+    pub routing_key: String,
+}
+
+/// The exchange types RabbitMQ has, by Celery's names for them.
+pub const EXCHANGE_TYPES: [&str; 4] = ["direct", "topic", "fanout", "headers"];
+
+/// Checks an exchange type by Celery's name for it; the error names the type.
+pub fn check_exchange_type(name: &str) -> Result<(), String> {
+    if EXCHANGE_TYPES.contains(&name) {
+        Ok(())
+    } else {
+        Err(format!(
+            "exchange type {name:?} is not one of direct, topic, fanout, headers"
+        ))
+    }
+}
+
+impl TaskQueue {
+    /// A queue as Celery declares a plain queue name: bound to a direct exchange of the same
+    /// name with the name as routing key.
+    pub fn plain(name: &str) -> Self {
+        TaskQueue {
+            name: name.to_owned(),
+            exchange: name.to_owned(),
+            exchange_type: "direct".to_owned(),
+            routing_key: name.to_owned(),
+            bindings: Vec::new(),
+            arguments: serde_json::Map::new(),
+        }
+    }
+
+    /// Whether it is a quorum queue (`x-queue-type = quorum`).
+    pub fn is_quorum(&self) -> bool {
+        self.arguments.get("x-queue-type").and_then(|v| v.as_str()) == Some("quorum")
+    }
+
+    /// Every binding: the main one first.
+    pub fn all_bindings(&self) -> impl Iterator<Item = Binding> + '_ {
+        std::iter::once(Binding {
+            exchange: self.exchange.clone(),
+            exchange_type: self.exchange_type.clone(),
+            routing_key: self.routing_key.clone(),
+        })
+        .chain(self.bindings.iter().cloned())
+    }
+
+    /// Checks what the broker would refuse on the wire: names and the binding key are AMQP
+    /// short strings (at most 255 bytes; a queue name at least 1), and the exchange type is
+    /// one RabbitMQ has.
+    pub fn check(&self) -> Result<(), String> {
+        if self.name.is_empty() || self.name.len() > 255 {
+            return Err("a queue name is 1 to 255 bytes".to_owned());
+        }
+        for b in self.all_bindings() {
+            if b.exchange.len() > 255 {
+                return Err("an exchange name is at most 255 bytes".to_owned());
+            }
+            if b.routing_key.len() > 255 {
+                return Err("a routing key is at most 255 bytes".to_owned());
+            }
+            check_exchange_type(&b.exchange_type)?;
+        }
+        Ok(())
+    }
+}
 
 /// One `[[task.queues]]` entry: what `kombu.Queue(name, Exchange(exchange, type=…),
 /// routing_key=…, queue_arguments=…, bindings=[…])` declares.
@@ -417,76 +509,6 @@ mod tests {
     }
 
     #[test]
-    fn qos_is_per_consumer_for_one_queue_or_any_quorum_queue_unless_set() {
-        let mut s = crate::settings::Settings::default();
-        assert!(
-            !s.global_qos().unwrap(),
-            "one classic queue: per-consumer (the same window, less broker work)"
-        );
-        s.worker.direct = true;
-        assert!(
-            s.global_qos().unwrap(),
-            "two classic queues (celery and the node's dq2): global, as Celery on 3.x"
-        );
-        s.worker.direct = false;
-        s.task.queues = vec![spec("a"), spec("b")];
-        assert!(s.global_qos().unwrap(), "two classic queues: global");
-        s.worker.queues = vec!["b".into()];
-        assert!(
-            !s.global_qos().unwrap(),
-            "one of them consumed (-Q b): per-consumer"
-        );
-        s.worker.queues = Vec::new();
-        s.task.queues = vec![
-            spec("a"),
-            QueueSpec {
-                name: "q".into(),
-                queue_arguments: [("x-queue-type".to_owned(), Value::from("quorum"))].into(),
-                ..Default::default()
-            },
-        ];
-        s.worker.exclude_queues = vec!["q".into()];
-        assert!(
-            !s.global_qos().unwrap(),
-            "a quorum queue counts even when excluded, as in Celery"
-        );
-        s.broker.qos = "global".into();
-        assert!(s.global_qos().unwrap());
-        s.broker.qos = "auto".into();
-        s.broker.global_qos = Some(true);
-        assert!(s.global_qos().unwrap(), "the older key still decides");
-    }
-
-    #[test]
-    fn broker_urls_are_one_a_list_or_an_array_and_kombus_schemes_are_read_as_amqp() {
-        let s: crate::settings::Settings =
-            toml::from_str("[broker]\nurl = [\"amqp://a:1@h1//\", \"pyamqp://b:2@h2:5673//\"]\n")
-                .unwrap();
-        assert_eq!(s.broker.urls(), ["amqp://a:1@h1//", "amqp://b:2@h2:5673//"]);
-        assert!(s.validate().is_ok());
-        assert!(
-            !s.broker.safe_url().contains(":2@"),
-            "{}",
-            s.broker.safe_url()
-        );
-        let mut s = crate::settings::Settings::default();
-        s.broker.url = "amqp://a:1@h1//; redis://x:secret@h2//".into();
-        let err = s.validate().unwrap_err().to_string();
-        assert!(
-            err.contains("broker.url") && !err.contains("secret"),
-            "{err}"
-        );
-        s.broker.url = "amqp://h1//".into();
-        s.broker.failover_strategy = "random".into();
-        assert!(
-            s.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("broker.failover_strategy")
-        );
-    }
-
-    #[test]
     fn bad_entries_name_the_key() {
         let bad = |task: TaskSettings, needle: &str| {
             let err = resolve(&task, &WorkerSettings::default())
@@ -526,5 +548,23 @@ mod tests {
             },
             "task.default_queue_type",
         );
+    }
+
+    #[test]
+    fn bindings_are_checked_and_listed_with_the_main_one_first() {
+        let mut q = TaskQueue::plain("a");
+        q.bindings.push(Binding {
+            exchange: "b".into(),
+            exchange_type: "fan".into(),
+            routing_key: "k".into(),
+        });
+        assert!(q.check().unwrap_err().contains("\"fan\""));
+        q.bindings[0].exchange_type = "fanout".into();
+        assert!(q.check().is_ok());
+        let all: Vec<String> = q.all_bindings().map(|b| b.exchange).collect();
+        assert_eq!(all, ["a", "b"]);
+        assert!(!q.is_quorum());
+        q.arguments.insert("x-queue-type".into(), "quorum".into());
+        assert!(q.is_quorum());
     }
 }

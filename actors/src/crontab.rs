@@ -9,7 +9,7 @@
 //! the next run after `t` is the first matching minute after `t`'s minute.
 //!
 //! ```
-//! use celeryd_actors::beat::crontab::Crontab;
+//! use celeryd_actors::crontab::Crontab;
 //! let every_quarter = Crontab::parse("*/15 9-17 * * mon-fri").unwrap();
 //! let tz = jiff::tz::TimeZone::UTC;
 //! // Friday 2026-12-04 17:50 UTC -> Monday 09:00.
