@@ -24,7 +24,7 @@ use self::spec::Kind;
 use crate::cli::CtlArgs;
 
 /// The exchange replies come back on.
-pub use celeryd_actors::control::client::REPLY_EXCHANGE;
+pub use celeryd_actors::protocol::pidbox::REPLY_EXCHANGE;
 
 /// Exit status when no node replied (EX_UNAVAILABLE).
 pub const EXIT_NO_REPLY: u8 = 69;
@@ -227,7 +227,7 @@ pub async fn broadcast(
         .await
         .map_err(|e| e.to_string())?;
     let body = request_body(plan, args);
-    let result = celeryd_actors::control::client::request(
+    let result = celeryd_actors::broker::amqp::pidbox::request(
         &ch,
         body,
         plan.reply,
@@ -327,7 +327,7 @@ mod tests {
         let mut a = ctl("rate_limit", &["tasks.add", "5/s"]);
         a.destination = vec!["w1@h".into()];
         let p = plan(&a).unwrap();
-        let b = Value::Object(celeryd_actors::control::client::with_reply(
+        let b = Value::Object(celeryd_actors::protocol::pidbox::with_reply(
             request_body(&p, &a),
             "t",
             "oid",

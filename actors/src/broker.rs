@@ -17,11 +17,17 @@ use std::time::Duration;
 pub use self::error::{BrokerError, ErrorKind};
 use crate::error::ProtocolError;
 use crate::protocol::{DeliveryInfo, Properties, RawMessage, TaskRequest};
+use crate::settings::BrokerSettings;
 
 /// How long to wait before connection attempt `attempt` (1-based) after a failure: 1, 2, then
 /// 4 s, as Celery's own retry steps go at first. Shared by every link to the broker.
 pub fn backoff(attempt: u32) -> Duration {
     Duration::from_secs(1u64 << attempt.saturating_sub(1).min(2))
+}
+
+/// The `broker` section of `inspect stats`, as Celery's worker reports its connection.
+pub fn stats(settings: &BrokerSettings) -> Option<serde_json::Value> {
+    amqp::stats(settings)
 }
 
 /// One message delivered to the worker.

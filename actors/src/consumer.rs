@@ -18,9 +18,6 @@ pub mod decide;
 pub mod python;
 pub mod results;
 
-// Until control and settings name the broker module themselves.
-pub use crate::broker::amqp;
-
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,7 +33,7 @@ use crate::abort::AbortOnDrop;
 use crate::broker::amqp::delay;
 use crate::broker::amqp::outbox::{Outbox, PendingResult};
 use crate::broker::amqp::route::{self, Route};
-use crate::broker::amqp::{Channel, StreamEvent, TaskQueue, consumer_tag};
+use crate::broker::amqp::{self, Channel, StreamEvent, TaskQueue, consumer_tag};
 use crate::broker::{self, BrokerError, Delivery, ErrorKind};
 use crate::child::python::ReportKind;
 use crate::events::build as event;
@@ -788,7 +785,7 @@ impl Consumer {
     /// revoke sent while this worker was down still applies. One second for replies; no
     /// reply is "all alone", a failure is logged and the start goes on.
     async fn mingle(&self, link: &amqp::Link, state: &ConsumerState) {
-        use crate::control::client::{request, revoked_in_hello};
+        use crate::protocol::pidbox::revoked_in_hello;
         info!("mingle: searching for neighbors");
         let ours = ractor::call!(state.peers.revoke, RevokeMessage::GetRevoked).unwrap_or_default();
         let mut body = serde_json::Map::new();
@@ -804,14 +801,15 @@ impl Consumer {
         let asked = async {
             let ch = link.channel().await?;
             let timeout = Duration::from_secs(1);
-            let done = request(ch.lapin(), body, true, timeout, None, &mut |node, value| {
-                if node != self.hostname && value.is_object() {
-                    replies.push((node.to_owned(), value.clone()));
-                }
-            })
-            .await;
+            let done = ch
+                .pidbox_request(body, true, timeout, None, &mut |node, value| {
+                    if node != self.hostname && value.is_object() {
+                        replies.push((node.to_owned(), value.clone()));
+                    }
+                })
+                .await;
             ch.close("mingled").await;
-            done.map_err(BrokerError::from)
+            done
         };
         if let Err(e) = asked.await {
             warn!(error = %e, "mingle: cannot ask the other workers; starting without them.");

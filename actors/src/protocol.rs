@@ -4,11 +4,10 @@
 //! [`result::result_body`] builds the JSON a Python `AsyncResult` waits for;
 //! [`encode::TaskMessage`] builds task messages the way `celery call` does.
 
-// Until control names the broker module itself.
-pub use crate::broker::amqp::value as amqp_value;
 pub mod canvas;
 pub mod encode;
 pub mod message;
+pub mod pidbox;
 pub mod python;
 pub mod repr;
 pub mod result;

@@ -510,7 +510,7 @@ impl RegisteredTask {
     /// Sets this task's rate limit (`"10/s"`, `"200/m"`, `"100/h"`, a bare number = per
     /// second); an invalid string is an error naming it.
     pub fn rate_limit(&mut self, rate: &str) -> Result<&mut Self, String> {
-        self.options.rate_limit = crate::pool::rate::parse_rate(rate)?;
+        self.options.rate_limit = crate::settings::rate::parse_rate(rate)?;
         Ok(self)
     }
 

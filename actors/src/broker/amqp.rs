@@ -10,6 +10,7 @@ mod link;
 mod message;
 pub mod native_delay;
 pub mod outbox;
+pub mod pidbox;
 pub mod route;
 pub mod value;
 
@@ -152,6 +153,26 @@ async fn connect_one(
 /// and is retried at most every 4 s, logged as an error each time.)
 pub const FRAME_MAX_RAISED: u32 = 131_072;
 
+/// The `broker` section of `inspect stats` for the first URL, as Celery's worker reports
+/// its connection (password left out; the other URLs masked, as `alternates`).
+pub fn stats(settings: &BrokerSettings) -> Option<serde_json::Value> {
+    let urls = settings.urls();
+    let url: lapin::uri::AMQPUri = urls.first()?.parse().ok()?;
+    let alternates: Vec<String> = urls
+        .iter()
+        .skip(1)
+        .map(|u| crate::settings::mask_password(u))
+        .collect();
+    Some(serde_json::json!({
+        "hostname": url.authority.host, "userid": url.authority.userinfo.username,
+        "virtual_host": url.vhost, "port": url.authority.port, "insist": false,
+        "ssl": matches!(url.scheme, lapin::uri::AMQPScheme::AMQPS), "transport": "amqp",
+        "connect_timeout": 4, "transport_options": {}, "login_method": "PLAIN",
+        "uri_prefix": null, "heartbeat": f64::from(settings.heartbeat),
+        "failover_strategy": settings.failover_strategy, "alternates": alternates,
+    }))
+}
+
 /// An exchange kind by Celery's name for it, or an error naming the type.
 pub fn exchange_kind(name: &str) -> Result<ExchangeKind, String> {
     crate::settings::queues::check_exchange_type(name)?;
@@ -210,11 +231,7 @@ pub async fn declare_task_queue(
         ..Default::default()
     };
     channel
-        .queue_declare(
-            name.into(),
-            qopts,
-            crate::protocol::amqp_value::json_to_table(&queue.arguments),
-        )
+        .queue_declare(name.into(), qopts, value::json_to_table(&queue.arguments))
         .await
         .map_err(clash)?;
     for b in &bindings {
@@ -316,7 +333,7 @@ pub async fn declare_native_delayed_delivery(
             durable: true,
             ..Default::default()
         };
-        let args = crate::protocol::amqp_value::json_to_table(&queue_arguments(k, queue_type));
+        let args = value::json_to_table(&queue_arguments(k, queue_type));
         channel
             .queue_declare(level(k).as_str().into(), qopts, args)
             .await?;
@@ -567,7 +584,7 @@ pub async fn send_task_to(
         .with_reply_to(ShortString::from(msg.reply_to.as_str()))
         .with_delivery_mode(2)
         .with_priority(msg.priority)
-        .with_headers(crate::protocol::amqp_value::json_to_table(&msg.headers));
+        .with_headers(value::json_to_table(&msg.headers));
     if let Some(exp) = &msg.expiration {
         props = props.with_expiration(ShortString::from(exp.as_str()));
     }

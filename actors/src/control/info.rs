@@ -2,11 +2,11 @@
 
 use serde_json::{Value, json};
 
-use crate::consumer::amqp::TaskQueue;
 use crate::protocol::TaskRequest;
 use crate::protocol::repr::py_repr;
 use crate::protocol::time::format_iso;
 use crate::settings::TaskSettings;
+use crate::settings::queues::TaskQueue;
 
 /// Completes `stats.pool` (built for prefork) for the pool `kind`, with `active` tasks
 /// running: each in-process pool names its implementation and adds what Celery's

@@ -182,12 +182,6 @@ impl Channel {
         self.0.status().connected()
     }
 
-    /// The lapin channel, for the AMQP-only code outside this folder that still takes one
-    /// (the pidbox client).
-    pub fn lapin(&self) -> &lapin::Channel {
-        &self.0
-    }
-
     /// Publishes a task message to `exchange` with `routing_key`.
     pub async fn publish_task_to(
         &self,

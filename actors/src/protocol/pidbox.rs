@@ -1,0 +1,60 @@
+//! Celery's pidbox (remote control) as it is on the wire, whatever the transport: the
+//! exchange names, the reply address a request carries, what a `hello` reply holds.
+
+use serde_json::{Map, Value, json};
+
+/// The fanout exchange every node's pidbox queue is bound to (`celery.pidbox`).
+pub const PIDBOX_EXCHANGE: &str = "celery.pidbox";
+
+/// The direct exchange replies come back on (`reply.celery.pidbox`).
+pub const REPLY_EXCHANGE: &str = "reply.celery.pidbox";
+
+/// `body` (method, arguments, destination, pattern, matcher) with the reply address Celery
+/// puts in a request that wants replies: a `ticket` and `reply_to`.
+pub fn with_reply(mut body: Map<String, Value>, ticket: &str, oid: &str) -> Map<String, Value> {
+    body.insert("ticket".into(), json!(ticket));
+    body.insert(
+        "reply_to".into(),
+        json!({"exchange": REPLY_EXCHANGE, "routing_key": oid}),
+    );
+    body
+}
+
+/// The revoked ids in a `hello` reply: Celery 5 sends its `LimitedSet`'s data (an object of
+/// id → time) or a list; celeryd sends a list.
+pub fn revoked_in_hello(reply: &Value) -> Vec<String> {
+    match reply.get("revoked") {
+        Some(Value::Array(ids)) => ids
+            .iter()
+            .filter_map(|v| match v {
+                Value::String(s) => Some(s.clone()),
+                // A LimitedSet pickled as pairs, [id, time].
+                Value::Array(pair) => pair.first().and_then(Value::as_str).map(str::to_owned),
+                _ => None,
+            })
+            .collect(),
+        Some(Value::Object(m)) => m.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_replies_of_celery_and_celeryd_give_their_revoked_ids() {
+        assert_eq!(
+            revoked_in_hello(&json!({"revoked": ["a", "b"]})),
+            ["a", "b"]
+        );
+        let mut ids = revoked_in_hello(&json!({"revoked": {"x": 1.0, "y": 2.0}}));
+        ids.sort();
+        assert_eq!(ids, ["x", "y"]);
+        assert_eq!(revoked_in_hello(&json!({"revoked": [["z", 1.0]]})), ["z"]);
+        assert!(revoked_in_hello(&json!({"clock": 3})).is_empty());
+        let b = with_reply(Map::new(), "t", "oid");
+        assert_eq!(b["reply_to"]["routing_key"], "oid");
+        assert_eq!(b["ticket"], "t");
+    }
+}
