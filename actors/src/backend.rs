@@ -15,13 +15,12 @@ pub mod redis_keys;
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde_json::Value;
 use tracing::{debug, error, info, warn};
 
 use self::redis_keys::{CLAIM_SECONDS, CLEANUP_SCRIPT, DONE_SECONDS, PART_SCRIPT, group_key};
-use crate::consumer::ConsumerMessage;
 use crate::settings::mask_password;
 
 /// The backend actor.
@@ -81,8 +80,8 @@ pub struct ChordReady {
 /// Messages to the backend.
 #[derive(Debug)]
 pub enum BackendMessage {
-    /// Where to tell that a chord body is due.
-    SetConsumer(ActorRef<ConsumerMessage>),
+    /// Where to tell that a chord body is due (the consumer, which publishes it).
+    SetConsumer(DerivedActorRef<Box<ChordReady>>),
     /// Store a task's result (`value`: the stored JSON).
     Store {
         /// Task id.
@@ -128,7 +127,7 @@ pub struct BackendState {
     /// Since when Redis is unreachable, and how many retries so far.
     down: Option<(std::time::Instant, u32)>,
     retry_armed: bool,
-    consumer: Option<ActorRef<ConsumerMessage>>,
+    consumer: Option<DerivedActorRef<Box<ChordReady>>>,
     part_script: redis::Script,
     cleanup_script: redis::Script,
 }
@@ -407,7 +406,7 @@ impl Backend {
         };
         match &state.consumer {
             Some(c) => {
-                let _ = c.cast(ConsumerMessage::ChordReady(Box::new(ready)));
+                let _ = c.send_message(Box::new(ready));
             }
             None => {
                 error!(group_id = %p.group_id, "A chord is complete but no consumer publishes its body.")

@@ -13,7 +13,6 @@
 //! (the broker has already requeued them), and the pool and scheduler forget those requests.
 
 pub mod acks;
-pub mod batch;
 pub mod decide;
 pub mod python;
 pub mod results;
@@ -30,6 +29,7 @@ use tracing::{debug, error, info, warn};
 use self::decide::{Decision, decide};
 use self::python::{PythonTasks, Settle};
 use crate::abort::AbortOnDrop;
+use crate::backend::ChordReady;
 use crate::broker::amqp::delay;
 use crate::broker::amqp::outbox::{Outbox, PendingResult};
 use crate::broker::amqp::route::{self, Route};
@@ -39,6 +39,7 @@ use crate::child::python::ReportKind;
 use crate::events::build as event;
 use crate::events::{EventsMessage, TaskEvents};
 use crate::pool::PoolMessage;
+use crate::pool::report::{PoolReport, PoolReports};
 use crate::protocol::repr::{py_repr, truncate};
 use crate::protocol::{ExceptionInfo, ResultState, decode_keeping_body};
 use crate::revoke::RevokeMessage;
@@ -138,33 +139,25 @@ pub fn reconsume_for(current: u16, wanted: u16, base: u16) -> bool {
     }
 }
 
-/// Messages to the consumer.
+/// Messages to the consumer. Neither batch (deliveries, pool reports) can hold another.
 #[derive(Debug)]
 pub enum ConsumerMessage {
-    /// Several messages, handled in order (from [`batch::ToConsumer`], or deliveries that
-    /// arrived together). Never nested.
-    Batch(Vec<ConsumerMessage>),
+    /// What the pool tells the consumer, in order (gathered while it handled one message).
+    Pool(Vec<PoolReport>),
     /// A chord's header is complete and this worker publishes its body (from the result
     /// backend).
-    ChordReady(Box<crate::backend::ChordReady>),
-    /// A running Rust task asks for a state update or a task to be sent.
-    TaskSignal {
-        /// The task.
-        request: Arc<crate::protocol::TaskRequest>,
-        /// What it asks.
-        signal: crate::task::TaskSignal,
-    },
+    ChordReady(Box<ChordReady>),
     /// Try to (re)connect; sent to itself.
     Connect {
         /// Attempts made so far.
         attempt: u32,
     },
-    /// A delivery arrived (sent by the actor's own stream task).
-    DeliveryReceived {
+    /// Deliveries that arrived together, in order (sent by the actor's own stream task).
+    Deliveries {
         /// Connection generation.
         generation: u64,
-        /// The delivery.
-        delivery: Box<Delivery>,
+        /// The deliveries.
+        deliveries: Vec<Delivery>,
     },
     /// The delivery stream ended (cancelled, or the connection was lost).
     StreamEnded {
@@ -185,28 +178,11 @@ pub enum ConsumerMessage {
         /// Why not, if it failed.
         error: Option<String>,
     },
-    /// A child started a task (from the pool).
-    TaskStarted(Box<StartedInfo>),
-    /// A task ended, or will not run (from the pool).
-    TaskFinished {
-        /// The request and its delivery.
-        reserved: Box<Reserved>,
-        /// How it ended.
-        outcome: TaskOutcome,
-        /// How long it ran.
-        runtime: Duration,
-    },
     /// Apply the pending prefetch change (sent to itself).
     ApplyPrefetch,
     /// Send the acks that are ready (sent to itself behind the messages already queued, so
     /// that a burst's acks go out together).
     FlushAcks,
-    /// The pool holds one more request for a rate-limit token (marked `holds_prefetch`):
-    /// raise the prefetch by one until it starts, so other tasks keep flowing past it.
-    HoldPrefetch,
-    /// The pool now has (or, autoscaling, may have) this many children: the prefetch count
-    /// follows (`pool_grow`, `pool_shrink`, `autoscale`), as Celery's does.
-    SetConcurrency(usize),
     /// `add_consumer`: start consuming this queue too (declared first, on a channel of its
     /// own, so a refusal closes nothing else). Nothing happens when it is consumed already.
     AddQueue {
@@ -236,6 +212,42 @@ pub enum ConsumerMessage {
         /// Answered when closed.
         reply: RpcReplyPort<()>,
     },
+}
+
+/// The pool reaches the consumer through a derived ref of its own report type.
+impl From<PoolReports> for ConsumerMessage {
+    fn from(PoolReports(reports): PoolReports) -> Self {
+        ConsumerMessage::Pool(reports)
+    }
+}
+
+/// The result backend tells the consumer that a chord's body is due.
+impl From<Box<ChordReady>> for ConsumerMessage {
+    fn from(ready: Box<ChordReady>) -> Self {
+        ConsumerMessage::ChordReady(ready)
+    }
+}
+
+impl TryFrom<ConsumerMessage> for Box<ChordReady> {
+    type Error = ConsumerMessage;
+
+    fn try_from(msg: ConsumerMessage) -> Result<Self, ConsumerMessage> {
+        match msg {
+            ConsumerMessage::ChordReady(ready) => Ok(ready),
+            other => Err(other),
+        }
+    }
+}
+
+impl TryFrom<ConsumerMessage> for PoolReports {
+    type Error = ConsumerMessage;
+
+    fn try_from(msg: ConsumerMessage) -> Result<Self, ConsumerMessage> {
+        match msg {
+            ConsumerMessage::Pool(reports) => Ok(PoolReports(reports)),
+            other => Err(other),
+        }
+    }
 }
 
 struct Link {
@@ -378,9 +390,20 @@ impl Actor for Consumer {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ConsumerMessage::Batch(msgs) => {
-                for msg in msgs {
-                    self.handle_one(&myself, msg, state).await?;
+            ConsumerMessage::Pool(reports) => {
+                for report in reports {
+                    self.on_report(state, report).await;
+                }
+            }
+            ConsumerMessage::Deliveries {
+                generation,
+                deliveries,
+            } => {
+                for d in deliveries {
+                    // A lost connection's deliveries are the broker's again.
+                    if generation == state.generation {
+                        Box::pin(self.on_delivery(state, d)).await;
+                    }
                 }
             }
             msg => self.handle_one(&myself, msg, state).await?,
@@ -396,7 +419,32 @@ impl Actor for Consumer {
 }
 
 impl Consumer {
-    /// One message of [`Actor::handle`] (a batch's members one by one).
+    /// One report of the pool's.
+    async fn on_report(&self, state: &mut ConsumerState, report: PoolReport) {
+        match report {
+            PoolReport::TaskSignal { request, signal } => {
+                Box::pin(state.on_task_signal(&request, signal)).await
+            }
+            PoolReport::SetConcurrency(n) => {
+                state.base_prefetch = self.settings.prefetch_for(n);
+                state.prefetch_dirty = true;
+            }
+            PoolReport::HoldPrefetch => {
+                state.held = state.held.saturating_add(1);
+                state.prefetch_dirty = true;
+            }
+            PoolReport::TaskStarted(info) => Box::pin(self.on_started(state, *info)).await,
+            PoolReport::TaskFinished {
+                reserved,
+                outcome,
+                runtime,
+            } => {
+                Box::pin(self.on_finished(state, *reserved, outcome, runtime)).await;
+            }
+        }
+    }
+
+    /// One message of [`Actor::handle`] other than pool reports and deliveries.
     async fn handle_one(
         &self,
         myself: &ActorRef<ConsumerMessage>,
@@ -404,25 +452,13 @@ impl Consumer {
         state: &mut ConsumerState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ConsumerMessage::Batch(_) => {
-                // Built flat (batch::ToConsumer::tell, forward): one level only.
-                error!("A nested batch of consumer messages was dropped; this is a bug.");
+            ConsumerMessage::Pool(_) | ConsumerMessage::Deliveries { .. } => {
+                unreachable!("handled by Actor::handle")
             }
             ConsumerMessage::Connect { attempt } => {
                 Box::pin(self.connect(myself, state, attempt)).await?
             }
             ConsumerMessage::ChordReady(ready) => Box::pin(state.on_chord_ready(*ready)).await,
-            ConsumerMessage::TaskSignal { request, signal } => {
-                Box::pin(state.on_task_signal(&request, signal)).await
-            }
-            ConsumerMessage::DeliveryReceived {
-                generation,
-                delivery,
-            } => {
-                if generation == state.generation {
-                    Box::pin(self.on_delivery(state, *delivery)).await;
-                }
-            }
             ConsumerMessage::StreamEnded {
                 generation,
                 queue,
@@ -455,28 +491,12 @@ impl Consumer {
             ConsumerMessage::GetQueues(reply) => {
                 let _ = reply.send(state.queues.clone());
             }
-            ConsumerMessage::SetConcurrency(n) => {
-                state.base_prefetch = self.settings.prefetch_for(n);
-                state.prefetch_dirty = true;
-            }
-            ConsumerMessage::HoldPrefetch => {
-                state.held = state.held.saturating_add(1);
-                state.prefetch_dirty = true;
-            }
             ConsumerMessage::FlushAcks => state.flush_acks(),
             ConsumerMessage::ApplyPrefetch => {
                 state.prefetch_flush_queued = false;
                 if state.prefetch_dirty {
                     Box::pin(self.apply_prefetch(myself, state)).await;
                 }
-            }
-            ConsumerMessage::TaskStarted(info) => Box::pin(self.on_started(state, *info)).await,
-            ConsumerMessage::TaskFinished {
-                reserved,
-                outcome,
-                runtime,
-            } => {
-                Box::pin(self.on_finished(state, *reserved, outcome, runtime)).await;
             }
             ConsumerMessage::StopConsuming { reply } => {
                 Box::pin(state.stop_consuming()).await;
@@ -1424,7 +1444,7 @@ async fn start_consumer(
 }
 
 /// [`start_consumer`] under a given consumer tag. Deliveries that arrived together go to
-/// the actor as one [`ConsumerMessage::Batch`], so a burst released by one ack costs one
+/// the actor as one [`ConsumerMessage::Deliveries`], so a burst released by one ack costs one
 /// mailbox round instead of one each.
 async fn consume_with_tag(
     link: &amqp::Link,
@@ -1437,16 +1457,12 @@ async fn consume_with_tag(
     let name: Arc<str> = queue.name.as_str().into();
     let t: Arc<str> = tag.as_str().into();
     let sink = move |event| match event {
-        StreamEvent::Deliveries(ds) => {
-            let mut batch: Vec<ConsumerMessage> = ds
-                .into_iter()
-                .map(|d| ConsumerMessage::DeliveryReceived {
-                    generation,
-                    delivery: Box::new(d),
-                })
-                .collect();
-            batch::gather(&mut batch).is_none_or(|msg| me.cast(msg).is_ok())
-        }
+        StreamEvent::Deliveries(deliveries) => me
+            .cast(ConsumerMessage::Deliveries {
+                generation,
+                deliveries,
+            })
+            .is_ok(),
         StreamEvent::Ended(error) => {
             let _ = me.cast(ConsumerMessage::StreamEnded {
                 generation,
@@ -1517,11 +1533,11 @@ impl ConsumerState {
     /// Hands the pool the requests gathered while handling this message: deliveries that
     /// arrived together go in one [`PoolMessage::ReserveAll`].
     fn reserve_in_pool(&mut self) {
-        let msg = batch::one_or_all(
-            &mut self.to_pool,
-            PoolMessage::Reserve,
-            PoolMessage::ReserveAll,
-        );
+        let msg = match self.to_pool.len() {
+            0 => return,
+            1 => self.to_pool.pop().map(PoolMessage::Reserve),
+            _ => Some(PoolMessage::ReserveAll(std::mem::take(&mut self.to_pool))),
+        };
         if let Some(msg) = msg {
             let _ = self.peers.pool.cast(msg);
         }

@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 /// Top-level modules by layer, lowest first. Within a layer no module names another.
 const LAYERS: &[&[&str]] = &[
     // Foundations: pure types and functions, no actor, no I/O of their own.
-    &["abort", "clock", "crontab", "error", "hostname", "shutdown"],
+    &[
+        "abort", "clock", "crontab", "error", "hostname", "shutdown", "testkit",
+    ],
     // Celery's wire formats.
     &["protocol"],
     // The units of work the actors hand each other.
@@ -41,14 +43,10 @@ const LAYERS: &[&[&str]] = &[
 
 /// Upward references that remain, each with the change that removes it.
 const KNOWN: &[(&str, &str)] = &[
-    // Chord bodies go back to the consumer: through a derived ref (ChordReady).
-    ("backend", "consumer"),
     // ChildProcess moves under pool/ (its supervisor), the process plumbing below both.
     ("child", "pool"),
     // Shutdown asked of the supervisor through a derived ref.
     ("control", "supervisor"),
-    // Pool reports go to the consumer through a derived ref of the pool's own type.
-    ("pool", "consumer"),
     // The counters move below the metrics endpoint actor.
     ("pool", "metrics"),
     // Control commands registered apart from the task registry.

@@ -40,6 +40,8 @@ pub mod settings;
 pub mod shutdown;
 pub mod supervisor;
 pub mod task;
+#[cfg(test)]
+mod testkit;
 pub mod work;
 
 pub use broker::BrokerError;

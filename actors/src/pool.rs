@@ -20,15 +20,15 @@ use tracing::{debug, error, info, warn};
 pub mod autoscale;
 pub mod inproc;
 pub mod rate;
+pub mod report;
 
 use self::autoscale::{Autoscaler, Scale};
 use self::inproc::{InProcess, Stop};
 use self::rate::RateQueues;
+use self::report::{PoolReport, PoolReports, ToConsumer};
 use crate::child::{
     AbortOnDrop, ChildCommand, ChildMessage, ChildProcess, HARD_LIMIT_REASON, Limits, Recycling,
 };
-use crate::consumer::ConsumerMessage;
-use crate::consumer::batch::ToConsumer;
 use crate::protocol::TaskRequest;
 use crate::settings::PoolKind;
 use crate::task::{Registry, TaskOptions};
@@ -174,7 +174,7 @@ pub enum PoolMessage {
     /// Queue these requests, in order (deliveries that arrived together).
     ReserveAll(Vec<Box<Reserved>>),
     /// Where starts and outcomes go (sent by the supervisor once the consumer runs).
-    SetConsumer(ActorRef<ConsumerMessage>),
+    SetConsumer(ractor::DerivedActorRef<PoolReports>),
     /// A running task asks for something (from its child actor): passed to the consumer.
     TaskSignal {
         /// The task.
@@ -492,7 +492,7 @@ impl Pool {
                 None => TaskOutcome::WorkerLost(reason.clone()),
             };
             let runtime = run.since.elapsed();
-            state.consumer.tell(ConsumerMessage::TaskFinished {
+            state.consumer.tell(PoolReport::TaskFinished {
                 reserved,
                 outcome,
                 runtime,
@@ -544,7 +544,7 @@ impl Pool {
             PoolMessage::TaskSignal { request, signal } => {
                 state
                     .consumer
-                    .tell(ConsumerMessage::TaskSignal { request, signal });
+                    .tell(PoolReport::TaskSignal { request, signal });
             }
             PoolMessage::JobEnded {
                 job,
@@ -556,7 +556,7 @@ impl Pool {
                     return Ok(());
                 };
                 if let (false, Some(outcome)) = (reported, outcome) {
-                    state.consumer.tell(ConsumerMessage::TaskFinished {
+                    state.consumer.tell(PoolReport::TaskFinished {
                         reserved: running.to_reserved(),
                         outcome,
                         runtime,
@@ -602,7 +602,7 @@ impl Pool {
                     Some(signum) => TaskOutcome::Terminated(signum),
                     None => outcome,
                 };
-                state.consumer.tell(ConsumerMessage::TaskFinished {
+                state.consumer.tell(PoolReport::TaskFinished {
                     reserved,
                     outcome,
                     runtime,
@@ -935,7 +935,7 @@ impl PoolState {
 
     /// Tells the consumer how a task ended.
     fn report(&mut self, reserved: Box<Reserved>, outcome: TaskOutcome) {
-        self.consumer.tell(ConsumerMessage::TaskFinished {
+        self.consumer.tell(PoolReport::TaskFinished {
             reserved,
             outcome,
             runtime: Duration::ZERO,
@@ -950,8 +950,7 @@ impl PoolState {
 
     /// Tells the consumer the prefetch count now follows `processes` children.
     fn prefetch_follows(&mut self, processes: usize) {
-        self.consumer
-            .tell(ConsumerMessage::SetConcurrency(processes));
+        self.consumer.tell(PoolReport::SetConcurrency(processes));
     }
 
     fn wake_idle_waiters(&mut self) {
@@ -1085,7 +1084,7 @@ impl PoolState {
                     r.holds_prefetch = !bump;
                     return Some(r);
                 }
-                None if bump => self.consumer.tell(ConsumerMessage::HoldPrefetch),
+                None if bump => self.consumer.tell(PoolReport::HoldPrefetch),
                 None => {}
             }
         }
@@ -1130,8 +1129,7 @@ impl PoolState {
                 let info = StartedInfo::of(&reserved, jobs.pid());
                 count_start(&mut self.total, &self.metrics, &running);
                 jobs.start(myself, running, limits);
-                self.consumer
-                    .tell(ConsumerMessage::TaskStarted(Box::new(info)));
+                self.consumer.tell(PoolReport::TaskStarted(Box::new(info)));
                 continue;
             }
             let Some(slot) = self.idle_slot().and_then(|id| self.slots.get_mut(&id)) else {
@@ -1144,8 +1142,7 @@ impl PoolState {
                 Ok(()) => {
                     count_start(&mut self.total, &self.metrics, &running);
                     slot.running = Some(running);
-                    self.consumer
-                        .tell(ConsumerMessage::TaskStarted(Box::new(info)));
+                    self.consumer.tell(PoolReport::TaskStarted(Box::new(info)));
                 }
                 Err(ractor::MessagingErr::SendErr(ChildMessage::Run(back, _))) => {
                     // The child actor is gone (its supervision event will replace it and

@@ -209,13 +209,6 @@ impl Default for RevokeRegistry {
 /// Messages to the revoke registry.
 #[derive(Debug)]
 pub enum RevokeMessage {
-    /// Where revokes are passed on (sent by the supervisor once they run).
-    SetPeers {
-        /// The pool.
-        pool: ActorRef<PoolMessage>,
-        /// The scheduler.
-        scheduler: ActorRef<SchedulerMessage>,
-    },
     /// Revoke these ids; with a signal, terminate them if they are running.
     Revoke {
         /// Task ids.
@@ -261,21 +254,30 @@ pub struct RevokeState {
     undeleted: Vec<String>,
     /// The last write failed: reopen the database before the next one.
     reopen: bool,
-    pool: Option<ActorRef<PoolMessage>>,
-    scheduler: Option<ActorRef<SchedulerMessage>>,
+    peers: RevokePeers,
+}
+
+/// Where revokes are passed on: running and reserved requests are the pool's, held ETA
+/// requests the scheduler's.
+#[derive(Debug, Clone)]
+pub struct RevokePeers {
+    /// The pool.
+    pub pool: ActorRef<PoolMessage>,
+    /// The scheduler.
+    pub scheduler: ActorRef<SchedulerMessage>,
 }
 
 impl Actor for RevokeRegistry {
     type Msg = RevokeMessage;
     type State = RevokeState;
-    type Arguments = ();
+    type Arguments = RevokePeers;
 
     /// Opens and loads the statedb: an error here stops the worker at start-up, naming the
     /// path and the reason.
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        _args: (),
+        peers: RevokePeers,
     ) -> Result<Self::State, ActorProcessingErr> {
         let Some(path) = self.statedb.clone() else {
             return Ok(RevokeState {
@@ -285,8 +287,7 @@ impl Actor for RevokeRegistry {
                 unsaved: Vec::new(),
                 undeleted: Vec::new(),
                 reopen: false,
-                pool: None,
-                scheduler: None,
+                peers,
             });
         };
         let (max, expires) = (self.max, self.expires);
@@ -306,8 +307,7 @@ impl Actor for RevokeRegistry {
             unsaved: Vec::new(),
             undeleted: Vec::new(),
             reopen: false,
-            pool: None,
-            scheduler: None,
+            peers,
         })
     }
 
@@ -322,10 +322,6 @@ impl Actor for RevokeRegistry {
     ) -> Result<(), ActorProcessingErr> {
         let now = now_ms();
         match msg {
-            RevokeMessage::SetPeers { pool, scheduler } => {
-                state.pool = Some(pool);
-                state.scheduler = Some(scheduler);
-            }
             RevokeMessage::Revoke {
                 ids,
                 terminate,
@@ -341,15 +337,11 @@ impl Actor for RevokeRegistry {
                     .persist(self.statedb.as_deref(), &ids, now, dropped)
                     .await?;
                 let ids: Arc<HashSet<String>> = Arc::new(ids.into_iter().collect());
-                if let Some(pool) = &state.pool {
-                    let _ = pool.cast(PoolMessage::Revoked {
-                        ids: ids.clone(),
-                        terminate,
-                    });
-                }
-                if let Some(scheduler) = &state.scheduler {
-                    let _ = scheduler.cast(SchedulerMessage::Revoked(ids));
-                }
+                let _ = state.peers.pool.cast(PoolMessage::Revoked {
+                    ids: ids.clone(),
+                    terminate,
+                });
+                let _ = state.peers.scheduler.cast(SchedulerMessage::Revoked(ids));
                 if let Some(reply) = reply {
                     let _ = reply.send(stored);
                 }

@@ -31,7 +31,7 @@ use crate::events::{Events, EventsMessage, TaskEvents};
 use crate::helper::{HelperMessage, HelperProcess, PythonHelper};
 use crate::metrics::{GaugeSources, Metrics};
 use crate::pool::{Pool, PoolArgs, PoolMessage, effective_rates};
-use crate::revoke::{RevokeMessage, RevokeRegistry, RevokedCount};
+use crate::revoke::{RevokeMessage, RevokePeers, RevokeRegistry, RevokedCount};
 use crate::scheduler::{Scheduler, SchedulerMessage};
 use crate::settings::Settings;
 use crate::shutdown::ShutdownMode;
@@ -159,7 +159,6 @@ impl Actor for Supervisor {
         } else {
             Metrics::off()
         };
-        let (revoke, _) = Actor::spawn_linked(None, registry, (), cell.clone()).await?;
         let mut python_info = None;
         let (helper, python) = match args.python {
             Some(setup) => {
@@ -226,6 +225,11 @@ impl Actor for Supervisor {
         let (events, _) = Actor::spawn_linked(None, dispatcher, pool.clone(), cell.clone()).await?;
         let (scheduler, _) =
             Actor::spawn_linked(None, Scheduler::new(pool.clone()), (), cell.clone()).await?;
+        let revoke_peers = RevokePeers {
+            pool: pool.clone(),
+            scheduler: scheduler.clone(),
+        };
+        let (revoke, _) = Actor::spawn_linked(None, registry, revoke_peers, cell.clone()).await?;
         let peers = ConsumerPeers {
             backend: backend.clone(),
             pool: pool.clone(),
@@ -269,17 +273,13 @@ impl Actor for Supervisor {
         let consumer =
             Consumer::new(settings.clone(), args.hostname.clone(), registered).ignoring(ignoring);
         let (consumer, _) = Actor::spawn_linked(None, consumer, peers, cell).await?;
-        pool.cast(PoolMessage::SetConsumer(consumer.clone()))?;
+        pool.cast(PoolMessage::SetConsumer(consumer.get_derived()))?;
         if let Some(b) = &backend {
             b.cast(crate::backend::BackendMessage::SetConsumer(
-                consumer.clone(),
+                consumer.get_derived(),
             ))?;
         }
         control.cast(ControlMessage::SetConsumer(consumer.clone()))?;
-        revoke.cast(RevokeMessage::SetPeers {
-            pool: pool.clone(),
-            scheduler: scheduler.clone(),
-        })?;
         let metrics_endpoint = listener.map(|l| {
             let sources = GaugeSources {
                 pool: pool.clone(),

@@ -76,7 +76,10 @@ async fn revokes_survive_a_restart_with_a_statedb() {
         statedb: Some(dir.path().join("db")),
         ..Default::default()
     };
-    let (actor, handle) = Actor::spawn(None, registry.clone(), ()).await.unwrap();
+    let (peers, mut pool, mut scheduler) = recording_peers().await;
+    let (actor, handle) = Actor::spawn(None, registry.clone(), peers.clone())
+        .await
+        .unwrap();
     assert!(registry.count.is_zero(), "nothing revoked yet");
     let ids = vec!["t1".to_owned(), "t2".to_owned()];
     ractor::call!(actor, |reply| RevokeMessage::Revoke {
@@ -88,13 +91,24 @@ async fn revokes_survive_a_restart_with_a_statedb() {
     .unwrap();
     assert!(is_revoked(&actor, "t1".to_owned()).await);
     assert!(!registry.count.is_zero(), "the consumer must ask now");
+    // Passed on: to the pool (reserved and running requests) and the scheduler (held ones).
+    match pool.recv().await {
+        Some(PoolMessage::Revoked { ids, terminate }) => {
+            assert!(ids.contains("t1") && ids.contains("t2") && terminate.is_none());
+        }
+        other => panic!("the pool was told {other:?}"),
+    }
+    match scheduler.recv().await {
+        Some(SchedulerMessage::Revoked(ids)) => assert_eq!(ids.len(), 2),
+        other => panic!("the scheduler was told {other:?}"),
+    }
     actor.stop(None);
     handle.await.unwrap();
     let registry = RevokeRegistry {
         count: RevokedCount::default(),
         ..registry
     };
-    let (actor, handle) = Actor::spawn(None, registry.clone(), ()).await.unwrap();
+    let (actor, handle) = Actor::spawn(None, registry.clone(), peers).await.unwrap();
     assert!(
         !registry.count.is_zero(),
         "ids loaded from the statedb count"
@@ -117,7 +131,8 @@ async fn a_bad_statedb_path_fails_the_start() {
         statedb: Some(file),
         ..Default::default()
     };
-    let err = Actor::spawn(None, registry, ()).await.unwrap_err();
+    let (peers, _pool, _scheduler) = recording_peers().await;
+    let err = Actor::spawn(None, registry, peers).await.unwrap_err();
     assert!(err.to_string().contains("cannot open the statedb"), "{err}");
 }
 
@@ -128,4 +143,14 @@ async fn is_revoked(actor: &ActorRef<RevokeMessage>, id: String) -> bool {
         reply
     })
     .unwrap()
+}
+
+async fn recording_peers() -> (
+    RevokePeers,
+    tokio::sync::mpsc::UnboundedReceiver<PoolMessage>,
+    tokio::sync::mpsc::UnboundedReceiver<SchedulerMessage>,
+) {
+    let (pool, pool_rx, _) = crate::testkit::recorder().await;
+    let (scheduler, scheduler_rx, _) = crate::testkit::recorder().await;
+    (RevokePeers { pool, scheduler }, pool_rx, scheduler_rx)
 }
