@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     // Foundations: pure types and functions, no actor, no I/O of their own.
     &[
-        "abort", "clock", "crontab", "error", "hostname", "shutdown", "testkit",
+        "abort", "clock", "crontab", "error", "hostname", "metrics", "shutdown", "testkit",
     ],
     // Celery's wire formats.
     &["protocol"],
@@ -30,7 +30,6 @@ const LAYERS: &[&[&str]] = &[
     &["pool"],
     &["scheduler"],
     &["revoke"],
-    &["metrics"],
     &["events"],
     &["backend"],
     &["helper"],
@@ -47,8 +46,6 @@ const KNOWN: &[(&str, &str)] = &[
     ("child", "pool"),
     // Shutdown asked of the supervisor through a derived ref.
     ("control", "supervisor"),
-    // The counters move below the metrics endpoint actor.
-    ("pool", "metrics"),
     // Control commands registered apart from the task registry.
     ("task", "control"),
 ];

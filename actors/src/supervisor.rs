@@ -10,6 +10,8 @@
 //! broker when the connection drops). An infrastructure child that fails (the consumer giving
 //! up on the broker, a queue clash) stops the supervisor with that reason: never a quiet loop.
 
+mod endpoint;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -17,6 +19,7 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{error, info, warn};
 
+use self::endpoint::GaugeSources;
 use crate::abort::AbortOnDrop;
 use crate::beat::{Beat, BeatMessage};
 use crate::child::python::PythonTask;
@@ -29,7 +32,7 @@ use crate::control::info::TaskAttrs;
 use crate::control::{Control, ControlMessage, ControlPeers};
 use crate::events::{Events, EventsMessage, TaskEvents};
 use crate::helper::{HelperMessage, HelperProcess, PythonHelper};
-use crate::metrics::{GaugeSources, Metrics};
+use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolArgs, PoolMessage, effective_rates};
 use crate::revoke::{RevokeMessage, RevokePeers, RevokeRegistry, RevokedCount};
 use crate::scheduler::{Scheduler, SchedulerMessage};
@@ -286,7 +289,7 @@ impl Actor for Supervisor {
                 scheduler: scheduler.clone(),
                 revoke: revoke.clone(),
             };
-            AbortOnDrop(tokio::spawn(crate::metrics::serve(l, metrics, sources)))
+            AbortOnDrop(tokio::spawn(endpoint::serve(l, metrics, sources)))
         });
         Ok(SupervisorState {
             revoke,
