@@ -43,7 +43,6 @@ use crate::consumer::ConsumerMessage;
 use crate::pool::PoolMessage;
 use crate::revoke::RevokeMessage;
 use crate::settings::Settings;
-use crate::supervisor::SupervisorMessage;
 
 /// The fanout exchange control requests are published to.
 pub use crate::protocol::pidbox::PIDBOX_EXCHANGE;
@@ -101,7 +100,7 @@ impl Control {
 #[derive(Debug, Clone)]
 pub struct ControlPeers {
     /// For `shutdown`.
-    pub supervisor: ActorRef<SupervisorMessage>,
+    pub supervisor: ractor::DerivedActorRef<crate::shutdown::ShutdownMode>,
     /// For `revoke`, `terminate`, `revoked`.
     pub revoke: ActorRef<RevokeMessage>,
     /// For `rate_limit`, `time_limit`, `active`, `reserved`, `stats`.

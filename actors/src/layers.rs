@@ -44,8 +44,6 @@ const LAYERS: &[&[&str]] = &[
 const KNOWN: &[(&str, &str)] = &[
     // ChildProcess moves under pool/ (its supervisor), the process plumbing below both.
     ("child", "pool"),
-    // Shutdown asked of the supervisor through a derived ref.
-    ("control", "supervisor"),
     // Control commands registered apart from the task registry.
     ("task", "control"),
 ];

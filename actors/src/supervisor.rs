@@ -105,6 +105,24 @@ pub enum SupervisorMessage {
     Drained,
 }
 
+/// Remote control asks for a shutdown through a derived ref of this.
+impl From<ShutdownMode> for SupervisorMessage {
+    fn from(mode: ShutdownMode) -> Self {
+        SupervisorMessage::Shutdown(mode)
+    }
+}
+
+impl TryFrom<SupervisorMessage> for ShutdownMode {
+    type Error = SupervisorMessage;
+
+    fn try_from(msg: SupervisorMessage) -> Result<Self, SupervisorMessage> {
+        match msg {
+            SupervisorMessage::Shutdown(mode) => Ok(mode),
+            other => Err(other),
+        }
+    }
+}
+
 /// The supervisor's state: its children's handles.
 #[derive(Debug)]
 pub struct SupervisorState {
@@ -252,7 +270,7 @@ impl Actor for Supervisor {
             None
         };
         let control_peers = ControlPeers {
-            supervisor: myself.clone(),
+            supervisor: myself.get_derived(),
             revoke: revoke.clone(),
             pool: pool.clone(),
             scheduler: scheduler.clone(),

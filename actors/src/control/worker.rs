@@ -8,14 +8,11 @@ use super::request::ok;
 use super::{Control, ControlPeers};
 use crate::revoke::RevokeMessage;
 use crate::shutdown::ShutdownMode;
-use crate::supervisor::SupervisorMessage;
 
 /// `shutdown`: a warm shutdown, by the supervisor (never replied to).
 pub(super) fn shutdown(peers: &ControlPeers) {
     info!("Shutdown requested by remote control.");
-    let _ = peers
-        .supervisor
-        .cast(SupervisorMessage::Shutdown(ShutdownMode::Warm));
+    let _ = peers.supervisor.send_message(ShutdownMode::Warm);
 }
 
 /// `enable_events`: the events of group `task` are sent from now on.
