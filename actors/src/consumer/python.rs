@@ -12,6 +12,7 @@ use std::time::Duration;
 use ractor::ActorRef;
 use tracing::{debug, error, info, warn};
 
+use super::finish::Settle;
 use super::{Consumer, ConsumerState};
 use crate::child::python::{Done, PythonTask, ReportKind, Reported};
 use crate::events::build as event;
@@ -42,19 +43,6 @@ pub fn accept_mime_types(accept: &[String]) -> Vec<String> {
             other => other.to_owned(),
         })
         .collect()
-}
-
-/// How to settle a delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Settle {
-    /// `basic.ack`.
-    Ack,
-    /// `basic.reject`, not requeued (dead-lettered where the queue says so).
-    Reject,
-    /// `basic.reject` with requeue.
-    Requeue,
-    /// Leave it: it was settled already (acked when the task started).
-    Leave,
 }
 
 /// Reads Celery's decision in a `reported` frame.
@@ -167,7 +155,7 @@ impl Consumer {
             (Some(_), Settle::Leave) => fallback,
             (_, s) => s,
         };
-        settle_delivery(state, reserved, settle);
+        state.settle(reserved.delivery, settle);
     }
 
     /// A Python task ended (or will not run): log it, send its events, have Celery write
@@ -231,7 +219,7 @@ impl Consumer {
                 }
                 match after_done(&done, acks_late, on_failure) {
                     AfterDone::Settle(s) => {
-                        settle_delivery(state, &reserved, s);
+                        state.settle(reserved.delivery, s);
                         return;
                     }
                     AfterDone::Report(kind) => kind,
@@ -247,8 +235,7 @@ impl Consumer {
             TaskOutcome::Revoked(reason) => {
                 info!(task_id = %id, "Discarding revoked task: {name}[{id}] ({reason}).");
                 if reserved.holds_prefetch {
-                    state.held = state.held.saturating_sub(1);
-                    state.prefetch_dirty = true;
+                    state.window.release();
                 }
                 match reason {
                     RevokeReason::Expired => ReportKind::Expired,
@@ -257,20 +244,11 @@ impl Consumer {
             }
             other => {
                 warn!(task_id = %id, "A Python task ended as a Rust one ({other:?}); acked.");
-                settle_delivery(state, &reserved, Settle::Ack);
+                state.settle(reserved.delivery, Settle::Ack);
                 return;
             }
         };
         self.report(state, &py, &reserved, kind, Settle::Ack).await;
-    }
-}
-
-fn settle_delivery(state: &mut ConsumerState, reserved: &Reserved, settle: Settle) {
-    match settle {
-        Settle::Ack => state.ack(reserved.delivery),
-        Settle::Reject => state.reject(reserved.delivery, false),
-        Settle::Requeue => state.reject(reserved.delivery, true),
-        Settle::Leave => {}
     }
 }
 

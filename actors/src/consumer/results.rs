@@ -295,13 +295,9 @@ impl ConsumerState {
                     continue;
                 }
             };
-            let sent = match self.side_channel().await {
-                Some(ch) => ch
-                    .publish_task_to(&o.exchange, &o.routing_key, &o.message)
-                    .await
-                    .map_err(|e| e.to_string()),
-                None => Err("not connected to the broker".to_owned()),
-            };
+            let sent = self
+                .publish_on_side(&o.exchange, &o.routing_key, &o.message)
+                .await;
             let name = o.message.headers["task"]
                 .as_str()
                 .unwrap_or_default()
@@ -311,7 +307,6 @@ impl ConsumerState {
                     debug!(task_id, sent = %o.message.id, "Sent {name}[{}] after {task_id}.", o.message.id)
                 }
                 Err(e) => {
-                    self.side = None;
                     error!(task_id, error = %e,
                         "After task {task_id}: cannot send {name}[{}]; it is not carried out.",
                         o.message.id);
