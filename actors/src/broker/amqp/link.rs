@@ -133,7 +133,7 @@ impl Link {
 
     /// Declares the durable topic exchange `exchange` (Celery's `celeryev`).
     pub async fn declare_topic(&self, exchange: &str) -> Result<(), BrokerError> {
-        super::declare_durable_topic(&self.channel.0, exchange).await?;
+        super::declare::declare_durable_topic(&self.channel.0, exchange).await?;
         Ok(())
     }
 
