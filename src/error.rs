@@ -1,5 +1,6 @@
 //! Start-up errors and their exit codes (sysexits, as Celery uses).
 
+use celeryd_actors::supervisor::{Failure, FailureKind};
 use thiserror::Error;
 
 /// Why the worker could not start (or stopped on an infrastructure failure).
@@ -32,6 +33,21 @@ pub enum StartupError {
     /// import error (the message carries the Python traceback).
     #[error("cannot load the Python app: {0}")]
     Python(String),
+}
+
+/// A component that stopped the worker, by the kind of its failure: a queue the broker holds
+/// with other arguments means the configuration must change (78); a refused login is 77;
+/// a broker given up on, 69.
+impl From<Failure> for StartupError {
+    fn from(failure: Failure) -> Self {
+        let text = failure.to_string();
+        match failure.kind {
+            FailureKind::Clash => StartupError::Config(text),
+            FailureKind::LoginRefused => StartupError::Auth(text),
+            FailureKind::Broker => StartupError::Broker(text),
+            FailureKind::Other => StartupError::Runtime(text),
+        }
+    }
 }
 
 impl StartupError {

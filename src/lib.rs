@@ -103,13 +103,7 @@ pub async fn run(
     };
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), handle).await;
     match reason {
-        // A queue the broker holds with other arguments: the configuration must change (78).
-        ExitReason::Failed(why) if why.contains("clashes with its declaration") => {
-            Err(StartupError::Config(why))
-        }
-        ExitReason::Failed(why) if why.contains("ACCESS_REFUSED") => Err(StartupError::Auth(why)),
-        ExitReason::Failed(why) if why.contains("broker") => Err(StartupError::Broker(why)),
-        ExitReason::Failed(why) => Err(StartupError::Runtime(why)),
+        ExitReason::Failed(failure) => Err(StartupError::from(failure)),
         other => Ok(other),
     }
 }

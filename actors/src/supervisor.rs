@@ -10,18 +10,21 @@
 //! broker when the connection drops). An infrastructure child that fails (the consumer giving
 //! up on the broker, a queue clash) stops the supervisor with that reason: never a quiet loop.
 
+mod children;
 mod endpoint;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{error, info, warn};
 
+use self::children::{Children, Stop};
 use self::endpoint::GaugeSources;
 use crate::abort::AbortOnDrop;
 use crate::beat::{Beat, BeatMessage};
+use crate::broker::{BrokerError, ErrorKind};
 use crate::child::python::PythonTask;
 use crate::child::{ChildCommand, Recycling};
 use crate::clock::Clock;
@@ -31,10 +34,10 @@ use crate::control::custom::ControlCommands;
 use crate::control::info::TaskAttrs;
 use crate::control::{Control, ControlMessage, ControlPeers};
 use crate::events::{Events, EventsMessage, TaskEvents};
-use crate::helper::{HelperMessage, HelperProcess, PythonHelper};
+use crate::helper::{HelperProcess, PythonHelper};
 use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolArgs, PoolMessage, effective_rates};
-use crate::revoke::{RevokeMessage, RevokePeers, RevokeRegistry, RevokedCount};
+use crate::revoke::{RevokePeers, RevokeRegistry, RevokedCount};
 use crate::scheduler::{Scheduler, SchedulerMessage};
 use crate::settings::Settings;
 use crate::shutdown::ShutdownMode;
@@ -47,8 +50,56 @@ pub enum ExitReason {
     Warm,
     /// Cold shutdown.
     Cold,
-    /// An infrastructure child failed; the text says which and why.
-    Failed(String),
+    /// An infrastructure child failed.
+    Failed(Failure),
+}
+
+/// A child that stopped the worker: which, what kind of failure, and its words.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    /// The child's name (`consumer`, `pool`, …).
+    pub component: &'static str,
+    /// What kind of failure it is.
+    pub kind: FailureKind,
+    /// What it said.
+    pub message: String,
+}
+
+/// The kinds of failure the exit code tells apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The broker refused the login: retrying will not mend it.
+    LoginRefused,
+    /// A queue or exchange is declared otherwise on the broker: the configuration must change.
+    Clash,
+    /// The broker could not be reached (or gave up on).
+    Broker,
+    /// Anything else.
+    Other,
+}
+
+impl Failure {
+    /// The failure of `component`, classified by its error's type (a [`BrokerError`] and its
+    /// [`kind`](BrokerError::kind)), never by its text.
+    pub fn of(component: &'static str, error: &(dyn std::error::Error + 'static)) -> Failure {
+        let kind = match error.downcast_ref::<BrokerError>() {
+            Some(BrokerError::Clash { .. }) => FailureKind::Clash,
+            Some(e) if e.kind() == ErrorKind::LoginRefused => FailureKind::LoginRefused,
+            Some(_) => FailureKind::Broker,
+            None => FailureKind::Other,
+        };
+        Failure {
+            component,
+            kind,
+            message: error.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.component, self.message)
+    }
 }
 
 /// Everything the tree is built from.
@@ -126,15 +177,14 @@ impl TryFrom<SupervisorMessage> for ShutdownMode {
 /// The supervisor's state: its children's handles.
 #[derive(Debug)]
 pub struct SupervisorState {
-    revoke: ActorRef<RevokeMessage>,
+    /// Every child, in start order: named in failures, stopped in reverse.
+    children: Children,
+    /// The children the shutdown sequence and `DumpActive` talk to.
     pool: ActorRef<PoolMessage>,
     scheduler: ActorRef<SchedulerMessage>,
     consumer: ActorRef<ConsumerMessage>,
-    control: ActorRef<ControlMessage>,
     events: ActorRef<EventsMessage>,
-    /// With Python tasks: the helper.
-    helper: Option<ActorRef<HelperMessage>>,
-    /// With `-B`: the periodic task scheduler.
+    /// With `-B`: the periodic task scheduler (stopped first in a warm shutdown).
     beat: Option<ActorRef<BeatMessage>>,
     /// The metrics endpoint's task, stopped with the supervisor.
     _metrics_endpoint: Option<AbortOnDrop<()>>,
@@ -309,14 +359,30 @@ impl Actor for Supervisor {
             };
             AbortOnDrop(tokio::spawn(endpoint::serve(l, metrics, sources)))
         });
+        // Start order (helper, backend, pool, events, scheduler, revoke registry, beat,
+        // control, consumer): each is started before what sends to it.
+        let mut children = Children::default();
+        if let Some(h) = &helper {
+            children.push("python-helper", h.get_cell(), Stop::Signal);
+        }
+        if let Some(b) = &backend {
+            children.push("backend", b.get_cell(), Stop::Drain);
+        }
+        children.push("pool", pool.get_cell(), Stop::Signal);
+        children.push("events", events.get_cell(), Stop::Signal);
+        children.push("scheduler", scheduler.get_cell(), Stop::Signal);
+        children.push("revoke-registry", revoke.get_cell(), Stop::Signal);
+        if let Some(b) = &beat {
+            children.push("beat", b.get_cell(), Stop::Signal);
+        }
+        children.push("control", control.get_cell(), Stop::Signal);
+        children.push("consumer", consumer.get_cell(), Stop::Signal);
         Ok(SupervisorState {
-            revoke,
+            children,
             pool,
             scheduler,
             consumer,
-            control,
             events,
-            helper,
             beat,
             _metrics_endpoint: metrics_endpoint,
             exit: args.exit,
@@ -368,72 +434,34 @@ impl Actor for Supervisor {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, reason): (ActorCell, String) = match event {
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.unwrap_or_default())
+        let failure = match event {
+            SupervisionEvent::ActorTerminated(cell, _, reason) => Failure {
+                component: state.children.name_of(cell.get_id()),
+                kind: FailureKind::Other,
+                message: reason.unwrap_or_default(),
+            },
+            SupervisionEvent::ActorFailed(cell, err) => {
+                Failure::of(state.children.name_of(cell.get_id()), err.as_ref())
             }
-            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
             _ => return Ok(()),
         };
         if state.shutting_down {
             return Ok(());
         }
-        let who = state.name_of(&cell);
-        error!(actor = who, reason = %reason, "A worker component stopped; shutting down.");
+        error!(actor = failure.component, reason = %failure.message,
+            "A worker component stopped; shutting down.");
         state.shutting_down = true;
-        state.stop_all(
-            &myself,
-            ExitReason::Failed(format!("{who}: {reason}")),
-            true,
-        );
+        state.stop_all(&myself, ExitReason::Failed(failure), true);
         Ok(())
     }
 }
 
 impl SupervisorState {
-    fn name_of(&self, cell: &ActorCell) -> &'static str {
-        let id = cell.get_id();
-        if id == self.control.get_id() {
-            "control"
-        } else if id == self.consumer.get_id() {
-            "consumer"
-        } else if id == self.pool.get_id() {
-            "pool"
-        } else if id == self.scheduler.get_id() {
-            "scheduler"
-        } else if id == self.revoke.get_id() {
-            "revoke-registry"
-        } else if id == self.events.get_id() {
-            "events"
-        } else if self.helper.as_ref().is_some_and(|h| h.get_id() == id) {
-            "python-helper"
-        } else if self.beat.as_ref().is_some_and(|b| b.get_id() == id) {
-            "beat"
-        } else {
-            "unknown"
-        }
-    }
-
     /// Stops the children in reverse start order, then the supervisor itself.
     fn stop_all(&mut self, myself: &ActorRef<SupervisorMessage>, reason: ExitReason, kill: bool) {
         self.shutting_down = true;
-        let cells = [
-            self.control.get_cell(),
-            self.consumer.get_cell(),
-            self.scheduler.get_cell(),
-            self.events.get_cell(),
-            self.pool.get_cell(),
-            self.revoke.get_cell(),
-        ];
-        let helper = self.helper.as_ref().map(|h| h.get_cell());
-        let beat = self.beat.as_ref().map(|b| b.get_cell());
-        for c in beat.into_iter().chain(cells).chain(helper) {
-            if kill {
-                c.kill()
-            } else {
-                c.stop(Some("warm_shutdown".into()))
-            }
-        }
+        tracing::debug!(order = ?self.children.stop_order(), kill, "Stopping the worker's components.");
+        self.children.stop_all(kill);
         let _ = self.exit.send(reason);
         myself.stop(Some("shutdown".into()));
     }
@@ -520,4 +548,45 @@ async fn dump_active(pool: ActorRef<PoolMessage>, scheduler: ActorRef<SchedulerM
         ));
     }
     warn!("{text}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_classified_by_their_type_not_their_words() {
+        let clash = BrokerError::Clash {
+            name: "q".into(),
+            reason: "x-max-priority".into(),
+        };
+        assert_eq!(Failure::of("consumer", &clash).kind, FailureKind::Clash);
+        let refused = BrokerError::Unreachable {
+            url: "amqp://h".into(),
+            attempts: 1,
+            last: "ACCESS_REFUSED: check the user".into(),
+        };
+        assert_eq!(
+            Failure::of("consumer", &refused).kind,
+            FailureKind::LoginRefused
+        );
+        let gone = BrokerError::Unreachable {
+            url: "amqp://h".into(),
+            attempts: 3,
+            last: "connection refused".into(),
+        };
+        let f = Failure::of("consumer", &gone);
+        assert_eq!(f.kind, FailureKind::Broker);
+        assert!(
+            f.to_string()
+                .starts_with("consumer: cannot reach the broker"),
+            "{f}"
+        );
+        let other = std::io::Error::other("the broker said so");
+        assert_eq!(
+            Failure::of("beat", &other).kind,
+            FailureKind::Other,
+            "words do not count"
+        );
+    }
 }
