@@ -51,15 +51,13 @@ const KNOWN: &[(&str, &str)] = &[
     ("pool", "consumer"),
     // The counters move below the metrics endpoint actor.
     ("pool", "metrics"),
-    // Control commands registered apart from the task registry.
-    ("task", "control"),
 ];
 
 /// The most lines a file of the engine should have.
 const MAX_LINES: usize = 700;
 
 /// Files over [`MAX_LINES`], until they are split.
-const KNOWN_LONG: &[&str] = &["broker/amqp.rs", "consumer.rs", "pool.rs", "task.rs"];
+const KNOWN_LONG: &[&str] = &["broker/amqp.rs", "consumer.rs", "pool.rs"];
 
 fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
