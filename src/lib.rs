@@ -36,10 +36,10 @@ pub use celeryd_actors as engine;
 use celeryd_actors::child::ChildCommand;
 use celeryd_actors::control::custom::ControlCommands;
 use celeryd_actors::supervisor::{ExitReason, PythonSetup, Supervisor, SupervisorArgs};
-use celeryd_actors::task::TaskOptions;
 /// What a worker of your own needs besides [`Registry`] and [`main_with`]: one crate to
 /// depend on.
 pub use celeryd_actors::task::{Args, RegisteredTask, TaskContext, TaskError};
+use celeryd_actors::task::{TaskOptions, Tasks};
 pub use celeryd_actors::{Registry, Settings, ShutdownMode};
 /// The JSON values task arguments and results are (`json!`, `Value`, `Map`).
 pub use serde_json;
@@ -57,7 +57,7 @@ pub struct Work {
     /// How to start a child process.
     pub child_command: ChildCommand,
     /// The Rust tasks (run in the worker process by the in-process pools).
-    pub registry: std::sync::Arc<Registry>,
+    pub registry: std::sync::Arc<Tasks>,
     /// With `-A`: the app's `beat_schedule` entries (for `-B`).
     pub beat_entries: celeryd_actors::settings::BeatEntries,
     /// With `-A`: the Python side, set up.
@@ -235,7 +235,7 @@ pub fn main_with(registry: Registry) -> ExitCode {
         }
     };
     let rust_tasks = registry.options();
-    let commands = registry.control_commands().clone();
+    let (registry, commands) = registry.into_parts();
     let registry = std::sync::Arc::new(registry);
     let (purge, quiet) = (cli.run.purge, cli.run.quiet);
     let restart = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -335,7 +335,7 @@ pub fn main_with(registry: Registry) -> ExitCode {
             };
         }
         let registry = if python.is_some() {
-            std::sync::Arc::new(Registry::new())
+            std::sync::Arc::new(Tasks::new())
         } else {
             registry
         };

@@ -44,15 +44,13 @@ const LAYERS: &[&[&str]] = &[
 const KNOWN: &[(&str, &str)] = &[
     // ChildProcess moves under pool/ (its supervisor), the process plumbing below both.
     ("child", "pool"),
-    // Control commands registered apart from the task registry.
-    ("task", "control"),
 ];
 
 /// The most lines a file of the engine should have.
 const MAX_LINES: usize = 700;
 
 /// Files over [`MAX_LINES`], until they are split.
-const KNOWN_LONG: &[&str] = &["pool.rs", "task.rs"];
+const KNOWN_LONG: &[&str] = &["pool.rs"];
 
 fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")

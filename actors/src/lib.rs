@@ -45,8 +45,9 @@ mod testkit;
 pub mod work;
 
 pub use broker::BrokerError;
+pub use control::custom::Registry;
 pub use error::{ChildError, ConfigError, ProtocolError, StoreError};
 pub use settings::Settings;
 pub use shutdown::ShutdownMode;
 pub use supervisor::{Supervisor, SupervisorArgs, SupervisorMessage};
-pub use task::{Args, Registry, TaskContext, TaskError};
+pub use task::{Args, TaskContext, TaskError};

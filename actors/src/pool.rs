@@ -31,7 +31,7 @@ use crate::child::{
 };
 use crate::protocol::TaskRequest;
 use crate::settings::PoolKind;
-use crate::task::{Registry, TaskOptions};
+use crate::task::{TaskOptions, Tasks};
 use crate::work::{DeliveryRef, Reserved, RevokeReason, StartedInfo, TaskOutcome};
 
 /// The pool's tasks, for `inspect active/reserved` and `stats`.
@@ -55,7 +55,7 @@ pub struct PoolTasks {
 #[derive(Debug)]
 pub struct Pool {
     kind: PoolKind,
-    registry: Arc<Registry>,
+    registry: Arc<Tasks>,
     max_size: usize,
     async_threads: usize,
     command: ChildCommand,
@@ -74,7 +74,7 @@ pub struct PoolArgs {
     /// How tasks run.
     pub kind: PoolKind,
     /// The tasks, for the in-process pools (prefork children have their own copy).
-    pub registry: Arc<Registry>,
+    pub registry: Arc<Tasks>,
     /// The most tasks the pool may ever run at once (`pool_grow`/`autoscale` bound).
     pub max_size: usize,
     /// Worker threads of the async pool's runtime (`[worker] async_threads`).

@@ -41,7 +41,7 @@ use crate::revoke::{RevokePeers, RevokeRegistry, RevokedCount};
 use crate::scheduler::{Scheduler, SchedulerMessage};
 use crate::settings::Settings;
 use crate::shutdown::ShutdownMode;
-use crate::task::TaskOptions;
+use crate::task::{TaskOptions, Tasks};
 
 /// Why the supervisor stopped.
 #[derive(Debug, Clone, PartialEq)]
@@ -116,7 +116,7 @@ pub struct SupervisorArgs {
     /// How to start a child process.
     pub child_command: ChildCommand,
     /// The Rust tasks, which the in-process pools (`async`, `threads`, `solo`) run.
-    pub registry: Arc<crate::task::Registry>,
+    pub registry: Arc<Tasks>,
     /// With `-A`: the app's `beat_schedule` entries, for the scheduler (`-B`).
     pub beat_entries: crate::settings::BeatEntries,
     /// Receives the exit reason just before the supervisor stops.

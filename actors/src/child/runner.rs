@@ -11,10 +11,10 @@ use serde_json::{Map, Value};
 
 use super::ipc::{FromChild, Job, JobOutcome, ToChild, read_frame_blocking, write_frame_blocking};
 use crate::error::ChildError;
-use crate::task::{Args, Registry, TaskContext, TaskError};
+use crate::task::{Args, TaskContext, TaskError, Tasks};
 
 /// Runs the child loop until stdin closes. Returns the process exit code.
-pub fn run_child(registry: &Registry) -> i32 {
+pub fn run_child(registry: &Tasks) -> i32 {
     match child_loop(registry) {
         Ok(()) => 0,
         Err(e) => {
@@ -24,7 +24,7 @@ pub fn run_child(registry: &Registry) -> i32 {
     }
 }
 
-fn child_loop(registry: &Registry) -> Result<(), ChildError> {
+fn child_loop(registry: &Tasks) -> Result<(), ChildError> {
     // Die with the parent, whatever way it goes (kill -9 included).
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
     if nix::unistd::getppid() == nix::unistd::Pid::from_raw(1) {
@@ -140,7 +140,7 @@ impl JobEnv {
 
 /// Runs one job and turns whatever happens (value, error, panic) into an outcome. An async
 /// task is driven to its end on `env`'s runtime.
-pub fn run_job(registry: &Registry, job: Job, env: &mut JobEnv) -> JobOutcome {
+pub fn run_job(registry: &Tasks, job: Job, env: &mut JobEnv) -> JobOutcome {
     let Some(task) = registry.get(&job.name) else {
         return failure(
             &TaskError::new("NotRegistered", job.name.clone()).with_module("celery.exceptions"),
@@ -304,7 +304,7 @@ mod tests {
 
     #[test]
     fn runs_values_errors_and_panics() {
-        let mut r = Registry::new();
+        let mut r = Tasks::new();
         r.task("add", &["x", "y"], |_c, (x, y): (i64, i64)| Ok(x + y));
         r.task("fail", &[], |_c, ()| -> Result<(), TaskError> {
             Err(TaskError::new("ValueError", "boom"))
@@ -344,7 +344,7 @@ mod tests {
 
     #[test]
     fn async_tasks_run_to_the_end_in_a_child_and_see_the_soft_limit() {
-        let mut r = Registry::new();
+        let mut r = Tasks::new();
         r.task_async("wait", &["s"], |ctx, (s,): (f64,)| async move {
             ctx.sleep(std::time::Duration::from_secs_f64(s)).await?;
             Ok(s)

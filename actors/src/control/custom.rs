@@ -7,6 +7,10 @@
 //! `OK` or `ERROR`). A command registered under a built-in's name replaces the built-in, as
 //! `Panel.register` does.
 //!
+//! An application registers them on its [`Registry`] ([`Registry::control_command`]), which is
+//! defined here rather than with the tasks it also holds: the handlers reach the actors, so they
+//! sit above them, while the tasks ([`Tasks`]) sit below (see [`crate::task`]).
+//!
 //! ```
 //! use celeryd_actors::control::custom::ControlCommands;
 //! use serde_json::json;
@@ -21,6 +25,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -31,6 +36,7 @@ use crate::pool::{PoolMessage, PoolTasks};
 use crate::protocol::TaskRequest;
 use crate::revoke::RevokeMessage;
 use crate::scheduler::SchedulerMessage;
+use crate::task::Tasks;
 
 /// What a handler returns: its reply, later.
 pub type ControlFuture = Pin<Box<dyn Future<Output = Value> + Send>>;
@@ -80,6 +86,78 @@ impl ControlCommands {
     /// Registered names, sorted.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.commands.keys().map(String::as_str)
+    }
+}
+
+/// What an application registers: its tasks and its own control commands. Built once by the
+/// binary and handed to the worker (`celeryd::main_with`), which gives the pool and the child
+/// processes the [`Tasks`] and the control actor the [`ControlCommands`].
+///
+/// It dereferences to its [`Tasks`], so the task methods ([`Tasks::task`],
+/// [`Tasks::task_async`], [`Tasks::get`]…) are called on it directly.
+///
+/// ```
+/// use celeryd_actors::Registry;
+/// use serde_json::json;
+///
+/// let mut registry = Registry::new();
+/// registry.task("tasks.add", &["x", "y"], |_ctx, (x, y): (i64, i64)| Ok(x + y));
+/// registry.control_command("queue_depths", |handle, _args| async move {
+///     let tasks = handle.pool_tasks().await;
+///     json!({"ok": {"active": tasks.active.len(), "reserved": tasks.reserved.len()}})
+/// });
+/// assert!(registry.contains("tasks.add"));
+/// assert!(registry.control_commands().contains("queue_depths"));
+/// let (tasks, commands) = registry.into_parts();
+/// assert_eq!(tasks.names().collect::<Vec<_>>(), ["tasks.add"]);
+/// assert_eq!(commands.names().collect::<Vec<_>>(), ["queue_depths"]);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    tasks: Tasks,
+    commands: ControlCommands,
+}
+
+impl Registry {
+    /// No tasks and no commands.
+    pub fn new() -> Self {
+        Registry::default()
+    }
+
+    /// Registers an application remote-control command (Celery's `Panel.register`): `handler`
+    /// gets a [`ControlHandle`] and the request's arguments and returns the JSON reply. See
+    /// [`ControlCommands::register`].
+    pub fn control_command<F, Fut>(&mut self, name: &str, handler: F) -> &mut Self
+    where
+        F: Fn(ControlHandle, Map<String, Value>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Value> + Send + 'static,
+    {
+        self.commands.register(name, handler);
+        self
+    }
+
+    /// The application's control commands.
+    pub fn control_commands(&self) -> &ControlCommands {
+        &self.commands
+    }
+
+    /// The tasks and the control commands, apart: each goes to the actors that use it.
+    pub fn into_parts(self) -> (Tasks, ControlCommands) {
+        (self.tasks, self.commands)
+    }
+}
+
+impl Deref for Registry {
+    type Target = Tasks;
+
+    fn deref(&self) -> &Tasks {
+        &self.tasks
+    }
+}
+
+impl DerefMut for Registry {
+    fn deref_mut(&mut self) -> &mut Tasks {
+        &mut self.tasks
     }
 }
 

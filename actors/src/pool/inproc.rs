@@ -29,7 +29,7 @@ use crate::abort::AbortOnDrop;
 use crate::child::Limits;
 use crate::protocol::ExceptionInfo;
 use crate::settings::PoolKind;
-use crate::task::{Args, Registry, SignalSink, TaskContext, TaskError};
+use crate::task::{Args, SignalSink, TaskContext, TaskError, Tasks};
 use crate::work::{Reserved, TaskOutcome};
 
 /// Stack of each task thread: as a process's main thread gets.
@@ -91,7 +91,7 @@ pub struct InProcess {
     kind: PoolKind,
     _runtime: TaskRuntime,
     handle: tokio::runtime::Handle,
-    registry: Arc<Registry>,
+    registry: Arc<Tasks>,
     hostname: String,
     jobs: HashMap<u64, Job>,
     next: u64,
@@ -113,7 +113,7 @@ impl InProcess {
         kind: PoolKind,
         max_jobs: usize,
         async_threads: usize,
-        registry: Arc<Registry>,
+        registry: Arc<Tasks>,
         hostname: String,
     ) -> std::io::Result<Self> {
         // Async tasks share `async_threads` workers (`[worker] async_threads`); threads and
