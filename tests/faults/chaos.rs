@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use celeryd_actors::broker::amqp::{TaskQueue, declare_task_queue, publish_task};
 use celeryd_actors::protocol::encode::{TaskCall, TaskMessage};
 
-use crate::support::{Worker, alive, connect, delete_queue, eventually, queue_depth, unique_queue};
+use crate::kit::{Worker, alive, connect, delete_queue, eventually, queue_depth, unique_queue};
 use crate::{block_on, serial};
 
 const ACKS_LATE: &str = "[task]\nacks_late = true\n";
@@ -82,9 +82,11 @@ fn kill_9_five_times_during_acks_late_tasks_loses_none() {
         conn.close(200, "bye".into()).await.unwrap();
         ids
     });
-    let flags = ["-c", "2"];
     let mut logs = Vec::new();
-    let mut worker = Worker::start(&queue, ACKS_LATE, &flags);
+    let mut worker = Worker::builder(&queue)
+        .config(ACKS_LATE)
+        .concurrency(2)
+        .start();
     for kill in 1..=5 {
         let target = kill * N / 6;
         eventually(Duration::from_secs(120), "progress before the kill", || {
@@ -99,7 +101,10 @@ fn kill_9_five_times_during_acks_late_tasks_loses_none() {
             || children.iter().all(|p| !alive(*p)),
         );
         logs.push(worker.log());
-        worker = Worker::start(&queue, ACKS_LATE, &flags);
+        worker = Worker::builder(&queue)
+            .config(ACKS_LATE)
+            .concurrency(2)
+            .start();
     }
     eventually(Duration::from_secs(180), "every task done", || {
         counted(&logs, &worker, "tasks.noop").len() >= N
@@ -141,7 +146,10 @@ fn broker_restart_mid_run_loses_nothing_with_acks_late() {
         conn.close(200, "bye".into()).await.unwrap();
         ids
     });
-    let worker = Worker::start(&queue, ACKS_LATE, &["-c", "2"]);
+    let worker = Worker::builder(&queue)
+        .config(ACKS_LATE)
+        .concurrency(2)
+        .start();
     eventually(Duration::from_secs(60), "a third done", || {
         counted(&[], &worker, "tasks.sleep").len() >= N / 3
     });
@@ -149,7 +157,7 @@ fn broker_restart_mid_run_loses_nothing_with_acks_late() {
     let down = Instant::now();
     rabbitmqctl(&["shutdown"]);
     std::thread::sleep(Duration::from_secs(1));
-    let started = Command::new(crate::support::repo().join("scripts/ensure-broker.sh"))
+    let started = Command::new(crate::kit::repo().join("scripts/ensure-broker.sh"))
         .status()
         .unwrap();
     assert!(started.success(), "RabbitMQ did not come back");
@@ -172,7 +180,7 @@ fn broker_restart_mid_run_loses_nothing_with_acks_late() {
     let duplicates = done.values().sum::<usize>() - done.len();
     eprintln!("broker restart during {N} acks_late tasks: none lost, {duplicates} run twice");
     // The worker still answers remote control (its pidbox came back too).
-    let (code, out, err) = crate::support::worker_ctl(&["ping", "-d", &worker.nodename()]);
+    let (code, out, err) = crate::kit::worker_ctl(&["ping", "-d", &worker.nodename()]);
     assert_eq!(code, 0, "{out}{err}");
     drop(worker);
     block_on(delete_queue(&queue));
@@ -189,7 +197,7 @@ fn children_killed_at_random_under_load_are_replaced_and_reported() {
         conn.close(200, "bye".into()).await.unwrap();
         ids
     });
-    let worker = Worker::start(&queue, "", &["-c", "4"]);
+    let worker = Worker::builder(&queue).concurrency(4).start();
     let mut seed = 0x2545_f491_u64;
     for _ in 0..100 {
         eventually(Duration::from_secs(10), "pool back to 4 children", || {

@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 
 use celeryd_actors::protocol::encode::{TaskCall, TaskMessage};
 
-use crate::support::{Worker, eventually, repo, unique_queue};
+use crate::kit::{Worker, eventually, repo, unique_queue};
 use crate::{block_on, serial};
 
 /// The cluster for the length of a test; stopped and wiped when dropped.
@@ -113,7 +113,10 @@ fn the_workers_node_stopped_mid_run_it_fails_over_and_loses_nothing() {
     let _serial = serial();
     let _cluster = Cluster::start();
     let queue = unique_queue("cluster");
-    let worker = Worker::start_with_toml(&queue, &config(&queue), &["-c", "2"]);
+    let worker = Worker::builder(&queue)
+        .config_file(&config(&queue))
+        .concurrency(2)
+        .start();
     // Round-robin from the first URL: on node 1.
     assert!(
         !worker.log().contains("trying the next one"),

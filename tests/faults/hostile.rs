@@ -5,28 +5,22 @@
 use std::time::Duration;
 
 use lapin::BasicProperties;
-use lapin::options::BasicPublishOptions;
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::FieldTable;
 use serde_json::json;
 use time::OffsetDateTime;
 
 use celeryd_actors::broker::amqp::publish_task;
 use celeryd_actors::protocol::encode::{TaskCall, TaskMessage};
 
-use crate::support::{
-    Worker, connect, delete_queue, eventually, queue_depth, unique_queue, worker_ctl,
+use crate::kit::{
+    Worker, amqp_text, connect, delete_queue, eventually, publish_raw, queue_depth, task_headers,
+    unique_queue, worker_ctl,
 };
 use crate::{block_on, serial};
 
-fn text(s: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
-}
-
 /// Bad message number `i`: (content type, headers, body).
 fn bad_message(i: usize) -> (&'static str, FieldTable, Vec<u8>) {
-    let mut h = FieldTable::default();
-    h.insert("task".into(), text("tasks.add"));
-    h.insert("id".into(), text(&format!("bad-{i}")));
+    let mut h = task_headers("tasks.add", &format!("bad-{i}"));
     match i % 7 {
         0 => ("application/json", h, b"{not json".to_vec()),
         1 => ("application/json", h, br#"{"a": 1}"#.to_vec()),
@@ -36,7 +30,7 @@ fn bad_message(i: usize) -> (&'static str, FieldTable, Vec<u8>) {
             br#"[[1, 2], {}, {}]"#.to_vec(),
         ),
         3 => {
-            h.insert("eta".into(), text("yesterday at noon"));
+            h.insert("eta".into(), amqp_text("yesterday at noon"));
             ("application/json", h, br#"[[1, 2], {}, {}]"#.to_vec())
         }
         4 => (
@@ -57,7 +51,7 @@ fn bad_message(i: usize) -> (&'static str, FieldTable, Vec<u8>) {
 fn a_thousand_malformed_messages_among_valid_ones() {
     let _serial = serial();
     let queue = unique_queue("flood");
-    let worker = Worker::start(&queue, "", &["-c", "2"]);
+    let worker = Worker::builder(&queue).concurrency(2).start();
     let valid = block_on(async {
         let conn = connect().await;
         let ch = conn.create_channel().await.unwrap();
@@ -66,17 +60,8 @@ fn a_thousand_malformed_messages_among_valid_ones() {
             let (ct, headers, body) = bad_message(i);
             let props = BasicProperties::default()
                 .with_content_type(ct.into())
-                .with_headers(headers)
                 .with_delivery_mode(2);
-            ch.basic_publish(
-                "".into(),
-                queue.as_str().into(),
-                BasicPublishOptions::default(),
-                &body,
-                props,
-            )
-            .await
-            .unwrap();
+            publish_raw(&ch, "", &queue, Some(headers), props, &body).await;
             let call = TaskCall {
                 name: "tasks.add".into(),
                 args: vec![json!(i), json!(1)],
@@ -120,7 +105,7 @@ fn a_thousand_malformed_messages_among_valid_ones() {
 fn hostile_control_messages_get_errors_or_are_ignored() {
     let _serial = serial();
     let queue = unique_queue("hostile");
-    let worker = Worker::start(&queue, "", &["-c", "1"]);
+    let worker = Worker::builder(&queue).concurrency(1).start();
     let node = worker.nodename();
     let reply_to = json!({"exchange": "reply.celery.pidbox", "routing_key": "nobody"});
     let request = |method: &str, arguments: serde_json::Value| {
@@ -182,15 +167,8 @@ fn hostile_control_messages_get_errors_or_are_ignored() {
         let conn = connect().await;
         let ch = conn.create_channel().await.unwrap();
         for body in &bodies {
-            ch.basic_publish(
-                "celery.pidbox".into(),
-                "".into(),
-                BasicPublishOptions::default(),
-                body,
-                BasicProperties::default().with_content_type("application/json".into()),
-            )
-            .await
-            .unwrap();
+            let props = BasicProperties::default().with_content_type("application/json".into());
+            publish_raw(&ch, "celery.pidbox", "", None, props, body).await;
         }
         conn.close(200, "bye".into()).await.unwrap();
     });
@@ -201,7 +179,7 @@ fn hostile_control_messages_get_errors_or_are_ignored() {
     let (_, out, _) = worker_ctl(&["active_queues", "--json", "-d", &node]);
     let queues: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(queues[&node].as_array().unwrap().len(), 1, "{queues}");
-    let r = crate::support::call_task(&queue, "tasks.add", "[1, 1]", &[]);
+    let r = crate::kit::call_task(&queue, "tasks.add", "[1, 1]", &[]);
     assert_eq!(r["result"], json!(2), "{r}");
     assert_eq!(
         worker.children().len(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{
+use crate::kit::{
     Worker, delete_queue, eventually, free_port, python, python_amqp_url, repo, unique_queue,
 };
 use crate::{block_on, serial};
@@ -85,7 +85,10 @@ fn results_made_while_redis_is_down_are_stored_when_it_is_back() {
     let url = redis.url();
     let queue = unique_queue("redis-down");
     let config = format!("[result]\nbackend = \"{url}\"\n");
-    let worker = Worker::start(&queue, &config, &["-c", "2"]);
+    let worker = Worker::builder(&queue)
+        .config(&config)
+        .concurrency(2)
+        .start();
     let before = client(&url, &queue, &["send", "20"]);
     let ids = before["ids"].to_string();
     let got = client(&url, &queue, &["collect", &ids, "20"]);

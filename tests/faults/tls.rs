@@ -6,7 +6,7 @@ use std::process::Command;
 
 use serde_json::json;
 
-use crate::support::{Worker, call_task, delete_queue, repo, unique_queue};
+use crate::kit::{Worker, call_task, delete_queue, repo, unique_queue, worker_command};
 use crate::{block_on, serial};
 
 fn ca_file() -> String {
@@ -30,7 +30,10 @@ fn amqps_with_a_ca_file_works_and_without_it_is_refused() {
         "[broker]\nurl = \"amqps://guest:guest@localhost:5671/%2f\"\nssl_ca_file = \"{ca}\"\n"
     );
     // The config's own [broker] section replaces the helper's plain URL.
-    let worker = Worker::start_with_toml(&queue, &tls, &["-c", "1"]);
+    let worker = Worker::builder(&queue)
+        .config_file(&tls)
+        .concurrency(1)
+        .start();
     let r = call_task(&queue, "tasks.add", "[20, 22]", &[]);
     assert_eq!(r["result"], json!(42), "a task consumed over TLS: {r}");
     drop(worker);
@@ -42,7 +45,7 @@ fn amqps_with_a_ca_file_works_and_without_it_is_refused() {
         "[broker]\nurl = \"amqps://guest:guest@localhost:5671/%2f\"\nconnection_max_retries = 1\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_worker"))
+    let out = worker_command()
         .arg("--config")
         .arg(&config)
         .args(["-c", "1", "-Q", &queue])

@@ -14,9 +14,9 @@ use lapin::types::FieldTable;
 use serde_json::{Value, json};
 
 use crate::block_on;
-use crate::support::{
-    PyWorker, Worker, amqp_url, capture_log, connect, delete_queue, eventually, python,
-    python_amqp_url, repo, unique_queue, worker_ctl,
+use crate::kit::{
+    PyWorker, Worker, amqp_url, capture_log, connect, delete_queue, eventually, node_name, python,
+    python_amqp_url, repo, unique_queue, worker_command, worker_ctl,
 };
 
 /// A `worker beat` process (or `worker -B` with `flags`) with its log.
@@ -37,9 +37,8 @@ impl Beat {
             format!("[broker]\nurl = \"{}\"\n{config}\n", amqp_url()),
         )
         .unwrap();
-        let short = &uuid::Uuid::new_v4().simple().to_string()[..8];
-        let node = format!("beat-{short}@%h");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_worker"))
+        let node = node_name("beat");
+        let mut child = worker_command()
             .arg("--config")
             .arg(&path)
             .args(["beat", "-n", &node, "-l", "debug"])
@@ -177,7 +176,10 @@ fn an_every_entry_runs_about_once_a_second_on_a_b_worker() {
         lock_config(&lock),
         entry("adder", "tasks.add", "every = 1.0", &queue, "[2, 3]")
     );
-    let worker = Worker::start(&queue, &config, &["-B", "-s", db.to_str().unwrap()]);
+    let worker = Worker::builder(&queue)
+        .config(&config)
+        .args(&["-B", "-s", db.to_str().unwrap()])
+        .start();
     worker.wait_for_log("beat: Holding the lock", Duration::from_secs(20));
     let ran = || worker.log().matches("succeeded in").count();
     let start = ran();
@@ -213,7 +215,7 @@ fn an_every_entry_runs_about_once_a_second_on_a_b_worker() {
     );
     assert!(adder["total_run_count"].as_u64().unwrap() >= 4, "{info}");
     assert!(adder["next_run_at"].is_string() && adder["last_run_at"].is_string());
-    let stats = crate::support::celery_inspect(&worker.nodename(), &["stats"]);
+    let stats = crate::kit::celery_inspect(&worker.nodename(), &["stats"]);
     assert_eq!(stats["beat"]["role"], "active", "{stats}");
     drop(worker);
     block_on(delete_queue(&queue));
@@ -389,11 +391,17 @@ fn two_b_workers_publish_each_run_once_and_the_standby_takes_over() {
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let s1 = d1.path().join("s");
     let s2 = d2.path().join("s");
-    let mut first = Worker::start(&work, &config, &["-B", "-s", s1.to_str().unwrap()]);
+    let mut first = Worker::builder(&work)
+        .config(&config)
+        .args(&["-B", "-s", s1.to_str().unwrap()])
+        .start();
     first.wait_for_log("beat: Holding the lock", Duration::from_secs(20));
-    let second = Worker::start(&work, &config, &["-B", "-s", s2.to_str().unwrap()]);
+    let second = Worker::builder(&work)
+        .config(&config)
+        .args(&["-B", "-s", s2.to_str().unwrap()])
+        .start();
     second.wait_for_log("beat: Standing by", Duration::from_secs(20));
-    let stats = crate::support::celery_inspect(&second.nodename(), &["stats"]);
+    let stats = crate::kit::celery_inspect(&second.nodename(), &["stats"]);
     assert_eq!(stats["beat"]["role"], "standby", "{stats}");
     let start = arrivals.count();
     std::thread::sleep(Duration::from_secs(4));
@@ -517,7 +525,7 @@ fn bad_entries_stop_the_start_naming_the_entry_and_the_field() {
         )
         .unwrap();
         for mode in [&["beat"][..], &["-B"][..]] {
-            let out = Command::new(env!("CARGO_BIN_EXE_worker"))
+            let out = worker_command()
                 .arg("--config")
                 .arg(&path)
                 .args(mode)

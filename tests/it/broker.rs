@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::block_on;
-use crate::support::{Worker, call_task, delete_queue, unique_queue};
+use crate::kit::{Worker, call_task, delete_queue, unique_queue, worker_command};
 
 /// Closes the worker's task connection (not its remote-control or event ones) from the broker
 /// side, as a broker restart would.
@@ -39,7 +39,7 @@ fn force_close_connection(node_name: &str) {
 #[test]
 fn reconnects_after_losing_the_connection_and_resumes() {
     let queue = unique_queue("reconnect");
-    let worker = Worker::start(&queue, "", &["-c", "1"]);
+    let worker = Worker::builder(&queue).concurrency(1).start();
     let r = call_task(&queue, "tasks.add", "[1, 2]", &[]);
     assert_eq!(r["result"], json!(3), "{r}");
     force_close_connection(&worker.name);
@@ -56,7 +56,7 @@ fn unreachable_broker_is_retried_then_reported() {
     let config = dir.path().join("w.toml");
     let text = "[broker]\nurl = \"amqp://guest:guest@127.0.0.1:1//\"\nconnection_max_retries = 2\n";
     std::fs::write(&config, text).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_worker"))
+    let out = worker_command()
         .arg("--config")
         .arg(&config)
         .args(["-c", "1"])
@@ -77,13 +77,16 @@ fn unreachable_broker_is_retried_then_reported() {
 #[test]
 fn a_failover_list_skips_the_urls_that_fail_and_never_shows_a_password() {
     let queue = unique_queue("failover");
-    let good = crate::support::amqp_url();
+    let good = crate::kit::amqp_url();
     // A wrong password on the right node, then a port nothing listens on, then the broker.
     let toml = format!(
         "[broker]\nurl = [\"amqp://guest:wrong-secret@127.0.0.1:5672//\", \
          \"amqp://guest:other-secret@127.0.0.1:1//\", \"{good}\"]\n"
     );
-    let worker = Worker::start_with_toml(&queue, &toml, &["-c", "1"]);
+    let worker = Worker::builder(&queue)
+        .config_file(&toml)
+        .concurrency(1)
+        .start();
     let r = call_task(&queue, "tasks.add", "[20, 22]", &[]);
     assert_eq!(r["result"], json!(42), "{r}");
     let log = worker.log();
@@ -96,7 +99,7 @@ fn a_failover_list_skips_the_urls_that_fail_and_never_shows_a_password() {
         !log.contains("wrong-secret") && !log.contains("other-secret"),
         "no password in the log: {log}"
     );
-    let stats = crate::support::celery_inspect(&worker.nodename(), &["stats"]);
+    let stats = crate::kit::celery_inspect(&worker.nodename(), &["stats"]);
     let alternates = stats["broker"]["alternates"].to_string();
     assert!(
         stats["broker"]["failover_strategy"] == "round-robin" && !alternates.contains("secret"),

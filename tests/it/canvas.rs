@@ -7,7 +7,7 @@ use std::process::Command;
 use serde_json::{Value, json};
 
 use crate::block_on;
-use crate::support::{PyWorker, Worker, delete_queue, python, python_amqp_url, repo, unique_queue};
+use crate::kit::{PyWorker, Worker, delete_queue, python, python_amqp_url, repo, unique_queue};
 
 /// The Redis database these tests keep results in: the other tests use 5 and below, Celery's
 /// suite (../shared/celery-suite) 7, the redis_drain benchmark 9.
@@ -35,7 +35,10 @@ fn client(queue: &str, py_queue: &str, args: &[&str]) -> Value {
 
 fn worker(queue: &str) -> Worker {
     let config = format!("[result]\nbackend = \"{REDIS}\"\nextended = true\n");
-    Worker::start(queue, &config, &["-c", "2"])
+    Worker::builder(queue)
+        .config(&config)
+        .concurrency(2)
+        .start()
 }
 
 #[test]

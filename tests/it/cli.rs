@@ -1,15 +1,13 @@
 //! `worker call` and configuration errors, through the real binary.
 
-use std::process::Command;
-
 use crate::block_on;
-use crate::support::{Worker, amqp_url, delete_queue, unique_queue};
+use crate::kit::{Worker, amqp_url, delete_queue, unique_queue, worker_command};
 
 fn worker_call(queue: &str, args: &[&str]) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("c.toml");
     std::fs::write(&config, format!("[broker]\nurl = \"{}\"\n", amqp_url())).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_worker"))
+    worker_command()
         .arg("--config")
         .arg(&config)
         .arg("call")
@@ -22,7 +20,7 @@ fn worker_call(queue: &str, args: &[&str]) -> std::process::Output {
 #[test]
 fn worker_call_prints_results_and_fails_on_errors() {
     let queue = unique_queue("call");
-    let worker = Worker::start(&queue, "", &["-c", "1"]);
+    let worker = Worker::builder(&queue).concurrency(1).start();
     let out = worker_call(&queue, &["tasks.add", "2", "3"]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "5");
@@ -74,11 +72,7 @@ fn bad_config_exits_non_zero_naming_the_key() {
     ] {
         let p = dir.path().join("bad.toml");
         std::fs::write(&p, text).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_worker"))
-            .arg("--config")
-            .arg(&p)
-            .output()
-            .unwrap();
+        let out = worker_command().arg("--config").arg(&p).output().unwrap();
         assert_eq!(out.status.code(), Some(78), "{text}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(key), "{text}: {err}");
@@ -90,7 +84,7 @@ fn unusable_statedb_stops_the_start_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("not-a-dir");
     std::fs::write(&file, b"x").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_worker"))
+    let out = worker_command()
         .arg("--statedb")
         .arg(&file)
         .output()

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::block_on;
-use crate::support::{
+use crate::kit::{
     PyWorker, Worker, celery_cli, celery_client, delete_queue, unique_queue, worker_ctl,
     worker_ctl_with_broker,
 };
@@ -27,7 +27,7 @@ fn celery_out(args: &[&str]) -> String {
 #[test]
 fn ctl_prints_what_the_celery_cli_prints() {
     let queue = unique_queue("ctl");
-    let worker = Worker::start(&queue, "", &["-c", "1"]);
+    let worker = Worker::builder(&queue).concurrency(1).start();
     let node = worker.nodename();
     for (kind, cmd) in [
         ("inspect", "ping"),
@@ -156,8 +156,8 @@ fn ctl_errors_exit_with_celerys_statuses() {
 #[test]
 fn two_workers_on_one_host_destination_limit_and_timeout() {
     let queue = unique_queue("two");
-    let a = Worker::start(&queue, "", &["-c", "1"]);
-    let b = Worker::start(&queue, "", &["-c", "1"]);
+    let a = Worker::builder(&queue).concurrency(1).start();
+    let b = Worker::builder(&queue).concurrency(1).start();
     let (na, nb) = (a.nodename(), b.nodename());
     let both = format!("{na},{nb}");
     // Limit = number of destinations: both reply, no waiting for the 20 s timeout.

@@ -11,8 +11,9 @@ use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{Value, json};
 
 use crate::block_on;
-use crate::support::{
+use crate::kit::{
     Worker, celery_inspect, connect, delete_queue, python, python_amqp_url, repo, unique_queue,
+    worker_command,
 };
 
 const REDIS: &str = "redis://127.0.0.1:6379/5";
@@ -76,13 +77,10 @@ fn refused(queue: &str, config: &str) -> (Option<i32>, String) {
     let path = dir.path().join("w.toml");
     std::fs::write(
         &path,
-        format!(
-            "[broker]\nurl = \"{}\"\n{config}",
-            crate::support::amqp_url()
-        ),
+        format!("[broker]\nurl = \"{}\"\n{config}", crate::kit::amqp_url()),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_worker"))
+    let mut child = worker_command()
         .arg("--config")
         .arg(&path)
         .args(["-Q", queue, "-c", "1", "-l", "info"])
@@ -140,9 +138,12 @@ fn a_quorum_queue_on_a_topic_exchange_is_consumed_as_declared_and_a_mismatch_say
 
     // As declared: consumed, with per-consumer QoS (RabbitMQ closes the channel on global QoS
     // with a quorum queue), and `active_queues` shows the declaration.
-    let w = Worker::start(&q, &entry("topic"), &["-c", "2"]);
+    let w = Worker::builder(&q)
+        .config(&entry("topic"))
+        .concurrency(2)
+        .start();
     // Published by Celery's client to the topic exchange: routed by the binding key.
-    let r = crate::support::celery_client(&[
+    let r = crate::kit::celery_client(&[
         "call",
         "tasks.add",
         "--args",
@@ -176,7 +177,7 @@ fn proj_client(queues: &str, args: &[&str]) -> Value {
         ("PROJ_QUEUES", queues),
         ("PROJ_CONF", confirm),
     ];
-    crate::support::proj_client(args, &env)
+    crate::kit::proj_client(args, &env)
 }
 
 #[test]
@@ -187,13 +188,11 @@ fn an_apps_task_queues_are_declared_as_celery_declares_them() {
                          "arguments": {"x-queue-type": "quorum"}}])
     .to_string();
     // Nothing exists yet: celeryd declares the queue from the app's task_queues.
-    let w = Worker::start_python_env(
-        &q,
-        REDIS,
-        "",
-        &["-c", "2"],
-        &[("PROJ_QUEUES", queues.clone())],
-    );
+    let w = Worker::builder(&q)
+        .proj(REDIS, "")
+        .concurrency(2)
+        .envs(&[("PROJ_QUEUES", queues.clone())])
+        .start();
     let sent = proj_client(
         &queues,
         &[
@@ -271,7 +270,7 @@ fn an_apps_task_queues_are_declared_as_celery_declares_them() {
         active[0]["queue_arguments"]["x-queue-type"], "quorum",
         "{active}"
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_worker"))
+    let out = worker_command()
         .args(["--print-config", "-A", "proj", "--workdir"])
         .arg(repo().join("tests/python"))
         .args(["--python", python().to_str().unwrap()])
@@ -297,10 +296,12 @@ fn a_quorum_queue_added_to_a_worker_with_channel_wide_qos_is_consumed_per_consum
     let ex = format!("{q}-bus");
     declare_quorum_on_topic(&q, &ex, "work.#");
     // Two classic queues consumed, none quorum: `qos = "auto"` is channel-wide.
-    let w = Worker::start(&format!("{classic},{other}"), "", &["-c", "1"]);
+    let w = Worker::builder(&format!("{classic},{other}"))
+        .concurrency(1)
+        .start();
     let args = json!({"queue": q, "exchange": ex, "exchange_type": "topic",
                       "routing_key": "work.#", "queue_arguments": {"x-queue-type": "quorum"}});
-    let replies = crate::support::celery_client(&[
+    let replies = crate::kit::celery_client(&[
         "broadcast",
         "add_consumer",
         "--arguments",
@@ -313,7 +314,7 @@ fn a_quorum_queue_added_to_a_worker_with_channel_wide_qos_is_consumed_per_consum
         "using per-consumer QoS from now on",
         Duration::from_secs(10),
     );
-    let r = crate::support::celery_client(&[
+    let r = crate::kit::celery_client(&[
         "call",
         "tasks.add",
         "--args",
@@ -328,7 +329,7 @@ fn a_quorum_queue_added_to_a_worker_with_channel_wide_qos_is_consumed_per_consum
         json!(7),
         "the added quorum queue is consumed: {r}"
     );
-    let r = crate::support::call_task(&classic, "tasks.add", "[1, 1]", &[]);
+    let r = crate::kit::call_task(&classic, "tasks.add", "[1, 1]", &[]);
     assert_eq!(r["result"], json!(2), "and the configured one still: {r}");
     drop(w);
     block_on(delete_queue(&q));
@@ -342,13 +343,16 @@ fn a_consumer_the_broker_cancels_is_consumed_again() {
     let q = unique_queue("cancelled");
     let other = unique_queue("running");
     let both = format!("{q},{other}");
-    let w = Worker::start(&both, "[task]\nacks_late = true\n", &["-c", "2"]);
-    let r = crate::support::call_task(&q, "tasks.add", "[1, 2]", &[]);
+    let w = Worker::builder(&both)
+        .config("[task]\nacks_late = true\n")
+        .concurrency(2)
+        .start();
+    let r = crate::kit::call_task(&q, "tasks.add", "[1, 2]", &[]);
     assert_eq!(r["result"], json!(3), "{r}");
     // An acks_late task of the other queue is running when the broker cancels the first
     // queue's consumer: it must settle on the same channel (a reconnect would hand it back
     // and run it twice).
-    let running = crate::support::spawn_task(&other, "tasks.sleep", "[3]", &[]);
+    let running = crate::kit::spawn_task(&other, "tasks.sleep", "[3]", &[]);
     w.wait_for_log("Task tasks.sleep[", Duration::from_secs(10));
     // Deleting a queue (only the queue: its exchange stays) makes RabbitMQ send its
     // consumers basic.cancel (as a quorum queue's consumer timeout or a lost leader does on
@@ -362,10 +366,10 @@ fn a_consumer_the_broker_cancels_is_consumed_again() {
         let _ = conn.close(200, "bye".into()).await;
     });
     w.wait_for_log("consumer cancelled by the broker", Duration::from_secs(10));
-    crate::support::eventually(Duration::from_secs(20), "consuming again", || {
+    crate::kit::eventually(Duration::from_secs(20), "consuming again", || {
         w.log().matches("Consuming from queue.").count() >= 3
     });
-    let r = crate::support::call_task(&q, "tasks.add", "[2, 3]", &[]);
+    let r = crate::kit::call_task(&q, "tasks.add", "[2, 3]", &[]);
     assert_eq!(r["result"], json!(5), "declared and consumed again: {r}");
     let out = running.wait_with_output().unwrap();
     assert!(out.status.success(), "{out:?}");
@@ -385,13 +389,16 @@ fn a_consumer_the_broker_cancels_is_consumed_again() {
 #[test]
 fn worker_direct_consumes_the_nodes_own_queue() {
     let q = unique_queue("direct");
-    let w = Worker::start(&q, "[worker]\ndirect = true\n", &["-c", "1"]);
+    let w = Worker::builder(&q)
+        .config("[worker]\ndirect = true\n")
+        .concurrency(1)
+        .start();
     let node = w.nodename();
     let queues = celery_inspect(&node, &["active_queues"]);
     let names = queues.to_string();
     assert!(names.contains(&format!("{node}.dq2")), "{queues}");
     // Sent to this worker alone, as `apply_async(exchange="C.dq2", routing_key=node)`.
-    let r = crate::support::celery_client(&[
+    let r = crate::kit::celery_client(&[
         "call",
         "tasks.add",
         "--args",
@@ -418,8 +425,8 @@ fn held_eta_tasks_on_a_quorum_queue_do_not_starve_immediate_ones() {
     );
     // Per-consumer QoS (a quorum queue): the prefetch count cannot be raised on a running
     // consumer, so the worker replaces its consumer as held ETA tasks need more.
-    let w = Worker::start(&q, &entry, &["-c", "1"]);
-    let sent = crate::support::celery_client(&[
+    let w = Worker::builder(&q).config(&entry).concurrency(1).start();
+    let sent = crate::kit::celery_client(&[
         "call",
         "tasks.noop",
         "--exchange",
@@ -434,7 +441,7 @@ fn held_eta_tasks_on_a_quorum_queue_do_not_starve_immediate_ones() {
     ]);
     assert!(sent["id"].is_string(), "{sent}");
     let started = std::time::Instant::now();
-    let r = crate::support::celery_client(&[
+    let r = crate::kit::celery_client(&[
         "call",
         "tasks.add",
         "--args",
@@ -469,7 +476,7 @@ fn rust_tasks_retries_and_far_etas_of_a_quorum_queue_go_through_celerys_ladder()
          [[task.queues]]\nname = \"{q}\"\nexchange = \"{ex}\"\nexchange_type = \"topic\"\n\
          routing_key = \"jobs.*\"\nqueue_arguments = {{ \"x-queue-type\" = \"quorum\" }}\n"
     );
-    let w = Worker::start(&q, &config, &["-c", "2"]);
+    let w = Worker::builder(&q).config(&config).concurrency(2).start();
     w.wait_for_log(
         "native delayed delivery is declared",
         Duration::from_secs(30),
@@ -478,7 +485,7 @@ fn rust_tasks_retries_and_far_etas_of_a_quorum_queue_go_through_celerys_ladder()
     // to the queue's exchange and key through celery_delayed_27, never back to the ladder's
     // last exchange with the old digits.
     let started = std::time::Instant::now();
-    let r = crate::support::celery_client(&[
+    let r = crate::kit::celery_client(&[
         "call",
         "tasks.retry_in",
         "--args",
@@ -510,7 +517,7 @@ fn rust_tasks_retries_and_far_etas_of_a_quorum_queue_go_through_celerys_ladder()
     // A far ETA from a client that does not know the queue is quorum (so it sent the eta
     // as is): moved by the worker into Celery's ladder, run on time.
     let started = std::time::Instant::now();
-    let r = crate::support::celery_client(&[
+    let r = crate::kit::celery_client(&[
         "call",
         "tasks.add",
         "--args",
@@ -579,12 +586,11 @@ fn a_priority_queue_delivers_the_highest_priority_first() {
         high
     });
     // One task at a time, one prefetched: the order of the runs is the broker's.
-    let w = Worker::start(
-        &q,
-        "[task]\nqueue_max_priority = 10\n[worker]\nprefetch_multiplier = 1\n",
-        &["-c", "1"],
-    );
-    crate::support::eventually(Duration::from_secs(30), "all 21 done", || {
+    let w = Worker::builder(&q)
+        .config("[task]\nqueue_max_priority = 10\n[worker]\nprefetch_multiplier = 1\n")
+        .concurrency(1)
+        .start();
+    crate::kit::eventually(Duration::from_secs(30), "all 21 done", || {
         w.log()
             .lines()
             .filter(|l| l.contains("Task tasks.noop[") && l.contains("succeeded"))
@@ -615,10 +621,13 @@ fn a_direct_exchange_quorum_default_queue_is_declared_and_served_with_countdowns
     let conf = json!({"task_default_queue": q, "task_default_queue_type": "quorum",
                       "broker_transport_options": {"confirm_publish": true}})
     .to_string();
-    let w = Worker::start_python(&q, REDIS, &conf, &["-c", "2"]);
+    let w = Worker::builder(&q)
+        .proj(REDIS, &conf)
+        .concurrency(2)
+        .start();
     let env = [("RESULT_BACKEND", REDIS), ("PROJ_CONF", conf.as_str())];
     let started = std::time::Instant::now();
-    let sent = crate::support::proj_client(
+    let sent = crate::kit::proj_client(
         &[
             "send",
             "--queue",
@@ -633,7 +642,7 @@ fn a_direct_exchange_quorum_default_queue_is_declared_and_served_with_countdowns
         &env,
     );
     let id = sent["id"].as_str().unwrap().to_owned();
-    let done = crate::support::proj_client(
+    let done = crate::kit::proj_client(
         &["wait", "--queue", &q, "--id", &id, "--timeout", "30"],
         &env,
     );

@@ -1,5 +1,6 @@
 //! ETA / countdown / expires through the Python client; held ETA tasks are never lost and
-//! never starve immediate work.
+//! never starve immediate work; a far ETA beside a queue whose name is a topic pattern runs
+//! once.
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,7 @@ use celeryd_actors::broker::amqp::publish_task;
 use celeryd_actors::protocol::encode::{TaskCall, TaskMessage};
 
 use crate::block_on;
-use crate::support::{
+use crate::kit::{
     Worker, alive, call_task, connect, delete_queue, eventually, parse_client_output, queue_depth,
     spawn_task, unique_queue,
 };
@@ -18,7 +19,7 @@ use crate::support::{
 #[test]
 fn countdown_eta_and_expires_from_python() {
     let queue = unique_queue("eta");
-    let worker = Worker::start(&queue, "", &["-c", "1"]);
+    let worker = Worker::builder(&queue).concurrency(1).start();
     let t = Instant::now();
     let r = call_task(&queue, "tasks.add", "[1, 2]", &["--countdown", "1"]);
     assert_eq!(r["result"], json!(3), "{r}");
@@ -44,7 +45,7 @@ fn countdown_eta_and_expires_from_python() {
 #[test]
 fn held_eta_task_survives_kill_9_and_warm_shutdown() {
     let queue = unique_queue("eta-kill");
-    let worker = Worker::start(&queue, "", &["-c", "1"]);
+    let worker = Worker::builder(&queue).concurrency(1).start();
     let client = spawn_task(
         &queue,
         "tasks.add",
@@ -59,7 +60,7 @@ fn held_eta_task_survives_kill_9_and_warm_shutdown() {
     });
     drop(worker);
     // Warm shutdown of the next worker while it holds the task: handed back, not lost.
-    let mut second = Worker::start(&queue, "", &["-c", "1"]);
+    let mut second = Worker::builder(&queue).concurrency(1).start();
     second.wait_for_log("received (eta ", Duration::from_secs(20));
     second.signal(Signal::SIGTERM);
     assert!(second.wait_exit(Duration::from_secs(20)).success());
@@ -70,7 +71,7 @@ fn held_eta_task_survives_kill_9_and_warm_shutdown() {
         "{}",
         second.log()
     );
-    let third = Worker::start(&queue, "", &["-c", "1"]);
+    let third = Worker::builder(&queue).concurrency(1).start();
     let r = parse_client_output(&client.wait_with_output().unwrap());
     assert_eq!(r["result"], json!(42), "the ETA task ran in the end: {r}");
     drop(third);
@@ -80,7 +81,10 @@ fn held_eta_task_survives_kill_9_and_warm_shutdown() {
 #[test]
 fn held_eta_tasks_do_not_starve_immediate_ones() {
     let queue = unique_queue("eta-starve");
-    let worker = Worker::start(&queue, "[worker]\neta_hold_max = 0\n", &["-c", "2"]);
+    let worker = Worker::builder(&queue)
+        .config("[worker]\neta_hold_max = 0\n")
+        .concurrency(2)
+        .start();
     let held = 10_000;
     block_on(async {
         let conn = connect().await;
@@ -137,7 +141,10 @@ fn held_eta_tasks_do_not_starve_immediate_ones() {
 fn far_eta_waits_in_the_broker_not_in_the_worker() {
     let queue = unique_queue("eta-far");
     // Anything due in more than a second is moved to the broker's delay ladder.
-    let worker = Worker::start(&queue, "[worker]\neta_hold_max = 1\n", &["-c", "1"]);
+    let worker = Worker::builder(&queue)
+        .config("[worker]\neta_hold_max = 1\n")
+        .concurrency(1)
+        .start();
     let t = Instant::now();
     let client = spawn_task(&queue, "tasks.add", "[3, 4]", &["--countdown", "4"]);
     worker.wait_for_log("waits in the broker for ", Duration::from_secs(20));
@@ -148,7 +155,10 @@ fn far_eta_waits_in_the_broker_not_in_the_worker() {
         children.iter().all(|p| !alive(*p))
     });
     drop(worker);
-    let again = Worker::start(&queue, "[worker]\neta_hold_max = 1\n", &["-c", "1"]);
+    let again = Worker::builder(&queue)
+        .config("[worker]\neta_hold_max = 1\n")
+        .concurrency(1)
+        .start();
     let r = parse_client_output(&client.wait_with_output().unwrap());
     assert_eq!(r["result"], json!(7), "{r}");
     assert!(
@@ -162,4 +172,31 @@ fn far_eta_waits_in_the_broker_not_in_the_worker() {
     );
     drop(again);
     block_on(delete_queue(&queue));
+}
+
+#[test]
+fn a_far_eta_task_runs_once_beside_a_wildcard_queue_name() {
+    let queue = unique_queue("etawild");
+    // A queue whose name, unescaped, is a topic pattern matching the first queue's keys.
+    let wild = format!("{queue}.#");
+    let worker = Worker::builder(&format!("{queue},{wild}"))
+        .config("[worker]\neta_hold_max = 1.0\n")
+        .concurrency(1)
+        .start();
+    let r = call_task(&queue, "tasks.add", "[5, 6]", &["--countdown", "4"]);
+    assert_eq!(r["result"], json!(11), "{r}");
+    std::thread::sleep(Duration::from_secs(3));
+    let log = worker.log();
+    assert!(
+        log.contains("waits in the broker"),
+        "went through the ladder"
+    );
+    let runs = log
+        .lines()
+        .filter(|l| l.contains("Task tasks.add[") && l.contains("succeeded"))
+        .count();
+    assert_eq!(runs, 1, "ran once, not once per queue:\n{log}");
+    drop(worker);
+    block_on(delete_queue(&queue));
+    block_on(delete_queue(&wild));
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::block_on;
-use crate::support::{
+use crate::kit::{
     Worker, call_task, celery_cli, celery_client_command, delete_queue, eventually, unique_queue,
 };
 
@@ -85,7 +85,10 @@ fn control(node: &str, cmd: &str) -> String {
 fn worker_and_task_events_reach_celerys_receiver() {
     let capture = Capture::start(60);
     let queue = unique_queue("events");
-    let mut worker = Worker::start(&queue, "", &["-c", "1", "--heartbeat-interval", "30"]);
+    let mut worker = Worker::builder(&queue)
+        .concurrency(1)
+        .args(&["--heartbeat-interval", "30"])
+        .start();
     let node = worker.nodename();
     let online = capture.wait_for(&node, "worker-online", "worker-online");
     for key in [
@@ -164,7 +167,7 @@ fn worker_and_task_events_reach_celerys_receiver() {
     );
     // A terminated task: task-revoked with the signal number.
     let before = capture.of(&node, "task-started").len();
-    let sleeper = crate::support::spawn_task(&queue, "tasks.sleep", "[30]", &[]);
+    let sleeper = crate::kit::spawn_task(&queue, "tasks.sleep", "[30]", &[]);
     eventually(
         Duration::from_secs(10),
         "the sleeper's task-started",
@@ -224,8 +227,8 @@ fn worker_and_task_events_reach_celerys_receiver() {
 
 #[test]
 fn celery_events_dump_prints_celeryd_events() {
-    let celery = crate::support::python().with_file_name("celery");
-    let url = crate::support::amqp_url()
+    let celery = crate::kit::python().with_file_name("celery");
+    let url = crate::kit::amqp_url()
         .replace("/%2f", "//")
         .replace("/%2F", "//");
     let mut dump = std::process::Command::new(celery)
@@ -247,7 +250,7 @@ fn celery_events_dump_prints_celeryd_events() {
     // `celery events` declares its queue when it starts; give it the time to, then start.
     std::thread::sleep(Duration::from_secs(3));
     let queue = unique_queue("dump");
-    let worker = Worker::start(&queue, "", &["-c", "1", "-E"]);
+    let worker = Worker::builder(&queue).concurrency(1).args(&["-E"]).start();
     let node = worker.nodename();
     let r = call_task(&queue, "tasks.add", "[20, 22]", &[]);
     let id = r["id"].as_str().unwrap().to_owned();

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde_json::{Value, json};
 
 use crate::block_on;
-use crate::support::{Worker, call_task, delete_queue, unique_queue};
+use crate::kit::{Worker, call_task, delete_queue, unique_queue};
 
 /// target/debug/examples/shop_worker, beside this test binary's deps directory.
 fn example_binary() -> PathBuf {
@@ -24,7 +24,10 @@ fn example_binary() -> PathBuf {
 #[test]
 fn the_example_worker_answers_python_and_ctl() {
     let queue = unique_queue("shop");
-    let worker = Worker::start_exe(&example_binary(), &queue, "", &["-c", "1"]);
+    let worker = Worker::builder(&queue)
+        .exe(example_binary())
+        .concurrency(1)
+        .start();
     let r = call_task(&queue, "shop.total", "[[1.5, 2.25]]", &[]);
     assert_eq!(r["result"], json!(3.75), "{r}");
     let r = call_task(&queue, "shop.discount", "[100, 150]", &[]);
@@ -46,7 +49,7 @@ fn the_example_worker_answers_python_and_ctl() {
 fn example_ctl(args: &[&str]) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("ctl.toml");
-    let url = crate::support::amqp_url();
+    let url = crate::kit::amqp_url();
     std::fs::write(&config, format!("[broker]\nurl = \"{url}\"\n")).unwrap();
     let out = std::process::Command::new(example_binary())
         .arg("--config")

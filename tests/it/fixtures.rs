@@ -6,14 +6,13 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::BasicProperties;
-use lapin::options::BasicPublishOptions;
 use serde_json::{Value, json};
 
 use celeryd_actors::broker::amqp::value::json_to_table;
 use celeryd_actors::broker::amqp::{publish_task, result_consumer};
 
 use crate::block_on;
-use crate::support::{Worker, connect, delete_queue, repo, unique_queue};
+use crate::kit::{Worker, connect, delete_queue, publish_raw, repo, unique_queue};
 
 fn load(name: &str) -> Value {
     let path = repo().join("tests/fixtures").join(format!("{name}.json"));
@@ -61,7 +60,7 @@ fn captured_python_messages_get_celery_results() {
         ("v2_full_options", "REVOKED", json!("TaskRevokedError")),
     ];
     let queue = unique_queue("fixtures");
-    let worker = Worker::start(&queue, "", &["-c", "2"]);
+    let worker = Worker::builder(&queue).concurrency(2).start();
     let results = block_on(async {
         let conn = connect().await;
         let ch = conn.create_channel().await.unwrap();
@@ -77,21 +76,13 @@ fn captured_python_messages_get_celery_results() {
                 .with_content_encoding(p["content_encoding"].as_str().unwrap().into())
                 .with_correlation_id(id.as_str().into())
                 .with_reply_to(reply.as_str().into())
-                .with_delivery_mode(2)
-                .with_headers(json_to_table(f["headers"].as_object().unwrap()));
+                .with_delivery_mode(2);
             if let Some(prio) = p["priority"].as_u64() {
                 props = props.with_priority(prio as u8);
             }
+            let headers = json_to_table(f["headers"].as_object().unwrap());
             let body = body_of(&f);
-            ch.basic_publish(
-                "".into(),
-                queue.as_str().into(),
-                BasicPublishOptions::default(),
-                &body,
-                props,
-            )
-            .await
-            .unwrap();
+            publish_raw(&ch, "", &queue, Some(headers), props, &body).await;
             ids.insert(id, *name);
         }
         let mut got: HashMap<&str, Value> = HashMap::new();
@@ -142,7 +133,10 @@ fn captured_python_messages_get_celery_results() {
 fn track_started_publishes_started_then_success() {
     use celeryd_actors::protocol::encode::{TaskCall, TaskMessage};
     let queue = unique_queue("started");
-    let worker = Worker::start(&queue, "[task]\ntrack_started = true\n", &["-c", "1"]);
+    let worker = Worker::builder(&queue)
+        .config("[task]\ntrack_started = true\n")
+        .concurrency(1)
+        .start();
     let states = block_on(async {
         let conn = connect().await;
         let ch = conn.create_channel().await.unwrap();

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::block_on;
-use crate::support::{
+use crate::kit::{
     PyWorker, Worker, celery_cli, celery_inspect, delete_queue, proj_client, unique_queue,
 };
 
@@ -27,7 +27,11 @@ fn a_python_worker_and_celeryd_share_a_quorum_queue_each_task_once() {
     // Both declare the queue and Celery's native delayed delivery with the same arguments
     // (any difference would be a 406 for the second), and both consume per-consumer.
     let py = PyWorker::start_app("proj", &q, &["-P", "prefork", "-c", "2"], &env);
-    let w = Worker::start_python_env(&q, REDIS, "", &["-c", "2"], &env);
+    let w = Worker::builder(&q)
+        .proj(REDIS, "")
+        .concurrency(2)
+        .envs(&env)
+        .start();
 
     let ping = inspect_all("ping");
     for node in [&py.nodename, &w.nodename()] {

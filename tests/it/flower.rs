@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::block_on;
-use crate::support::{
+use crate::kit::{
     Worker, call_task, delete_queue, eventually, free_port, http, python, python_amqp_url,
     spawn_task, unique_queue,
 };
@@ -30,7 +30,7 @@ impl Flower {
         let port = free_port();
         let url = python_amqp_url();
         let child = Command::new(python().with_file_name("celery"))
-            .current_dir(crate::support::repo().join("tests/python"))
+            .current_dir(crate::kit::repo().join("tests/python"))
             .args(["-A", app, "-b", &url, "flower", "--address=127.0.0.1"])
             .arg(format!("--port={port}"))
             .args(["--inspect_timeout=3000", "--persistent=False"])
@@ -76,7 +76,7 @@ impl Drop for Flower {
 fn flower_shows_and_controls_a_celeryd_worker() {
     let flower = Flower::start();
     let queue = unique_queue("flower");
-    let mut worker = Worker::start(&queue, "", &["-c", "1"]);
+    let mut worker = Worker::builder(&queue).concurrency(1).start();
     let node = worker.nodename();
     // The worker page: stats, queues and registered tasks, gathered by Flower's inspect.
     let mut workers = Value::Null;
@@ -153,7 +153,9 @@ fn flower_shows_and_controls_a_celeryd_worker() {
         "no autoscaler: Flower reports the worker's error: {body}"
     );
     assert!(body.contains("Autoscale not enabled"), "{body}");
-    let scaling = Worker::start(&queue, "", &["--autoscale", "2,1"]);
+    let scaling = Worker::builder(&queue)
+        .args(&["--autoscale", "2,1"])
+        .start();
     let scaling_node = scaling.nodename();
     eventually(
         Duration::from_secs(30),
@@ -169,7 +171,11 @@ fn flower_shows_and_controls_a_celeryd_worker() {
     drop(scaling);
     // The async pool's page: its implementation and size, a task followed to SUCCESS.
     let async_queue = unique_queue("flower-async");
-    let asynchronous = Worker::start(&async_queue, "", &["-P", "async", "-c", "50", "-E"]);
+    let asynchronous = Worker::builder(&async_queue)
+        .pool("async")
+        .concurrency(50)
+        .args(&["-E"])
+        .start();
     let async_node = asynchronous.nodename();
     let mut pool = Value::Null;
     eventually(
@@ -200,7 +206,7 @@ fn flower_shows_and_controls_a_celeryd_worker() {
         .unwrap()
         .to_owned();
     ok(&format!("/api/task/revoke/{sleeping}?terminate=true"));
-    let r = crate::support::parse_client_output(&running.wait_with_output().unwrap());
+    let r = crate::kit::parse_client_output(&running.wait_with_output().unwrap());
     assert_eq!(r["state"], "REVOKED", "{r}");
     ok(&format!("/api/worker/shutdown/{node}"));
     assert!(worker.wait_exit(Duration::from_secs(20)).success());
@@ -211,7 +217,7 @@ fn flower_shows_and_controls_a_celeryd_worker() {
 
 /// The Python client of the test app, with redis results.
 fn proj_client(args: &[&str]) -> Value {
-    crate::support::proj_client(args, &[("RESULT_BACKEND", PROJ_BACKEND)])
+    crate::kit::proj_client(args, &[("RESULT_BACKEND", PROJ_BACKEND)])
 }
 
 const PROJ_BACKEND: &str = "redis://127.0.0.1:6379/4";
@@ -220,7 +226,10 @@ const PROJ_BACKEND: &str = "redis://127.0.0.1:6379/4";
 fn flower_shows_and_controls_a_worker_running_python_tasks() {
     let flower = Flower::start_with_app("proj");
     let queue = unique_queue("flower-py");
-    let worker = Worker::start_python(&queue, PROJ_BACKEND, "", &["-c", "1"]);
+    let worker = Worker::builder(&queue)
+        .proj(PROJ_BACKEND, "")
+        .concurrency(1)
+        .start();
     let node = worker.nodename();
     let mut workers = Value::Null;
     eventually(Duration::from_secs(30), "Flower to list the worker", || {

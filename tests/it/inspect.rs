@@ -6,16 +6,16 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::block_on;
-use crate::support::{Worker, call_task, celery_cli, delete_queue, spawn_task, unique_queue};
+use crate::kit::{Worker, call_task, celery_cli, delete_queue, spawn_task, unique_queue};
 
 fn inspect(worker: &Worker, args: &[&str]) -> Value {
-    crate::support::celery_inspect(&worker.nodename(), args)
+    crate::kit::celery_inspect(&worker.nodename(), args)
 }
 
 #[test]
 fn inspect_commands_answer_in_celery_shapes() {
     let queue = unique_queue("inspect");
-    let worker = Worker::start(&queue, "", &["-c", "1"]);
+    let worker = Worker::builder(&queue).concurrency(1).start();
     assert!(inspect(&worker, &["ping"])["ok"] == "pong");
     let registered = inspect(&worker, &["registered"]);
     assert!(
@@ -35,7 +35,7 @@ fn inspect_commands_answer_in_celery_shapes() {
         "[3, 4]",
         &["--countdown", "60", "--no-wait"],
     );
-    crate::support::eventually(Duration::from_secs(10), "three deliveries", || {
+    crate::kit::eventually(Duration::from_secs(10), "three deliveries", || {
         worker.log().matches("] received").count() == 3
     });
     let active = inspect(&worker, &["active"]);
@@ -71,7 +71,7 @@ fn inspect_commands_answer_in_celery_shapes() {
         "{conf}"
     );
     assert!(!conf.to_string().contains("guest:guest"), "password masked");
-    let r = crate::support::parse_client_output(&running.wait_with_output().unwrap());
+    let r = crate::kit::parse_client_output(&running.wait_with_output().unwrap());
     assert_eq!(r["state"], "SUCCESS");
     drop(worker);
     block_on(delete_queue(&queue));
@@ -80,18 +80,18 @@ fn inspect_commands_answer_in_celery_shapes() {
 #[test]
 fn pool_grows_and_shrinks_on_command() {
     let queue = unique_queue("grow");
-    let worker = Worker::start(&queue, "", &["-c", "1"]);
+    let worker = Worker::builder(&queue).concurrency(1).start();
     let node = worker.nodename();
     let out = celery_cli(&["control", "pool_grow", "2", "-d", &node]);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("pool will grow"),
         "{out:?}"
     );
-    crate::support::eventually(Duration::from_secs(10), "3 children", || {
+    crate::kit::eventually(Duration::from_secs(10), "3 children", || {
         worker.children().len() == 3
     });
     let stats = inspect(&worker, &["stats"]);
-    crate::support::eventually(Duration::from_secs(5), "3 ready children", || {
+    crate::kit::eventually(Duration::from_secs(5), "3 ready children", || {
         inspect(&worker, &["stats"])["pool"]["processes"]
             .as_array()
             .unwrap()
@@ -104,7 +104,7 @@ fn pool_grows_and_shrinks_on_command() {
         String::from_utf8_lossy(&out.stdout).contains("pool will shrink"),
         "{out:?}"
     );
-    crate::support::eventually(Duration::from_secs(10), "1 child", || {
+    crate::kit::eventually(Duration::from_secs(10), "1 child", || {
         worker.children().len() == 1
     });
     let r = call_task(&queue, "tasks.add", "[2, 2]", &[]);

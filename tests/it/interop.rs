@@ -3,12 +3,12 @@
 use serde_json::json;
 
 use crate::block_on;
-use crate::support::{Worker, call_task, delete_queue, unique_queue};
+use crate::kit::{Worker, call_task, delete_queue, unique_queue};
 
 #[test]
 fn python_client_gets_results_failures_and_not_registered() {
     let queue = unique_queue("interop");
-    let worker = Worker::start(&queue, "", &["-c", "2"]);
+    let worker = Worker::builder(&queue).concurrency(2).start();
 
     let r = call_task(&queue, "tasks.add", "[2, 3]", &[]);
     assert_eq!(r["state"], "SUCCESS", "{r}");
@@ -58,7 +58,7 @@ fn python_client_gets_results_failures_and_not_registered() {
 #[test]
 fn many_tasks_from_python_all_complete() {
     let queue = unique_queue("many");
-    let worker = Worker::start(&queue, "", &["-c", "2"]);
+    let worker = Worker::builder(&queue).concurrency(2).start();
     let r = call_task(&queue, "tasks.add", "[20, 22]", &["--count", "200"]);
     let results = r.as_array().expect("a list for --count");
     assert_eq!(results.len(), 200);

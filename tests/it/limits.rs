@@ -6,7 +6,7 @@ use nix::sys::signal::Signal;
 use serde_json::json;
 
 use crate::block_on;
-use crate::support::{
+use crate::kit::{
     Worker, alive, call_task, delete_queue, eventually, parse_client_output, spawn_task,
     unique_queue,
 };
@@ -14,7 +14,10 @@ use crate::support::{
 #[test]
 fn hard_limit_kills_the_child_and_a_replacement_takes_over() {
     let queue = unique_queue("hard");
-    let worker = Worker::start(&queue, "", &["-c", "1", "--time-limit", "1"]);
+    let worker = Worker::builder(&queue)
+        .concurrency(1)
+        .args(&["--time-limit", "1"])
+        .start();
     let before = worker.children();
     let r = call_task(&queue, "tasks.spin", "[30]", &[]);
     assert_eq!(r["state"], "FAILURE", "{r}");
@@ -45,7 +48,10 @@ fn hard_limit_kills_the_child_and_a_replacement_takes_over() {
 #[test]
 fn soft_limit_is_observed_by_the_task_and_the_child_survives() {
     let queue = unique_queue("soft");
-    let worker = Worker::start(&queue, "", &["-c", "1", "--soft-time-limit", "0.5"]);
+    let worker = Worker::builder(&queue)
+        .concurrency(1)
+        .args(&["--soft-time-limit", "0.5"])
+        .start();
     let before = worker.children();
     let r = call_task(&queue, "tasks.sleep", "[30]", &[]);
     assert_eq!(r["state"], "FAILURE", "{r}");
@@ -67,7 +73,7 @@ fn soft_limit_is_observed_by_the_task_and_the_child_survives() {
 fn spin_ignores_the_soft_limit_and_dies_at_the_hard_one_from_message_headers() {
     let queue = unique_queue("both");
     // No limits configured: they come from the message (`timelimit` header, [hard, soft]).
-    let worker = Worker::start(&queue, "", &["-c", "1"]);
+    let worker = Worker::builder(&queue).concurrency(1).start();
     let r = call_task(
         &queue,
         "tasks.spin",
@@ -95,7 +101,10 @@ fn spin_ignores_the_soft_limit_and_dies_at_the_hard_one_from_message_headers() {
 #[test]
 fn children_are_recycled_after_max_tasks_without_losing_work() {
     let queue = unique_queue("recycle");
-    let worker = Worker::start(&queue, "", &["-c", "1", "--max-tasks-per-child", "3"]);
+    let worker = Worker::builder(&queue)
+        .concurrency(1)
+        .args(&["--max-tasks-per-child", "3"])
+        .start();
     let first = worker.children();
     let r = call_task(&queue, "tasks.add", "[1, 2]", &["--count", "10"]);
     let results = r.as_array().unwrap();
@@ -121,7 +130,10 @@ fn children_are_recycled_after_max_tasks_without_losing_work() {
 #[test]
 fn children_are_recycled_above_max_memory() {
     let queue = unique_queue("memory");
-    let worker = Worker::start(&queue, "", &["-c", "1", "--max-memory-per-child", "65536"]);
+    let worker = Worker::builder(&queue)
+        .concurrency(1)
+        .args(&["--max-memory-per-child", "65536"])
+        .start();
     let r = call_task(&queue, "tasks.hog", "[8]", &[]);
     assert_eq!(r["result"], json!(8), "{r}");
     assert!(
@@ -140,7 +152,7 @@ fn children_are_recycled_above_max_memory() {
 #[test]
 fn child_killed_from_outside_gives_worker_lost_and_pool_refills() {
     let queue = unique_queue("lost");
-    let worker = Worker::start(&queue, "", &["-c", "2"]);
+    let worker = Worker::builder(&queue).concurrency(2).start();
     let client = spawn_task(&queue, "tasks.sleep", "[30]", &[]);
     worker.wait_for_log("Task tasks.sleep[", Duration::from_secs(20));
     // Find the busy child: kill both children's candidates one at a time would change the
@@ -176,7 +188,7 @@ fn children_that_cannot_start_are_retried_with_backoff_not_in_a_loop() {
     let exe = dir.path().join("worker");
     std::fs::copy(env!("CARGO_BIN_EXE_worker"), &exe).unwrap();
     let queue = unique_queue("nostart");
-    let worker = Worker::start_exe(&exe, &queue, "", &["-c", "1"]);
+    let worker = Worker::builder(&queue).exe(&exe).concurrency(1).start();
     std::fs::remove_file(&exe).unwrap();
     for pid in worker.children() {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
@@ -204,9 +216,9 @@ fn children_that_cannot_start_are_retried_with_backoff_not_in_a_loop() {
 #[test]
 fn time_limit_changed_at_runtime_by_the_celery_cli() {
     let queue = unique_queue("tl-cli");
-    let worker = Worker::start(&queue, "", &["-c", "1"]);
+    let worker = Worker::builder(&queue).concurrency(1).start();
     let node = worker.nodename();
-    let out = crate::support::celery_cli(&[
+    let out = crate::kit::celery_cli(&[
         "control",
         "time_limit",
         "tasks.spin",

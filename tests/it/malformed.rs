@@ -1,63 +1,47 @@
 //! Bad messages are rejected (not requeued) and logged; the worker keeps going.
 
 use lapin::BasicProperties;
-use lapin::options::BasicPublishOptions;
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use serde_json::json;
 
 use crate::block_on;
-use crate::support::{Worker, call_task, connect, delete_queue, queue_depth, unique_queue};
+use crate::kit::{
+    Worker, amqp_text, call_task, connect, delete_queue, publish_raw, queue_depth, task_headers,
+    unique_queue,
+};
 
 async fn publish(queue: &str, headers: FieldTable, content_type: &str, body: &[u8]) {
     let conn = connect().await;
     let ch = conn.create_channel().await.unwrap();
     let props = BasicProperties::default()
         .with_content_type(content_type.into())
-        .with_headers(headers)
         .with_delivery_mode(2);
-    ch.basic_publish(
-        "".into(),
-        queue.into(),
-        BasicPublishOptions::default(),
-        body,
-        props,
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    publish_raw(&ch, "", queue, Some(headers), props, body).await;
     conn.close(200, "bye".into()).await.unwrap();
-}
-
-fn task_headers(id: &str) -> FieldTable {
-    let mut h = FieldTable::default();
-    h.insert("task".into(), AMQPValue::LongString("tasks.add".into()));
-    h.insert("id".into(), AMQPValue::LongString(id.into()));
-    h
 }
 
 #[test]
 fn malformed_messages_are_rejected_and_the_next_valid_one_succeeds() {
     let queue = unique_queue("malformed");
-    let worker = Worker::start(&queue, "", &["-c", "1"]);
+    let worker = Worker::builder(&queue).concurrency(1).start();
     block_on(async {
         publish(
             &queue,
-            task_headers("bad-json"),
+            task_headers("tasks.add", "bad-json"),
             "application/json",
             b"{not json",
         )
         .await;
         publish(
             &queue,
-            task_headers("bad-shape"),
+            task_headers("tasks.add", "bad-shape"),
             "application/json",
             br#"{"a": 1}"#,
         )
         .await;
         publish(
             &queue,
-            task_headers("pickle"),
+            task_headers("tasks.add", "pickle"),
             "application/x-python-serialize",
             b"\x80\x04.",
         )
@@ -69,12 +53,12 @@ fn malformed_messages_are_rejected_and_the_next_valid_one_succeeds() {
             br#"[1, 2]"#,
         )
         .await;
-        let mut bad_eta = task_headers("bad-eta");
-        bad_eta.insert("eta".into(), AMQPValue::LongString("next tuesday".into()));
+        let mut bad_eta = task_headers("tasks.add", "bad-eta");
+        bad_eta.insert("eta".into(), amqp_text("next tuesday"));
         publish(&queue, bad_eta, "application/json", br#"[[1, 2], {}, {}]"#).await;
         publish(
             &queue,
-            task_headers("bad-utf8"),
+            task_headers("tasks.add", "bad-utf8"),
             "application/json",
             b"[[\"\xff\"], {}, {}]",
         )

@@ -3,28 +3,18 @@
 use std::time::Duration;
 
 use crate::block_on;
-use crate::support::{
-    Worker, call_task, connect, delete_queue, eventually, free_port, http, unique_queue,
+use crate::kit::{
+    Worker, call_task, connect, delete_queue, eventually, free_port, http, publish_raw,
+    task_headers, unique_queue,
 };
 
 /// Publishes `body` as a JSON task message for `tasks.add` to `queue`.
-async fn publish_raw(queue: &str, body: &[u8]) {
-    use lapin::options::BasicPublishOptions;
-    use lapin::types::{AMQPValue, FieldTable};
+async fn publish_bad(queue: &str, body: &[u8]) {
     let conn = connect().await;
     let ch = conn.create_channel().await.unwrap();
-    let mut headers = FieldTable::default();
-    headers.insert("task".into(), AMQPValue::LongString("tasks.add".into()));
-    headers.insert("id".into(), AMQPValue::LongString("metrics-bad".into()));
-    let props = lapin::BasicProperties::default()
-        .with_content_type("application/json".into())
-        .with_headers(headers);
-    let options = BasicPublishOptions::default();
-    ch.basic_publish("".into(), queue.into(), options, body, props)
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let headers = task_headers("tasks.add", "metrics-bad");
+    let props = lapin::BasicProperties::default().with_content_type("application/json".into());
+    publish_raw(&ch, "", queue, Some(headers), props, body).await;
     conn.close(200, "bye".into()).await.unwrap();
 }
 
@@ -40,7 +30,10 @@ fn metrics_endpoint_counts_tasks_children_and_pool() {
     let queue = unique_queue("metrics");
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let worker = Worker::start(&queue, "", &["-c", "1", "--metrics-addr", &addr]);
+    let worker = Worker::builder(&queue)
+        .concurrency(1)
+        .args(&["--metrics-addr", &addr])
+        .start();
     call_task(&queue, "tasks.add", "[1, 2]", &[]);
     call_task(&queue, "tasks.add", "[3, 4]", &[]);
     call_task(&queue, "tasks.fail", "[\"x\"]", &[]);
@@ -91,7 +84,7 @@ fn metrics_endpoint_counts_tasks_children_and_pool() {
     assert_eq!(value(&text, "celeryd_messages_malformed_total"), 0.0);
     let r = call_task(&queue, "tasks.no_such_task", "[]", &[]);
     assert_eq!(r["exc_type"], "NotRegistered", "{r}");
-    block_on(publish_raw(&queue, b"{not json"));
+    block_on(publish_bad(&queue, b"{not json"));
     eventually(
         Duration::from_secs(10),
         "the malformed message counted",

@@ -4,8 +4,7 @@
 //! `--purge`, `-D`, `--uid/--gid`, and mingle.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -17,18 +16,10 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use crate::block_on;
-use crate::support::{
-    Worker, amqp_url, call_task, connect, delete_queue, eventually, free_port, queue_depth,
-    spawn_task, unique_queue, worker_ctl,
+use crate::kit::{
+    Worker, amqp_url, call_task, connect, delete_queue, eventually, free_port, node_name,
+    queue_depth, spawn_task, unique_queue, worker_command, worker_ctl,
 };
-
-fn worker_cmd() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_worker"))
-}
-
-fn node() -> String {
-    format!("op-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
-}
 
 /// Declares `queue` as Celery (and celeryd) declare a plain queue: durable, no arguments.
 fn declare_plain_queue(queue: &str) {
@@ -52,7 +43,7 @@ fn host() -> String {
 
 #[test]
 fn celery_environment_names_are_honoured_and_misspelt_celeryd_ones_refused() {
-    let out = worker_cmd()
+    let out = worker_command()
         .arg("--print-config")
         .env(
             "CELERY_BROKER_URL",
@@ -68,14 +59,14 @@ fn celery_environment_names_are_honoured_and_misspelt_celeryd_ones_refused() {
     );
     assert!(!text.contains("t0psecret"), "{text}");
     // celeryd's own name wins over Celery's.
-    let out = worker_cmd()
+    let out = worker_command()
         .arg("--print-config")
         .env("CELERY_BROKER_URL", "amqp://a@celery.example//")
         .env("CELERYD_BROKER_URL", "amqp://a@celeryd.example//")
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("celeryd.example"));
-    let out = worker_cmd()
+    let out = worker_command()
         .arg("--print-config")
         .env("CELERYD_BROKR_URL", "amqp://guest:guest@elsewhere//")
         .output()
@@ -85,7 +76,7 @@ fn celery_environment_names_are_honoured_and_misspelt_celeryd_ones_refused() {
     assert!(err.contains("CELERYD_BROKR_URL"), "{err}");
     assert!(err.contains("CELERYD_BROKER_URL"), "a suggestion: {err}");
     // The variables of Celery's own systemd/init examples are not settings and pass.
-    let out = worker_cmd()
+    let out = worker_command()
         .arg("--print-config")
         .env("CELERYD_NODES", "w1 w2")
         .env("CELERYD_OPTS", "--time-limit=300")
@@ -110,7 +101,7 @@ fn flags_celeryd_cannot_honour_are_refused_with_the_reason_and_exit_64() {
         (&["--loader", "x.Loader"][..], "--loader"),
         (&["--disable-prefetch"][..], "--prefetch-multiplier 1"),
     ] {
-        let out = worker_cmd()
+        let out = worker_command()
             .args(["-b", "amqp://guest:guest@127.0.0.1:1//"])
             .args(flags)
             .output()
@@ -130,16 +121,13 @@ fn celery_worker_flags_are_accepted_and_the_worker_serves() {
     // The config's broker is unreachable: `-b` must win, or the worker never consumes.
     let toml = "[broker]\nurl = \"amqp://guest:guest@127.0.0.1:1/%2f\"\n";
     let url = amqp_url();
-    let worker = Worker::start_with_toml(
-        &queue,
-        toml,
-        &[
+    let worker = Worker::builder(&queue)
+        .config_file(toml)
+        .concurrency(2)
+        .pool("prefork")
+        .args(&[
             "-b",
             &url,
-            "-c",
-            "2",
-            "-P",
-            "prefork",
             "-O",
             "fair",
             "-E",
@@ -155,8 +143,8 @@ fn celery_worker_flags_are_accepted_and_the_worker_serves() {
             "spawn",
             "--prefetch-multiplier",
             "2",
-        ],
-    );
+        ])
+        .start();
     let r = call_task(&queue, "tasks.add", "[1, 2]", &[]);
     assert_eq!(r["result"], 3, "{r}");
     let state = dir.path().join(format!("{}.state", worker.name));
@@ -179,18 +167,14 @@ fn celery_worker_flags_are_accepted_and_the_worker_serves() {
 fn without_heartbeat_sends_no_worker_heartbeats() {
     let qa = unique_queue("hb-on");
     let qb = unique_queue("hb-off");
-    let beating = Worker::start(&qa, "", &["-c", "1", "--heartbeat-interval", "0.5"]);
-    let silent = Worker::start(
-        &qb,
-        "",
-        &[
-            "-c",
-            "1",
-            "--heartbeat-interval",
-            "0.5",
-            "--without-heartbeat",
-        ],
-    );
+    let beating = Worker::builder(&qa)
+        .concurrency(1)
+        .args(&["--heartbeat-interval", "0.5"])
+        .start();
+    let silent = Worker::builder(&qb)
+        .concurrency(1)
+        .args(&["--heartbeat-interval", "0.5", "--without-heartbeat"])
+        .start();
     let (on, off) = block_on(async {
         let conn = connect().await;
         let ch = conn.create_channel().await.unwrap();
@@ -259,9 +243,9 @@ fn without_heartbeat_sends_no_worker_heartbeats() {
 #[test]
 fn a_refused_login_exits_77_at_once_without_the_password() {
     let start = Instant::now();
-    let out = worker_cmd()
+    let out = worker_command()
         .args(["-b", "amqp://guest:n0tthepassword@127.0.0.1:5672/%2f"])
-        .args(["-Q", &unique_queue("auth"), "-n", &format!("{}@%h", node())])
+        .args(["-Q", &unique_queue("auth"), "-n", &node_name("op")])
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -279,17 +263,17 @@ fn a_refused_login_exits_77_at_once_without_the_password() {
 fn ready_is_logged_only_once_consuming_and_the_banner_comes_first() {
     // Nothing listens on the port: the worker retries and is never "ready".
     let port = free_port();
-    let n = node();
+    let n = node_name("op");
     let mut child = Children(vec![
-        worker_cmd()
+        worker_command()
             .args(["-b", &format!("amqp://guest:guest@127.0.0.1:{port}/%2f")])
-            .args(["-Q", "nowhere", "-n", &format!("{n}@%h")])
+            .args(["-Q", "nowhere", "-n", &n])
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
     ]);
-    let log = crate::support::capture_log(child.0[0].stderr.take().unwrap(), "worker");
+    let log = crate::kit::capture_log(child.0[0].stderr.take().unwrap(), "worker");
     eventually(Duration::from_secs(20), "a connection retry", || {
         log.lock().unwrap().contains("Cannot connect to")
     });
@@ -299,7 +283,7 @@ fn ready_is_logged_only_once_consuming_and_the_banner_comes_first() {
     drop(child);
     // With a broker: the banner, then "ready.".
     let queue = unique_queue("banner");
-    let worker = Worker::start(&queue, "", &["-c", "2"]);
+    let worker = Worker::builder(&queue).concurrency(2).start();
     let node = worker.nodename();
     worker.wait_for_log(&format!("{node} ready."), Duration::from_secs(10));
     let log = worker.log();
@@ -323,7 +307,7 @@ fn ready_is_logged_only_once_consuming_and_the_banner_comes_first() {
 #[test]
 fn sighup_with_a_broken_config_keeps_the_worker_running_on_the_old_one() {
     let queue = unique_queue("hup");
-    let worker = Worker::start(&queue, "", &["-c", "1"]);
+    let worker = Worker::builder(&queue).concurrency(1).start();
     let config = worker.config_path();
     let good = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, format!("{good}\n[worker]\nconcurency = 2\n")).unwrap();
@@ -358,14 +342,18 @@ fn two_instances_with_percent_n_paths_run_side_by_side() {
          logfile = \"{d}/%n%I.log\"\npidfile = \"{d}/%h-%n.pid\"\n"
     );
     std::fs::write(&config, text).unwrap();
-    let names = [node(), node()];
+    let nodes = [node_name("op"), node_name("op")];
+    // What `%n` expands to: the node name's part before `@`.
+    let names = nodes
+        .clone()
+        .map(|n| n.split('@').next().unwrap().to_owned());
     let mut children = Children(Vec::new());
-    for n in &names {
+    for n in &nodes {
         children.0.push(
-            worker_cmd()
+            worker_command()
                 .arg("--config")
                 .arg(&config)
-                .args(["-Q", &queue, "-n", &format!("{n}@%h"), "-c", "1"])
+                .args(["-Q", &queue, "-n", n, "-c", "1"])
                 .stdin(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -409,7 +397,10 @@ impl Drop for Children {
 #[test]
 fn fair_dispatch_no_task_waits_behind_a_busy_child() {
     let queue = unique_queue("fair");
-    let worker = Worker::start(&queue, "", &["-c", "2", "-O", "fair"]);
+    let worker = Worker::builder(&queue)
+        .concurrency(2)
+        .args(&["-O", "fair"])
+        .start();
     let mut long = spawn_task(&queue, "tasks.sleep", "[8]", &[]);
     worker.wait_for_log("tasks.sleep[", Duration::from_secs(20));
     let start = Instant::now();
@@ -424,7 +415,7 @@ fn fair_dispatch_no_task_waits_behind_a_busy_child() {
     );
     eprintln!("-O fair: six short tasks beside a busy child in {took:?}");
     let out = long.wait_with_output().unwrap();
-    assert_eq!(crate::support::parse_client_output(&out)["result"], 8.0);
+    assert_eq!(crate::kit::parse_client_output(&out)["result"], 8.0);
     drop(worker);
     block_on(delete_queue(&queue));
 }
@@ -441,7 +432,10 @@ fn purge_discards_the_waiting_messages_before_consuming() {
         block_on(async { queue_depth(&connect().await, &queue).await }),
         3
     );
-    let worker = Worker::start(&queue, "", &["-c", "1", "--purge"]);
+    let worker = Worker::builder(&queue)
+        .concurrency(1)
+        .args(&["--purge"])
+        .start();
     assert!(
         worker
             .log()
@@ -467,10 +461,10 @@ fn detach_runs_in_the_background_with_pidfile_and_logfile() {
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("w.pid");
     let logfile = dir.path().join("w.log");
-    let n = node();
-    let out = worker_cmd()
+    let n = node_name("op");
+    let out = worker_command()
         .args(["-b", &amqp_url(), "-D", "-Q", &queue, "-c", "1"])
-        .args(["-n", &format!("{n}@%h")])
+        .args(["-n", &n])
         .arg("--pidfile")
         .arg(&pidfile)
         .arg("--logfile")
@@ -491,7 +485,7 @@ fn detach_runs_in_the_background_with_pidfile_and_logfile() {
         .trim()
         .parse()
         .unwrap();
-    assert!(crate::support::alive(pid));
+    assert!(crate::kit::alive(pid));
     let r = call_task(&queue, "tasks.add", "[20, 22]", &[]);
     assert_eq!(r["result"], 42, "{r}");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -506,7 +500,7 @@ fn detach_runs_in_the_background_with_pidfile_and_logfile() {
         !pidfile.exists()
     });
     eventually(Duration::from_secs(10), "the process gone", || {
-        !crate::support::alive(pid)
+        !crate::kit::alive(pid)
     });
     block_on(delete_queue(&queue));
 }
@@ -544,21 +538,11 @@ fn uid_and_gid_are_dropped_before_tasks_run() {
     let queue = unique_queue("uid");
     let uid = nobody.uid.to_string();
     let gid = nobody.gid.to_string();
-    let worker = Worker::start_exe(
-        Path::new(&exe),
-        &queue,
-        "",
-        &[
-            "-c",
-            "2",
-            "--uid",
-            "nobody",
-            "--gid",
-            &gid,
-            "--workdir",
-            "/tmp",
-        ],
-    );
+    let worker = Worker::builder(&queue)
+        .exe(&exe)
+        .concurrency(2)
+        .args(&["--uid", "nobody", "--gid", &gid, "--workdir", "/tmp"])
+        .start();
     let r = call_task(&queue, "tasks.add", "[5, 6]", &[]);
     assert_eq!(r["result"], 11, "{r}");
     let want = (
@@ -579,7 +563,7 @@ fn uid_and_gid_are_dropped_before_tasks_run() {
 fn mingle_takes_over_a_revoke_sent_while_the_worker_was_down() {
     let qa = unique_queue("mingle-a");
     let qb = unique_queue("mingle-b");
-    let a = Worker::start(&qa, "", &["-c", "1"]);
+    let a = Worker::builder(&qa).concurrency(1).start();
     let revoked = uuid::Uuid::new_v4().to_string();
     // Only A hears the revoke: B is not running yet.
     let (code, out, err) = worker_ctl(&["revoke", &revoked, "-d", &a.nodename()]);
@@ -592,7 +576,7 @@ fn mingle_takes_over_a_revoke_sent_while_the_worker_was_down() {
         &["--no-wait", "--task-id", &revoked],
     );
     assert_eq!(r["id"], revoked.as_str(), "{r}");
-    let b = Worker::start(&qb, "", &["-c", "1"]);
+    let b = Worker::builder(&qb).concurrency(1).start();
     assert!(
         b.log().contains("mingle: searching for neighbors"),
         "{}",

@@ -1,22 +1,22 @@
 //! Operating the worker: `--print-config`, environment overrides, `--pidfile`, `--logfile`
-//! with reopening on SIGUSR2, `--log-format json`, SIGUSR1's task dump, process names.
+//! with reopening on SIGUSR2, `--log-format json`, SIGUSR1's task dump, process names; a
+//! broker URL that does not parse is refused without echoing its password.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use crate::block_on;
-use crate::support::{amqp_url, delete_queue, eventually, spawn_task, unique_queue};
-
-fn worker_cmd() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_worker"))
-}
+use crate::kit::{
+    amqp_url, delete_queue, eventually, expand_host, node_name, spawn_task, unique_queue,
+    worker_command,
+};
 
 #[test]
 fn print_config_shows_the_environment_and_masks_the_password() {
-    let out = worker_cmd()
+    let out = worker_command()
         .arg("--print-config")
         .args(["-c", "3"])
         .env(
@@ -35,7 +35,7 @@ fn print_config_shows_the_environment_and_masks_the_password() {
     );
     assert!(text.contains("acks_late = true"), "{text}");
     assert!(text.contains("concurrency = 3"), "flags win: {text}");
-    let out = worker_cmd()
+    let out = worker_command()
         .arg("--print-config")
         .env("CELERYD_WORKER_CONCURRENCY", "lots")
         .output()
@@ -53,8 +53,8 @@ fn pidfile_logfile_json_logs_dump_and_process_names() {
     let logfile = dir.path().join("w.log");
     let config = dir.path().join("w.toml");
     std::fs::write(&config, format!("[broker]\nurl = \"{}\"\n", amqp_url())).unwrap();
-    let node = format!("ops-{}@%h", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let mut child = worker_cmd()
+    let node = node_name("ops");
+    let mut child = worker_command()
         .arg("--config")
         .arg(&config)
         .args(["-Q", &queue, "-n", &node, "-c", "1", "--log-format", "json"])
@@ -81,7 +81,7 @@ fn pidfile_logfile_json_logs_dump_and_process_names() {
         assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
     }
     // A second worker on the same pidfile refuses to start.
-    let out = worker_cmd()
+    let out = worker_command()
         .arg("--config")
         .arg(&config)
         .args(["-Q", &queue, "-c", "1"])
@@ -94,11 +94,11 @@ fn pidfile_logfile_json_logs_dump_and_process_names() {
     // Process names: main and children tell themselves apart; children name their node.
     let comm = |p: u32| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
     assert_eq!(comm(pid).trim(), "celeryd: main");
-    let kids = crate::support::children_of(pid as i32);
+    let kids = crate::kit::children_of(pid as i32);
     assert_eq!(kids.len(), 1);
     assert_eq!(comm(kids[0] as u32).trim(), "celeryd: child");
     let cmdline = std::fs::read_to_string(format!("/proc/{}/cmdline", kids[0])).unwrap();
-    let expanded = node.replace("%h", &celeryd_actors::hostname::this_host());
+    let expanded = expand_host(&node);
     assert!(
         cmdline
             .replace('\0', " ")
@@ -125,7 +125,7 @@ fn pidfile_logfile_json_logs_dump_and_process_names() {
     eventually(Duration::from_secs(10), "a new log file", || {
         log().contains("Log file reopened")
     });
-    let r = crate::support::parse_client_output(&running.wait_with_output().unwrap());
+    let r = crate::kit::parse_client_output(&running.wait_with_output().unwrap());
     assert_eq!(r["state"], "SUCCESS");
     eventually(
         Duration::from_secs(10),
@@ -142,4 +142,53 @@ fn pidfile_logfile_json_logs_dump_and_process_names() {
     assert!(child.wait().unwrap().success());
     assert!(!pidfile.exists(), "pidfile removed on exit");
     block_on(delete_queue(&queue));
+}
+
+#[test]
+fn an_unparsable_broker_url_is_never_echoed_with_its_password() {
+    for url in [
+        "amqp://guest:s3cr3t-pw@127.0.0.1:99999//",
+        "amqp:/guest:s3cr3t-pw@127.0.0.1",
+        "amqp://guest:s3cr3t@pw@127.0.0.1:notaport//",
+        "amqp://a:s3cr3t-pw@h1;amqp://b:s3cr3t-pw2@h2:notaport//",
+        "amqp://a:s3cr3t-pw@h1;redis://b:s3cr3t-pw2@h2",
+        "redis://guest:s3cr3t-pw@127.0.0.1",
+    ] {
+        let out = worker_command()
+            .args(["--print-config"])
+            .env("CELERYD_BROKER_URL", url)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{url}: {err}");
+        assert!(err.contains("broker.url"), "{url}: {err}");
+        assert!(!err.contains("s3cr3t"), "{url} leaked: {err}");
+    }
+    // A good failover list is printed with every password masked.
+    let out = worker_command()
+        .args(["--print-config"])
+        .env(
+            "CELERYD_BROKER_URL",
+            "amqp://a:s3cr3t-pw@h1//;amqp://b:s3cr3t-pw2@h2//",
+        )
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{printed}");
+    assert!(
+        printed.contains("h1//;amqp://b:") && !printed.contains("s3cr3t"),
+        "{printed}"
+    );
+    // A TOML error quotes the line: the password is masked there too.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[broker]\nurl = amqp://guest:s3cr3t-pw@h//\n").unwrap();
+    let out = worker_command()
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(!err.contains("s3cr3t"), "leaked: {err}");
 }

@@ -9,9 +9,9 @@ use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
 use crate::block_on;
-use crate::support::{
+use crate::kit::{
     Worker, call_task, celery_cli, celery_client_command, celery_control, celery_inspect,
-    delete_queue, eventually, parse_client_output, spawn_task, unique_queue,
+    delete_queue, eventually, parse_client_output, spawn_task, unique_queue, worker_command,
 };
 
 fn id() -> String {
@@ -21,7 +21,7 @@ fn id() -> String {
 /// `worker …` with `flags` against an unreachable broker: its exit code and stderr (a
 /// refusal comes before any connection).
 fn refused(flags: &[&str]) -> (Option<i32>, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
+    let out = worker_command()
         .args(["-b", "amqp://guest:guest@127.0.0.1:1//"])
         .args(flags)
         .output()
@@ -45,7 +45,10 @@ fn stats_pool(worker: &Worker) -> Value {
 #[test]
 fn async_pool_runs_two_thousand_sleeps_a_thousand_at_a_time() {
     let queue = unique_queue("async2k");
-    let worker = Worker::start(&queue, "", &["-P", "async", "-c", "1000"]);
+    let worker = Worker::builder(&queue)
+        .pool("async")
+        .concurrency(1000)
+        .start();
     assert!(worker.children().is_empty(), "no child process");
     let pool = stats_pool(&worker);
     assert_eq!(pool["implementation"], "celeryd.pool:AsyncPool", "{pool}");
@@ -92,20 +95,11 @@ fn async_pool_runs_two_thousand_sleeps_a_thousand_at_a_time() {
 #[test]
 fn async_limits_terminate_and_a_panic_beside_healthy_tasks() {
     let queue = unique_queue("asynclim");
-    let worker = Worker::start(
-        &queue,
-        "",
-        &[
-            "-P",
-            "async",
-            "-c",
-            "50",
-            "--soft-time-limit",
-            "0.5",
-            "--time-limit",
-            "5",
-        ],
-    );
+    let worker = Worker::builder(&queue)
+        .pool("async")
+        .concurrency(50)
+        .args(&["--soft-time-limit", "0.5", "--time-limit", "5"])
+        .start();
     // Soft: the awaited sleep ends with SoftTimeLimitExceeded.
     let r = call_task(&queue, "tasks.async_sleep", "[30]", &[]);
     assert_eq!(r["exc_type"], "SoftTimeLimitExceeded", "{r}");
@@ -183,7 +177,10 @@ fn async_limits_terminate_and_a_panic_beside_healthy_tasks() {
 #[test]
 fn a_blocking_async_task_freezes_neither_the_consumer_nor_remote_control() {
     let queue = unique_queue("asyncblock");
-    let worker = Worker::start(&queue, "", &["-P", "async", "-c", "20"]);
+    let worker = Worker::builder(&queue)
+        .pool("async")
+        .concurrency(20)
+        .start();
     // More blocked tasks than the runtime has threads: every async worker thread is stuck.
     let blockers = spawn_task(&queue, "tasks.async_block", "[6]", &["--count", "8"]);
     eventually(Duration::from_secs(20), "the blockers to start", || {
@@ -211,7 +208,10 @@ fn a_blocking_async_task_freezes_neither_the_consumer_nor_remote_control() {
 #[test]
 fn warm_shutdown_waits_for_in_flight_async_tasks() {
     let queue = unique_queue("asyncwarm");
-    let mut worker = Worker::start(&queue, "", &["-P", "async", "-c", "100"]);
+    let mut worker = Worker::builder(&queue)
+        .pool("async")
+        .concurrency(100)
+        .start();
     let client = celery_client_command(&[
         "call",
         "tasks.async_sleep",
@@ -245,7 +245,11 @@ fn warm_shutdown_waits_for_in_flight_async_tasks() {
 fn async_pool_grows_shrinks_autoscales_and_keeps_rate_limits_eta_and_revokes() {
     let queue = unique_queue("asyncops");
     let config = "[task.rate_limits]\n\"tasks.async_sleep\" = \"5/s\"\n";
-    let worker = Worker::start(&queue, config, &["-P", "async", "-c", "10"]);
+    let worker = Worker::builder(&queue)
+        .config(config)
+        .pool("async")
+        .concurrency(10)
+        .start();
     let node = worker.nodename();
     celery_control(&node, &["pool_grow", "15"]);
     assert_eq!(stats_pool(&worker)["max-concurrency"], 25);
@@ -271,7 +275,10 @@ fn async_pool_grows_shrinks_autoscales_and_keeps_rate_limits_eta_and_revokes() {
     assert_eq!(r["state"], "REVOKED", "{r}");
     drop(worker);
 
-    let worker = Worker::start(&queue, "", &["-P", "async", "--autoscale", "40,2"]);
+    let worker = Worker::builder(&queue)
+        .pool("async")
+        .args(&["--autoscale", "40,2"])
+        .start();
     let node = worker.nodename();
     let burst = spawn_task(&queue, "tasks.async_sleep", "[3]", &["--count", "30"]);
     eventually(Duration::from_secs(20), "the pool to scale up", || {
@@ -287,11 +294,11 @@ fn async_pool_grows_shrinks_autoscales_and_keeps_rate_limits_eta_and_revokes() {
 #[test]
 fn threads_and_solo_run_tasks_in_the_worker_with_soft_limits_only() {
     let queue = unique_queue("threads");
-    let worker = Worker::start(
-        &queue,
-        "",
-        &["-P", "threads", "-c", "4", "--soft-time-limit", "0.5"],
-    );
+    let worker = Worker::builder(&queue)
+        .pool("threads")
+        .concurrency(4)
+        .args(&["--soft-time-limit", "0.5"])
+        .start();
     assert!(worker.children().is_empty());
     let pool = stats_pool(&worker);
     assert_eq!(pool["implementation"], "celeryd.pool:ThreadPool", "{pool}");
@@ -331,7 +338,7 @@ fn threads_and_solo_run_tasks_in_the_worker_with_soft_limits_only() {
     assert!(text.contains("cannot be killed"), "{text}");
     drop(worker);
 
-    let worker = Worker::start(&queue, "", &["-P", "solo"]);
+    let worker = Worker::builder(&queue).pool("solo").start();
     let pool = stats_pool(&worker);
     assert_eq!(pool["implementation"], "celeryd.pool:SoloPool", "{pool}");
     assert_eq!(pool["max-concurrency"], 1, "{pool}");

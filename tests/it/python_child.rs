@@ -20,7 +20,7 @@ use celeryd_actors::protocol::DeliveryInfo;
 use celeryd_actors::protocol::encode::{TaskCall, TaskMessage};
 
 use crate::block_on;
-use crate::support::{amqp_url, connect, python, repo};
+use crate::kit::{amqp_url, connect, python, repo};
 
 struct PyChild {
     child: Child,

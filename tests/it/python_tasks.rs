@@ -4,15 +4,14 @@
 //! PostgreSQL result backends. The worker never writes these results itself: the children
 //! and the helper (Celery's code) do.
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::block_on;
-use crate::support::{
+use crate::kit::{
     Worker, celery_control, celery_inspect, delete_queue, eventually, python, python_amqp_url,
-    repo, unique_queue,
+    repo, unique_queue, worker_command,
 };
 
 const REDIS: &str = "redis://127.0.0.1:6379/3";
@@ -39,7 +38,7 @@ fn call(queue: &str, name: &str, args: &str) -> Value {
 fn scenario_with(queue: &str, backend: &str, name: &str, extra: &[&str]) -> Value {
     let mut args = vec![name, "--queue", queue, "--timeout", "40"];
     args.extend_from_slice(extra);
-    crate::support::proj_client(&args, &[("RESULT_BACKEND", backend)])
+    crate::kit::proj_client(&args, &[("RESULT_BACKEND", backend)])
 }
 
 fn exc(v: &Value) -> (&str, &str) {
@@ -52,7 +51,10 @@ fn exc(v: &Value) -> (&str, &str) {
 #[test]
 fn python_tasks_with_rpc_results() {
     let q = unique_queue("it-py");
-    let w = Worker::start_python(&q, "rpc://", "", &["-c", "2"]);
+    let w = Worker::builder(&q)
+        .proj("rpc://", "")
+        .concurrency(2)
+        .start();
     w.wait_for_log("Python app proj: Celery 5.7.0", Duration::from_secs(1));
 
     let b = scenario(&q, "rpc://", "basic");
@@ -144,7 +146,7 @@ fn python_tasks_with_rpc_results() {
 #[test]
 fn python_tasks_with_redis_results_chords_and_states() {
     let q = unique_queue("it-pyr");
-    let w = Worker::start_python(&q, REDIS, "", &["-c", "2"]);
+    let w = Worker::builder(&q).proj(REDIS, "").concurrency(2).start();
     let c = scenario(&q, REDIS, "canvas");
     assert_eq!(c["chain"], 6);
     assert_eq!(c["link"], 12);
@@ -184,7 +186,10 @@ fn python_tasks_with_redis_results_chords_and_states() {
 #[test]
 fn python_chords_with_a_database_backend() {
     let q = unique_queue("it-pydb");
-    let w = Worker::start_python(&q, POSTGRES, "", &["-c", "2"]);
+    let w = Worker::builder(&q)
+        .proj(POSTGRES, "")
+        .concurrency(2)
+        .start();
     let c = scenario(&q, POSTGRES, "chord");
     assert_eq!(c["chord"], 12, "chord_unlock polls the database: {c}");
     drop(w);
@@ -195,7 +200,7 @@ fn python_chords_with_a_database_backend() {
 /// and the test venv; returns (exit code, stdout, stderr).
 fn run_worker(args: &[&str], conf: &str) -> (i32, String, String) {
     let workdir = repo().join("tests/python");
-    let out = Command::new(env!("CARGO_BIN_EXE_worker"))
+    let out = worker_command()
         .args(["--workdir", workdir.to_str().unwrap()])
         .args(args)
         .env("AMQP_URL", python_amqp_url())
@@ -265,13 +270,13 @@ fn python_worker_inspect_recycling_rate_limits_malformed_and_warm_shutdown() {
     let q = unique_queue("it-pyops");
     let accept = r#"{"accept_content": ["json", "pickle"]}"#;
     let flags = ["-c", "2", "--max-tasks-per-child", "1"];
-    let mut w = Worker::start_python(&q, REDIS, accept, &flags);
+    let mut w = Worker::builder(&q).proj(REDIS, accept).args(&flags).start();
     let p = scenario(&q, REDIS, "pickle");
     assert_eq!(
         p["result"], 42,
         "a pickled message runs when the app accepts pickle: {p}"
     );
-    let out = crate::support::celery_cli(&["inspect", "registered", "--json", "-d", &w.nodename()]);
+    let out = crate::kit::celery_cli(&["inspect", "registered", "--json", "-d", &w.nodename()]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("proj.add") && text.contains("proj.whoami"),
@@ -305,20 +310,10 @@ fn python_worker_inspect_recycling_rate_limits_malformed_and_warm_shutdown() {
     );
 
     block_on(async {
-        let conn = crate::support::connect().await;
+        let conn = crate::kit::connect().await;
         let ch = conn.create_channel().await.unwrap();
         let props = lapin::BasicProperties::default().with_content_type("application/json".into());
-        ch.basic_publish(
-            "".into(),
-            q.as_str().into(),
-            lapin::options::BasicPublishOptions::default(),
-            b"{not json",
-            props,
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        crate::kit::publish_raw(&ch, "", &q, None, props, b"{not json").await;
     });
     w.wait_for_log("Received invalid task message", Duration::from_secs(10));
     assert_eq!(scenario(&q, REDIS, "group")["group"], json!([0, 2, 4]));
@@ -342,7 +337,7 @@ fn python_worker_inspect_recycling_rate_limits_malformed_and_warm_shutdown() {
 #[test]
 fn an_acks_late_python_task_survives_kill_9_of_its_worker() {
     let q = unique_queue("it-pykill");
-    let mut w = Worker::start_python(&q, REDIS, "", &["-c", "1"]);
+    let mut w = Worker::builder(&q).proj(REDIS, "").concurrency(1).start();
     let id = send(&q, "proj.slow", "[2]");
     w.wait_for_log(
         &format!("Task proj.slow[{id}] received"),
@@ -351,7 +346,7 @@ fn an_acks_late_python_task_survives_kill_9_of_its_worker() {
     std::thread::sleep(Duration::from_millis(500));
     w.signal(nix::sys::signal::Signal::SIGKILL);
     w.wait_exit(Duration::from_secs(10));
-    let w2 = Worker::start_python(&q, REDIS, "", &["-c", "1"]);
+    let w2 = Worker::builder(&q).proj(REDIS, "").concurrency(1).start();
     let done = scenario_with(&q, REDIS, "wait", &["--id", &id, "--timeout", "30"]);
     assert_eq!(
         done["result"], 2,
@@ -388,7 +383,7 @@ fn python_pool_grows_shrinks_restarts_autoscales_and_recycles_above_max_memory()
     let q = unique_queue("it-pypool");
     let conf = r#"{"worker_pool_restarts": true}"#;
     let flags = ["-c", "1", "--max-memory-per-child", "196608"];
-    let w = Worker::start_python(&q, REDIS, conf, &flags);
+    let w = Worker::builder(&q).proj(REDIS, conf).args(&flags).start();
     let node = w.nodename();
     let first = pool_of(&node, 1, "one Python child");
     let out = celery_control(&node, &["pool_grow", "1"]);
@@ -428,7 +423,10 @@ fn python_pool_grows_shrinks_restarts_autoscales_and_recycles_above_max_memory()
     assert_eq!(call(&q, "proj.add", "[2, 2]")["result"], 4);
     drop(w);
 
-    let w = Worker::start_python(&q, REDIS, "", &["--autoscale", "3,1"]);
+    let w = Worker::builder(&q)
+        .proj(REDIS, "")
+        .args(&["--autoscale", "3,1"])
+        .start();
     let node = w.nodename();
     pool_of(&node, 1, "autoscale starts at min");
     let ids: Vec<String> = (0..3).map(|_| send(&q, "proj.sleep", "[3]")).collect();

@@ -1,18 +1,21 @@
 //! Control commands that change what a celeryd worker does, driven by the real `celery` CLI
 //! and Python client: add_consumer / cancel_consumer, autoscale, pool_restart,
-//! revoke_by_stamped_headers, and `registered` with task attributes.
+//! revoke_by_stamped_headers, and `registered` with task attributes; an add_consumer the
+//! broker refuses is an error reply that disturbs nothing.
 
 use std::time::Duration;
 
+use lapin::options::QueueDeclareOptions;
+use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{Value, json};
 
 use crate::block_on;
-use crate::support::{
-    Worker, call_task, connect, delete_queue, eventually, parse_client_output, queue_depth,
-    spawn_task, unique_queue,
+use crate::kit::{
+    Worker, assert_healthy, call_task, connect, control_call, delete_queue, error_text, eventually,
+    parse_client_output, queue_depth, spawn_task, unique_queue, worker_ctl,
 };
 
-use crate::support::{celery_control as control, celery_inspect as inspect_json};
+use crate::kit::{celery_control as control, celery_inspect as inspect_json};
 
 fn queue_names(node: &str) -> Vec<String> {
     inspect_json(node, &["active_queues"])
@@ -26,7 +29,7 @@ fn queue_names(node: &str) -> Vec<String> {
 #[test]
 fn add_and_cancel_consumer() {
     let (first, second) = (unique_queue("q1"), unique_queue("q2"));
-    let worker = Worker::start(&first, "", &["-c", "1"]);
+    let worker = Worker::builder(&first).concurrency(1).start();
     let node = worker.nodename();
     let out = control(&node, &["add_consumer", &second]);
     assert!(out.contains(&format!("add consumer {second}")), "{out}");
@@ -65,11 +68,10 @@ fn add_and_cancel_consumer() {
 #[test]
 fn autoscale_follows_the_load_and_the_command() {
     let queue = unique_queue("autoscale");
-    let worker = Worker::start(
-        &queue,
-        "[worker]\nautoscale_keepalive = 1.0\n",
-        &["--autoscale", "3,1"],
-    );
+    let worker = Worker::builder(&queue)
+        .config("[worker]\nautoscale_keepalive = 1.0\n")
+        .args(&["--autoscale", "3,1"])
+        .start();
     let node = worker.nodename();
     assert_eq!(worker.children().len(), 1);
     let stats = inspect_json(&node, &["stats"]);
@@ -106,12 +108,15 @@ fn autoscale_follows_the_load_and_the_command() {
 #[test]
 fn pool_restart_replaces_every_child_when_enabled() {
     let queue = unique_queue("restart");
-    let worker = Worker::start(&queue, "", &["-c", "2"]);
+    let worker = Worker::builder(&queue).concurrency(2).start();
     let node = worker.nodename();
     let out = control(&node, &["pool_restart"]);
     assert!(out.contains("Pool restarts not enabled"), "{out}");
     drop(worker);
-    let worker = Worker::start(&queue, "[worker]\npool_restarts = true\n", &["-c", "2"]);
+    let worker = Worker::builder(&queue)
+        .config("[worker]\npool_restarts = true\n")
+        .concurrency(2)
+        .start();
     let node = worker.nodename();
     let before = worker.children();
     assert_eq!(before.len(), 2);
@@ -137,7 +142,7 @@ fn pool_restart_replaces_every_child_when_enabled() {
 #[test]
 fn revoke_by_stamped_headers_discards_and_terminates() {
     let queue = unique_queue("stamps");
-    let worker = Worker::start(&queue, "", &["-c", "1"]);
+    let worker = Worker::builder(&queue).concurrency(1).start();
     let node = worker.nodename();
     let stamp = format!("batch={}", uuid::Uuid::new_v4().simple());
     let value = stamp.split_once('=').unwrap().1.to_owned();
@@ -174,7 +179,7 @@ fn revoke_by_stamped_headers_discards_and_terminates() {
     let running = spawn_task(&queue, "tasks.sleep", "[30]", &["--stamp", &other]);
     worker.wait_for_log("Task tasks.sleep[", Duration::from_secs(20));
     let headers = json!({"job": other_value}).to_string();
-    let v = crate::support::celery_client(&[
+    let v = crate::kit::celery_client(&[
         "broadcast",
         "revoke_by_stamped_headers",
         "--arguments",
@@ -197,7 +202,10 @@ fn revoke_by_stamped_headers_discards_and_terminates() {
 fn registered_lists_requested_attributes() {
     let queue = unique_queue("registered");
     let config = "[task.rate_limits]\n\"tasks.noop\" = \"100/m\"\n";
-    let worker = Worker::start(&queue, config, &["-c", "1"]);
+    let worker = Worker::builder(&queue)
+        .config(config)
+        .concurrency(1)
+        .start();
     let node = worker.nodename();
     let names = inspect_json(&node, &["registered"]);
     let names: Vec<&str> = names
@@ -226,4 +234,59 @@ fn registered_lists_requested_attributes() {
     );
     drop(worker);
     block_on(delete_queue(&queue));
+}
+
+#[test]
+fn add_consumer_of_a_refused_queue_is_an_error_reply_and_disturbs_nothing() {
+    let queue = unique_queue("addrefused");
+    let clash = unique_queue("clash");
+    // A queue that exists with other arguments than the worker would declare.
+    block_on(async {
+        let conn = connect().await;
+        let ch = conn.create_channel().await.unwrap();
+        let mut args = FieldTable::default();
+        args.insert("x-max-length".into(), AMQPValue::LongInt(10));
+        let opts = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        ch.queue_declare(clash.as_str().into(), opts, args)
+            .await
+            .unwrap();
+        let _ = conn.close(200, "bye".into()).await;
+    });
+    let worker = Worker::builder(&queue)
+        .config("[task]\nacks_late = true\n")
+        .concurrency(1)
+        .start();
+    let node = worker.nodename();
+    let running = spawn_task(&queue, "tasks.sleep", "[3]", &[]);
+    worker.wait_for_log("Task tasks.sleep[", Duration::from_secs(30));
+    let reply = control_call(&node, "add_consumer", json!({"queue": "amq.celeryd-test"}));
+    assert!(error_text(&reply).contains("ACCESS_REFUSED"), "{reply}");
+    let reply = control_call(&node, "add_consumer", json!({"queue": clash}));
+    assert!(
+        error_text(&reply).contains("exists on the broker with x-max-length = "),
+        "the 406 named with the argument and its value: {reply}"
+    );
+    let r = crate::kit::parse_client_output(&running.wait_with_output().unwrap());
+    assert_eq!(r["result"], json!(3.0), "{r}");
+    let log = worker.log();
+    assert!(
+        !log.contains("Connection to the broker lost"),
+        "the consumer's connection was not reset"
+    );
+    assert_eq!(
+        log.matches("Task tasks.sleep[").count(),
+        2,
+        "received once, succeeded once: nothing ran twice"
+    );
+    // Neither queue is consumed; the worker's own is.
+    let (_, out, _) = worker_ctl(&["active_queues", "--json", "-d", &node]);
+    let queues: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(queues[&node].as_array().unwrap().len(), 1, "{queues}");
+    assert_healthy(&worker, &queue);
+    drop(worker);
+    block_on(delete_queue(&queue));
+    block_on(delete_queue(&clash));
 }

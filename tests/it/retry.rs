@@ -3,12 +3,12 @@
 use serde_json::json;
 
 use crate::block_on;
-use crate::support::{Worker, call_task, delete_queue, unique_queue};
+use crate::kit::{Worker, call_task, delete_queue, unique_queue};
 
 #[test]
 fn a_task_retries_with_the_same_id_until_it_succeeds_or_runs_out() {
     let queue = unique_queue("retry");
-    let worker = Worker::start(&queue, "", &["-c", "1"]);
+    let worker = Worker::builder(&queue).concurrency(1).start();
     let r = call_task(&queue, "tasks.flaky", "[2]", &[]);
     assert_eq!(r["state"], "SUCCESS", "{r}");
     assert_eq!(r["result"], json!(2), "two retries, then success: {r}");

@@ -8,7 +8,7 @@ use nix::sys::signal::Signal;
 use serde_json::json;
 
 use crate::block_on;
-use crate::support::{
+use crate::kit::{
     Worker, alive, call_task, celery_cli, delete_queue, eventually, parse_client_output,
     spawn_task, unique_queue,
 };
@@ -35,7 +35,7 @@ fn id() -> String {
 #[test]
 fn revoked_tasks_are_skipped_wherever_they_wait() {
     let queue = unique_queue("revoke");
-    let worker = Worker::start(&queue, "", &["-c", "1"]);
+    let worker = Worker::builder(&queue).concurrency(1).start();
     // Not yet received.
     let early = id();
     let text = control(&worker, &["revoke", &early]);
@@ -90,7 +90,7 @@ fn revoked_tasks_are_skipped_wherever_they_wait() {
 #[test]
 fn terminate_kills_the_running_task_and_the_pool_refills() {
     let queue = unique_queue("terminate");
-    let worker = Worker::start(&queue, "", &["-c", "1"]);
+    let worker = Worker::builder(&queue).concurrency(1).start();
     let task = id();
     let client = spawn_task(&queue, "tasks.sleep", "[30]", &["--task-id", &task]);
     worker.wait_for_log(
@@ -126,12 +126,12 @@ fn revokes_survive_kill_9_with_a_statedb() {
         "--statedb",
         statedb.to_str().unwrap(),
     ];
-    let worker = Worker::start(&queue, "", &flags);
+    let worker = Worker::builder(&queue).args(&flags).start();
     let revoked = id();
     control(&worker, &["revoke", &revoked]);
     worker.signal(Signal::SIGKILL);
     drop(worker);
-    let again = Worker::start(&queue, "", &flags);
+    let again = Worker::builder(&queue).args(&flags).start();
     assert!(
         again
             .log()

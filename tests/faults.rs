@@ -2,17 +2,21 @@
 //! restart, children killed at random, a flood of malformed messages and hostile control
 //! messages. Every test holds one lock: they are heavy, and one restarts the broker (cargo
 //! runs test binaries one after another, so this never runs beside the `it` suite).
-#![allow(missing_docs, unreachable_pub, clippy::unwrap_used, dead_code)]
+#![allow(missing_docs, unreachable_pub, clippy::unwrap_used)]
 
-#[path = "../it/support.rs"]
-mod support;
+mod kit;
 
-mod chaos;
-mod cluster;
-mod hardening;
-mod hostile;
-mod redis_backend;
-mod tls;
+/// The tests, a file each in tests/faults/ (named by the behaviour they check).
+mod faults {
+    mod chaos;
+    mod cluster;
+    mod control_errors;
+    mod eta_ladder;
+    mod hostile;
+    mod oversized_input;
+    mod redis_backend;
+    mod tls;
+}
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -23,4 +27,4 @@ pub fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-pub use support::block_on;
+pub use kit::block_on;
