@@ -215,7 +215,7 @@ fn page_size() -> u64 {
         .unwrap_or(4096)
 }
 
-/// The resident size in KiB from the text of /proc/<pid>/statm (its second field, in pages).
+/// The resident size in KiB from the text of `/proc/<pid>/statm` (its second field, in pages).
 pub fn statm_resident_kib(statm: &[u8], page_size: u64) -> u64 {
     std::str::from_utf8(statm)
         .ok()

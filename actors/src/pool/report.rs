@@ -8,7 +8,7 @@
 //! [`ToConsumer`], flushed before the pool's handler returns or waits on anything.
 //!
 //! The pool names no consumer type: the consumer hands it a
-//! [`DerivedActorRef`](ractor::DerivedActorRef) of [`PoolReports`].
+//! [`ractor::DerivedActorRef`] of [`PoolReports`].
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -28,7 +28,7 @@ pub const DELIVER_EXCHANGE: &str = "celeryd.delayed.deliver";
 /// The routing key for a delay of `seconds` towards `queue`.
 ///
 /// ```
-/// use celeryd_actors::consumer::delay::routing_key;
+/// use celeryd_actors::broker::amqp::delay::routing_key;
 /// let key = routing_key(5, "celery");
 /// assert!(key.ends_with(".1.0.1.celery"));
 /// assert_eq!(key.split('.').count(), 29);
@@ -53,7 +53,7 @@ pub const MAX_KEY: usize = 255;
 /// unchanged (so `celery` stays `celery`, and bindings made before escaping still match).
 ///
 /// ```
-/// use celeryd_actors::consumer::delay::escape_word;
+/// use celeryd_actors::broker::amqp::delay::escape_word;
 /// assert_eq!(escape_word("celery"), "celery");
 /// assert_eq!(escape_word("#"), "%23");
 /// assert_eq!(escape_word("a.*"), "a%2E%2A");

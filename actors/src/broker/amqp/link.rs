@@ -26,7 +26,7 @@ pub struct Link {
 pub struct Channel(pub(super) lapin::Channel);
 
 impl Link {
-    /// Connects ([`connect`](super::connect): failover list, heartbeat, the node's name as
+    /// Connects ([`connect`](super::connect()): failover list, heartbeat, the node's name as
     /// the connection's) and opens the consuming channel.
     pub async fn open(
         settings: &BrokerSettings,

@@ -23,7 +23,7 @@ const MAX_KEY: usize = 255;
 /// adds a new one.
 ///
 /// ```
-/// use celeryd_actors::consumer::route::strip_delay_prefix;
+/// use celeryd_actors::broker::amqp::route::strip_delay_prefix;
 /// let delayed = format!("{}tasks.add", "0.".repeat(25) + "1.0.1.");
 /// assert_eq!(strip_delay_prefix(&delayed), "tasks.add");
 /// assert_eq!(strip_delay_prefix("0.1.tasks"), "0.1.tasks");
@@ -46,7 +46,7 @@ pub fn is_ladder_exchange(exchange: &str) -> bool {
 /// Whether a topic binding key matches a routing key (`*` one word, `#` zero or more).
 ///
 /// ```
-/// use celeryd_actors::consumer::route::topic_matches;
+/// use celeryd_actors::broker::amqp::route::topic_matches;
 /// assert!(topic_matches("tasks.*", "tasks.add"));
 /// assert!(topic_matches("#.add", "add"));
 /// assert!(!topic_matches("tasks.*", "tasks.add.x"));
@@ -109,7 +109,7 @@ pub fn retry_target(info: &DeliveryInfo, queue: Option<&TaskQueue>) -> (String, 
 /// binary digits, most significant first, each followed by `.`, then the key.
 ///
 /// ```
-/// use celeryd_actors::consumer::route::native_delay_key;
+/// use celeryd_actors::broker::amqp::route::native_delay_key;
 /// assert_eq!(
 ///     native_delay_key(120, "tasks"),
 ///     format!("{}1.1.1.1.0.0.0.tasks", "0.".repeat(21))

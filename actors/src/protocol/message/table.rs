@@ -70,7 +70,7 @@ pub struct TableMessage<'a, T> {
 }
 
 /// Decodes a delivery for a Rust task: the same request as [`decode_with_limit`] gives (then
-/// [`compact`]), read straight from the client's header table, so that only the headers the
+/// [`compact`](super::compact)), read straight from the client's header table, so that only the headers the
 /// request keeps become JSON (a protocol 2 message's typed headers are not converted, stored
 /// and dropped again). Protocol 1 and hybrid messages take the JSON way.
 pub fn decode_table<T: HeaderTable>(
