@@ -461,7 +461,7 @@ async fn prepare_python(
     );
     if !layer.unhonoured.is_empty() {
         tracing::warn!(
-            "app.conf settings celeryd does not honour (see README, \"Switching a Python Celery \
+            "app.conf settings celeryd does not honour (see docs/python.md, \"Switching a Python Celery \
              deployment\"): {}",
             layer.unhonoured.join(", ")
         );
@@ -564,7 +564,7 @@ where
     // pool's own runtime, blocking stores on tokio's blocking threads): a task's messages
     // then pass from actor to actor without waking another thread. Against two threads, the
     // `compare` drain spent about a fifth less CPU per task with a third fewer context
-    // switches (README, Performance).
+    // switches (docs/benchmarks.md).
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         // Deep enough to drop (and look at) the deepest header a 128 KiB frame can carry.
