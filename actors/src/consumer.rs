@@ -35,11 +35,11 @@ use crate::broker::amqp::outbox::{Outbox, PendingResult};
 use crate::broker::amqp::route::{self, Route};
 use crate::broker::amqp::{self, Channel, StreamEvent, TaskQueue, consumer_tag};
 use crate::broker::{self, BrokerError, Delivery, ErrorKind};
-use crate::child::python::ReportKind;
 use crate::events::build as event;
 use crate::events::{EventsMessage, TaskEvents};
-use crate::pool::PoolMessage;
 use crate::pool::report::{PoolReport, PoolReports};
+use crate::pool::{PoolMessage, WorkMsg};
+use crate::process::python::ReportKind;
 use crate::protocol::repr::{py_repr, truncate};
 use crate::protocol::{ExceptionInfo, ResultState, decode_keeping_body};
 use crate::revoke::RevokeMessage;
@@ -781,7 +781,7 @@ impl Consumer {
         state.peers.metrics.broker_connected(false);
         state.acks.clear();
         state.reserve_in_pool(); // before Forget, which drops those of this generation
-        let _ = state.peers.pool.cast(PoolMessage::Forget { generation });
+        let _ = state.peers.pool.cast(WorkMsg::Forget { generation }.into());
         let _ = state
             .peers
             .scheduler
@@ -1531,12 +1531,12 @@ impl ConsumerState {
     }
 
     /// Hands the pool the requests gathered while handling this message: deliveries that
-    /// arrived together go in one [`PoolMessage::ReserveAll`].
+    /// arrived together go in one [`WorkMsg::ReserveAll`].
     fn reserve_in_pool(&mut self) {
         let msg = match self.to_pool.len() {
             0 => return,
-            1 => self.to_pool.pop().map(PoolMessage::Reserve),
-            _ => Some(PoolMessage::ReserveAll(std::mem::take(&mut self.to_pool))),
+            1 => self.to_pool.pop().map(|r| WorkMsg::Reserve(r).into()),
+            _ => Some(WorkMsg::ReserveAll(std::mem::take(&mut self.to_pool)).into()),
         };
         if let Some(msg) = msg {
             let _ = self.peers.pool.cast(msg);
