@@ -33,8 +33,8 @@ use tokio::sync::mpsc;
 
 /// The engine, for what the re-exports above leave out.
 pub use celeryd_actors as engine;
-use celeryd_actors::child::ChildCommand;
 use celeryd_actors::control::custom::ControlCommands;
+use celeryd_actors::process::ChildCommand;
 use celeryd_actors::supervisor::{ExitReason, PythonSetup, Supervisor, SupervisorArgs};
 /// What a worker of your own needs besides [`Registry`] and [`main_with`]: one crate to
 /// depend on.
@@ -224,7 +224,7 @@ pub fn main_with(registry: Registry) -> ExitCode {
         Ok(program) => ChildCommand {
             program,
             args: vec!["child".to_owned(), "--of".to_owned(), node.clone()],
-            codec: celeryd_actors::child::Codec::Rust,
+            codec: celeryd_actors::process::Codec::Rust,
             env: Vec::new(),
             fork: None,
         },
@@ -536,7 +536,7 @@ fn reap_children(limit: std::time::Duration) {
 
 fn run_child(registry: &Registry) -> ExitCode {
     set_process_name("celeryd: child");
-    let code = celeryd_actors::child::runner::run_child(registry);
+    let code = celeryd_actors::process::runner::run_child(registry);
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 

@@ -8,11 +8,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use celeryd_actors::Settings;
-use celeryd_actors::child::forkserver::ForkServer;
-use celeryd_actors::child::python::{self, Hello, PythonTask, Ready};
-use celeryd_actors::child::{ChildCommand, Codec};
 use celeryd_actors::error::ChildError;
 use celeryd_actors::helper::{HelperProcess, START_TIMEOUT};
+use celeryd_actors::process::forkserver::ForkServer;
+use celeryd_actors::process::python::{self, Hello, PythonTask, Ready};
+use celeryd_actors::process::{ChildCommand, Codec};
 use celeryd_actors::task::TaskOptions;
 
 use crate::error::StartupError;

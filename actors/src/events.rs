@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 use self::build::Event;
 use crate::broker::{BrokerError, amqp};
 use crate::clock::Clock;
-use crate::pool::PoolMessage;
+use crate::pool::{ControlMsg, PoolMessage};
 use crate::settings::Settings;
 
 /// The exchange events are published to.
@@ -202,8 +202,8 @@ impl Events {
     }
 
     async fn send_worker(&self, state: &mut EventsState, kind: &'static str) {
-        let tasks =
-            ractor::call!(state.pool, |reply| PoolMessage::GetTasks { reply }).unwrap_or_default();
+        let tasks = ractor::call!(state.pool, |reply| ControlMsg::GetTasks { reply }.into())
+            .unwrap_or_default();
         let processed = tasks.total.values().sum();
         let freq = self.settings.worker.heartbeat_interval;
         let event = build::worker(kind, freq, tasks.active.len(), processed);

@@ -6,7 +6,7 @@
 //! hooks are Celery's, and answers with what Celery decided (ack, reject or requeue, and the
 //! events), which the consumer carries out. The parent never writes a Python task's result.
 //!
-//! It is forked by the [`ForkServer`](crate::child::forkserver::ForkServer) like the pool's
+//! It is forked by the [`ForkServer`](crate::process::forkserver::ForkServer) like the pool's
 //! children; without one (`--no-fork-server`) it is a fresh interpreter and the first
 //! Python process of the worker, whose `ready` frame says which tasks the app has and what
 //! its configuration is, before the rest of the tree is built ([`HelperProcess::start`]).
@@ -21,10 +21,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::io::BufReader;
 use tracing::{debug, error, warn};
 
-use crate::child::process::{self, Process, Reader, Writer};
-use crate::child::python::{self, Hello, ReportKind, Reported};
-use crate::child::{ChildCommand, ipc};
 use crate::error::ChildError;
+use crate::process::python::{self, Hello, ReportKind, Reported};
+use crate::process::{self, ChildCommand, Process, Reader, Writer, ipc};
 use crate::protocol::TaskRequest;
 
 /// How long a report may take (a user's `on_failure` hook or errback runs in it).

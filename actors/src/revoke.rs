@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use self::stamps::RevokedStamps;
 use self::store::RevokeStore;
 use crate::error::StoreError;
-use crate::pool::PoolMessage;
+use crate::pool::{PoolMessage, WorkMsg};
 use crate::scheduler::SchedulerMessage;
 
 /// Celery keeps revoked ids for 3 hours (`CELERY_WORKER_REVOKE_EXPIRES`).
@@ -337,10 +337,11 @@ impl Actor for RevokeRegistry {
                     .persist(self.statedb.as_deref(), &ids, now, dropped)
                     .await?;
                 let ids: Arc<HashSet<String>> = Arc::new(ids.into_iter().collect());
-                let _ = state.peers.pool.cast(PoolMessage::Revoked {
+                let revoked = WorkMsg::Revoked {
                     ids: ids.clone(),
                     terminate,
-                });
+                };
+                let _ = state.peers.pool.cast(revoked.into());
                 let _ = state.peers.scheduler.cast(SchedulerMessage::Revoked(ids));
                 if let Some(reply) = reply {
                     let _ = reply.send(stored);

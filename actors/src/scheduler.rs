@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 
 use self::eta_queue::EtaQueue;
 use crate::abort::AbortOnDrop;
-use crate::pool::PoolMessage;
+use crate::pool::{PoolMessage, WorkMsg};
 use crate::work::Reserved;
 
 /// The scheduler actor.
@@ -91,16 +91,17 @@ impl Actor for Scheduler {
             SchedulerMessage::Due => {
                 if !state.draining {
                     for r in state.queue.pop_due(OffsetDateTime::now_utc()) {
-                        let _ = self.pool.cast(PoolMessage::Reserve(r));
+                        let _ = self.pool.cast(WorkMsg::Reserve(r).into());
                     }
                 }
             }
             SchedulerMessage::Revoked(ids) => {
                 for r in state.queue.remove_where(|r| ids.contains(&r.request.id)) {
-                    let _ = self.pool.cast(PoolMessage::Discard {
+                    let discard = WorkMsg::Discard {
                         reserved: r,
                         reason: crate::work::RevokeReason::Revoked,
-                    });
+                    };
+                    let _ = self.pool.cast(discard.into());
                 }
             }
             SchedulerMessage::GetScheduled(reply) => {

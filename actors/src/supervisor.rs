@@ -25,8 +25,6 @@ use self::endpoint::GaugeSources;
 use crate::abort::AbortOnDrop;
 use crate::beat::{Beat, BeatMessage};
 use crate::broker::{BrokerError, ErrorKind};
-use crate::child::python::PythonTask;
-use crate::child::{ChildCommand, Recycling};
 use crate::clock::Clock;
 use crate::consumer::python::PythonTasks;
 use crate::consumer::{Consumer, ConsumerMessage, ConsumerPeers};
@@ -36,7 +34,9 @@ use crate::control::{Control, ControlMessage, ControlPeers};
 use crate::events::{Events, EventsMessage, TaskEvents};
 use crate::helper::{HelperProcess, PythonHelper};
 use crate::metrics::Metrics;
-use crate::pool::{Pool, PoolArgs, PoolMessage, effective_rates};
+use crate::pool::{ControlMsg, LifecycleMsg, Pool, PoolArgs, PoolMessage, effective_rates};
+use crate::process::python::PythonTask;
+use crate::process::{ChildCommand, Recycling};
 use crate::revoke::{RevokePeers, RevokeRegistry, RevokedCount};
 use crate::scheduler::{Scheduler, SchedulerMessage};
 use crate::settings::Settings;
@@ -344,7 +344,7 @@ impl Actor for Supervisor {
         let consumer =
             Consumer::new(settings.clone(), args.hostname.clone(), registered).ignoring(ignoring);
         let (consumer, _) = Actor::spawn_linked(None, consumer, peers, cell).await?;
-        pool.cast(PoolMessage::SetConsumer(consumer.get_derived()))?;
+        pool.cast(LifecycleMsg::SetConsumer(consumer.get_derived()).into())?;
         if let Some(b) = &backend {
             b.cast(crate::backend::BackendMessage::SetConsumer(
                 consumer.get_derived(),
@@ -476,7 +476,7 @@ async fn warm_shutdown(
 ) {
     let _ = ractor::call!(consumer, |reply| ConsumerMessage::StopConsuming { reply });
     let mut unstarted =
-        ractor::call!(pool, |reply| PoolMessage::Drain { reply }).unwrap_or_default();
+        ractor::call!(pool, |reply| LifecycleMsg::Drain { reply }.into()).unwrap_or_default();
     unstarted.extend(
         ractor::call!(scheduler, |reply| SchedulerMessage::Drain { reply }).unwrap_or_default(),
     );
@@ -490,7 +490,7 @@ async fn warm_shutdown(
         reserved: unstarted,
         reply
     });
-    let _ = ractor::call!(pool, |reply| PoolMessage::WaitIdle { reply });
+    let _ = ractor::call!(pool, |reply| LifecycleMsg::WaitIdle { reply }.into());
     let _ = ractor::call!(consumer, |reply| ConsumerMessage::Close { reply });
     let _ = ractor::call!(events, EventsMessage::Offline);
     let _ = myself.cast(SupervisorMessage::Drained);
@@ -526,7 +526,8 @@ fn task_attrs(
 
 /// SIGUSR1: logs the tasks running now (with child pid and time so far), and how many wait.
 async fn dump_active(pool: ActorRef<PoolMessage>, scheduler: ActorRef<SchedulerMessage>) {
-    let tasks = ractor::call!(pool, |reply| PoolMessage::GetTasks { reply }).unwrap_or_default();
+    let tasks =
+        ractor::call!(pool, |reply| ControlMsg::GetTasks { reply }.into()).unwrap_or_default();
     let held = ractor::call!(scheduler, SchedulerMessage::GetScheduled)
         .map(|h| h.len())
         .unwrap_or_default();

@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 
 use celeryd_actors::broker::amqp::result_consumer;
-use celeryd_actors::child::python::{
+use celeryd_actors::process::python::{
     Hello, Properties, Ready, ReportKind, Reported, encode_frame, parse_done, parse_hello,
     parse_reported, read_frame_blocking, report_header, run_header, write_script,
 };
@@ -64,7 +64,7 @@ impl PyChild {
         seq: u64,
         msg: &TaskMessage,
         queue: &str,
-    ) -> celeryd_actors::child::python::Done {
+    ) -> celeryd_actors::process::python::Done {
         let (header, _) = self.exchange(&frame_header(seq, msg, queue, None), &msg.body);
         parse_done(&header).unwrap()
     }
@@ -290,9 +290,8 @@ fn parent_of(pid: u32) -> u32 {
 
 #[test]
 fn the_fork_server_loads_the_app_once_and_forks_children_that_run_its_tasks() {
-    use celeryd_actors::child::forkserver::ForkServer;
-    use celeryd_actors::child::process::{self, Process};
-    use celeryd_actors::child::{ChildCommand, Codec, ipc};
+    use celeryd_actors::process::forkserver::ForkServer;
+    use celeryd_actors::process::{self, ChildCommand, Codec, Process, ipc};
     use tokio::io::AsyncWriteExt;
 
     let dir = tempfile::tempdir().unwrap();
@@ -346,7 +345,7 @@ fn the_fork_server_loads_the_app_once_and_forks_children_that_run_its_tasks() {
             // Forked by the fork server, not started by us.
             assert_eq!(parent_of(pid), server_pid);
             let ready = ipc::read_payload(&mut link.reader).await.unwrap().unwrap();
-            let (header, _) = celeryd_actors::child::python::decode_payload(&ready).unwrap();
+            let (header, _) = celeryd_actors::process::python::decode_payload(&ready).unwrap();
             assert_eq!(header["op"], "ready", "{header}");
             assert_eq!(header["pid"], json!(pid));
             pids.push(pid);
@@ -357,7 +356,7 @@ fn the_fork_server_loads_the_app_once_and_forks_children_that_run_its_tasks() {
             let frame = encode_frame(&frame_header(1, &add, "q", None), &add.body).unwrap();
             link.writer.write_all(&frame).await.unwrap();
             let payload = ipc::read_payload(&mut link.reader).await.unwrap().unwrap();
-            let (header, _) = celeryd_actors::child::python::decode_payload(&payload).unwrap();
+            let (header, _) = celeryd_actors::process::python::decode_payload(&payload).unwrap();
             let done = parse_done(&header).unwrap();
             assert_eq!(done.state, "SUCCESS", "{done:?}");
             assert_eq!(done.retstr, Some(format!("{}", i + 40)));

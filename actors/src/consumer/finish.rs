@@ -9,7 +9,7 @@ use tracing::{error, info};
 use super::{Consumer, ConsumerMessage, ConsumerState};
 use crate::broker::amqp::route::{self};
 use crate::events::build as event;
-use crate::pool::PoolMessage;
+use crate::pool::WorkMsg;
 use crate::protocol::repr::{py_repr, truncate};
 use crate::protocol::{ExceptionInfo, ResultState};
 use crate::work::{DeliveryRef, Reserved, StartedInfo, TaskOutcome};
@@ -267,12 +267,12 @@ impl ConsumerState {
     }
 
     /// Hands the pool the requests gathered while handling this message: deliveries that
-    /// arrived together go in one [`PoolMessage::ReserveAll`].
+    /// arrived together go in one [`WorkMsg::ReserveAll`].
     pub(super) fn reserve_in_pool(&mut self) {
         let msg = match self.to_pool.len() {
             0 => return,
-            1 => self.to_pool.pop().map(PoolMessage::Reserve),
-            _ => Some(PoolMessage::ReserveAll(std::mem::take(&mut self.to_pool))),
+            1 => self.to_pool.pop().map(|r| WorkMsg::Reserve(r).into()),
+            _ => Some(WorkMsg::ReserveAll(std::mem::take(&mut self.to_pool)).into()),
         };
         if let Some(msg) = msg {
             let _ = self.peers.pool.cast(msg);

@@ -12,7 +12,7 @@ use super::{Consumer, ConsumerMessage, ConsumerState};
 use crate::abort::AbortOnDrop;
 use crate::broker::amqp::{self, Channel, StreamEvent, TaskQueue, consumer_tag};
 use crate::broker::{self, BrokerError, ErrorKind};
-use crate::pool::PoolMessage;
+use crate::pool::WorkMsg;
 use crate::scheduler::SchedulerMessage;
 use crate::settings::queues;
 
@@ -280,7 +280,7 @@ impl Consumer {
         state.quick_drops = if quick { state.quick_drops + 1 } else { 0 };
         state.peers.metrics.broker_connected(false);
         state.reserve_in_pool(); // before Forget, which drops those of this generation
-        let _ = state.peers.pool.cast(PoolMessage::Forget { generation });
+        let _ = state.peers.pool.cast(WorkMsg::Forget { generation }.into());
         let _ = state
             .peers
             .scheduler

@@ -14,9 +14,9 @@ use tracing::{debug, error, info, warn};
 
 use super::finish::Settle;
 use super::{Consumer, ConsumerState};
-use crate::child::python::{Done, PythonTask, ReportKind, Reported};
 use crate::events::build as event;
 use crate::helper::{HelperMessage, REPORT_TIMEOUT};
+use crate::process::python::{Done, PythonTask, ReportKind, Reported};
 use crate::work::{Reserved, RevokeReason, TaskOutcome};
 
 /// The Python side of a worker: the helper and the app's tasks as its `ready` frame

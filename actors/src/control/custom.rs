@@ -32,7 +32,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::ControlPeers;
-use crate::pool::{PoolMessage, PoolTasks};
+use crate::pool::{ControlMsg, PoolTasks};
 use crate::protocol::TaskRequest;
 use crate::revoke::RevokeMessage;
 use crate::scheduler::SchedulerMessage;
@@ -177,7 +177,9 @@ impl ControlHandle {
 
     /// What the pool runs and holds (active, reserved, processes, totals).
     pub async fn pool_tasks(&self) -> PoolTasks {
-        ractor::call!(self.peers.pool, |reply| PoolMessage::GetTasks { reply }).unwrap_or_default()
+        ractor::call!(self.peers.pool, |reply| ControlMsg::GetTasks { reply }
+            .into())
+        .unwrap_or_default()
     }
 
     /// The ETA tasks the scheduler holds.

@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 use super::info::{self, TaskAttrs};
 use super::request::{error, ok};
 use super::{Control, ControlPeers, PythonInfo};
-use crate::pool::PoolMessage;
+use crate::pool::ControlMsg;
 use crate::revoke::RevokeMessage;
 use crate::settings::Settings;
 
@@ -208,7 +208,7 @@ pub(super) async fn beat_schedule(peers: &ControlPeers) -> Value {
 pub(super) fn memsample() -> Value {
     json!(format!(
         "{:.1}MB",
-        crate::child::runner::resident_kib() as f64 / 1024.0
+        crate::process::runner::resident_kib() as f64 / 1024.0
     ))
 }
 
@@ -222,7 +222,7 @@ async fn beat_info(peers: &ControlPeers) -> Option<crate::beat::BeatInfo> {
 
 /// What the pool runs and holds.
 pub(super) async fn pool_tasks(peers: &ControlPeers) -> crate::pool::PoolTasks {
-    ractor::call!(peers.pool, |reply| PoolMessage::GetTasks { reply }).unwrap_or_default()
+    ractor::call!(peers.pool, |reply| ControlMsg::GetTasks { reply }.into()).unwrap_or_default()
 }
 
 /// `getrusage(RUSAGE_SELF)` as Celery's `stats.rusage` dict.

@@ -9,7 +9,7 @@ use super::command::{Checked, TimeLimits};
 use super::info::TaskAttrs;
 use super::request::{error, ok};
 use super::{Control, ControlPeers};
-use crate::pool::PoolMessage;
+use crate::pool::ControlMsg;
 
 /// `rate_limit`: sets `task`'s rate (`text` as written, `rate` per second; `None` disables
 /// it) in the pool, and in `tasks` once the pool knows the task.
@@ -20,11 +20,12 @@ pub(super) async fn rate_limit(
     text: String,
     rate: Option<f64>,
 ) -> Value {
-    let known = ractor::call!(peers.pool, |reply| PoolMessage::SetRateLimit {
+    let known = ractor::call!(peers.pool, |reply| ControlMsg::SetRateLimit {
         task: task.clone(),
         rate,
         reply
-    })
+    }
+    .into())
     .unwrap_or(false);
     if known && let Some(attrs) = tasks.get_mut(&task) {
         attrs.rate_limit = Some(text).filter(|r| !r.is_empty());
@@ -58,12 +59,13 @@ impl Control {
             Ok(l) => l,
             Err(e) => return e,
         };
-        let known = ractor::call!(peers.pool, |reply| PoolMessage::SetTimeLimit {
+        let known = ractor::call!(peers.pool, |reply| ControlMsg::SetTimeLimit {
             task: task.clone(),
             soft,
             hard,
             reply
-        })
+        }
+        .into())
         .unwrap_or(false);
         if !known {
             return error("unknown task");

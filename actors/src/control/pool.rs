@@ -9,7 +9,7 @@ use super::command::Checked;
 use super::inspect::pool_tasks;
 use super::request::{error, ok};
 use super::{Control, ControlPeers};
-use crate::pool::PoolMessage;
+use crate::pool::ControlMsg;
 
 impl Control {
     /// The solo pool's refusal of `command` (a resize), if this worker runs it.
@@ -49,9 +49,9 @@ impl Control {
             }
         }
         let done = if grow {
-            ractor::call!(peers.pool, |reply| PoolMessage::Grow { n, reply })
+            ractor::call!(peers.pool, |reply| ControlMsg::Grow { n, reply }.into())
         } else {
-            ractor::call!(peers.pool, |reply| PoolMessage::Shrink { n, reply })
+            ractor::call!(peers.pool, |reply| ControlMsg::Shrink { n, reply }.into())
         };
         match (done.unwrap_or(false), grow) {
             (true, true) => ok("pool will grow"),
@@ -82,11 +82,12 @@ impl Control {
                  (worker.max_pool_size)')"
             ));
         }
-        let bounds = ractor::call!(peers.pool, |reply| PoolMessage::Autoscale {
+        let bounds = ractor::call!(peers.pool, |reply| ControlMsg::Autoscale {
             max,
             min,
             reply
-        });
+        }
+        .into());
         match bounds.ok().flatten() {
             Some((max, min)) => ok(format!("autoscale now max={max} min={min}")),
             None => error("ValueError('Autoscale not enabled')"),
@@ -96,7 +97,7 @@ impl Control {
     /// `pool_restart`: new processes for the old ones, if `worker.pool_restarts` allows it.
     pub(super) async fn pool_restart(&self, peers: &ControlPeers) -> Value {
         if self.settings.worker.pool_restarts {
-            let n = ractor::call!(peers.pool, |reply| PoolMessage::Restart { reply });
+            let n = ractor::call!(peers.pool, |reply| ControlMsg::Restart { reply }.into());
             info!(
                 children = n.unwrap_or(0),
                 "Pool restart requested by remote control."

@@ -12,7 +12,7 @@ use super::command::Checked;
 use super::inspect::pool_tasks;
 use super::request::{error, ok, py_set};
 use super::{Control, ControlPeers};
-use crate::pool::PoolMessage;
+use crate::pool::{ControlMsg, WorkMsg};
 use crate::revoke::RevokeMessage;
 
 impl Control {
@@ -42,7 +42,9 @@ async fn revoke(peers: &ControlPeers, ids: Vec<String>, signal: Checked<Option<S
         Err(e) => return e,
     };
     let active = if signal.is_some() || peers.helper.is_some() {
-        ractor::call!(peers.pool, |reply| PoolMessage::GetActiveIds { reply }).unwrap_or_default()
+        ractor::call!(peers.pool, |reply| ControlMsg::GetActiveIds { reply }
+            .into())
+        .unwrap_or_default()
     } else {
         Vec::new()
     };
@@ -129,10 +131,11 @@ pub(super) async fn revoke_stamped(
         .collect();
     if !waiting.is_empty() {
         let ids = Arc::new(waiting);
-        let _ = peers.pool.cast(PoolMessage::Revoked {
+        let revoked = WorkMsg::Revoked {
             ids: ids.clone(),
             terminate: None,
-        });
+        };
+        let _ = peers.pool.cast(revoked.into());
         let _ = peers
             .scheduler
             .cast(crate::scheduler::SchedulerMessage::Revoked(ids));
@@ -157,9 +160,10 @@ pub(super) async fn revoke_stamped(
     if ids.is_empty() {
         return ok(format!("headers {shown} were not terminated"));
     }
-    let _ = peers.pool.cast(PoolMessage::Revoked {
+    let revoked = WorkMsg::Revoked {
         ids: Arc::new(ids),
         terminate: Some(signal),
-    });
+    };
+    let _ = peers.pool.cast(revoked.into());
     ok(format!("headers {} revoked", terminated_repr(&terminated)))
 }

@@ -13,20 +13,22 @@
 //! once, as with prefork, and the thread finishes in the background with its result
 //! discarded, its slot held until then so the pool never runs more than its concurrency.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::future::{AbortHandle, abortable};
+use nix::sys::signal::Signal;
 use ractor::ActorRef;
 use serde_json::Value;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
-use super::{PoolMessage, Running};
+use super::message::{PoolMessage, RunMsg, TimerMsg};
+use super::workers::Running;
 use crate::abort::AbortOnDrop;
-use crate::child::Limits;
+use crate::process::Limits;
 use crate::protocol::ExceptionInfo;
 use crate::settings::PoolKind;
 use crate::task::{Args, SignalSink, TaskContext, TaskError, Tasks};
@@ -166,8 +168,8 @@ impl InProcess {
             .map(|j| &j.running)
     }
 
-    /// Starts `running`'s task under `limits`; its end comes back as
-    /// [`PoolMessage::JobEnded`], its limits as [`PoolMessage::JobLimit`].
+    /// Starts `running`'s task under `limits`; its end comes back as [`RunMsg::JobEnded`],
+    /// its limits as [`TimerMsg::JobLimit`].
     pub(super) fn start(&mut self, pool: &ActorRef<PoolMessage>, running: Running, limits: Limits) {
         let job = self.next;
         self.next += 1;
@@ -175,12 +177,11 @@ impl InProcess {
         let sink_pool = pool.clone();
         let sink_request = request.clone();
         let sink: SignalSink = Arc::new(move |signal| {
-            sink_pool
-                .cast(PoolMessage::TaskSignal {
-                    request: sink_request.clone(),
-                    signal,
-                })
-                .map_err(|e| e.to_string())
+            let signal = RunMsg::Signal {
+                request: sink_request.clone(),
+                signal,
+            };
+            sink_pool.cast(signal.into()).map_err(|e| e.to_string())
         });
         let ctx = TaskContext::new(
             request.id.clone(),
@@ -198,11 +199,12 @@ impl InProcess {
         let ended_pool = pool.clone();
         let name = request.task.clone();
         let ended = move |outcome: Option<TaskOutcome>| {
-            let _ = ended_pool.cast(PoolMessage::JobEnded {
+            let ended = RunMsg::JobEnded {
                 job,
                 outcome,
                 runtime: started.elapsed(),
-            });
+            };
+            let _ = ended_pool.cast(ended.into());
         };
         let abort = match self.registry.get(&request.task).cloned() {
             None => {
@@ -248,8 +250,9 @@ impl InProcess {
         for (seconds, hard) in [(limits.soft, false), (limits.hard, true)] {
             if let Some(seconds) = seconds {
                 let after = Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX);
-                let t =
-                    pool.send_after(after, move || PoolMessage::JobLimit { job, hard, seconds });
+                let t = pool.send_after(after, move || {
+                    TimerMsg::JobLimit { job, hard, seconds }.into()
+                });
                 timers.push(AbortOnDrop(t));
             }
         }
@@ -313,13 +316,31 @@ impl InProcess {
         Some((j.running.to_reserved(), outcome))
     }
 
-    /// The jobs running tasks with these ids (for `revoke --terminate`).
-    pub(super) fn jobs_of(&self, ids: &std::collections::HashSet<String>) -> Vec<u64> {
-        self.jobs
+    /// `revoke --terminate`: stops the jobs running tasks with these ids; returns what to
+    /// report now (REVOKED `terminated`).
+    pub(super) fn terminate(
+        &mut self,
+        ids: &HashSet<String>,
+        signal: Signal,
+    ) -> Vec<(Box<Reserved>, TaskOutcome)> {
+        let jobs: Vec<u64> = self
+            .jobs
             .iter()
             .filter(|(_, j)| !j.reported && ids.contains(&j.running.request.id))
             .map(|(id, _)| *id)
-            .collect()
+            .collect();
+        let mut stopped = Vec::new();
+        for job in jobs {
+            if let Some(done) = self.stop(job, Stop::Terminate(signal as i32)) {
+                info!(
+                    "Terminating {}[{}] (signal {signal}): its future is cancelled.",
+                    done.0.request.display_name(),
+                    done.0.request.id
+                );
+                stopped.push(done);
+            }
+        }
+        stopped
     }
 }
 
@@ -328,10 +349,10 @@ fn outcome_of(name: &str, result: std::thread::Result<Result<Value, TaskError>>)
     let (e, traceback) = match result {
         Ok(Ok(value)) => return TaskOutcome::Success(value),
         Ok(Err(e)) => {
-            let tb = crate::child::runner::traceback_text(name, &e);
+            let tb = crate::process::runner::traceback_text(name, &e);
             (e, tb)
         }
-        Err(panic) => crate::child::runner::panic_error(name, panic.as_ref()),
+        Err(panic) => crate::process::runner::panic_error(name, panic.as_ref()),
     };
     let exc = ExceptionInfo::new(&e.exc_type, &e.exc_module, e.args);
     TaskOutcome::of_error(exc, Some(traceback), e.retry_in)

@@ -93,7 +93,7 @@ async fn revokes_survive_a_restart_with_a_statedb() {
     assert!(!registry.count.is_zero(), "the consumer must ask now");
     // Passed on: to the pool (reserved and running requests) and the scheduler (held ones).
     match pool.recv().await {
-        Some(PoolMessage::Revoked { ids, terminate }) => {
+        Some(PoolMessage::Work(WorkMsg::Revoked { ids, terminate })) => {
             assert!(ids.contains("t1") && ids.contains("t2") && terminate.is_none());
         }
         other => panic!("the pool was told {other:?}"),

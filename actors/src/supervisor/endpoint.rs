@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, info};
 
 use crate::metrics::{Gauges, Metrics};
-use crate::pool::PoolMessage;
+use crate::pool::{ControlMsg, PoolMessage};
 use crate::revoke::RevokeMessage;
 use crate::scheduler::SchedulerMessage;
 
@@ -27,8 +27,8 @@ pub(super) struct GaugeSources {
 
 impl GaugeSources {
     async fn read(&self) -> Gauges {
-        let tasks =
-            ractor::call!(self.pool, |reply| PoolMessage::GetTasks { reply }).unwrap_or_default();
+        let tasks = ractor::call!(self.pool, |reply| ControlMsg::GetTasks { reply }.into())
+            .unwrap_or_default();
         let scheduled = ractor::call!(self.scheduler, SchedulerMessage::GetScheduled)
             .map(|s| s.len())
             .unwrap_or_default();

@@ -1,108 +1,73 @@
-//! One actor per OS child process, which runs one task at a time. Two kinds of child, one
-//! lifecycle: a Rust child is this same executable started in a hidden child mode, speaking
-//! [`ipc::ToChild`]/[`ipc::FromChild`] (bincode) on its stdin and stdout; a Python child is
-//! the embedded script ([`python::CHILD_SCRIPT`]) run by an interpreter, speaking the
-//! [`python`] frames (a JSON header and the task body as it was delivered), and running the
-//! app's own tasks through Celery's tracer, which writes their results itself.
+//! The [`ChildProcess`] actor: one per OS child process of the prefork pool, which runs one
+//! task at a time. Two kinds of child, one lifecycle: a Rust child is this same executable
+//! started in a hidden child mode, speaking [`ipc::ToChild`]/[`ipc::FromChild`] (bincode) on
+//! its stdin and stdout; a Python child is the embedded script ([`python::CHILD_SCRIPT`]) run
+//! by an interpreter, speaking the [`python`] frames (a JSON header and the task body as it
+//! was delivered), and running the app's own tasks through Celery's tracer, which writes
+//! their results itself. What either says is read into an [`Incoming`].
 //!
-//! A hard time limit sends TERM to the child's process group, then KILL 0.1 s later, as
-//! billiard does (a Python child's `finally` blocks and `task_postrun` run in between).
+//! A hard time limit sends TERM to the child's process group, then KILL [`HARD_KILL_GRACE`]
+//! later, as billiard does (a Python child's `finally` blocks and `task_postrun` run in
+//! between).
 //!
-//! Supervised by [`Pool`](crate::pool::Pool), which hands it work and replaces it when it
-//! stops. When the OS process exits, the actor reports the running task (if any) as lost and
-//! stops with reason `child_exited`; the process is killed if the actor goes away first
+//! Supervised by [`Pool`](super::Pool) (its [`prefork`](super::prefork) strategy), which hands
+//! it work and replaces it when it stops. When the OS process exits, the actor stops with a
+//! [`ChildStop`] as its reason, from which the pool reports the running task (if any) as lost
+//! or killed at its limit; the process is killed if the actor goes away first
 //! (`kill_on_drop`), and the child also has a parent-death signal, so no child outlives the
 //! worker.
 
-pub mod forkserver;
-pub mod ipc;
-pub mod process;
-pub mod python;
-pub mod runner;
+mod incoming;
 
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{debug, error, warn};
 
-use self::forkserver::ForkServer;
-use self::process::{Process, Writer};
+pub use self::incoming::Incoming;
+use self::incoming::{incoming_of, python_incoming};
+use super::message::{PoolMessage, RunMsg};
+use crate::abort::AbortOnDrop;
+use crate::process::ipc::{self, FromChild, Job, ToChild};
+use crate::process::{
+    self, ChildCommand, Codec, HARD_KILL_GRACE, Limits, Process, Recycling, Writer, python,
+};
+use crate::work::Reserved;
 
-use self::ipc::{FromChild, Job, JobOutcome, ToChild};
-pub use crate::abort::AbortOnDrop;
-use crate::error::ChildError;
-use crate::pool::PoolMessage;
-use crate::protocol::ExceptionInfo;
-use crate::work::{Reserved, TaskOutcome};
-
-/// How to start a child process: the program, its arguments and the frames it speaks.
-#[derive(Debug, Clone)]
-pub struct ChildCommand {
-    /// The executable (the worker binary itself, or a Python interpreter).
-    pub program: PathBuf,
-    /// Arguments that put it in child mode.
-    pub args: Vec<String>,
-    /// The wire codec.
-    pub codec: Codec,
-    /// Environment variables set for it (over the worker's own).
-    pub env: Vec<(String, String)>,
-    /// A Python child is forked by this fork server (which loaded the app once) rather than
-    /// started as a fresh interpreter; the program and arguments are the fallback.
-    pub fork: Option<Arc<ForkServer>>,
+/// Why a child actor stopped itself: its ractor stop reason (a string), typed at both ends.
+/// The child builds it with [`ChildStop::reason`], the pool reads it with
+/// [`ChildStop::parse`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChildStop {
+    /// Killed at its hard time limit (seconds): the running task failed with
+    /// `TimeLimitExceeded`.
+    HardLimit(f64),
+    /// The OS process exited: how, as billiard words it (`exitcode 1`, `signal 9 (SIGKILL)`),
+    /// for the `WorkerLostError` of the running task.
+    Exited(String),
 }
 
-/// What a child process speaks on its pipes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Codec {
-    /// A Rust child (`worker child`): bincode [`ipc`] frames; the parent writes results.
-    #[default]
-    Rust,
-    /// A Python child (`celeryd_child.py`): [`python`] frames; Celery's tracer in the child
-    /// writes results, the parent never does.
-    Python,
-}
+impl ChildStop {
+    const HARD_LIMIT: &str = "hard_time_limit:";
+    const EXITED: &str = "child_exited:";
 
-/// The grace between TERM and KILL at a hard time limit (billiard's).
-pub const HARD_KILL_GRACE: Duration = Duration::from_millis(100);
-
-/// The stop reason of a child killed at its hard time limit: this prefix, then the limit in
-/// seconds. The pool turns it into a `TimeLimitExceeded` failure of the running task.
-pub const HARD_LIMIT_REASON: &str = "hard_time_limit:";
-
-/// When to replace a child process.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Recycling {
-    /// After this many tasks (0 = never).
-    pub max_tasks: u64,
-    /// When resident memory exceeds this many KiB after a task (0 = never).
-    pub max_memory_kib: u64,
-}
-
-impl Recycling {
-    /// Why a child that has run `done` tasks and uses `rss_kib` should be replaced, if it should.
-    pub fn reason(&self, done: u64, rss_kib: u64) -> Option<String> {
-        if self.max_tasks > 0 && done >= self.max_tasks {
-            return Some(format!("{done} tasks (max_tasks_per_child)"));
+    /// The stop reason to give ractor.
+    pub fn reason(&self) -> String {
+        match self {
+            ChildStop::HardLimit(seconds) => format!("{}{seconds}", Self::HARD_LIMIT),
+            ChildStop::Exited(how) => format!("{}{how}", Self::EXITED),
         }
-        if self.max_memory_kib > 0 && rss_kib > self.max_memory_kib {
-            return Some(format!(
-                "{rss_kib} KiB resident > {} KiB (max_memory_per_child)",
-                self.max_memory_kib
-            ));
-        }
-        None
     }
-}
 
-/// The (soft, hard) time limits in force for one task, in seconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Limits {
-    /// Soft limit: SIGUSR1 to the child.
-    pub soft: Option<f64>,
-    /// Hard limit: the child's process group is killed.
-    pub hard: Option<f64>,
+    /// What a stop reason says, when a child gave it (not, say, a panic's message).
+    pub fn parse(reason: &str) -> Option<ChildStop> {
+        if let Some(seconds) = reason.strip_prefix(Self::HARD_LIMIT) {
+            return seconds.parse().ok().map(ChildStop::HardLimit);
+        }
+        reason
+            .strip_prefix(Self::EXITED)
+            .map(|how| ChildStop::Exited(how.to_owned()))
+    }
 }
 
 /// The actor; holds its immutable configuration.
@@ -163,27 +128,6 @@ pub enum ChildMessage {
     FrameReceived(Incoming),
     /// The process closed its pipe: it exited or is about to.
     PipeClosed,
-}
-
-/// A frame from either kind of child, read into what the actor acts on.
-#[derive(Debug)]
-pub enum Incoming {
-    /// The child is up (its pid).
-    Ready(u32),
-    /// The running task asks for something.
-    Signal(crate::task::TaskSignal),
-    /// The current job ended.
-    Done {
-        /// How (for a Python child: what Celery's tracer did; it stored the result).
-        outcome: TaskOutcome,
-        /// Resident memory afterwards in KiB, when the child measured it (0 otherwise).
-        rss_kib: u64,
-    },
-    /// A Python child stops before the current job could end normally (SystemExit or
-    /// KeyboardInterrupt in the task): the exit that follows reports it lost.
-    Exiting,
-    /// A Python child could not load the app: the traceback.
-    Failed(String),
 }
 
 type Timer = AbortOnDrop<Result<(), ractor::MessagingErr<ChildMessage>>>;
@@ -378,17 +322,23 @@ impl ChildProcess {
             Incoming::Ready(pid) => {
                 debug!(child_pid = pid, "Child process ready.");
                 state.pid = pid;
-                let _ = self.pool.cast(PoolMessage::ChildReady {
-                    child: myself.get_id(),
-                    pid,
-                });
+                let _ = self.pool.cast(
+                    RunMsg::ChildReady {
+                        child: myself.get_id(),
+                        pid,
+                    }
+                    .into(),
+                );
             }
             Incoming::Signal(signal) => match &state.current {
                 Some((reserved, _)) => {
-                    let _ = self.pool.cast(PoolMessage::TaskSignal {
-                        request: reserved.request.clone(),
-                        signal,
-                    });
+                    let _ = self.pool.cast(
+                        RunMsg::Signal {
+                            request: reserved.request.clone(),
+                            signal,
+                        }
+                        .into(),
+                    );
                 }
                 None => warn!(
                     child_pid = state.pid,
@@ -410,7 +360,9 @@ impl ChildProcess {
             Incoming::Done { outcome, rss_kib } => {
                 state.timers.clear();
                 let rss_kib = match self.command.codec {
-                    Codec::Python if self.recycling.max_memory_kib > 0 => resident_kib(state.pid),
+                    Codec::Python if self.recycling.max_memory_kib > 0 => {
+                        process::resident_kib(state.pid)
+                    }
                     _ => rss_kib,
                 };
                 let Some((reserved, started)) = state.current.take() else {
@@ -422,13 +374,16 @@ impl ChildProcess {
                 };
                 state.tasks_done += 1;
                 let recycle = self.recycling.reason(state.tasks_done, rss_kib);
-                let _ = self.pool.cast(PoolMessage::JobFinished {
-                    child: myself.get_id(),
-                    reserved,
-                    outcome,
-                    runtime: started.elapsed(),
-                    recycle,
-                });
+                let _ = self.pool.cast(
+                    RunMsg::ChildFinished {
+                        child: myself.get_id(),
+                        reserved,
+                        outcome,
+                        runtime: started.elapsed(),
+                        recycle,
+                    }
+                    .into(),
+                );
             }
         }
     }
@@ -436,20 +391,25 @@ impl ChildProcess {
     async fn on_exit(&self, myself: &ActorRef<ChildMessage>, state: &mut ChildState) {
         let status = tokio::time::timeout(Duration::from_secs(2), state.process.wait()).await;
         let how = match status {
-            Ok(Some(s)) => describe_exit(s),
+            Ok(Some(s)) => process::describe_exit(s),
             _ => {
                 state.process.start_kill();
                 "unknown".to_owned()
             }
         };
         // The pool reports the running task (if any) as lost when it sees this actor stop;
-        // the stop reason is the exit description it quotes (or the hard limit it was
-        // killed at).
-        debug!(child_pid = state.pid, exit = %how, busy = state.current.is_some(), "Child process exited.");
-        match state.killing {
-            Some(seconds) => myself.stop(Some(format!("{HARD_LIMIT_REASON}{seconds}"))),
-            None => myself.stop(Some(how)),
-        }
+        // the stop reason says how the process exited (or the hard limit it was killed at).
+        debug!(
+            child_pid = state.pid,
+            exit = %how,
+            busy = state.current.is_some(),
+            "Child process exited."
+        );
+        let stop = match state.killing {
+            Some(seconds) => ChildStop::HardLimit(seconds),
+            None => ChildStop::Exited(how),
+        };
+        myself.stop(Some(stop.reason()));
     }
 }
 
@@ -495,7 +455,7 @@ impl ChildState {
     /// The grace after TERM is over: KILL the group and stop.
     fn kill_now(&mut self, myself: &ActorRef<ChildMessage>, seconds: f64) {
         self.process.kill_group(Some(self.pid));
-        myself.stop(Some(format!("{HARD_LIMIT_REASON}{seconds}")));
+        myself.stop(Some(ChildStop::HardLimit(seconds).reason()));
     }
 }
 
@@ -503,131 +463,22 @@ fn secs(seconds: f64) -> Duration {
     Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX)
 }
 
-/// `signal 9 (SIGKILL)` or `exitcode 1`, as billiard words it in `WorkerLostError`.
-fn describe_exit(status: std::process::ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exitcode {code}"),
-        (None, Some(sig)) => {
-            let name = nix::sys::signal::Signal::try_from(sig)
-                .map(|s| s.as_str())
-                .unwrap_or("?");
-            format!("signal {sig} ({name})")
-        }
-        _ => "unknown".to_owned(),
-    }
-}
-
-fn incoming_of(frame: FromChild) -> Incoming {
-    match frame {
-        FromChild::Ready { pid } => Incoming::Ready(pid),
-        FromChild::Signal(signal) => Incoming::Signal(signal),
-        FromChild::Done { outcome, rss_kib } => Incoming::Done {
-            outcome: outcome_of(outcome),
-            rss_kib,
-        },
-    }
-}
-
-/// Reads a Python child's frame: `ready`, `error`, or `done` (an unknown op is an error).
-fn python_incoming(payload: &[u8]) -> Result<Incoming, ChildError> {
-    let (header, _) = python::decode_payload(payload)?;
-    match header.get("op").and_then(serde_json::Value::as_str) {
-        Some("ready") | Some("error") => match python::parse_hello(&header)? {
-            python::Hello::Ready(r) => Ok(Incoming::Ready(r.pid)),
-            python::Hello::Failed(traceback) => Ok(Incoming::Failed(traceback)),
-        },
-        _ => {
-            let done = python::parse_done(&header)?;
-            Ok(match done.state.as_str() {
-                "EXIT" => Incoming::Exiting,
-                _ => Incoming::Done {
-                    outcome: TaskOutcome::Python(Box::new(done)),
-                    rss_kib: 0,
-                },
-            })
-        }
-    }
-}
-
-/// Resident memory of process `pid` in KiB (from /proc), 0 if unknown.
-fn resident_kib(pid: u32) -> u64 {
-    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .map_or(4096, |p| p as u64);
-    std::fs::read(format!("/proc/{pid}/statm"))
-        .map(|t| runner::statm_resident_kib(&t, page))
-        .unwrap_or(0)
-}
-
-fn outcome_of(outcome: JobOutcome) -> TaskOutcome {
-    match outcome {
-        JobOutcome::Success { result_json } => {
-            TaskOutcome::Success(serde_json::from_str(&result_json).unwrap_or_default())
-        }
-        JobOutcome::Failure {
-            exc_type,
-            exc_module,
-            args_json,
-            traceback,
-            retry_in,
-        } => {
-            let exc = ExceptionInfo::new(
-                &exc_type,
-                &exc_module,
-                serde_json::from_str(&args_json).unwrap_or_default(),
-            );
-            let traceback = Some(traceback).filter(|t| !t.is_empty());
-            TaskOutcome::of_error(exc, traceback, retry_in)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn recycling_reasons() {
-        let r = Recycling {
-            max_tasks: 3,
-            max_memory_kib: 1000,
-        };
-        assert_eq!(r.reason(2, 10), None);
-        assert!(r.reason(3, 10).unwrap().contains("max_tasks_per_child"));
-        assert!(r.reason(1, 2000).unwrap().contains("max_memory_per_child"));
-        assert_eq!(Recycling::default().reason(1_000_000, 1 << 40), None);
-    }
-
-    fn payload(header: serde_json::Value) -> Vec<u8> {
-        python::encode_frame(&header, b"").unwrap().split_off(4)
-    }
-
-    #[test]
-    fn python_frames_become_what_the_actor_acts_on() {
-        let ready = payload(serde_json::json!({"op": "ready", "pid": 7,
-            "celery_version": "5.7.0", "hostname": "h", "tasks": {}, "conf": {}}));
-        assert!(matches!(python_incoming(&ready), Ok(Incoming::Ready(7))));
-        let failed = payload(serde_json::json!({"op": "error", "error": "Traceback"}));
-        assert!(matches!(python_incoming(&failed), Ok(Incoming::Failed(t)) if t == "Traceback"));
-        let done = payload(
-            serde_json::json!({"op": "done", "seq": 1, "state": "SUCCESS",
-            "retstr": "5", "runtime": 0.01}),
-        );
-        match python_incoming(&done) {
-            Ok(Incoming::Done {
-                outcome: TaskOutcome::Python(d),
-                ..
-            }) => assert_eq!(
-                (d.state.as_str(), d.retstr.as_deref()),
-                ("SUCCESS", Some("5"))
-            ),
-            other => panic!("{other:?}"),
+    fn stop_reasons_round_trip() {
+        for stop in [
+            ChildStop::HardLimit(1.5),
+            ChildStop::HardLimit(30.0),
+            ChildStop::Exited("exitcode 1".into()),
+            ChildStop::Exited("signal 9 (SIGKILL)".into()),
+        ] {
+            assert_eq!(ChildStop::parse(&stop.reason()), Some(stop));
         }
-        let exit = payload(serde_json::json!({"op": "done", "seq": 1, "state": "EXIT"}));
-        assert!(matches!(python_incoming(&exit), Ok(Incoming::Exiting)));
-        assert!(python_incoming(&payload(serde_json::json!({"op": "what"}))).is_err());
-        assert!(python_incoming(b"\x05\x00").is_err());
+        assert_eq!(ChildStop::parse("pool_shrink"), None);
+        assert_eq!(ChildStop::parse("panicked at 'boom'"), None);
+        assert_eq!(ChildStop::parse("hard_time_limit:x"), None);
     }
 }

@@ -13,7 +13,7 @@
 //! not the worker's, so only it can reap them).
 //!
 //! When the fork server is gone (killed, crashed), [`ForkServer::fork`] fails and the child
-//! is started as a fresh interpreter instead ([`super::process::start`]).
+//! is started as a fresh interpreter instead ([`super::start`]).
 
 use std::collections::HashMap;
 use std::io::IoSlice;
@@ -32,8 +32,10 @@ use tokio::process::Child;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-use super::process::{Link, Process, exited_before_loading, read_hello, spawn_with};
-use super::{AbortOnDrop, ChildCommand, ipc, python};
+use super::{
+    ChildCommand, Link, Process, exited_before_loading, ipc, python, read_hello, spawn_with,
+};
+use crate::abort::AbortOnDrop;
 use crate::error::ChildError;
 
 /// How long a fork may take to be answered.

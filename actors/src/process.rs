@@ -1,21 +1,98 @@
-//! A child's OS process, however it was started: spawned as a fresh program (a Rust child,
-//! or a Python child when there is no fork server), or forked by the Python
-//! [`ForkServer`](super::forkserver::ForkServer). Either way the caller gets a [`Link`]: the
-//! pid, the frame pipe both ways, and a handle that waits for the exit status and kills.
+//! The OS processes the worker starts, shared by the pool's children and the Python helper:
+//! how one is started ([`ChildCommand`], [`start`]) and what its starter gets back, a [`Link`]
+//! (the [`Process`], and the frame pipe both ways). A process is spawned as a fresh program (a
+//! Rust child, or a Python child when there is no fork server), or forked by the Python
+//! [`ForkServer`].
+//!
+//! On the pipe, a Rust child speaks [`ipc`] (bincode) frames and runs the [`runner`] loop; a
+//! Python child speaks the [`python`] frames. [`Limits`] and [`Recycling`] are what the pool
+//! applies to each child. No actor lives here: the pool's
+//! [`ChildProcess`](crate::pool::child::ChildProcess) and the
+//! [`PythonHelper`](crate::helper::PythonHelper) drive these processes.
+
+pub mod forkserver;
+pub mod ipc;
+pub mod python;
+pub mod runner;
 
 use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tracing::warn;
 
-use std::time::Duration;
-
-use super::python::{self, Hello};
-use super::{ChildCommand, ipc};
+use self::forkserver::ForkServer;
+use self::python::Hello;
 use crate::error::ChildError;
+
+/// How to start a child process: the program, its arguments and the frames it speaks.
+#[derive(Debug, Clone)]
+pub struct ChildCommand {
+    /// The executable (the worker binary itself, or a Python interpreter).
+    pub program: PathBuf,
+    /// Arguments that put it in child mode.
+    pub args: Vec<String>,
+    /// The wire codec.
+    pub codec: Codec,
+    /// Environment variables set for it (over the worker's own).
+    pub env: Vec<(String, String)>,
+    /// A Python child is forked by this fork server (which loaded the app once) rather than
+    /// started as a fresh interpreter; the program and arguments are the fallback.
+    pub fork: Option<Arc<ForkServer>>,
+}
+
+/// What a child process speaks on its pipes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Codec {
+    /// A Rust child (`worker child`): bincode [`ipc`] frames; the parent writes results.
+    #[default]
+    Rust,
+    /// A Python child (`celeryd_child.py`): [`python`] frames; Celery's tracer in the child
+    /// writes results, the parent never does.
+    Python,
+}
+
+/// The grace between TERM and KILL at a hard time limit (billiard's).
+pub const HARD_KILL_GRACE: Duration = Duration::from_millis(100);
+
+/// When to replace a child process.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Recycling {
+    /// After this many tasks (0 = never).
+    pub max_tasks: u64,
+    /// When resident memory exceeds this many KiB after a task (0 = never).
+    pub max_memory_kib: u64,
+}
+
+impl Recycling {
+    /// Why a child that has run `done` tasks and uses `rss_kib` should be replaced, if it should.
+    pub fn reason(&self, done: u64, rss_kib: u64) -> Option<String> {
+        if self.max_tasks > 0 && done >= self.max_tasks {
+            return Some(format!("{done} tasks (max_tasks_per_child)"));
+        }
+        if self.max_memory_kib > 0 && rss_kib > self.max_memory_kib {
+            return Some(format!(
+                "{rss_kib} KiB resident > {} KiB (max_memory_per_child)",
+                self.max_memory_kib
+            ));
+        }
+        None
+    }
+}
+
+/// The (soft, hard) time limits in force for one task, in seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Limits {
+    /// Soft limit: SIGUSR1 to the child.
+    pub soft: Option<f64>,
+    /// Hard limit: the child's process group is killed.
+    pub hard: Option<f64>,
+}
 
 /// What a child's frames are read from (a pipe, or a socket from the fork server).
 pub trait FrameRead: AsyncRead + Send + Unpin + std::fmt::Debug {}
@@ -183,4 +260,46 @@ pub(crate) fn spawn_with(
         .process_group(0)
         .spawn()
         .map_err(|e| ChildError::Spawn(command.program.display().to_string(), e))
+}
+
+/// `signal 9 (SIGKILL)` or `exitcode 1`, as billiard words it in `WorkerLostError`.
+pub fn describe_exit(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exitcode {code}"),
+        (None, Some(sig)) => {
+            let name = nix::sys::signal::Signal::try_from(sig)
+                .map(|s| s.as_str())
+                .unwrap_or("?");
+            format!("signal {sig} ({name})")
+        }
+        _ => "unknown".to_owned(),
+    }
+}
+
+/// Resident memory of process `pid` in KiB (from /proc), 0 if unknown.
+pub fn resident_kib(pid: u32) -> u64 {
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map_or(4096, |p| p as u64);
+    std::fs::read(format!("/proc/{pid}/statm"))
+        .map(|t| runner::statm_resident_kib(&t, page))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recycling_reasons() {
+        let r = Recycling {
+            max_tasks: 3,
+            max_memory_kib: 1000,
+        };
+        assert_eq!(r.reason(2, 10), None);
+        assert!(r.reason(3, 10).unwrap().contains("max_tasks_per_child"));
+        assert!(r.reason(1, 2000).unwrap().contains("max_memory_per_child"));
+        assert_eq!(Recycling::default().reason(1_000_000, 1 << 40), None);
+    }
 }

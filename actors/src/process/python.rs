@@ -5,9 +5,9 @@
 //! little-endian JSON length, a JSON header and a raw blob: the task body, passed through as
 //! the broker delivered it (never decoded and encoded again).
 //!
-//! The [`ChildProcess`](super::ChildProcess) actor speaks it to Python pool children, and the
-//! [`PythonHelper`](crate::helper::PythonHelper) to the helper process that carries out the
-//! cases where Celery's MainProcess writes a result itself.
+//! The [`ChildProcess`](crate::pool::child::ChildProcess) actor speaks it to Python pool
+//! children, and the [`PythonHelper`](crate::helper::PythonHelper) to the helper process that
+//! carries out the cases where Celery's MainProcess writes a result itself.
 
 use std::collections::BTreeMap;
 use std::io::Read;
