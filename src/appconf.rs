@@ -609,7 +609,8 @@ mod tests {
         table.insert("broker".into(), toml::Value::Table(toml::Table::new()));
         let settings: celeryd_actors::settings::Settings =
             toml::from_str(&toml::to_string(&table).unwrap()).unwrap();
-        let qs = settings.task_queues().unwrap();
+        let settings = settings.validated().unwrap();
+        let qs = settings.task_queues();
         let names: Vec<_> = qs.iter().map(|q| q.name.as_str()).collect();
         assert_eq!(names, ["a", "b", "c"]);
         assert_eq!(qs[1].exchange_type, "topic");
@@ -619,11 +620,11 @@ mod tests {
             (qs[2].exchange.as_str(), qs[2].exchange_type.as_str()),
             ("x", "fanout")
         );
-        assert_eq!(settings.task.default_queue_type, "quorum");
-        assert!(
-            !settings.global_qos().unwrap(),
-            "a quorum queue: per-consumer qos"
+        assert_eq!(
+            settings.task.default_queue_type,
+            celeryd_actors::settings::QueueType::Quorum
         );
+        assert!(!settings.global_qos(), "a quorum queue: per-consumer qos");
         assert_eq!(l.origins["task.queues"], "task_queues");
         assert_eq!(l.unhonoured.len(), 2, "{:?}", l.unhonoured);
         assert!(l.unhonoured[0].contains("binding arguments"));

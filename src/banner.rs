@@ -27,9 +27,11 @@ pub fn banner(
         (Some(_), None) => "disabled:// (the app sets no result_backend)".to_owned(),
         (None, _) => celeryd_actors::settings::mask_password(&settings.result.backend),
     };
-    let pool = settings.pool_kind().name();
-    let concurrency = match settings.autoscale() {
-        Some((max, min)) => format!("{{min={min}, max={max}}} ({pool}, autoscale)"),
+    let pool = settings.worker.pool.name();
+    let concurrency = match settings.worker.autoscale {
+        Some(celeryd_actors::settings::Autoscale { max, min }) => {
+            format!("{{min={min}, max={max}}} ({pool}, autoscale)")
+        }
         None => format!("{} ({pool})", settings.effective_concurrency()),
     };
     let events = if settings.worker.send_events {
@@ -73,7 +75,7 @@ pub fn banner(
         out.push_str(&l);
         out.push('\n');
     }
-    for q in settings.task_queues().unwrap_or_default() {
+    for q in settings.task_queues() {
         let exchange = if q.exchange.is_empty() {
             "(default)".to_owned()
         } else {
@@ -102,6 +104,7 @@ mod tests {
     fn the_banner_names_what_an_operator_reads_first_without_the_password() {
         let mut s = Settings::default();
         s.broker.url = "amqp://guest:secret@rabbit:5672//".into();
+        let s = s.validated().unwrap();
         let mut tasks = HashMap::new();
         tasks.insert("tasks.add".to_owned(), TaskOptions::default());
         let b = banner(&s, "w1@host", &tasks, None);

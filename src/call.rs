@@ -72,17 +72,16 @@ pub async fn call(settings: &Settings, args: &CallArgs) -> Result<ExitCode, Star
     let call = build_call(args, OffsetDateTime::now_utc())?;
     let msg = TaskMessage::new(&call, OffsetDateTime::now_utc());
     // The queue as the worker declares it ([[task.queues]], -Q); another name as a plain one.
-    let declared = settings
-        .task_queues()
-        .map_err(|e| StartupError::Config(e.to_string()))?;
+    let declared = settings.task_queues();
     let spec = match &args.queue {
         Some(name) => declared
-            .into_iter()
+            .iter()
             .find(|q| &q.name == name)
+            .cloned()
             .unwrap_or_else(|| TaskQueue::plain(name)),
         None => declared
-            .into_iter()
-            .next()
+            .first()
+            .cloned()
             .unwrap_or_else(|| TaskQueue::plain(&settings.task.default_queue)),
     };
     let queue = spec.name.clone();

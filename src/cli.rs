@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use celeryd_actors::settings::{Autoscale, Seconds};
 use clap::{Args, Parser, Subcommand};
 
 /// celeryd: a Celery worker written in Rust.
@@ -65,11 +66,11 @@ pub struct RunArgs {
     /// Hard time limit in seconds for every task (`task_time_limit`): prefork kills the
     /// child, async cancels the future; threads and solo refuse it (a thread cannot be
     /// killed).
-    #[arg(long, value_name = "SECONDS")]
-    pub time_limit: Option<f64>,
+    #[arg(long, value_name = "SECONDS", value_parser = duration)]
+    pub time_limit: Option<Seconds>,
     /// Soft time limit in seconds for every task (`task_soft_time_limit`).
-    #[arg(long, value_name = "SECONDS")]
-    pub soft_time_limit: Option<f64>,
+    #[arg(long, value_name = "SECONDS", value_parser = duration)]
+    pub soft_time_limit: Option<Seconds>,
     /// Replace a child process after this many tasks (prefork only: the in-process pools
     /// have no child to replace and refuse it).
     #[arg(long, value_name = "N")]
@@ -89,8 +90,8 @@ pub struct RunArgs {
     #[arg(short = 'E', long = "events", visible_alias = "task-events")]
     pub events: bool,
     /// Seconds between worker-heartbeat events (default 2).
-    #[arg(long, value_name = "SECONDS", value_parser = seconds)]
-    pub heartbeat_interval: Option<f64>,
+    #[arg(long, value_name = "SECONDS", value_parser = duration)]
+    pub heartbeat_interval: Option<Seconds>,
     /// Log line format: text (Celery's layout) or json.
     #[arg(long, value_name = "text|json")]
     pub log_format: Option<String>,
@@ -104,8 +105,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<String>,
     /// Scale the pool by load between min and max child processes, e.g. `10,3`.
-    #[arg(long, value_name = "MAX,MIN")]
-    pub autoscale: Option<String>,
+    #[arg(long, value_name = "MAX,MIN", value_parser = str::parse::<Autoscale>)]
+    pub autoscale: Option<Autoscale>,
     /// Run this Python Celery app's tasks, as `celery -A` names it (`proj`,
     /// `proj.celery:app`); its app.conf is honoured under the config file.
     #[arg(short = 'A', long, value_name = "MODULE[:ATTR]")]
@@ -496,6 +497,11 @@ fn concurrency(text: &str) -> Result<usize, String> {
 
 /// A number of seconds on the command line: finite, from 0 to a year (a clear error instead of
 /// a panic where it becomes a `Duration`).
+/// A `--…` number of seconds as a setting's [`Seconds`].
+fn duration(text: &str) -> Result<Seconds, String> {
+    seconds(text).and_then(Seconds::new)
+}
+
 fn seconds(text: &str) -> Result<f64, String> {
     match text.trim().parse::<f64>() {
         Ok(v) if v.is_finite() && (0.0..=31_536_000.0).contains(&v) => Ok(v),

@@ -264,9 +264,8 @@ pub fn main_with(registry: Registry) -> ExitCode {
         if purge && !beat_only {
             let names: Vec<String> = settings
                 .task_queues()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|q| q.name)
+                .iter()
+                .map(|q| q.name.clone())
                 .collect();
             let purged = celeryd_actors::broker::amqp::purge(&settings.broker, &node, &names)
                 .await

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use celeryd_actors::Settings;
+use celeryd_actors::settings::PoolKind;
 
 use crate::appconf::AppLayer;
 
@@ -82,8 +83,8 @@ pub fn load_over(
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     expand_paths(&mut settings)?;
-    settings
-        .validate()
+    let settings = settings
+        .validated()
         .map_err(|e| StartupError::Config(e.to_string()))?;
     Ok((settings, from_app))
 }
@@ -398,11 +399,12 @@ pub fn apply(settings: &mut Settings, o: &RunArgs) {
     if o.disable_rate_limits {
         w.disable_rate_limits = true;
     }
-    if let Some(v) = &o.autoscale {
-        w.autoscale = Some(v.clone());
+    if let Some(v) = o.autoscale {
+        w.autoscale = Some(v);
     }
-    if let Some(v) = &o.pool {
-        w.pool = v.clone();
+    // A name that is no pool was refused before the settings load (`RunArgs::refusal`).
+    if let Some(pool) = o.pool.as_deref().and_then(|v| PoolKind::parse(v).ok()) {
+        w.pool = pool;
     }
     if o.beat {
         w.beat = true;
@@ -467,6 +469,7 @@ pub fn apply(settings: &mut Settings, o: &RunArgs) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use celeryd_actors::settings::Seconds;
 
     #[test]
     fn documented_config_equals_defaults() {
@@ -547,7 +550,7 @@ mod tests {
         assert_eq!(s.worker.concurrency, 8);
         assert_eq!(s.worker.queues, vec!["a", "b"]);
         assert!(s.task.acks_late);
-        assert_eq!(s.task.time_limit, Some(30.0));
+        assert_eq!(s.task.time_limit, Some(Seconds::whole(30)));
     }
 
     #[test]
@@ -587,7 +590,10 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!((s.worker.revokes_max, s.worker.revoke_expires), (7, 60.0));
+        assert_eq!(
+            (s.worker.revokes_max, s.worker.revoke_expires),
+            (7, Seconds::whole(60))
+        );
     }
 
     #[test]

@@ -375,7 +375,7 @@ impl Beat {
                     info!("beat: Standing by: another scheduler holds the lock {lock:?}.");
                 }
                 state.role = Role::Standby;
-                let retry = Duration::from_secs_f64(self.settings.beat.lock_retry);
+                let retry = self.settings.beat.lock_retry.duration();
                 myself.send_after(retry, || BeatMessage::TryLock);
             }
             Err(e) => {

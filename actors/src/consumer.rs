@@ -89,7 +89,7 @@ impl Consumer {
     /// The queues the configuration names ([`Settings::task_queues`], validated at start), and
     /// with `worker.direct` this node's own `<node>.dq2` on `C.dq2`.
     fn configured_queues(&self) -> Vec<TaskQueue> {
-        let mut queues = self.settings.task_queues().unwrap_or_default();
+        let mut queues = self.settings.task_queues().to_vec();
         if self.settings.worker.direct {
             queues.push(TaskQueue {
                 name: format!("{}.dq2", self.hostname),
@@ -105,8 +105,7 @@ impl Consumer {
 
     /// A consumer for `settings`, knowing which task names are registered.
     pub fn new(settings: Arc<Settings>, hostname: String, registered: HashSet<String>) -> Self {
-        // Validated at start (an invalid value stopped it there).
-        let global_qos = settings.global_qos().unwrap_or(true);
+        let global_qos = settings.global_qos();
         Consumer {
             settings,
             hostname,

@@ -15,7 +15,6 @@ pub mod build;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{debug, info, warn};
@@ -120,7 +119,7 @@ impl Actor for Events {
     ) -> Result<Self::State, ActorProcessingErr> {
         myself.cast(EventsMessage::Connect { attempt: 0 })?;
         if self.settings.worker.heartbeat {
-            let every = Duration::from_secs_f64(self.settings.worker.heartbeat_interval);
+            let every = self.settings.worker.heartbeat_interval.duration();
             myself.send_interval(every, || EventsMessage::Heartbeat);
         }
         Ok(EventsState {
@@ -205,7 +204,7 @@ impl Events {
         let tasks = ractor::call!(state.pool, |reply| ControlMsg::GetTasks { reply }.into())
             .unwrap_or_default();
         let processed = tasks.total.values().sum();
-        let freq = self.settings.worker.heartbeat_interval;
+        let freq = self.settings.worker.heartbeat_interval.as_secs_f64();
         let event = build::worker(kind, freq, tasks.active.len(), processed);
         if let Some(link) = &state.link
             && let Err(e) = self.publish_on(link, &event).await

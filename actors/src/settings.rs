@@ -4,7 +4,13 @@
 //!
 //! Each section has its own file (`broker`, `worker`, `task`, `result`, `python`, `beat`, and
 //! `queues` for `task_queues`), its types re-exported here; this one holds [`Settings`], the
-//! rules across sections ([`Settings::validate`]) and the values derived from several.
+//! rules across sections ([`Settings::validate`]) and the values derived from several
+//! ([`Derived`], computed once by [`Settings::validated`]). Closed sets of names are enums
+//! (`pool`, `qos`, `failover_strategy`, queue types), `--autoscale` is an [`Autoscale`] and
+//! durations are [`Seconds`], so that a wrong spelling is refused when the file is read,
+//! naming the key, and no later code parses a setting again.
+
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -16,17 +22,19 @@ mod python;
 pub mod queues;
 pub mod rate;
 mod result;
+mod seconds;
 mod task;
 mod worker;
 
 pub use beat::{BeatEntries, BeatEntry, BeatOptions, BeatSettings};
-pub use broker::{BrokerSettings, amqp_scheme, mask_password, mask_urls};
+pub use broker::{BrokerSettings, FailoverStrategy, Qos, amqp_scheme, mask_password, mask_urls};
 pub use python::PythonSettings;
-pub use queues::{BindingSpec, QueueSpec};
+pub use queues::{BindingSpec, QueueSpec, QueueType};
 pub use result::{BackendKind, ResultSettings};
+pub use seconds::Seconds;
 pub use task::{TaskOptions, TaskSettings};
 pub use worker::{
-    LOG_LEVELS, PoolKind, WorkerSettings, check_limit, metrics_socket, parse_autoscale,
+    Autoscale, LOG_LEVELS, PoolKind, WorkerSettings, check_limit, metrics_socket, parse_autoscale,
 };
 
 /// Every setting of a worker.
@@ -45,34 +53,54 @@ pub struct Settings {
     pub result: ResultSettings,
     /// `[beat]`: the periodic task scheduler (`-B`, `worker beat`) and its entries.
     pub beat: BeatSettings,
+    /// What validation derived from several sections ([`Settings::validated`]); `None` until
+    /// then. Not a setting: never read nor written.
+    #[serde(skip)]
+    derived: Option<Arc<Derived>>,
+}
+
+/// The values that follow from several sections, computed once when the settings are
+/// validated: every actor then reads the same answer, and none computes it again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Derived {
+    /// The queues to declare and consume ([`queues::resolve`]).
+    pub task_queues: Vec<queues::TaskQueue>,
+    /// Whether the prefetch limit is channel-wide (`broker.qos`, `broker.global_qos`).
+    pub global_qos: bool,
 }
 
 impl Settings {
-    /// The queues to declare and consume ([`queues::resolve`]).
-    pub fn task_queues(&self) -> Result<Vec<queues::TaskQueue>, ConfigError> {
-        queues::resolve(&self.task, &self.worker)
+    /// These settings checked ([`Settings::validate`]), with what follows from them
+    /// ([`Derived`]) kept: the form in which settings reach the actors.
+    pub fn validated(mut self) -> Result<Settings, ConfigError> {
+        let derived = self.validate()?;
+        self.derived = Some(Arc::new(derived));
+        Ok(self)
     }
 
-    /// How many queues the worker consumes at start: the configured ones not excluded, and
-    /// with `worker.direct` its own `<node>.dq2`.
-    pub fn consumed_queues(&self) -> usize {
-        self.task_queues().map_or(0, |q| q.len()) + usize::from(self.worker.direct)
+    /// What validation derived. Settings reach the actors through [`Settings::validated`]
+    /// (the loader, the test kit); one that did not is a programming error.
+    pub fn derived(&self) -> &Derived {
+        self.derived
+            .as_deref()
+            .expect("settings are used only once validated (Settings::validated)")
     }
 
-    /// Whether the prefetch limit is channel-wide (`broker.qos`, `broker.global_qos`).
-    pub fn global_qos(&self) -> Result<bool, ConfigError> {
-        let by_qos = match self.broker.qos.as_str() {
-            "auto" => None,
-            "global" => Some(true),
-            "per-consumer" => Some(false),
-            other => {
-                return Err(ConfigError::invalid(
-                    "broker.qos",
-                    format!("{other:?} is not one of auto, global, per-consumer"),
-                ));
-            }
-        };
-        match (by_qos, self.broker.global_qos) {
+    /// The queues to declare and consume ([`Derived::task_queues`]).
+    pub fn task_queues(&self) -> &[queues::TaskQueue] {
+        &self.derived().task_queues
+    }
+
+    /// Whether the prefetch limit is channel-wide ([`Derived::global_qos`]).
+    pub fn global_qos(&self) -> bool {
+        self.derived().global_qos
+    }
+
+    /// `broker.qos` (or the older `broker.global_qos`) resolved for `queues`: `auto` is
+    /// per-consumer when any configured queue is a quorum queue or one queue is consumed
+    /// (with `worker.direct`, the node's `<node>.dq2` counts), else global.
+    fn resolve_qos(&self, queues: &[queues::TaskQueue]) -> Result<bool, ConfigError> {
+        match (self.broker.qos.global(), self.broker.global_qos) {
             (Some(a), Some(b)) if a != b => Err(ConfigError::invalid(
                 "broker.global_qos",
                 format!(
@@ -82,38 +110,37 @@ impl Settings {
             )),
             (Some(a), _) | (None, Some(a)) => Ok(a),
             (None, None) => {
-                Ok(!queues::any_quorum(&self.task, &self.worker) && self.consumed_queues() > 1)
+                let consumed = queues.len() + usize::from(self.worker.direct);
+                Ok(!queues::any_quorum(&self.task, &self.worker) && consumed > 1)
             }
         }
     }
 
-    /// Checks every value and cross-field rule; the error names the offending key. The checks
-    /// run in this order, so that of several mistakes the same one is named first.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks every value and cross-field rule, and returns what follows from several
+    /// sections; the error names the offending key. The checks run in this order, so that of
+    /// several mistakes the same one is named first.
+    pub fn validate(&self) -> Result<Derived, ConfigError> {
         self.broker.validate_connection()?;
-        let pool = self.worker.validate_pool()?;
+        self.worker.validate_pool()?;
+        let pool = self.worker.pool;
         self.check_pool(pool)?;
         self.worker.validate_async_threads()?;
-        self.task_queues()?;
-        self.global_qos()?;
+        let task_queues = queues::resolve(&self.task, &self.worker)?;
+        let global_qos = self.resolve_qos(&task_queues)?;
         // With -A the app's own result_backend is used, whatever it is.
         if self.python.app.is_none() {
             self.result.kind()?;
         }
-        self.result.validate_expires()?;
-        self.broker.validate_delayed_queue_type()?;
         self.worker.validate_logging()?;
         self.task.validate_time_limits()?;
         self.worker.validate_limits(pool, self.max_concurrency())?;
         self.task.validate_rate_limits()?;
         self.worker.validate_hostname()?;
         self.beat.validate()?;
-        Ok(())
-    }
-
-    /// The pool named by `worker.pool` (prefork when it names none; `validate` refuses that).
-    pub fn pool_kind(&self) -> PoolKind {
-        PoolKind::parse(&self.worker.pool).unwrap_or_default()
+        Ok(Derived {
+            task_queues,
+            global_qos,
+        })
     }
 
     /// What the pool cannot carry out is refused, naming the key: nothing configured is
@@ -190,8 +217,8 @@ impl Settings {
     /// The default (soft, hard) limits from the `[task]` section.
     pub fn default_limits(&self) -> TaskOptions {
         TaskOptions {
-            time_limit: self.task.time_limit,
-            soft_time_limit: self.task.soft_time_limit,
+            time_limit: self.task.time_limit.map(Seconds::as_secs_f64),
+            soft_time_limit: self.task.soft_time_limit.map(Seconds::as_secs_f64),
             rate_limit: None,
             ignore_result: None,
         }
@@ -200,11 +227,11 @@ impl Settings {
     /// The number of child processes the pool starts with: the autoscale minimum, else
     /// `worker.concurrency`, or the number of CPUs when 0.
     pub fn effective_concurrency(&self) -> usize {
-        if self.pool_kind() == PoolKind::Solo {
+        if self.worker.pool == PoolKind::Solo {
             return 1;
         }
-        if let Some((_, min)) = self.autoscale() {
-            return min;
+        if let Some(a) = self.worker.autoscale {
+            return a.min;
         }
         match self.worker.concurrency {
             0 => std::thread::available_parallelism()
@@ -214,18 +241,10 @@ impl Settings {
         }
     }
 
-    /// `(max, min)` when autoscaling.
-    pub fn autoscale(&self) -> Option<(usize, usize)> {
-        self.worker
-            .autoscale
-            .as_deref()
-            .and_then(|a| parse_autoscale(a, self.pool_kind().max_concurrency()).ok())
-    }
-
     /// The most child processes the pool may have: the autoscale maximum, else the fixed size.
     pub fn max_concurrency(&self) -> usize {
-        match self.autoscale() {
-            Some((max, _)) => max,
+        match self.worker.autoscale {
+            Some(a) => a.max,
             None => self.effective_concurrency(),
         }
     }
@@ -234,7 +253,7 @@ impl Settings {
     /// reach: `worker.max_pool_size`, or when 0 four per CPU (an async pool: four times its
     /// own size), never less than the pool's own size.
     pub fn pool_size_limit(&self) -> usize {
-        let pool = self.pool_kind();
+        let pool = self.worker.pool;
         match self.worker.max_pool_size {
             0 => {
                 let base = match pool {
@@ -298,11 +317,7 @@ mod tests {
             matches!(s.validate(), Err(ConfigError::Invalid { key, .. }) if key == "worker.queues")
         );
         let mut s = Settings::default();
-        s.broker.qos = "sometimes".into();
-        assert!(
-            matches!(s.validate(), Err(ConfigError::Invalid { key, .. }) if key == "broker.qos")
-        );
-        s.broker.qos = "global".into();
+        s.broker.qos = Qos::Global;
         s.broker.global_qos = Some(false);
         assert!(
             matches!(s.validate(), Err(ConfigError::Invalid { key, .. }) if key == "broker.global_qos")
@@ -331,49 +346,44 @@ mod tests {
             Err(ConfigError::Invalid { key, .. }) => key,
             other => panic!("{other:?}"),
         };
-        s.worker.pool = "threads".into();
-        s.task.time_limit = Some(5.0);
+        s.worker.pool = PoolKind::Threads;
+        s.task.time_limit = Some(Seconds::whole(5));
         assert_eq!(key(&s), "task.time_limit");
         s.task.time_limit = None;
         assert!(s.validate().is_ok());
-        s.worker.pool = "async".into();
+        s.worker.pool = PoolKind::Async;
         s.worker.max_memory_per_child = 1000;
         assert_eq!(key(&s), "worker.max_memory_per_child");
         s.worker.max_memory_per_child = 0;
         s.worker.concurrency = 5000;
         assert!(s.validate().is_ok(), "thousands in flight");
-        assert_eq!(s.pool_kind(), PoolKind::Async);
-        s.worker.pool = "solo".into();
+        s.worker.pool = PoolKind::Solo;
         assert_eq!(key(&s), "worker.concurrency");
         s.worker.concurrency = 0;
         assert_eq!(s.effective_concurrency(), 1);
-        s.worker.pool = "gevent".into();
-        assert_eq!(key(&s), "worker.pool");
-        s.worker.pool = "async".into();
+        s.worker.pool = PoolKind::Async;
         s.python.app = Some("proj".into());
         assert_eq!(key(&s), "worker.pool");
     }
 
     #[test]
     fn qos_is_per_consumer_for_one_queue_or_any_quorum_queue_unless_set() {
+        let global = |s: &Settings| s.validate().unwrap().global_qos;
         let mut s = Settings::default();
         assert!(
-            !s.global_qos().unwrap(),
+            !global(&s),
             "one classic queue: per-consumer (the same window, less broker work)"
         );
         s.worker.direct = true;
         assert!(
-            s.global_qos().unwrap(),
+            global(&s),
             "two classic queues (celery and the node's dq2): global, as Celery on 3.x"
         );
         s.worker.direct = false;
         s.task.queues = vec![spec("a"), spec("b")];
-        assert!(s.global_qos().unwrap(), "two classic queues: global");
+        assert!(global(&s), "two classic queues: global");
         s.worker.queues = vec!["b".into()];
-        assert!(
-            !s.global_qos().unwrap(),
-            "one of them consumed (-Q b): per-consumer"
-        );
+        assert!(!global(&s), "one of them consumed (-Q b): per-consumer");
         s.worker.queues = Vec::new();
         s.task.queues = vec![
             spec("a"),
@@ -385,13 +395,13 @@ mod tests {
         ];
         s.worker.exclude_queues = vec!["q".into()];
         assert!(
-            !s.global_qos().unwrap(),
+            !global(&s),
             "a quorum queue counts even when excluded, as in Celery"
         );
-        s.broker.qos = "global".into();
-        assert!(s.global_qos().unwrap());
-        s.broker.qos = "auto".into();
+        s.broker.qos = Qos::Global;
+        assert!(global(&s));
+        s.broker.qos = Qos::Auto;
         s.broker.global_qos = Some(true);
-        assert!(s.global_qos().unwrap(), "the older key still decides");
+        assert!(global(&s), "the older key still decides");
     }
 }

@@ -211,7 +211,7 @@ impl Actor for Supervisor {
                 .as_ref()
                 .map(std::path::PathBuf::from),
             max: settings.worker.revokes_max,
-            expires: std::time::Duration::from_secs_f64(settings.worker.revoke_expires),
+            expires: settings.worker.revoke_expires.duration(),
             count: RevokedCount::default(),
         };
         let revoked = registry.count.clone();
@@ -247,7 +247,7 @@ impl Actor for Supervisor {
             None => (None, None),
         };
         let pool = Pool::new(PoolArgs {
-            kind: settings.pool_kind(),
+            kind: settings.worker.pool,
             registry: args.registry,
             max_size: settings.pool_size_limit(),
             async_threads: settings.worker.async_threads,
@@ -260,9 +260,9 @@ impl Actor for Supervisor {
             },
             default_limits: settings.default_limits(),
             rates: effective_rates(&settings, &args.tasks),
-            autoscale: settings.autoscale().map(|bounds| {
-                let keepalive = settings.worker.autoscale_keepalive;
-                (bounds, std::time::Duration::from_secs_f64(keepalive))
+            autoscale: settings.worker.autoscale.map(|a| {
+                let keepalive = settings.worker.autoscale_keepalive.duration();
+                ((a.max, a.min), keepalive)
             }),
             metrics: metrics.clone(),
         });
@@ -277,7 +277,7 @@ impl Actor for Supervisor {
             Ok(crate::settings::BackendKind::Redis(url)) if python.is_none() => {
                 let b = crate::backend::Backend::new(
                     url,
-                    settings.result.expires,
+                    settings.result.expires.as_secs_f64(),
                     settings.result.chord_ordered,
                 );
                 Some(Actor::spawn_linked(None, b, (), cell.clone()).await?.0)

@@ -53,6 +53,6 @@ pub fn stats(settings: &BrokerSettings) -> Option<serde_json::Value> {
         "ssl": matches!(url.scheme, lapin::uri::AMQPScheme::AMQPS), "transport": "amqp",
         "connect_timeout": 4, "transport_options": {}, "login_method": "PLAIN",
         "uri_prefix": null, "heartbeat": f64::from(settings.heartbeat),
-        "failover_strategy": settings.failover_strategy, "alternates": alternates,
+        "failover_strategy": settings.failover_strategy.name(), "alternates": alternates,
     }))
 }

@@ -133,7 +133,8 @@ impl Consumer {
                 info!(task_id = %reserved.request.id, "Task {}[{}] received (eta {})",
                     reserved.request.display_name(), reserved.request.id,
                     crate::protocol::time::format_iso(eta));
-                if let Some(seconds) = broker_delay(eta, now, self.settings.worker.eta_hold_max)
+                if let Some(seconds) =
+                    broker_delay(eta, now, self.settings.worker.eta_hold_max.as_secs_f64())
                     && let Some(ladder) = Box::pin(self.delay_in_broker(
                         state,
                         &message,

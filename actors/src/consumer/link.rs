@@ -193,16 +193,12 @@ impl Consumer {
             // background, on a channel of its own: 28 quorum queues take seconds on a
             // cluster, and consuming (after a failover too) must not wait for them.
             let channel = link.channel().await?;
-            let queue_type = self
-                .settings
-                .broker
-                .native_delayed_delivery_queue_type
-                .clone();
-            let all = self.settings.task_queues().unwrap_or_default();
+            let queue_type = self.settings.broker.native_delayed_delivery_queue_type;
+            let all = self.settings.task_queues().to_vec();
             let (me, generation) = (myself.clone(), state.generation);
             tokio::spawn(async move {
                 let done = channel
-                    .declare_native_delayed_delivery(&queue_type, &all)
+                    .declare_native_delayed_delivery(queue_type.name(), &all)
                     .await;
                 let _ = me.cast(ConsumerMessage::NativeDeclared {
                     generation,
@@ -309,8 +305,11 @@ impl Consumer {
                 amqp::declare_native_on_alternates(
                     &self.settings.broker,
                     &self.hostname,
-                    &self.settings.broker.native_delayed_delivery_queue_type,
-                    self.settings.task_queues().unwrap_or_default(),
+                    self.settings
+                        .broker
+                        .native_delayed_delivery_queue_type
+                        .name(),
+                    self.settings.task_queues().to_vec(),
                 )
             }
             Some(e) => error!(error = %e, "Cannot declare Celery's native delayed delivery; \

@@ -118,8 +118,8 @@ impl Control {
         let broker = crate::broker::stats(&self.settings.broker);
         let concurrency = tasks.target;
         let mtpc = self.settings.worker.max_tasks_per_child;
-        let soft = self.settings.task.soft_time_limit.unwrap_or(0.0);
-        let hard = self.settings.task.time_limit.unwrap_or(0.0);
+        let soft = self.settings.task.soft_time_limit.map_or(0.0, f64::from);
+        let hard = self.settings.task.time_limit.map_or(0.0, f64::from);
         let mut pool = json!({
             "implementation": "celeryd.pool:ChildProcessPool",
             "max-concurrency": concurrency,
@@ -130,7 +130,7 @@ impl Control {
             "writes": "N/A",
         });
         if let Value::Object(p) = &mut pool {
-            info::pool_kind_stats(p, self.settings.pool_kind(), tasks.active.len());
+            info::pool_kind_stats(p, self.settings.worker.pool, tasks.active.len());
         }
         let mut stats = json!({
             "total": tasks.total,

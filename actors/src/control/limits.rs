@@ -48,11 +48,11 @@ impl Control {
         hard_given: bool,
         limits: Checked<TimeLimits>,
     ) -> Value {
-        if self.settings.pool_kind().on_threads() && hard_given {
+        if self.settings.worker.pool.on_threads() && hard_given {
             return error(format!(
                 "NotImplementedError('the {} pool runs tasks on threads, which cannot be \
                  killed: a hard time limit cannot be enforced; set the soft one only')",
-                self.settings.pool_kind().name()
+                self.settings.worker.pool.name()
             ));
         }
         let TimeLimits { task, soft, hard } = match limits {

@@ -14,7 +14,7 @@ use crate::pool::ControlMsg;
 impl Control {
     /// The solo pool's refusal of `command` (a resize), if this worker runs it.
     fn solo_refusal(&self, command: &str) -> Option<Value> {
-        (self.settings.pool_kind() == crate::settings::PoolKind::Solo).then(|| {
+        (self.settings.worker.pool == crate::settings::PoolKind::Solo).then(|| {
             error(format!(
                 "NotImplementedError('the solo pool runs one task at a time: {command} is not \
                  possible (use -P threads or -P async)')"

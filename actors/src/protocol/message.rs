@@ -582,4 +582,4 @@ pub use table::{HeaderTable, MAX_HEADER_DEPTH, TableMessage, decode_table};
 #[cfg(test)]
 pub(crate) mod proptests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -23,7 +23,7 @@ pub struct BeatSettings {
     /// different schedules on one vhost need different names. Default `celeryd.beat`.
     pub lock: String,
     /// Seconds between a standing-by scheduler's attempts to take the lock. Default 1.
-    pub lock_retry: f64,
+    pub lock_retry: super::Seconds,
     /// The entries, `[beat.schedule.<name>]` (Celery's `beat_schedule`). With `-A` the app's
     /// `beat_schedule` entries are added (these win on the same name).
     pub schedule: std::collections::BTreeMap<String, BeatEntry>,
@@ -35,7 +35,7 @@ impl Default for BeatSettings {
             schedule_db: "celeryd-beat-schedule".to_owned(),
             timezone: "UTC".to_owned(),
             lock: "celeryd.beat".to_owned(),
-            lock_retry: 1.0,
+            lock_retry: super::Seconds::whole(1),
             schedule: std::collections::BTreeMap::new(),
         }
     }
@@ -105,7 +105,7 @@ impl BeatSettings {
                 "must be a queue name of 1 to 200 bytes, not starting with amq.",
             ));
         }
-        if !(self.lock_retry.is_finite() && (0.1..=3600.0).contains(&self.lock_retry)) {
+        if !(0.1..=3600.0).contains(&self.lock_retry.as_secs_f64()) {
             return Err(ConfigError::invalid(
                 "beat.lock_retry",
                 "must be from 0.1 to 3600 seconds",

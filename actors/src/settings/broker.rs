@@ -18,7 +18,7 @@ pub struct BrokerSettings {
     /// `broker_failover_strategy`: the order the URLs are tried in, `round-robin` (the
     /// default: as written, from the one last connected to) or `shuffle` (an order drawn once
     /// per process).
-    pub failover_strategy: String,
+    pub failover_strategy: FailoverStrategy,
     /// `broker_heartbeat`: AMQP heartbeat in seconds, 0 disables. Default 120.
     pub heartbeat: u16,
     /// `broker_connection_retry_on_startup`: keep retrying when the broker is unreachable at
@@ -33,13 +33,13 @@ pub struct BrokerSettings {
     /// it, or when the worker consumes one queue only (the window is the same, and RabbitMQ
     /// spends less per delivery: no channel-wide limiter to consult); else global, so that
     /// several classic queues share one window as with Celery on 3.x.
-    pub qos: String,
+    pub qos: Qos,
     /// The older spelling of `qos`: true = `global`, false = `per-consumer`. Unset by default.
     pub global_qos: Option<bool>,
     /// `broker_native_delayed_delivery_queue_type`: the type of the queues of Celery's
     /// native delayed delivery (`celery_delayed_0…27`), which the worker declares when any of
     /// its queues is a quorum queue. `quorum` (the default) or `classic`.
-    pub native_delayed_delivery_queue_type: String,
+    pub native_delayed_delivery_queue_type: queues::QueueType,
     /// Largest AMQP frame in bytes (4096 to 131072); bigger messages are split into frames.
     /// The AMQP client keeps two buffers of 32 frames per connection, so this sizes the
     /// worker's memory: 16384 (the default) costs 1 MiB per connection instead of the 8 MiB
@@ -55,13 +55,13 @@ impl Default for BrokerSettings {
     fn default() -> Self {
         BrokerSettings {
             url: "amqp://guest:guest@127.0.0.1:5672//".to_owned(),
-            failover_strategy: "round-robin".to_owned(),
+            failover_strategy: FailoverStrategy::RoundRobin,
             heartbeat: 120,
             connection_retry_on_startup: true,
             connection_max_retries: 100,
-            qos: "auto".to_owned(),
+            qos: Qos::Auto,
             global_qos: None,
-            native_delayed_delivery_queue_type: "quorum".to_owned(),
+            native_delayed_delivery_queue_type: queues::QueueType::Quorum,
             frame_max: 16_384,
             ssl_ca_file: None,
         }
@@ -100,8 +100,7 @@ impl BrokerSettings {
             .collect()
     }
 
-    /// Checks `broker.url` (every URL an AMQP one that parses), `broker.failover_strategy`
-    /// and `broker.frame_max`.
+    /// Checks `broker.url` (every URL an AMQP one that parses) and `broker.frame_max`.
     pub(super) fn validate_connection(&self) -> Result<(), ConfigError> {
         let urls = self.urls();
         if urls.is_empty() {
@@ -121,15 +120,6 @@ impl BrokerSettings {
                 ));
             }
         }
-        if !["round-robin", "shuffle"].contains(&self.failover_strategy.as_str()) {
-            return Err(ConfigError::invalid(
-                "broker.failover_strategy",
-                format!(
-                    "{:?} is not one of round-robin, shuffle",
-                    self.failover_strategy
-                ),
-            ));
-        }
         if !(4096..=131_072).contains(&self.frame_max) {
             return Err(ConfigError::invalid(
                 "broker.frame_max",
@@ -138,20 +128,50 @@ impl BrokerSettings {
         }
         Ok(())
     }
+}
 
-    /// Checks `broker.native_delayed_delivery_queue_type`.
-    pub(super) fn validate_delayed_queue_type(&self) -> Result<(), ConfigError> {
-        if !queues::QUEUE_TYPES.contains(&self.native_delayed_delivery_queue_type.as_str()) {
-            return Err(ConfigError::invalid(
-                "broker.native_delayed_delivery_queue_type",
-                format!(
-                    "{:?} is not one of {}",
-                    self.native_delayed_delivery_queue_type,
-                    queues::QUEUE_TYPES.join(", ")
-                ),
-            ));
+/// `broker.qos`: how the prefetch limit applies (see [`BrokerSettings::qos`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Qos {
+    /// Per-consumer for one queue or any quorum queue, else channel-wide.
+    #[default]
+    Auto,
+    /// Channel-wide (`basic.qos` with `global = true`).
+    Global,
+    /// Per consumer (`global = false`).
+    PerConsumer,
+}
+
+impl Qos {
+    /// Whether it decides the question by itself: `Some(global)`, `None` for `auto`.
+    pub fn global(self) -> Option<bool> {
+        match self {
+            Qos::Auto => None,
+            Qos::Global => Some(true),
+            Qos::PerConsumer => Some(false),
         }
-        Ok(())
+    }
+}
+
+/// `broker_failover_strategy`: the order the broker URLs are tried in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailoverStrategy {
+    /// As written, from the one last connected to.
+    #[default]
+    RoundRobin,
+    /// An order drawn once per process.
+    Shuffle,
+}
+
+impl FailoverStrategy {
+    /// Celery's name for it: `round-robin`, `shuffle`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailoverStrategy::RoundRobin => "round-robin",
+            FailoverStrategy::Shuffle => "shuffle",
+        }
     }
 }
 
@@ -303,13 +323,37 @@ mod tests {
             err.contains("broker.url") && !err.contains("secret"),
             "{err}"
         );
-        s.broker.url = "amqp://h1//".into();
-        s.broker.failover_strategy = "random".into();
-        assert!(
-            s.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("broker.failover_strategy")
+    }
+
+    #[test]
+    fn closed_sets_are_read_by_name_and_a_wrong_one_is_refused_naming_the_key() {
+        let s: Settings = toml::from_str(
+            "[broker]\nqos = \"per-consumer\"\nfailover_strategy = \"shuffle\"\n\
+             native_delayed_delivery_queue_type = \"classic\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.broker.qos, Qos::PerConsumer);
+        assert_eq!(s.broker.failover_strategy, FailoverStrategy::Shuffle);
+        assert_eq!(
+            s.broker.native_delayed_delivery_queue_type,
+            queues::QueueType::Classic
         );
+        for (text, key, told) in [
+            (
+                "failover_strategy = \"random\"",
+                "failover_strategy",
+                "round-robin",
+            ),
+            ("qos = \"sometimes\"", "qos", "per-consumer"),
+            (
+                "native_delayed_delivery_queue_type = \"stream\"",
+                "native_delayed",
+                "quorum",
+            ),
+        ] {
+            let table: toml::Value = toml::from_str(&format!("[broker]\n{text}\n")).unwrap();
+            let e = table.try_into::<Settings>().unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(told), "{e}");
+        }
     }
 }

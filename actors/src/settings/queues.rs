@@ -13,8 +13,27 @@ use serde_json::Value;
 use super::{TaskSettings, WorkerSettings};
 use crate::error::ConfigError;
 
-/// The queue types Celery names (`task_default_queue_type`, `task_create_missing_queue_type`).
-pub const QUEUE_TYPES: &[&str] = &["classic", "quorum"];
+/// The queue types Celery names (`task_default_queue_type`, `task_create_missing_queue_type`,
+/// `broker_native_delayed_delivery_queue_type`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// RabbitMQ's classic queue.
+    #[default]
+    Classic,
+    /// A quorum queue (`x-queue-type: quorum`).
+    Quorum,
+}
+
+impl QueueType {
+    /// RabbitMQ's name for it, as `x-queue-type` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        }
+    }
+}
 
 /// A queue the worker consumes from, with the exchange it is bound to (and any more
 /// bindings) and its arguments.
@@ -148,11 +167,6 @@ pub fn resolve(
     task: &TaskSettings,
     worker: &WorkerSettings,
 ) -> Result<Vec<TaskQueue>, ConfigError> {
-    check_type("task.default_queue_type", &task.default_queue_type)?;
-    check_type(
-        "task.create_missing_queue_type",
-        &task.create_missing_queue_type,
-    )?;
     let declared = declared(task)?;
     let mut picked = Vec::new();
     if worker.queues.is_empty() {
@@ -224,17 +238,6 @@ fn key_of(task: &TaskSettings, name: &str) -> &'static str {
     }
 }
 
-fn check_type(key: &str, value: &str) -> Result<(), ConfigError> {
-    if QUEUE_TYPES.contains(&value) {
-        Ok(())
-    } else {
-        Err(ConfigError::invalid(
-            key,
-            format!("{value:?} is not one of {}", QUEUE_TYPES.join(", ")),
-        ))
-    }
-}
-
 /// `task.queues`, each with its defaults filled in; or, when there are none, the default
 /// queue as Celery makes it from `task_default_*`.
 fn declared(task: &TaskSettings) -> Result<Vec<TaskQueue>, ConfigError> {
@@ -246,7 +249,7 @@ fn declared(task: &TaskSettings) -> Result<Vec<TaskQueue>, ConfigError> {
             .default_routing_key
             .clone()
             .unwrap_or_else(|| task.default_queue.clone());
-        if task.default_queue_type == "quorum" {
+        if task.default_queue_type == QueueType::Quorum {
             q.arguments
                 .insert("x-queue-type".to_owned(), Value::from("quorum"));
         }
@@ -338,7 +341,7 @@ fn missing(task: &TaskSettings, name: &str) -> TaskQueue {
     if let Some(kind) = &task.create_missing_queue_exchange_type {
         q.exchange_type = kind.clone();
     }
-    if task.create_missing_queue_type == "quorum" {
+    if task.create_missing_queue_type == QueueType::Quorum {
         q.arguments
             .insert("x-queue-type".to_owned(), Value::from("quorum"));
     }
@@ -368,7 +371,7 @@ mod tests {
         assert_eq!(qs, vec![TaskQueue::plain("celery")]);
         let quorum = TaskSettings {
             default_queue: "jobs".into(),
-            default_queue_type: "quorum".into(),
+            default_queue_type: QueueType::Quorum,
             ..Default::default()
         };
         let qs = resolve(&quorum, &worker).unwrap();
@@ -450,7 +453,7 @@ mod tests {
     fn dash_q_picks_creates_or_refuses_and_dash_x_excludes() {
         let task = TaskSettings {
             queues: vec![spec("a"), spec("b")],
-            create_missing_queue_type: "quorum".into(),
+            create_missing_queue_type: QueueType::Quorum,
             create_missing_queue_exchange_type: Some("topic".into()),
             ..Default::default()
         };
@@ -540,13 +543,6 @@ mod tests {
                 ..Default::default()
             },
             "task.queues",
-        );
-        bad(
-            TaskSettings {
-                default_queue_type: "stream".into(),
-                ..Default::default()
-            },
-            "task.default_queue_type",
         );
     }
 

@@ -17,7 +17,7 @@ pub struct ResultSettings {
     pub backend: String,
     /// `result_expires`: seconds a stored result is kept (Redis). Default 86400 (1 day);
     /// 0 keeps them for ever.
-    pub expires: f64,
+    pub expires: super::Seconds,
     /// `result_extended`: store the task's name, args, kwargs, worker, retries and queue with
     /// its result (Redis). Default false.
     pub extended: bool,
@@ -31,7 +31,7 @@ impl Default for ResultSettings {
     fn default() -> Self {
         ResultSettings {
             backend: "rpc://".to_owned(),
-            expires: 86_400.0,
+            expires: super::Seconds::whole(86_400),
             extended: false,
             chord_ordered: true,
         }
@@ -76,17 +76,6 @@ impl ResultSettings {
                 ),
             )),
         }
-    }
-
-    /// `result.expires` must be a number of seconds, 0 or more.
-    pub(super) fn validate_expires(&self) -> Result<(), ConfigError> {
-        if !(self.expires.is_finite() && self.expires >= 0.0) {
-            return Err(ConfigError::invalid(
-                "result.expires",
-                "must be a number of seconds, 0 or more",
-            ));
-        }
-        Ok(())
     }
 }
 

@@ -3,9 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::check_limit;
 use super::queues::QueueSpec;
 use super::rate::parse_rate;
+use super::{Seconds, check_limit};
 use crate::error::ConfigError;
 
 /// `[task]` section.
@@ -30,9 +30,9 @@ pub struct TaskSettings {
     pub reject_on_worker_lost: bool,
     /// `task_time_limit`: hard time limit in seconds for every task (the task's own limit and
     /// the message's `timelimit` header take precedence). Unset by default.
-    pub time_limit: Option<f64>,
+    pub time_limit: Option<Seconds>,
     /// `task_soft_time_limit`: soft time limit in seconds. Unset by default.
-    pub soft_time_limit: Option<f64>,
+    pub soft_time_limit: Option<Seconds>,
     /// `task_default_rate_limit`: rate limit for every task (`"10/s"`, `"200/m"`, `"100/h"`, a
     /// bare number = per second). Unset by default.
     pub default_rate_limit: Option<String>,
@@ -46,7 +46,7 @@ pub struct TaskSettings {
     /// `celery`.
     pub default_queue: String,
     /// `task_default_queue_type`: `classic` (the default) or `quorum`, for the default queue.
-    pub default_queue_type: String,
+    pub default_queue_type: super::queues::QueueType,
     /// `task_default_exchange`: the default queue's exchange, and that of entries without
     /// one. Unset (the default): the queue's name.
     pub default_exchange: Option<String>,
@@ -59,7 +59,7 @@ pub struct TaskSettings {
     /// Default true; false refuses it.
     pub create_missing_queues: bool,
     /// `task_create_missing_queue_type`: `classic` (the default) or `quorum`, for those.
-    pub create_missing_queue_type: String,
+    pub create_missing_queue_type: super::queues::QueueType,
     /// `task_create_missing_queue_exchange_type`: their exchange's type. Unset (the
     /// default): `direct`.
     pub create_missing_queue_exchange_type: Option<String>,
@@ -83,12 +83,12 @@ impl Default for TaskSettings {
             rate_limits: std::collections::BTreeMap::new(),
             queues: Vec::new(),
             default_queue: "celery".to_owned(),
-            default_queue_type: "classic".to_owned(),
+            default_queue_type: super::queues::QueueType::Classic,
             default_exchange: None,
             default_exchange_type: "direct".to_owned(),
             default_routing_key: None,
             create_missing_queues: true,
-            create_missing_queue_type: "classic".to_owned(),
+            create_missing_queue_type: super::queues::QueueType::Classic,
             create_missing_queue_exchange_type: None,
             queue_max_priority: None,
         }
@@ -103,7 +103,7 @@ impl TaskSettings {
             ("task.soft_time_limit", self.soft_time_limit),
         ] {
             if let Some(v) = value {
-                check_limit(v).map_err(|reason| ConfigError::invalid(key, reason))?;
+                check_limit(v.as_secs_f64()).map_err(|reason| ConfigError::invalid(key, reason))?;
             }
         }
         Ok(())
@@ -141,22 +141,20 @@ pub struct TaskOptions {
 #[cfg(test)]
 mod tests {
     use crate::error::ConfigError;
-    use crate::settings::Settings;
+    use crate::settings::{Seconds, Settings};
 
     #[test]
     fn time_limits_must_be_positive() {
         let mut s = Settings::default();
-        s.task.time_limit = Some(-1.0);
+        s.task.time_limit = Some(Seconds::whole(0));
         assert!(
             matches!(s.validate(), Err(ConfigError::Invalid { key, .. }) if key == "task.time_limit")
         );
+        let e = toml::from_str::<Settings>("[task]\nsoft_time_limit = -1\n").unwrap_err();
+        assert!(e.to_string().contains("soft_time_limit"), "{e}");
         let mut s = Settings::default();
-        s.task.soft_time_limit = Some(f64::NAN);
-        assert!(matches!(s.validate(),
-            Err(ConfigError::Invalid { key, .. }) if key == "task.soft_time_limit"));
-        let mut s = Settings::default();
-        s.task.time_limit = Some(2.0);
-        s.task.soft_time_limit = Some(5.0);
+        s.task.time_limit = Some(Seconds::whole(2));
+        s.task.soft_time_limit = Some(Seconds::whole(5));
         s.validate().unwrap();
     }
 

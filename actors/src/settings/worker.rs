@@ -3,10 +3,13 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::Seconds;
 use crate::error::ConfigError;
 
-/// Which pool runs the tasks (`[worker] pool`, `-P`): Celery's names.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Which pool runs the tasks (`[worker] pool`, `-P`): Celery's names, read with
+/// [`PoolKind::parse`] (so that `gevent` is refused with its reason, naming the key).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum PoolKind {
     /// Child processes, one task at a time each (`prefork`, `processes`).
     #[default]
@@ -76,6 +79,69 @@ impl PoolKind {
     }
 }
 
+impl TryFrom<String> for PoolKind {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        PoolKind::parse(&name)
+    }
+}
+
+impl From<PoolKind> for String {
+    fn from(pool: PoolKind) -> String {
+        pool.name().to_owned()
+    }
+}
+
+/// `--autoscale max,min`: the bounds of an autoscaled pool, as Celery reads them (`"10,3"`,
+/// or `"10"` for a minimum of 0). Whether the maximum fits the pool is checked by
+/// `validate` (the cap depends on `worker.pool`).
+///
+/// ```
+/// use celeryd_actors::settings::Autoscale;
+/// let a: Autoscale = "10,3".parse().unwrap();
+/// assert_eq!((a.max, a.min), (10, 3));
+/// assert_eq!(a.to_string(), "10,3");
+/// assert!("3,5".parse::<Autoscale>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Autoscale {
+    /// The most child processes (threads, tasks in flight).
+    pub max: usize,
+    /// The fewest, and the number the pool starts with.
+    pub min: usize,
+}
+
+impl std::str::FromStr for Autoscale {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (max, min) = parse_autoscale(text, usize::MAX)?;
+        Ok(Autoscale { max, min })
+    }
+}
+
+impl TryFrom<String> for Autoscale {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+impl From<Autoscale> for String {
+    fn from(a: Autoscale) -> String {
+        a.to_string()
+    }
+}
+
+impl std::fmt::Display for Autoscale {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{},{}", self.max, self.min)
+    }
+}
+
 /// `[worker]` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -93,7 +159,7 @@ pub struct WorkerSettings {
     /// `concurrency` of them in flight (sync tasks run on its blocking threads). `threads`:
     /// tasks on `concurrency` threads of the worker process (no hard time limit: a thread
     /// cannot be killed). `solo`: one task at a time in the worker process (debugging).
-    pub pool: String,
+    pub pool: PoolKind,
     /// Worker threads of the `async` pool's runtime (1 to 64). Async tasks await rather than
     /// compute, and on one thread they run without handing wake-ups between threads (a
     /// task that blocks its thread stalls the others, as a blocking call stalls gevent's
@@ -128,7 +194,7 @@ pub struct WorkerSettings {
     /// ETA tasks due further off than this many seconds wait in the broker (a delay ladder of
     /// fixed-TTL queues) instead of being held unacked by the worker, so none outlives
     /// RabbitMQ's `consumer_timeout` (30 min by default). 0 = always hold. Default 600.
-    pub eta_hold_max: f64,
+    pub eta_hold_max: Seconds,
     /// `worker_disable_rate_limits`: ignore every rate limit. Default false.
     pub disable_rate_limits: bool,
     /// `worker_state_db` (`--statedb`): directory of the RocksDB database that keeps revoked
@@ -137,15 +203,15 @@ pub struct WorkerSettings {
     /// How many revoked ids are kept (`CELERY_WORKER_REVOKES_MAX`). Default 50000.
     pub revokes_max: usize,
     /// Seconds a revoked id is kept (`CELERY_WORKER_REVOKE_EXPIRES`). Default 10800 (3 h).
-    pub revoke_expires: f64,
+    pub revoke_expires: Seconds,
     /// `--autoscale`: `"max,min"` child processes, scaled by load (min defaults to 0). The
     /// pool starts with `min`, grows while more tasks are received than there are children,
     /// and shrinks back `autoscale_keepalive` seconds after the last growth. Unset (the
     /// default): a fixed pool of `concurrency`.
-    pub autoscale: Option<String>,
+    pub autoscale: Option<Autoscale>,
     /// Seconds after the last scale-up before the autoscaler may shrink the pool
     /// (`AUTOSCALE_KEEPALIVE`). Default 30.
-    pub autoscale_keepalive: f64,
+    pub autoscale_keepalive: Seconds,
     /// `worker_pool_restarts`: allow the `pool_restart` control command (replaces every child
     /// process; busy ones after their task). Default false.
     pub pool_restarts: bool,
@@ -154,7 +220,7 @@ pub struct WorkerSettings {
     /// Default false.
     pub send_events: bool,
     /// `--heartbeat-interval`: seconds between `worker-heartbeat` events. Default 2.
-    pub heartbeat_interval: f64,
+    pub heartbeat_interval: Seconds,
     /// Send `worker-heartbeat` events (`--without-heartbeat` turns them off). Default true.
     pub heartbeat: bool,
     /// Mingle: at start, ask the other workers for the tasks they hold revoked (and their
@@ -186,7 +252,7 @@ impl Default for WorkerSettings {
         WorkerSettings {
             hostname: "celery@%h".to_owned(),
             concurrency: 0,
-            pool: "prefork".to_owned(),
+            pool: PoolKind::Prefork,
             async_threads: 1,
             prefetch_multiplier: 4,
             queues: Vec::new(),
@@ -197,16 +263,16 @@ impl Default for WorkerSettings {
             pidfile: None,
             max_tasks_per_child: 0,
             max_memory_per_child: 0,
-            eta_hold_max: 600.0,
+            eta_hold_max: Seconds::whole(600),
             disable_rate_limits: false,
             statedb: None,
             revokes_max: 50_000,
-            revoke_expires: 10_800.0,
+            revoke_expires: Seconds::whole(10_800),
             autoscale: None,
-            autoscale_keepalive: 30.0,
+            autoscale_keepalive: Seconds::whole(30),
             pool_restarts: false,
             send_events: false,
-            heartbeat_interval: 2.0,
+            heartbeat_interval: Seconds::whole(2),
             heartbeat: true,
             mingle: true,
             max_message_size: crate::protocol::message::DEFAULT_MAX_BODY,
@@ -224,10 +290,9 @@ pub const LOG_LEVELS: &[&str] = &[
 ];
 
 impl WorkerSettings {
-    /// The pool `worker.pool` names, once `worker.concurrency` is checked against it.
-    pub(super) fn validate_pool(&self) -> Result<PoolKind, ConfigError> {
-        let pool = PoolKind::parse(&self.pool)
-            .map_err(|reason| ConfigError::invalid("worker.pool", reason))?;
+    /// Checks `worker.concurrency` against the pool `worker.pool` names.
+    pub(super) fn validate_pool(&self) -> Result<(), ConfigError> {
+        let pool = self.pool;
         if self.concurrency > pool.max_concurrency() {
             return Err(ConfigError::invalid(
                 "worker.concurrency",
@@ -238,7 +303,7 @@ impl WorkerSettings {
                 ),
             ));
         }
-        Ok(pool)
+        Ok(())
     }
 
     /// Checks `worker.async_threads`.
@@ -291,30 +356,33 @@ impl WorkerSettings {
         pool: PoolKind,
         own_size: usize,
     ) -> Result<(), ConfigError> {
-        if !self.eta_hold_max.is_finite() || self.eta_hold_max < 0.0 {
-            return Err(ConfigError::invalid(
-                "worker.eta_hold_max",
-                "must be 0 or a number of seconds",
-            ));
-        }
         if self.revokes_max == 0 {
             return Err(ConfigError::invalid(
                 "worker.revokes_max",
                 "must be at least 1",
             ));
         }
-        check_limit(self.revoke_expires)
+        check_limit(self.revoke_expires.as_secs_f64())
             .map_err(|reason| ConfigError::invalid("worker.revoke_expires", reason))?;
-        if let Some(a) = &self.autoscale {
-            parse_autoscale(a, pool.max_concurrency())
-                .map_err(|reason| ConfigError::invalid("worker.autoscale", reason))?;
+        if let Some(a) = self.autoscale
+            && a.max > pool.max_concurrency()
+        {
+            return Err(ConfigError::invalid(
+                "worker.autoscale",
+                format!(
+                    "max {} must be 1 to {} for the {} pool",
+                    a.max,
+                    pool.max_concurrency(),
+                    pool.name()
+                ),
+            ));
         }
         if let Some(a) = &self.metrics_addr {
             metrics_socket(a).map_err(|r| ConfigError::invalid("worker.metrics_addr", r))?;
         }
-        check_limit(self.heartbeat_interval)
+        check_limit(self.heartbeat_interval.as_secs_f64())
             .map_err(|reason| ConfigError::invalid("worker.heartbeat_interval", reason))?;
-        if self.heartbeat_interval < 0.1 {
+        if self.heartbeat_interval.as_secs_f64() < 0.1 {
             return Err(ConfigError::invalid(
                 "worker.heartbeat_interval",
                 format!(
@@ -351,7 +419,7 @@ impl WorkerSettings {
                 ),
             ));
         }
-        check_limit(self.autoscale_keepalive)
+        check_limit(self.autoscale_keepalive.as_secs_f64())
             .map_err(|reason| ConfigError::invalid("worker.autoscale_keepalive", reason))?;
         if self.statedb.as_deref().is_some_and(str::is_empty) {
             return Err(ConfigError::invalid("worker.statedb", "must be a path"));
@@ -432,7 +500,7 @@ mod tests {
         assert!(matches!(s.validate(),
             Err(ConfigError::Invalid { key, .. }) if key == "worker.metrics_addr"));
         let mut s = Settings::default();
-        s.worker.heartbeat_interval = 0.0;
+        s.worker.heartbeat_interval = Seconds::whole(0);
         assert!(matches!(s.validate(),
             Err(ConfigError::Invalid { key, .. }) if key == "worker.heartbeat_interval"));
     }
@@ -454,13 +522,23 @@ mod tests {
                 .contains("\"ten\"")
         );
         let mut s = Settings::default();
-        s.worker.autoscale = Some("8,2".into());
+        s.worker.autoscale = Some("8,2".parse().unwrap());
         s.worker.prefetch_multiplier = 2;
         assert_eq!(s.effective_concurrency(), 2);
         assert_eq!(s.max_concurrency(), 8);
         assert_eq!(s.prefetch_count(), 16);
-        s.worker.autoscale = Some("2,8".into());
+        s.worker.autoscale = Some("2000".parse().unwrap());
         assert!(matches!(s.validate(),
             Err(ConfigError::Invalid { key, .. }) if key == "worker.autoscale"));
+        s.worker.pool = PoolKind::Async;
+        s.validate().unwrap();
+        let e = toml::from_str::<Settings>("[worker]\nautoscale = \"2,8\"\n").unwrap_err();
+        assert!(
+            e.to_string().contains("autoscale") && e.to_string().contains("above max"),
+            "{e}"
+        );
+        let table: toml::Value = toml::from_str("[worker]\npool = \"gevent\"\n").unwrap();
+        let e = table.try_into::<Settings>().unwrap_err().to_string();
+        assert!(e.contains("worker.pool") && e.contains("-P async"), "{e}");
     }
 }

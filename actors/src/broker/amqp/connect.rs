@@ -4,7 +4,7 @@
 use lapin::{Connection, ConnectionProperties};
 
 use crate::broker::BrokerError;
-use crate::settings::BrokerSettings;
+use crate::settings::{BrokerSettings, FailoverStrategy};
 
 /// Opens a connection (with the configured heartbeat) and one channel. The connection is named
 /// after the node (`connection_name` client property), so operators can find it in
@@ -24,7 +24,7 @@ pub async fn connect(
     frame_max: Option<u32>,
 ) -> Result<(Connection, lapin::Channel), BrokerError> {
     let urls = settings.urls();
-    let order = failover_order(urls.len(), &settings.failover_strategy);
+    let order = failover_order(urls.len(), settings.failover_strategy);
     let first = LAST_CONNECTED.load(std::sync::atomic::Ordering::Relaxed);
     let start = order.iter().position(|&i| i == first).unwrap_or(0);
     let mut last = BrokerError::Url("no broker URL".to_owned());
@@ -57,10 +57,10 @@ pub(super) static LAST_CONNECTED: std::sync::atomic::AtomicUsize =
 
 /// The order in which `n` failover URLs are tried: as written (`round-robin`), or an order
 /// drawn once per process (`shuffle`).
-pub fn failover_order(n: usize, strategy: &str) -> Vec<usize> {
+pub fn failover_order(n: usize, strategy: FailoverStrategy) -> Vec<usize> {
     static SEED: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
     let mut order: Vec<usize> = (0..n).collect();
-    if strategy == "shuffle" {
+    if strategy == FailoverStrategy::Shuffle {
         let seed = *SEED.get_or_init(|| uuid::Uuid::new_v4().as_u128());
         shuffle(&mut order, seed);
     }
@@ -132,13 +132,13 @@ mod tests {
 
     #[test]
     fn failover_order_is_as_written_or_a_permutation_drawn_once() {
-        assert_eq!(failover_order(3, "round-robin"), [0, 1, 2]);
-        let a = failover_order(5, "shuffle");
+        assert_eq!(failover_order(3, FailoverStrategy::RoundRobin), [0, 1, 2]);
+        let a = failover_order(5, FailoverStrategy::Shuffle);
         let mut sorted = a.clone();
         sorted.sort_unstable();
         assert_eq!(sorted, [0, 1, 2, 3, 4]);
         assert_eq!(
-            failover_order(5, "shuffle"),
+            failover_order(5, FailoverStrategy::Shuffle),
             a,
             "the same order for the whole process"
         );

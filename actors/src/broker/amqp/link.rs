@@ -151,22 +151,7 @@ impl Link {
             "hostname".into(),
             AMQPValue::LongString(LongString::from(hostname.as_bytes().to_vec())),
         );
-        let props = BasicProperties::default()
-            .with_content_type(ShortString::from("application/json"))
-            .with_content_encoding(ShortString::from("utf-8"))
-            .with_delivery_mode(1)
-            .with_headers(headers);
-        self.channel
-            .0
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                BasicPublishOptions::default(),
-                body,
-                props,
-            )
-            .await?;
-        Ok(())
+        publish_transient_json(&self.channel.0, exchange, routing_key, body, headers).await
     }
 
     /// Closes the channel and the connection.
@@ -231,4 +216,29 @@ impl Channel {
     pub async fn close(&self, reason: &str) {
         let _ = self.0.close(200, reason.into()).await;
     }
+}
+
+/// Publishes a JSON `body` with `headers`, transient (delivery mode 1) and without a confirm:
+/// what events and control replies are.
+pub(super) async fn publish_transient_json(
+    ch: &lapin::Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    headers: FieldTable,
+) -> Result<(), BrokerError> {
+    let props = BasicProperties::default()
+        .with_content_type(ShortString::from("application/json"))
+        .with_content_encoding(ShortString::from("utf-8"))
+        .with_delivery_mode(1)
+        .with_headers(headers);
+    ch.basic_publish(
+        exchange.into(),
+        routing_key.into(),
+        BasicPublishOptions::default(),
+        body,
+        props,
+    )
+    .await?;
+    Ok(())
 }

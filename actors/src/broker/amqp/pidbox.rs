@@ -251,19 +251,6 @@ impl Channel {
             "clock".into(),
             value::json_to_value(&serde_json::json!(clock)),
         );
-        let props = BasicProperties::default()
-            .with_content_type(ShortString::from("application/json"))
-            .with_content_encoding(ShortString::from("utf-8"))
-            .with_delivery_mode(1)
-            .with_headers(headers);
-        ch.basic_publish(
-            exchange.into(),
-            routing_key.into(),
-            BasicPublishOptions::default(),
-            body,
-            props,
-        )
-        .await?;
-        Ok(())
+        super::link::publish_transient_json(ch, exchange, routing_key, body, headers).await
     }
 }

@@ -150,6 +150,7 @@ mod tests {
 
     use super::*;
     use crate::error::ProtocolError;
+    use crate::protocol::message::tests::v2_headers;
     use crate::protocol::message::{
         DEFAULT_MAX_BODY, DeliveryInfo, RawMessage, TableMessage, compact, decode, decode_table,
     };
@@ -206,13 +207,6 @@ mod tests {
             json!("x")
         );
         assert_eq!(value_to_json(&AMQPValue::Void), json!(null));
-    }
-
-    fn v2_headers() -> Value {
-        json!({"lang":"py","task":"tasks.add","id":"tid","shadow":null,"eta":null,"expires":null,
-               "group":null,"group_index":null,"retries":0,"timelimit":[null,null],"root_id":"tid",
-               "parent_id":null,"argsrepr":"(2, 3)","kwargsrepr":"{}","origin":"gen1@h",
-               "ignore_result":null,"replaced_task_nesting":0,"stamped_headers":null,"stamps":{}})
     }
 
     /// Every message Python Celery 5.7 was captured sending (`tests/fixtures`), and variants:

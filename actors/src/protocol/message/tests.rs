@@ -14,7 +14,8 @@ fn raw<'a>(headers: Value, body: &'a [u8]) -> RawMessage<'a> {
     }
 }
 
-fn v2_headers() -> Value {
+/// A protocol 2 header set as Celery 5.7 sends it.
+pub(crate) fn v2_headers() -> Value {
     json!({"lang":"py","task":"tasks.add","id":"tid","shadow":null,"eta":null,"expires":null,
            "group":null,"group_index":null,"retries":0,"timelimit":[null,null],"root_id":"tid",
            "parent_id":null,"argsrepr":"(2, 3)","kwargsrepr":"{}","origin":"gen1@h",
