@@ -4,14 +4,14 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use celeryd_actors::Settings;
-use celeryd_actors::broker::amqp::{TaskQueue, declare_task_queue, publish_task, result_consumer};
+use celeryd_actors::broker::Link;
 use celeryd_actors::protocol::encode::{TaskCall, TaskMessage};
 use celeryd_actors::protocol::time::parse_iso;
+use celeryd_actors::settings::queues::TaskQueue;
 
 use crate::cli::CallArgs;
 use crate::error::StartupError;
@@ -85,31 +85,32 @@ pub async fn call(settings: &Settings, args: &CallArgs) -> Result<ExitCode, Star
             .unwrap_or_else(|| TaskQueue::plain(&settings.task.default_queue)),
     };
     let queue = spec.name.clone();
-    let (conn, channel) =
-        celeryd_actors::broker::amqp::connect(&settings.broker, "worker call", None)
-            .await
-            .map_err(|e| StartupError::Broker(e.to_string()))?;
-    declare_task_queue(&channel, &spec)
+    let broker_error = |e: celeryd_actors::broker::BrokerError| StartupError::Broker(e.to_string());
+    let link = Link::open(&settings.broker, "worker call", None)
         .await
-        .map_err(|e| StartupError::Broker(e.to_string()))?;
+        .map_err(broker_error)?;
+    link.declare_task_queue(&spec).await.map_err(broker_error)?;
     let mut results = None;
     if let Some(reply_to) = &call.reply_to {
-        let consumer = result_consumer(&channel, reply_to)
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        let task = link
+            .consume_results(reply_to, move |body| tx.send(body).is_ok())
             .await
-            .map_err(|e| StartupError::Broker(e.to_string()))?;
-        results = Some(consumer);
+            .map_err(broker_error)?;
+        results = Some((rx, task));
     }
-    publish_task(&channel, &queue, &msg)
+    link.publish_task(&queue, &msg)
         .await
-        .map_err(|e| StartupError::Broker(e.to_string()))?;
-    let Some(mut results) = results else {
+        .map_err(broker_error)?;
+    let Some((mut results, _forwarding)) = results else {
+        link.close("bye").await;
         println!("{}", msg.id);
         return Ok(ExitCode::SUCCESS);
     };
     let wait = Duration::from_secs_f64(args.timeout.max(0.0));
     let outcome = tokio::time::timeout(wait, async {
-        while let Some(Ok(d)) = results.next().await {
-            let Ok(body) = serde_json::from_slice::<Value>(&d.data) else {
+        while let Some(data) = results.recv().await {
+            let Ok(body) = serde_json::from_slice::<Value>(&data) else {
                 continue;
             };
             if body["task_id"] != Value::String(msg.id.clone()) {
@@ -123,7 +124,7 @@ pub async fn call(settings: &Settings, args: &CallArgs) -> Result<ExitCode, Star
         None
     })
     .await;
-    let _ = conn.close(200, "bye".into()).await;
+    link.close("bye").await;
     match outcome {
         Ok(Some(body)) => Ok(print_outcome(&msg.id, &body)),
         Ok(None) => Err(StartupError::Broker("result stream closed".into())),

@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 
 use celeryd_actors::Settings;
+use celeryd_actors::broker::Link;
 
 use self::output::{online, python_json, reply_block};
 use self::spec::Kind;
@@ -223,20 +224,18 @@ pub async fn broadcast(
 ) -> Result<(), String> {
     let host = celeryd_actors::hostname::this_host();
     let name = format!("worker ctl@{host}");
-    let (conn, ch) = celeryd_actors::broker::amqp::connect(&settings.broker, &name, None)
+    let link = Link::open(&settings.broker, &name, None)
         .await
         .map_err(|e| e.to_string())?;
     let body = request_body(plan, args);
-    let result = celeryd_actors::broker::amqp::pidbox::request(
-        &ch,
-        body,
-        plan.reply,
-        timeout,
-        limit,
-        &mut on_reply,
-    )
-    .await;
-    let _ = conn.close(200, "bye".into()).await;
+    let result = match link.channel().await {
+        Ok(ch) => {
+            ch.pidbox_request(body, plan.reply, timeout, limit, &mut on_reply)
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    link.close("bye").await;
     result.map_err(|e| e.to_string())
 }
 

@@ -267,7 +267,7 @@ pub fn main_with(registry: Registry) -> ExitCode {
                 .iter()
                 .map(|q| q.name.clone())
                 .collect();
-            let purged = celeryd_actors::broker::amqp::purge(&settings.broker, &node, &names)
+            let purged = celeryd_actors::broker::purge(&settings.broker, &node, &names)
                 .await
                 .map_err(|e| StartupError::Broker(e.to_string()))?;
             let total: u64 = purged.iter().map(|(_, n)| u64::from(*n)).sum();

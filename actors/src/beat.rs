@@ -39,7 +39,7 @@ use tracing::{debug, error, info, warn};
 use self::schedule::{Entry, epoch, iso};
 use self::store::{Record, ScheduleStore};
 use crate::abort::AbortOnDrop;
-use crate::broker::{BrokerError, ErrorKind, amqp};
+use crate::broker::{self, BrokerError, ErrorKind};
 use crate::settings::{BeatEntry, Settings};
 
 /// The scheduler's configuration.
@@ -160,9 +160,9 @@ struct Slot {
 /// The connection, its publishing channel, and what is tied to it.
 struct Link {
     /// The connection; its main channel publishes, in confirm mode.
-    broker: amqp::Link,
+    broker: broker::Link,
     /// Holds the exclusive lock queue while active.
-    lock: Option<amqp::Channel>,
+    lock: Option<broker::Channel>,
     _watchers: Vec<AbortOnDrop>,
 }
 
@@ -317,7 +317,7 @@ impl Beat {
     /// and a watcher that reports the connection's loss.
     async fn open(&self, myself: &ActorRef<BeatMessage>) -> Result<Link, BrokerError> {
         let name = format!("{} (beat)", self.nodename);
-        let broker = amqp::Link::open_confirmed(&self.settings.broker, &name).await?;
+        let broker = broker::Link::open_confirmed(&self.settings.broker, &name).await?;
         let exchange = state_exchange(&self.settings.beat.lock);
         let (to, end) = (myself.clone(), myself.clone());
         let consumer = broker

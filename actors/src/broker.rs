@@ -10,14 +10,19 @@
 
 pub mod amqp;
 mod error;
+mod link;
+pub mod outbox;
+pub mod redis;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use self::error::{BrokerError, ErrorKind};
+pub use self::link::{Channel, Confirm, Declaring, Link, PidboxRequest};
 use crate::error::ProtocolError;
 use crate::protocol::{DeliveryInfo, Properties, RawMessage, TaskRequest};
 use crate::settings::BrokerSettings;
+use crate::settings::queues::TaskQueue;
 
 /// How long to wait before connection attempt `attempt` (1-based) after a failure: 1, 2, then
 /// 4 s, as Celery's own retry steps go at first. Shared by every link to the broker.
@@ -28,6 +33,62 @@ pub fn backoff(attempt: u32) -> Duration {
 /// The `broker` section of `inspect stats`, as Celery's worker reports its connection.
 pub fn stats(settings: &BrokerSettings) -> Option<serde_json::Value> {
     amqp::stats(settings)
+}
+
+/// What kind of failure the text a consumed stream ended with describes.
+pub fn kind_of_text(why: &str) -> ErrorKind {
+    amqp::kind_of_text(why)
+}
+
+/// The frame size to connect with after a frame did not fit the configured one.
+pub const FRAME_MAX_RAISED: u32 = amqp::FRAME_MAX_RAISED;
+
+/// Once Celery's native delayed delivery is declared on the first broker URL, declares it on
+/// the failover list's others too, in the background.
+pub fn declare_native_on_alternates(
+    settings: &BrokerSettings,
+    hostname: &str,
+    queue_type: &'static str,
+    queues: Vec<TaskQueue>,
+) {
+    amqp::declare_native_on_alternates(settings, hostname, queue_type, queues)
+}
+
+/// What a consumed queue's forwarding task reports to its owner.
+#[derive(Debug)]
+pub enum StreamEvent {
+    /// Deliveries that arrived together (lapin parsed them from one read), in order.
+    Deliveries(Vec<Delivery>),
+    /// The stream ended: cancelled (None), or the connection was lost (its error).
+    Ended(Option<String>),
+}
+
+/// The consumer tag for `queue`: `node-generation-queue`, unique on the channel. A tag is an
+/// AMQP short string: past 255 bytes, the generation, a hash of the queue name and as much of
+/// the node name as fits.
+pub fn consumer_tag(hostname: &str, generation: u64, queue: &str) -> String {
+    let tag = format!("{hostname}-{generation}-{queue}");
+    if tag.len() <= 255 {
+        return tag;
+    }
+    let hashed = uuid::Uuid::new_v3(&uuid::Uuid::NAMESPACE_OID, queue.as_bytes()).simple();
+    let mut tag = format!("{generation}-{hashed}-");
+    for c in hostname.chars() {
+        if tag.len() + c.len_utf8() > 255 {
+            break;
+        }
+        tag.push(c);
+    }
+    tag
+}
+
+/// `--purge`: deletes every waiting message of `queues`; returns (queue, messages deleted).
+pub async fn purge(
+    settings: &BrokerSettings,
+    nodename: &str,
+    queues: &[String],
+) -> Result<Vec<(String, u32)>, BrokerError> {
+    amqp::purge(settings, nodename, queues).await
 }
 
 /// One message delivered to the worker.
@@ -88,5 +149,13 @@ mod tests {
         let secs: Vec<u64> = (1..=5).map(|a| backoff(a).as_secs()).collect();
         assert_eq!(secs, [1, 2, 4, 4, 4]);
         assert_eq!(backoff(0), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn consumer_tags_fit_an_amqp_short_string() {
+        assert_eq!(consumer_tag("w@h", 2, "celery"), "w@h-2-celery");
+        let long = consumer_tag(&"n".repeat(200), 7, &"q".repeat(255));
+        assert!(long.len() <= 255 && long.starts_with("7-"), "{long}");
+        assert_ne!(long, consumer_tag(&"n".repeat(200), 7, &"r".repeat(255)));
     }
 }

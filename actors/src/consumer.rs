@@ -36,8 +36,7 @@ use self::python::PythonTasks;
 use self::window::Window;
 use crate::backend::ChordReady;
 use crate::broker::Delivery;
-use crate::broker::amqp::TaskQueue;
-use crate::broker::amqp::outbox::{Outbox, PendingResult};
+use crate::broker::outbox::{Outbox, PendingResult};
 use crate::events::build as event;
 use crate::events::{EventsMessage, TaskEvents};
 use crate::pool::PoolMessage;
@@ -45,6 +44,7 @@ use crate::pool::report::{PoolReport, PoolReports};
 use crate::revoke::RevokeMessage;
 use crate::scheduler::SchedulerMessage;
 use crate::settings::Settings;
+use crate::settings::queues::TaskQueue;
 use crate::work::Reserved;
 
 /// The peers the consumer hands work to.
@@ -269,7 +269,7 @@ pub struct ConsumerState {
     )]
     to_pool: Vec<Box<Reserved>>,
     /// The frame size asked for instead of the configured one, once a header frame did not
-    /// fit ([`amqp::FRAME_MAX_RAISED`]); kept for the rest of the process's life.
+    /// fit ([`broker::FRAME_MAX_RAISED`](crate::broker::FRAME_MAX_RAISED)); kept for the rest of the process's life.
     frame_max: Option<u32>,
     /// Connections lost in a row within [`STABLE_CONNECTION`] of being made: the next
     /// reconnect waits [`broker::backoff`] of it, so a connection that keeps dying (a message
@@ -408,7 +408,7 @@ impl Consumer {
                 if generation == state.generation
                     && let Some(link) = &mut state.link
                 {
-                    link.native_declared = error.is_none();
+                    link.broker.set_native_declared(error.is_none());
                     self.on_native_declared(error);
                 }
             }

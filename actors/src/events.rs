@@ -20,7 +20,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{debug, info, warn};
 
 use self::build::Event;
-use crate::broker::{BrokerError, amqp};
+use crate::broker::{self, BrokerError};
 use crate::clock::Clock;
 use crate::pool::{ControlMsg, PoolMessage};
 use crate::settings::Settings;
@@ -94,7 +94,7 @@ pub enum EventsMessage {
 /// The dispatcher's state.
 pub struct EventsState {
     pool: ActorRef<PoolMessage>,
-    link: Option<amqp::Link>,
+    link: Option<broker::Link>,
     online_sent: bool,
     closed: bool,
 }
@@ -185,9 +185,9 @@ impl Actor for Events {
 }
 
 impl Events {
-    async fn open(&self) -> Result<amqp::Link, BrokerError> {
+    async fn open(&self) -> Result<broker::Link, BrokerError> {
         let name = format!("{} (events)", self.nodename);
-        let link = amqp::Link::open(&self.settings.broker, &name, None).await?;
+        let link = broker::Link::open(&self.settings.broker, &name, None).await?;
         link.declare_topic(EVENT_EXCHANGE).await?;
         info!(
             "Events of group {{worker}} enabled{}.",
@@ -229,7 +229,7 @@ impl Events {
         }
     }
 
-    async fn publish_on(&self, link: &amqp::Link, event: &Event) -> Result<(), BrokerError> {
+    async fn publish_on(&self, link: &broker::Link, event: &Event) -> Result<(), BrokerError> {
         let clock = self.clock.forward();
         let now = crate::protocol::time::epoch_f64(time::OffsetDateTime::now_utc());
         let body = build::body(event, &self.nodename, std::process::id(), clock, now);

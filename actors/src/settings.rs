@@ -21,6 +21,7 @@ mod broker;
 mod python;
 pub mod queues;
 pub mod rate;
+pub mod redis;
 mod result;
 mod seconds;
 mod task;

@@ -12,13 +12,13 @@ mod link;
 mod message;
 pub mod native_delay;
 pub mod outbox;
+mod own;
 pub mod pidbox;
 pub mod publish;
 pub mod route;
 pub mod value;
 
 pub use self::connect::{FRAME_MAX_RAISED, connect, failover_order};
-pub use self::consume::{StreamEvent, consumer_tag};
 pub use self::declare::{
     declare_delay_topology, declare_native_delayed_delivery, declare_native_on_alternates,
     declare_on_own_channel, declare_task_queue, describe_clash, exchange_kind, purge, set_prefetch,

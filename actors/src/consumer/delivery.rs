@@ -9,8 +9,6 @@ use tracing::{error, info, warn};
 use super::decide::{Decision, decide};
 use super::finish::Settle;
 use super::{Consumer, ConsumerState};
-use crate::broker::amqp::delay;
-use crate::broker::amqp::route::{self, Route};
 use crate::broker::{self, Delivery};
 use crate::events::build as event;
 use crate::process::python::ReportKind;
@@ -166,11 +164,8 @@ impl Consumer {
         }
     }
 
-    /// Moves a far-future ETA message into a broker-side delay ladder (then the caller acks
-    /// the original): Celery's, where its queue is reached through a non-direct exchange and
-    /// the native topology is declared (as a Python client would have sent it), else
-    /// celeryd's own, which routes by queue name. Returns false, after logging, if that
-    /// failed: the task is then held. Returns the exchange it went to.
+    /// Moves a far-future ETA message into the broker to wait there (then the caller acks
+    /// the original); the exchange it went to, or `None` (logged) when the task is held.
     pub(super) async fn delay_in_broker(
         &self,
         state: &mut ConsumerState,
@@ -178,48 +173,8 @@ impl Consumer {
         info: &crate::protocol::DeliveryInfo,
         seconds: u64,
     ) -> Option<String> {
-        let queue = info.queue.as_str();
-        let q = state.queues.iter().find(|q| q.name == queue);
-        let native = route::route(
-            route::retry_target(info, q),
-            q,
-            seconds as f64,
-            state.link.as_ref().is_some_and(|l| l.native_declared),
-        );
-        let (exchange, key) = match native {
-            Route::Native {
-                exchange,
-                routing_key,
-            } => (exchange, routing_key),
-            Route::Now { .. } if !delay::can_delay(queue) => {
-                return None; // its name makes the ladder's routing key too long: held instead
-            }
-            Route::Now { .. } => (
-                delay::level_name(delay::LEVELS - 1),
-                delay::routing_key(seconds, queue),
-            ),
-        };
-        let names: Vec<String> = state.queues.iter().map(|q| q.name.clone()).collect();
         let link = state.link.as_mut()?;
-        let ch = link.side_channel().await?;
-        if !link.delay_declared && exchange.starts_with("celeryd.") {
-            if let Err(e) = ch.declare_delay_topology(&names).await {
-                warn!(error = %e, "Cannot declare the delay topology; holding ETA tasks instead.");
-                link.side_failed();
-                return None;
-            }
-            link.delay_declared = true;
-        }
-        let sent = ch.publish_delayed(d, &exchange, &key).await;
-        match sent {
-            Ok(()) => Some(exchange),
-            Err(e) => {
-                warn!(error = %e, exchange = %exchange,
-                    "Cannot move an ETA task to the broker; holding it instead.");
-                link.side_failed();
-                None
-            }
-        }
+        link.broker.delay(d, info, &state.queues, seconds).await
     }
 }
 

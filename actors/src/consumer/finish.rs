@@ -7,7 +7,6 @@ use time::OffsetDateTime;
 use tracing::{error, info};
 
 use super::{Consumer, ConsumerMessage, ConsumerState};
-use crate::broker::amqp::route::{self};
 use crate::events::build as event;
 use crate::pool::WorkMsg;
 use crate::protocol::repr::{py_repr, truncate};
@@ -142,9 +141,10 @@ impl Consumer {
                 // Python client's countdown would go.
                 let info = &req.delivery_info;
                 let q = state.queues.iter().find(|q| q.name == info.queue);
-                let target = route::retry_target(info, q);
-                let native = state.link.as_ref().is_some_and(|l| l.native_declared);
-                let (exchange, key) = route::route(target, q, countdown, native).into_parts();
+                let (exchange, key) = match &state.link {
+                    Some(link) => link.broker.retry_route(info, q, countdown),
+                    None => (String::new(), info.queue.to_string()), // not connected: fails below
+                };
                 let sent = state.publish_on_side(&exchange, &key, &again).await;
                 let tb = traceback.clone().unwrap_or_default();
                 match sent {
@@ -309,14 +309,10 @@ impl ConsumerState {
         let Some(link) = self.link.as_mut() else {
             return Err("not connected to the broker".to_owned());
         };
-        let Some(ch) = link.side_channel().await else {
-            return Err("not connected to the broker".to_owned());
-        };
-        let sent = ch.publish_task_to(exchange, routing_key, message).await;
-        if sent.is_err() {
-            link.side_failed();
-        }
-        sent.map_err(|e| e.to_string())
+        link.broker
+            .publish_own(exchange, routing_key, message)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Settles `d` as `how` says: the one way every outcome ends its delivery.

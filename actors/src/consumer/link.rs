@@ -10,11 +10,10 @@ use tracing::{debug, error, info, warn};
 use super::acks::Acks;
 use super::{Consumer, ConsumerMessage, ConsumerState};
 use crate::abort::AbortOnDrop;
-use crate::broker::amqp::{self, Channel, StreamEvent, TaskQueue, consumer_tag};
-use crate::broker::{self, BrokerError, ErrorKind};
+use crate::broker::{self, BrokerError, ErrorKind, StreamEvent, consumer_tag};
 use crate::pool::WorkMsg;
 use crate::scheduler::SchedulerMessage;
-use crate::settings::queues;
+use crate::settings::queues::{self, TaskQueue};
 
 /// A connection that lived this long was not broken by what it received at once.
 const STABLE_CONNECTION: Duration = Duration::from_secs(10);
@@ -23,7 +22,7 @@ const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 /// of it is reset by hand for the next.
 pub(super) struct Link {
     /// The connection and its consuming channel.
-    pub(super) broker: amqp::Link,
+    pub(super) broker: broker::Link,
     /// Queue name -> (consumer tag, the task forwarding its deliveries).
     pub(super) consumers: HashMap<String, (String, AbortOnDrop)>,
     /// Forwarding tasks of consumers replaced for a new prefetch count, left to drain what
@@ -34,49 +33,8 @@ pub(super) struct Link {
     pub(super) acks: Acks,
     /// The prefetch count the consumers were started with (per-consumer QoS).
     pub(super) consumer_prefetch: u16,
-    /// Whether the delay ladder was declared (on the side channel).
-    pub(super) delay_declared: bool,
-    /// Whether Celery's native delayed delivery was declared (some configured queue is
-    /// quorum): countdowns of queues on non-direct exchanges go through it.
-    pub(super) native_declared: bool,
-    /// The channel for what the worker publishes on its own account (far-ETA copies into the
-    /// delay ladder, retries, canvas), in confirm mode: the original delivery is acked only
-    /// once the broker confirmed the copy, and a broker refusal (a deleted exchange: 404)
-    /// closes this channel only, never the one the tasks are consumed and acked on. Opened
-    /// on first use.
-    pub(super) side: Option<Channel>,
     /// When the connection was made.
     pub(super) connected_at: Instant,
-}
-
-impl Link {
-    /// The side channel (see [`Link::side`]), opened in confirm mode when there is none or
-    /// it was closed; `None` when the broker refused it.
-    pub(super) async fn side_channel(&mut self) -> Option<Channel> {
-        if let Some(ch) = &self.side
-            && ch.is_open()
-        {
-            return Some(ch.clone());
-        }
-        match self.broker.confirm_channel().await {
-            Ok(ch) => {
-                self.side = Some(ch.clone());
-                self.delay_declared = false;
-                Some(ch)
-            }
-            Err(e) => {
-                warn!(error = %e, "Cannot open a channel to publish on.");
-                None
-            }
-        }
-    }
-
-    /// A publish on the side channel failed: the channel is dropped (and with it what was
-    /// declared on it), to be opened again for the next.
-    pub(super) fn side_failed(&mut self) {
-        self.side = None;
-        self.delay_declared = false;
-    }
 }
 
 impl Consumer {
@@ -165,7 +123,8 @@ impl Consumer {
         myself: &ActorRef<ConsumerMessage>,
         state: &mut ConsumerState,
     ) -> Result<Link, BrokerError> {
-        let link = amqp::Link::open(&self.settings.broker, &self.hostname, state.frame_max).await?;
+        let link =
+            broker::Link::open(&self.settings.broker, &self.hostname, state.frame_max).await?;
         let configured: Vec<String> = self
             .configured_queues()
             .into_iter()
@@ -192,19 +151,18 @@ impl Consumer {
             // queues through Celery's own ladder, which the worker declares. In the
             // background, on a channel of its own: 28 quorum queues take seconds on a
             // cluster, and consuming (after a failover too) must not wait for them.
-            let channel = link.channel().await?;
             let queue_type = self.settings.broker.native_delayed_delivery_queue_type;
             let all = self.settings.task_queues().to_vec();
-            let (me, generation) = (myself.clone(), state.generation);
-            tokio::spawn(async move {
-                let done = channel
-                    .declare_native_delayed_delivery(queue_type.name(), &all)
-                    .await;
-                let _ = me.cast(ConsumerMessage::NativeDeclared {
-                    generation,
-                    error: done.err().map(|e| e.to_string()),
+            if let Some(declaring) = link.native_delayed_declarer(queue_type.name(), all).await? {
+                let (me, generation) = (myself.clone(), state.generation);
+                tokio::spawn(async move {
+                    let done = declaring.await;
+                    let _ = me.cast(ConsumerMessage::NativeDeclared {
+                        generation,
+                        error: done.err().map(|e| e.to_string()),
+                    });
                 });
-            });
+            }
         }
         let prefetch = state.window.count();
         link.set_prefetch(prefetch, state.window.is_global())
@@ -222,9 +180,6 @@ impl Consumer {
             retired: Vec::new(),
             acks: Acks::default(),
             consumer_prefetch: prefetch,
-            delay_declared: false,
-            native_declared: false,
-            side: None,
             connected_at: Instant::now(),
         })
     }
@@ -261,13 +216,13 @@ impl Consumer {
             error = why,
             "Connection to the broker lost; reconnecting. Unacked messages return to the queue."
         );
-        if state.frame_max.is_none() && amqp::kind_of_text(why) == ErrorKind::FrameTooLarge {
+        if state.frame_max.is_none() && broker::kind_of_text(why) == ErrorKind::FrameTooLarge {
             warn!(
                 frame_max = self.settings.broker.frame_max,
                 "A message's header frame is larger than broker.frame_max; reconnecting with \
                  the broker's own frame size so that it can be received."
             );
-            state.frame_max = Some(amqp::FRAME_MAX_RAISED);
+            state.frame_max = Some(broker::FRAME_MAX_RAISED);
         }
         let quick = state
             .link
@@ -302,7 +257,7 @@ impl Consumer {
         match error {
             None => {
                 info!("Celery's native delayed delivery is declared (celery_delayed_0…27).");
-                amqp::declare_native_on_alternates(
+                broker::declare_native_on_alternates(
                     &self.settings.broker,
                     &self.hostname,
                     self.settings
@@ -368,7 +323,7 @@ impl Consumer {
 
 /// Consumes `queue` and forwards its deliveries to the actor.
 pub(super) async fn start_consumer(
-    link: &amqp::Link,
+    link: &broker::Link,
     myself: &ActorRef<ConsumerMessage>,
     hostname: &str,
     generation: u64,
@@ -382,7 +337,7 @@ pub(super) async fn start_consumer(
 /// the actor as one [`ConsumerMessage::Deliveries`], so a burst released by one ack costs one
 /// mailbox round instead of one each.
 pub(super) async fn consume_with_tag(
-    link: &amqp::Link,
+    link: &broker::Link,
     myself: &ActorRef<ConsumerMessage>,
     generation: u64,
     queue: &TaskQueue,

@@ -6,7 +6,7 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 
 use super::{Consumer, ConsumerState};
-use crate::broker::amqp::{self};
+use crate::broker;
 use crate::revoke::RevokeMessage;
 
 impl Consumer {
@@ -14,7 +14,7 @@ impl Consumer {
     /// with this node's revoked ids) for theirs and their clocks, and takes them over, so a
     /// revoke sent while this worker was down still applies. One second for replies; no
     /// reply is "all alone", a failure is logged and the start goes on.
-    pub(super) async fn mingle(&self, link: &amqp::Link, state: &ConsumerState) {
+    pub(super) async fn mingle(&self, link: &broker::Link, state: &ConsumerState) {
         use crate::protocol::pidbox::revoked_in_hello;
         info!("mingle: searching for neighbors");
         let ours = ractor::call!(state.peers.revoke, RevokeMessage::GetRevoked).unwrap_or_default();

@@ -7,7 +7,8 @@ use tracing::{error, info, warn};
 use super::link::{consume_with_tag, start_consumer};
 use super::{Consumer, ConsumerMessage, ConsumerState};
 use crate::broker::ErrorKind;
-use crate::broker::amqp::{TaskQueue, consumer_tag};
+use crate::broker::consumer_tag;
+use crate::settings::queues::TaskQueue;
 
 impl Consumer {
     pub(super) async fn add_queue(
@@ -31,7 +32,7 @@ impl Consumer {
                 e.to_string()
             })?;
         state.queues.push(queue.clone());
-        link.delay_declared = false;
+        link.broker.queues_changed();
         if !state.consuming {
             return Ok(());
         }

@@ -2,7 +2,7 @@
 //! again after a reconnect when the connection took them down.
 
 use super::ConsumerState;
-use crate::broker::amqp::outbox::PendingResult;
+use crate::broker::outbox::PendingResult;
 
 impl ConsumerState {
     pub(super) async fn publish(&mut self, queue: String, correlation_id: String, body: Vec<u8>) {
@@ -58,8 +58,7 @@ impl ConsumerState {
             };
             let sent = link
                 .broker
-                .main()
-                .publish_result(&result.queue, &result.correlation_id, &result.body)
+                .send_result(&result.queue, &result.correlation_id, &result.body)
                 .await;
             if sent.is_err() {
                 self.pending_results.push_front(result);

@@ -1,6 +1,6 @@
 //! The control actor's link to the broker: its own connection, the pidbox queue (declared, bound
 //! to the [`PIDBOX_EXCHANGE`](super::PIDBOX_EXCHANGE) fanout and consumed, by
-//! [`serve_pidbox`](crate::broker::amqp::Link::serve_pidbox)), the reply channel, replies
+//! [`serve_pidbox`](crate::broker::Link::serve_pidbox)), the reply channel, replies
 //! published with the request's ticket, and reconnection with backoff.
 
 use ractor::{ActorProcessingErr, ActorRef};
@@ -10,14 +10,13 @@ use tracing::{info, warn};
 use super::request::ControlRequest;
 use super::{Control, ControlMessage, ControlState};
 use crate::abort::AbortOnDrop;
-use crate::broker::amqp::{self, pidbox::PidboxRequest};
-use crate::broker::{BrokerError, ErrorKind};
+use crate::broker::{self, BrokerError, ErrorKind, PidboxRequest};
 
 /// The pidbox connection, and the task that forwards its requests to the actor.
-pub(super) type Link = (amqp::Link, AbortOnDrop);
+pub(super) type Link = (broker::Link, AbortOnDrop);
 
 /// The channel replies are published on.
-pub(super) type ReplyChannel = amqp::Channel;
+pub(super) type ReplyChannel = broker::Channel;
 
 impl Control {
     /// The first connection, before the worker reports ready: a node name already in use is
@@ -75,7 +74,7 @@ impl Control {
         state: &mut ControlState,
     ) -> Result<(), BrokerError> {
         let name = format!("{} (pidbox)", self.nodename);
-        let link = amqp::Link::open(&self.settings.broker, &name, None).await?;
+        let link = broker::Link::open(&self.settings.broker, &name, None).await?;
         let queue = self.queue_name();
         state.generation += 1;
         state.reply_exchanges.clear();

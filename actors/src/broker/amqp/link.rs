@@ -7,9 +7,10 @@ use lapin::options::{BasicCancelOptions, BasicPublishOptions, ConfirmSelectOptio
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
 use super::TaskQueue;
-use super::consume::{StreamEvent, consume};
-use super::outbox::{Outbox, PendingResult};
+use super::consume::consume;
 use crate::abort::AbortOnDrop;
+use crate::broker::StreamEvent;
+use crate::broker::outbox::{Outbox, PendingResult};
 use crate::broker::{self, BrokerError};
 use crate::protocol::encode::TaskMessage;
 use crate::settings::BrokerSettings;
@@ -19,6 +20,8 @@ use crate::settings::BrokerSettings;
 pub struct Link {
     pub(super) connection: lapin::Connection,
     pub(super) channel: Channel,
+    /// What the worker publishes on its own account ([`own`](super::own)).
+    pub(super) own: super::own::Own,
 }
 
 /// A channel on a [`Link`]'s connection.
@@ -37,6 +40,7 @@ impl Link {
         Ok(Link {
             connection,
             channel: Channel(channel),
+            own: Default::default(),
         })
     }
 
@@ -114,12 +118,12 @@ impl Link {
 
     /// Acks without waiting (`multiple`: every outstanding tag up to `tag`).
     pub fn ack(&self, tag: u64, multiple: bool) {
-        Outbox::ack(&self.channel.0, tag, multiple);
+        super::outbox::ack(&self.channel.0, tag, multiple);
     }
 
     /// Rejects without waiting (`requeue`: hand it back).
     pub fn reject(&self, tag: u64, requeue: bool) {
-        Outbox::reject(&self.channel.0, tag, requeue);
+        super::outbox::reject(&self.channel.0, tag, requeue);
     }
 
     /// Hands a result to the outbox on the consuming channel; returns it if it was refused.
@@ -128,7 +132,7 @@ impl Link {
         outbox: &mut Outbox,
         result: PendingResult,
     ) -> Option<PendingResult> {
-        outbox.publish(&self.channel.0, result)
+        super::outbox::publish(outbox, &self.channel.0, result)
     }
 
     /// Declares the durable topic exchange `exchange` (Celery's `celeryev`).
@@ -241,4 +245,33 @@ pub(super) async fn publish_transient_json(
     )
     .await?;
     Ok(())
+}
+
+impl Link {
+    /// Publishes a task message as a Python client does (default exchange, the queue's name
+    /// as routing key) on the main channel.
+    pub async fn publish_task(
+        &self,
+        queue: &str,
+        message: &TaskMessage,
+    ) -> Result<(), BrokerError> {
+        super::publish_task(&self.channel.0, queue, message).await
+    }
+
+    /// Declares the exclusive result queue `name` and passes each body that arrives on it
+    /// to `sink` until it returns false (the client side of rpc:// results).
+    pub async fn consume_results<F>(&self, name: &str, sink: F) -> Result<AbortOnDrop, BrokerError>
+    where
+        F: Fn(Vec<u8>) -> bool + Send + 'static,
+    {
+        use futures_util::StreamExt;
+        let mut stream = super::result_consumer(&self.channel.0, name).await?;
+        Ok(AbortOnDrop(tokio::spawn(async move {
+            while let Some(Ok(d)) = stream.next().await {
+                if !sink(d.data) {
+                    return;
+                }
+            }
+        })))
+    }
 }
