@@ -205,12 +205,26 @@ pub fn layer(conf: &Map<String, Value>) -> Result<AppLayer, String> {
         let value = convert(v, *kind).map_err(|why| format!("app.conf {celery} = {v}: {why}"))?;
         out.set(section, key, value, celery);
     }
+    let mut redis = false;
     if let Some(url) = conf.get("broker_url").and_then(Value::as_str) {
+        redis = celeryd_actors::settings::redis::is_redis_url(url);
+        let url = if redis {
+            url.to_owned()
+        } else {
+            amqp_url(url)?
+        };
+        out.set("broker", "url", toml::Value::String(url), "broker_url");
+    }
+    if redis
+        && let Some(Value::Object(options)) = conf.get("broker_transport_options")
+        && !options.is_empty()
+        && let Some(table) = json_to_toml(&Value::Object(options.clone()))
+    {
         out.set(
             "broker",
-            "url",
-            toml::Value::String(amqp_url(url)?),
-            "broker_url",
+            "transport_options",
+            table,
+            "broker_transport_options",
         );
     }
     if let Some(Value::Array(qs)) = conf.get("task_queues")
@@ -225,7 +239,8 @@ pub fn layer(conf: &Map<String, Value>) -> Result<AppLayer, String> {
             || WORKER_TASK_SETTINGS.contains(&key.as_str());
         let known = mapped.contains(&key.as_str())
             || HONOURED_IN_CHILD.contains(&key.as_str())
-            || key == "broker_url";
+            || key == "broker_url"
+            || (redis && key == "broker_transport_options");
         if worker_setting && !known {
             out.unhonoured.push(key.clone());
         }
@@ -375,9 +390,10 @@ pub fn amqp_url(url: &str) -> Result<String, String> {
         "amqp" | "pyamqp" | "librabbitmq" => Ok(format!("amqp://{rest}")),
         "amqps" | "pyamqps" => Ok(format!("amqps://{rest}")),
         other => Err(format!(
-            "app.conf broker_url {masked:?}: celeryd consumes from RabbitMQ (amqp://) only, \
-             not through kombu's {other:?} transport; point broker_url (or [broker] url, \
-             CELERYD_BROKER_URL) at RabbitMQ, or keep `celery worker` for this app"
+            "app.conf broker_url {masked:?}: celeryd consumes from RabbitMQ (amqp://) or Redis \
+             (redis://, rediss://, sentinel://), not through kombu's {other:?} transport; point \
+             broker_url (or [broker] url, CELERYD_BROKER_URL) at one of those, or keep `celery \
+             worker` for this app"
         )),
     }
 }
@@ -635,8 +651,19 @@ mod tests {
     fn bad_values_and_foreign_brokers_are_refused_with_the_reason() {
         let e = layer(&conf(json!({"worker_concurrency": "many"}))).unwrap_err();
         assert!(e.contains("worker_concurrency"), "{e}");
-        let e = layer(&conf(json!({"broker_url": "redis://:secret@h:6379/0"}))).unwrap_err();
+        let e = layer(&conf(json!({"broker_url": "sqs://:secret@h/0"}))).unwrap_err();
         assert!(e.contains("RabbitMQ") && !e.contains("secret"), "{e}");
+        let l = layer(&conf(json!({"broker_url": "redis://:secret@h:6379/0",
+            "broker_transport_options": {"visibility_timeout": 7200}})))
+        .unwrap();
+        assert_eq!(
+            l.table["broker"]["url"].as_str(),
+            Some("redis://:secret@h:6379/0")
+        );
+        assert_eq!(
+            l.table["broker"]["transport_options"]["visibility_timeout"].as_integer(),
+            Some(7200)
+        );
         assert_eq!(amqp_url("amqps://h//").unwrap(), "amqps://h//");
     }
 

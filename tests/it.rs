@@ -30,6 +30,7 @@ mod it {
     mod python_tasks;
     mod queues;
     mod rate;
+    mod redis_broker;
     mod retry;
     mod revoke;
     mod shutdown;

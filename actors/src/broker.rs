@@ -32,7 +32,12 @@ pub fn backoff(attempt: u32) -> Duration {
 
 /// The `broker` section of `inspect stats`, as Celery's worker reports its connection.
 pub fn stats(settings: &BrokerSettings) -> Option<serde_json::Value> {
-    amqp::stats(settings)
+    match settings.redis() {
+        Some(redis) => redis
+            .ok()
+            .map(|(url, options)| redis::stats(&url, &options)),
+        None => amqp::stats(settings),
+    }
 }
 
 /// What kind of failure the text a consumed stream ended with describes.
@@ -88,7 +93,16 @@ pub async fn purge(
     nodename: &str,
     queues: &[String],
 ) -> Result<Vec<(String, u32)>, BrokerError> {
-    amqp::purge(settings, nodename, queues).await
+    match settings.redis() {
+        Some(redis) => {
+            let (url, options) = redis.map_err(|e| BrokerError::Url(e.to_string()))?;
+            let link = redis::Link::open(&url, &options, nodename).await?;
+            let purged = link.purge(queues).await;
+            link.close("purged").await;
+            Ok(purged?)
+        }
+        None => amqp::purge(settings, nodename, queues).await,
+    }
 }
 
 /// One message delivered to the worker.
@@ -104,9 +118,15 @@ pub struct Delivery {
 
 /// A delivered message as its transport holds it.
 #[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "AMQP deliveries, the hot path, stay unboxed (no allocation each); the Redis one is boxed"
+)]
 pub enum Message {
     /// From AMQP (lapin's delivery).
     Amqp(amqp::Message),
+    /// From a Redis list: the envelope read, or why it could not be.
+    Redis(Box<Result<redis::Message, redis::EnvelopeError>>),
 }
 
 impl Message {
@@ -118,6 +138,10 @@ impl Message {
     ) -> Result<TaskRequest, ProtocolError> {
         match self {
             Message::Amqp(m) => m.decode_rust(info, max),
+            Message::Redis(m) => match m.as_ref() {
+                Ok(m) => m.decode_rust(info, max),
+                Err(e) => Err(ProtocolError::Envelope(e.to_string())),
+            },
         }
     }
 
@@ -126,6 +150,10 @@ impl Message {
     pub fn raw(&self, info: DeliveryInfo) -> Result<RawMessage<'_>, String> {
         match self {
             Message::Amqp(m) => m.raw(info),
+            Message::Redis(m) => match m.as_ref() {
+                Ok(m) => Ok(m.raw(info)),
+                Err(e) => Err(format!("cannot read the broker's envelope: {e}")),
+            },
         }
     }
 
@@ -133,6 +161,10 @@ impl Message {
     pub fn properties(&self) -> Properties {
         match self {
             Message::Amqp(m) => m.properties(),
+            Message::Redis(m) => match m.as_ref() {
+                Ok(m) => m.properties(),
+                Err(_) => Properties::default(),
+            },
         }
     }
 }

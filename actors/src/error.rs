@@ -31,6 +31,10 @@ pub enum ProtocolError {
     /// Neither a protocol v2 header `task` nor a protocol v1 body with `task`.
     #[error("unknown message (no task header, body is not a protocol 1 task): wrong destination?")]
     UnknownMessage,
+    /// The transport's envelope around the message cannot be read (Redis: not kombu's JSON
+    /// envelope).
+    #[error("cannot read the broker's envelope: {0}")]
+    Envelope(String),
     /// A required header or body field is missing.
     #[error("missing required field '{0}'")]
     Missing(&'static str),

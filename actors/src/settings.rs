@@ -303,7 +303,7 @@ mod tests {
     #[test]
     fn invalid_values_name_the_key() {
         let mut s = Settings::default();
-        s.broker.url = "redis://localhost".into();
+        s.broker.url = "sqs://localhost".into();
         assert!(
             matches!(s.validate(), Err(ConfigError::Invalid { key, .. }) if key == "broker.url")
         );

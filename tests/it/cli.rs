@@ -67,7 +67,7 @@ fn bad_config_exits_non_zero_naming_the_key() {
         ("[worker]\nconcurency = 2\n", "concurency"),
         ("[worker]\nconcurrency = \"lots\"\n", "concurrency"),
         ("[worker]\nloglevel = \"chatty\"\n", "worker.loglevel"),
-        ("[broker]\nurl = \"redis://x\"\n", "broker.url"),
+        ("[broker]\nurl = \"sqs://x\"\n", "broker.url"),
         ("[worker]\nhostname = \"w@%z\"\n", "worker.hostname"),
     ] {
         let p = dir.path().join("bad.toml");

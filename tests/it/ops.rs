@@ -152,7 +152,8 @@ fn an_unparsable_broker_url_is_never_echoed_with_its_password() {
         "amqp://guest:s3cr3t@pw@127.0.0.1:notaport//",
         "amqp://a:s3cr3t-pw@h1;amqp://b:s3cr3t-pw2@h2:notaport//",
         "amqp://a:s3cr3t-pw@h1;redis://b:s3cr3t-pw2@h2",
-        "redis://guest:s3cr3t-pw@127.0.0.1",
+        "redis://guest:s3cr3t-pw@127.0.0.1/notadb",
+        "redis://a:s3cr3t-pw@h1;amqp://b:s3cr3t-pw2@h2//",
     ] {
         let out = worker_command()
             .args(["--print-config"])

@@ -226,8 +226,8 @@ fn python_start_failures_stop_with_exit_78_and_the_reason() {
     let (code, _, err) = run_worker(&["-A", "proj", "--python", "/nonexistent/python3"], "");
     assert_eq!(code, 78, "{err}");
     assert!(err.contains("/nonexistent/python3"), "{err}");
-    let redis = r#"{"broker_url": "redis://:secret@127.0.0.1:6379/0"}"#;
-    let (code, _, err) = run_worker(&["-A", "proj", "--python", &py], redis);
+    let sqs = r#"{"broker_url": "sqs://:secret@127.0.0.1:6379/0"}"#;
+    let (code, _, err) = run_worker(&["-A", "proj", "--python", &py], sqs);
     assert_eq!(code, 78, "{err}");
     assert!(err.contains("RabbitMQ") && !err.contains("secret"), "{err}");
     let bad = r#"{"worker_concurrency": "many"}"#;

@@ -68,6 +68,27 @@ pub fn celery_client_command(args: &[&str]) -> Command {
     cmd
 }
 
+/// The Python client helper against the broker at `url` (a Redis one, say).
+#[allow(dead_code, reason = "used by the it binary only")]
+pub fn celery_client_on(url: &str, args: &[&str]) -> Value {
+    let out = celery_client_command(args)
+        .env("AMQP_URL", url)
+        .output()
+        .expect("run the Python client");
+    parse_client_output(&out)
+}
+
+/// The real `celery` command-line tool against the broker at `url`.
+#[allow(dead_code, reason = "used by the it binary only")]
+pub fn celery_cli_on(url: &str, args: &[&str]) -> std::process::Output {
+    Command::new(python().with_file_name("celery"))
+        .arg("-b")
+        .arg(url)
+        .args(args)
+        .output()
+        .expect("run celery")
+}
+
 /// Parses the helper's output, failing with its stderr when it did not succeed.
 pub fn parse_client_output(out: &std::process::Output) -> Value {
     let stdout = String::from_utf8_lossy(&out.stdout);

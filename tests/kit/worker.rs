@@ -40,6 +40,7 @@ pub struct WorkerBuilder {
     exe: PathBuf,
     queue: String,
     broker_section: bool,
+    broker: Option<String>,
     config: String,
     app: Vec<String>,
     concurrency: Option<u32>,
@@ -61,6 +62,14 @@ impl WorkerBuilder {
     pub fn config_file(mut self, toml: &str) -> Self {
         self.broker_section = false;
         self.config = toml.to_owned();
+        self
+    }
+
+    /// The broker at `url` (a Redis one, say) instead of the test RabbitMQ; with `-A`, the
+    /// app's broker_url too.
+    #[allow(dead_code, reason = "used by the it binary only")]
+    pub fn broker(mut self, url: &str) -> Self {
+        self.broker = Some(url.to_owned());
         self
     }
 
@@ -127,7 +136,12 @@ impl WorkerBuilder {
         let config = dir.path().join("worker.toml");
         let mut text = String::new();
         if self.broker_section {
-            text = format!("[broker]\nurl = \"{}\"\n", amqp_url());
+            let url = self.broker.clone().unwrap_or_else(amqp_url);
+            text = format!("[broker]\nurl = \"{url}\"\n");
+        }
+        let mut env = self.env.clone();
+        if let Some(url) = &self.broker {
+            env.push(("AMQP_URL".to_owned(), url.clone()));
         }
         text.push_str(&self.config);
         std::fs::write(&config, text).unwrap();
@@ -145,7 +159,7 @@ impl WorkerBuilder {
         }
         let mut child = cmd
             .args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
             .stderr(Stdio::piped())
@@ -185,6 +199,7 @@ impl Worker {
             exe: PathBuf::from(env!("CARGO_BIN_EXE_worker")),
             queue: queue.to_owned(),
             broker_section: true,
+            broker: None,
             config: String::new(),
             app: Vec::new(),
             concurrency: None,

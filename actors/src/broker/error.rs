@@ -4,6 +4,7 @@
 use thiserror::Error;
 
 use super::amqp::AmqpError;
+use super::redis::RedisError;
 
 /// Broker failures. Connection errors make the consumer reconnect with backoff.
 #[derive(Debug, Error)]
@@ -14,6 +15,9 @@ pub enum BrokerError {
     /// Connecting, or an operation on the connection, failed.
     #[error("broker error: {0}")]
     Amqp(#[from] AmqpError),
+    /// Talking to a Redis broker failed.
+    #[error("broker error: {0}")]
+    Redis(#[from] RedisError),
     /// Gave up connecting after the configured number of attempts.
     #[error("cannot reach the broker at {url} after {attempts} attempts: {last}")]
     Unreachable {
@@ -28,6 +32,9 @@ pub enum BrokerError {
     /// original delivery is kept.
     #[error("the broker refused the message (publisher confirm nack)")]
     Nacked,
+    /// An operation the transport does not have, and what to do instead.
+    #[error("{0}")]
+    Unsupported(String),
     /// A queue is declared with different arguments by someone else (406).
     #[error("queue {name:?} clashes with its declaration on the broker: {reason}")]
     Clash {
@@ -59,16 +66,23 @@ pub enum ErrorKind {
 impl BrokerError {
     /// Whether reconnecting may help (as opposed to a configuration problem).
     pub fn is_connection_error(&self) -> bool {
-        matches!(self, BrokerError::Amqp(_) | BrokerError::Unreachable { .. })
+        match self {
+            BrokerError::Amqp(_) | BrokerError::Unreachable { .. } => true,
+            BrokerError::Redis(e) => e.is_connection_error(),
+            _ => false,
+        }
     }
 
     /// What kind of failure it is.
     pub fn kind(&self) -> ErrorKind {
         match self {
             BrokerError::Amqp(e) => e.kind(),
+            BrokerError::Redis(e) => e.kind(),
             BrokerError::Clash { .. } => ErrorKind::Clash,
             BrokerError::Unreachable { last, .. } => super::amqp::kind_of_text(last),
-            BrokerError::Url(_) | BrokerError::Nacked => ErrorKind::Other,
+            BrokerError::Url(_) | BrokerError::Nacked | BrokerError::Unsupported(_) => {
+                ErrorKind::Other
+            }
         }
     }
 }

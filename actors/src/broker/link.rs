@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use super::outbox::{Outbox, PendingResult};
-use super::{BrokerError, Message, StreamEvent, amqp};
+use super::{BrokerError, Message, StreamEvent, amqp, redis};
 use crate::abort::AbortOnDrop;
 use crate::protocol::DeliveryInfo;
 use crate::protocol::encode::TaskMessage;
@@ -22,9 +22,15 @@ pub use super::amqp::pidbox::PidboxRequest;
 
 /// A connection to the broker and the channel (or session) its consumers and acks run on.
 #[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per connection: its size does not matter"
+)]
 pub enum Link {
     /// AMQP 0-9-1 (RabbitMQ).
     Amqp(amqp::Link),
+    /// Redis, as kombu's redis transport.
+    Redis(redis::Link),
 }
 
 /// A further channel on a [`Link`]'s connection.
@@ -32,6 +38,8 @@ pub enum Link {
 pub enum Channel {
     /// An AMQP channel.
     Amqp(amqp::Channel),
+    /// A Redis link's connection.
+    Redis(redis::Channel),
 }
 
 /// A task publish handed to the broker whose confirm is still to come.
@@ -39,6 +47,8 @@ pub enum Channel {
 pub enum Confirm {
     /// An AMQP publisher confirm.
     Amqp(amqp::Confirm),
+    /// Settled already (Redis answers each push).
+    Done(bool),
 }
 
 /// A declaration to run in the background ([`Link::native_delayed_declarer`]).
@@ -52,6 +62,10 @@ impl Link {
         name: &str,
         frame_max: Option<u32>,
     ) -> Result<Link, BrokerError> {
+        if let Some(redis) = settings.redis() {
+            let (url, options) = redis.map_err(|e| BrokerError::Url(e.to_string()))?;
+            return Ok(Link::Redis(redis::Link::open(&url, &options, name).await?));
+        }
         Ok(Link::Amqp(
             amqp::Link::open(settings, name, frame_max).await?,
         ))
@@ -62,6 +76,9 @@ impl Link {
         settings: &BrokerSettings,
         name: &str,
     ) -> Result<Link, BrokerError> {
+        if settings.is_redis() {
+            return Link::open(settings, name, None).await;
+        }
         Ok(Link::Amqp(
             amqp::Link::open_confirmed(settings, name).await?,
         ))
@@ -71,6 +88,7 @@ impl Link {
     pub fn is_open(&self) -> bool {
         match self {
             Link::Amqp(l) => l.is_open(),
+            Link::Redis(l) => l.is_open(),
         }
     }
 
@@ -78,6 +96,7 @@ impl Link {
     pub fn is_connected(&self) -> bool {
         match self {
             Link::Amqp(l) => l.is_connected(),
+            Link::Redis(l) => l.is_open(),
         }
     }
 
@@ -88,6 +107,7 @@ impl Link {
     {
         match self {
             Link::Amqp(l) => l.watch(lost),
+            Link::Redis(l) => l.watch(lost),
         }
     }
 
@@ -95,6 +115,7 @@ impl Link {
     pub async fn channel(&self) -> Result<Channel, BrokerError> {
         match self {
             Link::Amqp(l) => Ok(Channel::Amqp(l.channel().await?)),
+            Link::Redis(l) => Ok(Channel::Redis(l.channel())),
         }
     }
 
@@ -102,6 +123,7 @@ impl Link {
     pub async fn declare_task_queue(&self, queue: &TaskQueue) -> Result<(), BrokerError> {
         match self {
             Link::Amqp(l) => l.declare_task_queue(queue).await,
+            Link::Redis(l) => Ok(l.declare_task_queue(queue).await?),
         }
     }
 
@@ -109,6 +131,7 @@ impl Link {
     pub async fn declare_on_own_channel(&self, queue: &TaskQueue) -> Result<(), BrokerError> {
         match self {
             Link::Amqp(l) => l.declare_on_own_channel(queue).await,
+            Link::Redis(l) => Ok(l.declare_task_queue(queue).await?),
         }
     }
 
@@ -116,6 +139,10 @@ impl Link {
     pub async fn set_prefetch(&self, count: u16, global: bool) -> Result<(), BrokerError> {
         match self {
             Link::Amqp(l) => l.set_prefetch(count, global).await,
+            Link::Redis(l) => {
+                l.set_prefetch(count);
+                Ok(())
+            }
         }
     }
 
@@ -127,10 +154,11 @@ impl Link {
         sink: F,
     ) -> Result<AbortOnDrop, BrokerError>
     where
-        F: Fn(StreamEvent) -> bool + Send + 'static,
+        F: Fn(StreamEvent) -> bool + Send + Sync + 'static,
     {
         match self {
             Link::Amqp(l) => l.consume(queue, tag, sink).await,
+            Link::Redis(l) => Ok(l.consume(queue, tag, sink)),
         }
     }
 
@@ -138,6 +166,10 @@ impl Link {
     pub async fn cancel(&self, tag: &str) -> Result<(), BrokerError> {
         match self {
             Link::Amqp(l) => l.cancel(tag).await,
+            Link::Redis(l) => {
+                l.cancel(tag);
+                Ok(())
+            }
         }
     }
 
@@ -145,6 +177,7 @@ impl Link {
     pub fn ack(&self, tag: u64, multiple: bool) {
         match self {
             Link::Amqp(l) => l.ack(tag, multiple),
+            Link::Redis(l) => l.ack(tag, multiple),
         }
     }
 
@@ -152,6 +185,7 @@ impl Link {
     pub fn reject(&self, tag: u64, requeue: bool) {
         match self {
             Link::Amqp(l) => l.reject(tag, requeue),
+            Link::Redis(l) => l.reject(tag, requeue),
         }
     }
 
@@ -163,6 +197,7 @@ impl Link {
     ) -> Option<PendingResult> {
         match self {
             Link::Amqp(l) => l.publish_result(outbox, result),
+            Link::Redis(l) => l.publish_result(outbox, result),
         }
     }
 
@@ -175,6 +210,7 @@ impl Link {
     ) -> Result<(), BrokerError> {
         match self {
             Link::Amqp(l) => l.main().publish_result(queue, correlation_id, body).await,
+            Link::Redis(l) => Ok(l.send_result(queue, correlation_id, body).await?),
         }
     }
 
@@ -187,6 +223,7 @@ impl Link {
     ) -> (String, String) {
         match self {
             Link::Amqp(l) => l.retry_route(info, queue, countdown),
+            Link::Redis(_) => redis::retry_route(info),
         }
     }
 
@@ -200,6 +237,7 @@ impl Link {
     ) -> Result<(), BrokerError> {
         match self {
             Link::Amqp(l) => l.publish_own(exchange, routing_key, message).await,
+            Link::Redis(l) => Ok(l.publish_task_to(exchange, routing_key, message).await?),
         }
     }
 
@@ -214,6 +252,8 @@ impl Link {
     ) -> Option<String> {
         match self {
             Link::Amqp(l) => l.delay(message, info, queues, seconds).await,
+            // Redis has no delayed delivery: the worker holds the task, its lease renewed.
+            Link::Redis(_) => None,
         }
     }
 
@@ -221,6 +261,7 @@ impl Link {
     pub fn queues_changed(&mut self) {
         match self {
             Link::Amqp(l) => l.queues_changed(),
+            Link::Redis(_) => {}
         }
     }
 
@@ -235,6 +276,7 @@ impl Link {
             Link::Amqp(l) => Ok(Some(Box::pin(
                 l.native_delayed_declarer(queue_type, queues).await?,
             ))),
+            Link::Redis(_) => Ok(None),
         }
     }
 
@@ -242,6 +284,7 @@ impl Link {
     pub fn set_native_declared(&mut self, declared: bool) {
         match self {
             Link::Amqp(l) => l.set_native_declared(declared),
+            Link::Redis(_) => {}
         }
     }
 
@@ -249,6 +292,8 @@ impl Link {
     pub async fn declare_topic(&self, exchange: &str) -> Result<(), BrokerError> {
         match self {
             Link::Amqp(l) => l.declare_topic(exchange).await,
+            // A fanout exchange on Redis is a pub/sub channel: nothing to declare.
+            Link::Redis(_) => Ok(()),
         }
     }
 
@@ -263,6 +308,9 @@ impl Link {
     ) -> Result<(), BrokerError> {
         match self {
             Link::Amqp(l) => l.publish_event(exchange, routing_key, body, hostname).await,
+            Link::Redis(l) => Ok(l
+                .publish_event(exchange, routing_key, body, hostname)
+                .await?),
         }
     }
 
@@ -281,6 +329,7 @@ impl Link {
     {
         match self {
             Link::Amqp(l) => l.serve_pidbox(queue, sink, ended).await,
+            Link::Redis(l) => Ok(l.serve_pidbox(sink, ended).await?),
         }
     }
 
@@ -299,6 +348,9 @@ impl Link {
     {
         match self {
             Link::Amqp(l) => l.subscribe_fanout(exchange, tag, sink, ended).await,
+            Link::Redis(l) => Ok(l
+                .subscribe_fanout(exchange, move |m| sink(m.body), ended)
+                .await?),
         }
     }
 
@@ -306,6 +358,9 @@ impl Link {
     pub async fn publish_fanout(&self, exchange: &str, body: &[u8]) -> Result<(), BrokerError> {
         match self {
             Link::Amqp(l) => l.publish_fanout(exchange, body).await,
+            Link::Redis(l) => Ok(l
+                .publish_fanout_json(exchange, "", body, Map::new())
+                .await?),
         }
     }
 
@@ -314,6 +369,7 @@ impl Link {
     pub async fn hold_exclusive(&self, name: &str) -> Result<Channel, BrokerError> {
         match self {
             Link::Amqp(l) => Ok(Channel::Amqp(l.hold_exclusive(name).await?)),
+            Link::Redis(l) => Ok(Channel::Redis(l.hold_lock(name).await?)),
         }
     }
 
@@ -328,6 +384,10 @@ impl Link {
             Link::Amqp(l) => Ok(Confirm::Amqp(
                 l.send_task(exchange, routing_key, message).await?,
             )),
+            Link::Redis(l) => {
+                l.publish_task_to(exchange, routing_key, message).await?;
+                Ok(Confirm::Done(true))
+            }
         }
     }
 
@@ -339,6 +399,7 @@ impl Link {
     ) -> Result<(), BrokerError> {
         match self {
             Link::Amqp(l) => l.publish_task(queue, message).await,
+            Link::Redis(l) => Ok(l.publish_task_to("", queue, message).await?),
         }
     }
 
@@ -350,6 +411,7 @@ impl Link {
     {
         match self {
             Link::Amqp(l) => l.consume_results(name, sink).await,
+            Link::Redis(l) => Ok(l.consume_results(name, sink).await?),
         }
     }
 
@@ -357,6 +419,7 @@ impl Link {
     pub async fn close(self, reason: &str) {
         match self {
             Link::Amqp(l) => l.close(reason).await,
+            Link::Redis(l) => l.close(reason).await,
         }
     }
 
@@ -364,6 +427,7 @@ impl Link {
     pub async fn close_connection(&self, code: u16, reason: &str) {
         match self {
             Link::Amqp(l) => l.close_connection(code, reason).await,
+            Link::Redis(_) => {}
         }
     }
 }
@@ -373,6 +437,7 @@ impl Channel {
     pub fn is_open(&self) -> bool {
         match self {
             Channel::Amqp(c) => c.is_open(),
+            Channel::Redis(_) => true,
         }
     }
 
@@ -391,6 +456,9 @@ impl Channel {
                 c.pidbox_request(body, reply, timeout, limit, on_reply)
                     .await
             }
+            Channel::Redis(c) => Ok(c
+                .pidbox_request(body, reply, timeout, limit, on_reply)
+                .await?),
         }
     }
 
@@ -411,6 +479,9 @@ impl Channel {
                 c.publish_reply(declared, exchange, routing_key, ticket, clock, body)
                     .await
             }
+            Channel::Redis(c) => Ok(c
+                .publish_reply(declared, exchange, routing_key, ticket, clock, body)
+                .await?),
         }
     }
 
@@ -418,6 +489,7 @@ impl Channel {
     pub async fn close(&self, reason: &str) {
         match self {
             Channel::Amqp(c) => c.close(reason).await,
+            Channel::Redis(_) => {}
         }
     }
 }
@@ -427,6 +499,7 @@ impl Confirm {
     pub async fn wait(self) -> Result<bool, BrokerError> {
         match self {
             Confirm::Amqp(c) => c.wait().await,
+            Confirm::Done(taken) => Ok(taken),
         }
     }
 }

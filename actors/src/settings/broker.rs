@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::queues;
+use super::redis::{Endpoint, RedisOptions, RedisUrl, is_redis_url};
 use crate::error::ConfigError;
 
 /// `[broker]` section.
@@ -49,6 +50,10 @@ pub struct BrokerSettings {
     /// trust for an `amqps://` broker (e.g. a self-signed one), besides the system's.
     /// Unset by default.
     pub ssl_ca_file: Option<String>,
+    /// `broker_transport_options`: for a Redis broker, kombu's redis transport options
+    /// (`visibility_timeout`, `global_keyprefix`, `priority_steps`, …; see
+    /// [`RedisOptions`](super::redis::RedisOptions)). An AMQP broker takes none.
+    pub transport_options: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 impl Default for BrokerSettings {
@@ -64,6 +69,7 @@ impl Default for BrokerSettings {
             native_delayed_delivery_queue_type: queues::QueueType::Quorum,
             frame_max: 16_384,
             ssl_ca_file: None,
+            transport_options: Default::default(),
         }
     }
 }
@@ -90,6 +96,31 @@ impl BrokerSettings {
         mask_password(&self.url)
     }
 
+    /// For a Redis broker, its URL and transport options read (or what is wrong with them);
+    /// `None` for an AMQP broker.
+    pub fn redis(&self) -> Option<Result<(RedisUrl, RedisOptions), ConfigError>> {
+        if !is_redis_url(&self.url) {
+            return None;
+        }
+        let url = RedisUrl::parse(&self.url).map_err(|e| ConfigError::invalid("broker.url", e));
+        Some(url.and_then(|url| {
+            let options = RedisOptions::from_map(&self.transport_options)?;
+            if matches!(url.endpoint, Endpoint::Sentinel(_)) && options.master_name.is_none() {
+                return Err(ConfigError::invalid(
+                    "broker.transport_options.master_name",
+                    "sentinel:// URLs need the name of the master the sentinels watch \
+                     (broker_transport_options = {'master_name': 'mymaster'})",
+                ));
+            }
+            Ok((url, options))
+        }))
+    }
+
+    /// Whether the broker is Redis.
+    pub fn is_redis(&self) -> bool {
+        is_redis_url(&self.url)
+    }
+
     /// The broker URLs (one, or the failover list), kombu's scheme aliases spelt as AMQP's.
     pub fn urls(&self) -> Vec<String> {
         self.url
@@ -102,6 +133,17 @@ impl BrokerSettings {
 
     /// Checks `broker.url` (every URL an AMQP one that parses) and `broker.frame_max`.
     pub(super) fn validate_connection(&self) -> Result<(), ConfigError> {
+        if let Some(redis) = self.redis() {
+            redis?;
+            return Ok(());
+        }
+        if let Some(key) = self.transport_options.keys().next() {
+            return Err(ConfigError::invalid(
+                format!("broker.transport_options.{key}"),
+                "transport options apply to a Redis broker; the AMQP transport takes none \
+                 (its settings are [broker] keys of their own); remove it",
+            ));
+        }
         let urls = self.urls();
         if urls.is_empty() {
             return Err(ConfigError::invalid("broker.url", "no URL given"));
@@ -110,7 +152,11 @@ impl BrokerSettings {
             if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
                 return Err(ConfigError::invalid(
                     "broker.url",
-                    format!("{:?} is not an amqp:// or amqps:// URL", mask_password(url)),
+                    format!(
+                        "{:?} is not an amqp://, amqps:// or Redis (redis://, rediss://, \
+                         redis+socket://, sentinel://) URL",
+                        mask_password(url)
+                    ),
                 ));
             }
             if url.parse::<amq_protocol_uri::AMQPUri>().is_err() {

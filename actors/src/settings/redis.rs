@@ -238,9 +238,11 @@ pub struct RedisOptions {
     pub unacked_mutex_expire: f64,
     /// At most this many expired messages are restored per scan (no limit).
     pub unacked_restore_limit: Option<u64>,
-    /// Seconds between scans for expired messages (10; kombu's restore runs every tenth
-    /// call of a 10 s timer, every 100 s).
+    /// Seconds between checks for expired messages (10, as kombu 5.7).
     pub unacked_restore_interval: f64,
+    /// Only every this many checks scans (kombu 5.7's default is 10: a scan every 100 s;
+    /// celeryd's is 1, a scan every 10 s, so lost work comes back sooner).
+    pub unacked_restore_throttle: u32,
     /// Connections at most in the worker's command pool (10).
     pub max_connections: u32,
     /// The master's name for Sentinel URLs (required with them).
@@ -271,6 +273,7 @@ impl Default for RedisOptions {
             unacked_mutex_expire: 300.0,
             unacked_restore_limit: None,
             unacked_restore_interval: 10.0,
+            unacked_restore_throttle: 1,
             max_connections: 10,
             master_name: None,
             socket_connect_timeout: None,
@@ -287,6 +290,10 @@ const NO_EFFECT: &[(&str, &str)] = &[
         "celeryd always records fetched messages in `unacked` (kombu's default, true)",
     ),
     (
+        "min_other_sentinels",
+        "the master the sentinels report is used as it is",
+    ),
+    (
         "socket_keepalive",
         "the worker's connections always use TCP keepalive",
     ),
@@ -301,10 +308,6 @@ const NO_EFFECT: &[(&str, &str)] = &[
     (
         "client_name",
         "connections are named after the worker's node name",
-    ),
-    (
-        "unacked_restore_throttle",
-        "scans run every unacked_restore_interval seconds",
     ),
     (
         "body_encoding",
@@ -392,6 +395,13 @@ impl RedisOptions {
                         return Err(bad("at least 0.1 seconds"));
                     }
                 }
+                "unacked_restore_throttle" => {
+                    o.unacked_restore_throttle = value
+                        .as_u64()
+                        .filter(|n| *n >= 1)
+                        .and_then(|n| u32::try_from(n).ok())
+                        .ok_or_else(|| bad("a whole number from 1 up"))?
+                }
                 "max_connections" => {
                     o.max_connections = value
                         .as_u64()
@@ -417,6 +427,17 @@ impl RedisOptions {
             }
         }
         Ok(o)
+    }
+
+    /// Seconds between scans for expired messages.
+    pub fn restore_every(&self) -> f64 {
+        self.unacked_restore_interval * f64::from(self.unacked_restore_throttle)
+    }
+
+    /// Seconds between renewals of the leases of held messages: a quarter of the
+    /// visibility timeout (half a second to five minutes).
+    pub fn renew_every(&self) -> f64 {
+        (self.visibility_timeout / 4.0).clamp(0.5, 300.0)
     }
 
     /// The fanout channel prefix with the database filled in (`/0.`).

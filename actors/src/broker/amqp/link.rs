@@ -188,7 +188,11 @@ impl Channel {
         exchange: &str,
         routing_key: &str,
     ) -> Result<(), BrokerError> {
-        let broker::Message::Amqp(message) = message;
+        let broker::Message::Amqp(message) = message else {
+            return Err(BrokerError::Unsupported(
+                "only a message delivered over AMQP enters the AMQP delay ladder".into(),
+            ));
+        };
         super::publish_delayed(&self.0, message, exchange, routing_key).await
     }
 

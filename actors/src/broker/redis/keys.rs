@@ -77,6 +77,11 @@ impl Keys {
         format!("{}_kombu.binding.{exchange}", self.prefix)
     }
 
+    /// The set kombu 5.7 keeps of the bindings that never expire (`_kombu.binding_permanent.<exchange>`).
+    pub fn permanent_bindings(&self, exchange: &str) -> String {
+        format!("{}_kombu.binding_permanent.{exchange}", self.prefix)
+    }
+
     /// The member of a binding set that binds `queue` with `routing_key` and `pattern`
     /// (kombu's regex for a topic binding, empty otherwise).
     pub fn binding_member(&self, routing_key: &str, pattern: &str, queue: &str) -> String {
