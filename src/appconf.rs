@@ -233,6 +233,14 @@ pub fn layer(conf: &Map<String, Value>) -> Result<AppLayer, String> {
         let queues = queue_tables(qs, &mut out.unhonoured);
         out.set("task", "queues", queues, "task_queues");
     }
+    if redis && let Some(Value::Bool(on)) = conf.get("worker_disable_prefetch") {
+        out.set(
+            "worker",
+            "disable_prefetch",
+            toml::Value::Boolean(*on),
+            "worker_disable_prefetch",
+        );
+    }
     let mapped: Vec<&str> = MAPPED.iter().map(|m| m.0).collect();
     for key in conf.keys() {
         let worker_setting = WORKER_PREFIXES.iter().any(|p| key.starts_with(p))
@@ -240,7 +248,8 @@ pub fn layer(conf: &Map<String, Value>) -> Result<AppLayer, String> {
         let known = mapped.contains(&key.as_str())
             || HONOURED_IN_CHILD.contains(&key.as_str())
             || key == "broker_url"
-            || (redis && key == "broker_transport_options");
+            || (redis
+                && ["broker_transport_options", "worker_disable_prefetch"].contains(&key.as_str()));
         if worker_setting && !known {
             out.unhonoured.push(key.clone());
         }

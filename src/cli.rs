@@ -201,8 +201,9 @@ pub struct RunArgs {
     /// beat_schedule), not in a scheduler class.
     #[arg(long, hide = true)]
     pub scheduler: Option<String>,
-    /// Refused: Celery supports it on Redis brokers only.
-    #[arg(long, hide = true)]
+    /// `worker_disable_prefetch` (Redis brokers only): fetch a message only while fewer are
+    /// held than there are pool processes.
+    #[arg(long)]
     pub disable_prefetch: bool,
     /// Refused: see the message.
     #[arg(short = 'I', long, hide = true)]
@@ -225,12 +226,6 @@ impl RunArgs {
             return Some(format!(
                 "--scheduler {s}: celeryd's scheduler runs the entries of [beat.schedule] and the app's beat_schedule, kept in its own database (-s); a scheduler class (django-celery-beat's DatabaseScheduler…) cannot be loaded. Keep `celery beat --scheduler {s}` for a database-driven schedule."
             ));
-        }
-        if self.disable_prefetch {
-            return Some(
-                "--disable-prefetch: Celery supports it on Redis brokers only; on RabbitMQ use --prefetch-multiplier 1 (a task then goes to an idle child only, as -O fair)."
-                    .to_owned(),
-            );
         }
         if self.include.is_some() {
             return Some(
@@ -548,7 +543,6 @@ mod tests {
                 "--scheduler",
                 "django_celery_beat.schedulers:DatabaseScheduler",
             ][..],
-            &["worker", "--disable-prefetch"],
             &["worker", "-I", "a.b"],
             &["worker", "--loader", "x"],
             &["worker", "-P", "eventlet"],

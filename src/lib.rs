@@ -261,6 +261,11 @@ pub fn main_with(registry: Registry) -> ExitCode {
         } else {
             (settings, rust_tasks, rust_child, None)
         };
+        if let Some(Ok((_, options))) = settings.broker.redis() {
+            for note in &options.notes {
+                tracing::warn!("{note}");
+            }
+        }
         if purge && !beat_only {
             let names: Vec<String> = settings
                 .task_queues()

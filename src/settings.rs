@@ -387,6 +387,9 @@ pub fn apply(settings: &mut Settings, o: &RunArgs) {
     if let Some(v) = o.prefetch_multiplier {
         w.prefetch_multiplier = v;
     }
+    if o.disable_prefetch {
+        w.disable_prefetch = true;
+    }
     if let Some(v) = o.max_tasks_per_child {
         w.max_tasks_per_child = v;
     }

@@ -15,6 +15,7 @@ mod faults {
     mod hostile;
     mod oversized_input;
     mod redis_backend;
+    mod redis_broker;
     mod tls;
 }
 

@@ -138,6 +138,14 @@ impl Settings {
         self.task.validate_rate_limits()?;
         self.worker.validate_hostname()?;
         self.beat.validate()?;
+        if self.worker.disable_prefetch && !self.broker.is_redis() {
+            return Err(ConfigError::invalid(
+                "worker.disable_prefetch",
+                "Celery supports it on Redis brokers only; on RabbitMQ use \
+                 prefetch_multiplier = 1 (--prefetch-multiplier 1: a task then goes to an idle \
+                 child only, as -O fair)",
+            ));
+        }
         Ok(Derived {
             task_queues,
             global_qos,
@@ -272,7 +280,12 @@ impl Settings {
     /// The basic.qos prefetch count (0 = unlimited) for `processes` children, capped to what
     /// AMQP can carry.
     pub fn prefetch_for(&self, processes: usize) -> u16 {
-        let n = processes.max(1) * usize::from(self.worker.prefetch_multiplier);
+        let multiplier = if self.worker.disable_prefetch {
+            1
+        } else {
+            self.worker.prefetch_multiplier
+        };
+        let n = processes.max(1) * usize::from(multiplier);
         u16::try_from(n).unwrap_or(u16::MAX)
     }
 

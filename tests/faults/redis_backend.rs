@@ -12,15 +12,26 @@ use crate::kit::{
 };
 use crate::{block_on, serial};
 
-struct Redis {
+/// A private `redis-server` on its own port (never the shared one), with nothing on disk
+/// unless started with [`Redis::start_in`] and an append-only file.
+pub(super) struct Redis {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Redis {
     fn start(port: u16) -> Redis {
         let dir = tempfile::tempdir().unwrap();
+        let mut r = Redis::start_in(port, dir.path(), false);
+        r._dir = Some(dir);
+        r
+    }
+
+    /// Starts it on `port` with its files in `dir`; `persist`: an append-only file synced at
+    /// every write, so what it held survives a restart.
+    pub(super) fn start_in(port: u16, dir: &std::path::Path, persist: bool) -> Redis {
+        let aof = if persist { "yes" } else { "no" };
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -30,9 +41,9 @@ impl Redis {
                 "--save",
                 "",
             ])
-            .args(["--appendonly", "no"])
+            .args(["--appendonly", aof, "--appendfsync", "always"])
             .arg("--dir")
-            .arg(dir.path())
+            .arg(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -43,11 +54,18 @@ impl Redis {
         Redis {
             child,
             port,
-            _dir: dir,
+            _dir: None,
         }
     }
 
-    fn url(&self) -> String {
+    /// Stops it as a restart would (SIGTERM: it writes what it holds and exits).
+    pub(super) fn stop(mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+
+    pub(super) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 }

@@ -99,7 +99,6 @@ fn flags_celeryd_cannot_honour_are_refused_with_the_reason_and_exit_64() {
         ),
         (&["-I", "proj.tasks"][..], "-I/--include"),
         (&["--loader", "x.Loader"][..], "--loader"),
-        (&["--disable-prefetch"][..], "--prefetch-multiplier 1"),
     ] {
         let out = worker_command()
             .args(["-b", "amqp://guest:guest@127.0.0.1:1//"])
@@ -111,6 +110,22 @@ fn flags_celeryd_cannot_honour_are_refused_with_the_reason_and_exit_64() {
         assert!(err.contains(says), "{flags:?}: {err}");
         assert!(!err.contains("error: unexpected argument"), "{err}");
     }
+    // Celery's --disable-prefetch is for Redis brokers: on RabbitMQ a configuration error
+    // that says what to use instead.
+    let out = worker_command()
+        .args([
+            "-b",
+            "amqp://guest:guest@127.0.0.1:1//",
+            "--disable-prefetch",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("worker.disable_prefetch") && err.contains("--prefetch-multiplier 1"),
+        "{err}"
+    );
 }
 
 #[test]

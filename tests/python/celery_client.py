@@ -12,7 +12,7 @@ with the rpc:// result backend, waits for the results and prints one JSON line:
     events --seconds S
 
 For one task: {"id", "state", "result" | "exc_type", "exc_module", "exc_message", "exc_args"};
-with --count N a list of those; with --no-wait just {"id": ...}. Exit 3 on timeout.
+with --count N a list of those; with --no-wait just {"id": ..., "ids": [every id]}. Exit 3 on timeout.
 `broadcast` prints the list of replies `app.control.broadcast(..., reply=True)` returns.
 `events` prints READY once its receiver (Celery's own `app.events.Receiver`, as `celery events`
 and Flower use) is consuming, then one JSON line per event for S seconds.
@@ -139,7 +139,7 @@ def main():
     args, kwargs = json.loads(opts.args), json.loads(opts.kwargs)
     sent = [app.send_task(opts.name, args, kwargs, **options) for _ in range(opts.count)]
     if opts.no_wait:
-        print(json.dumps({"id": sent[0].id}))
+        print(json.dumps({"id": sent[0].id, "ids": [r.id for r in sent]}))
         return 0
     try:
         results = [outcome(r, opts.timeout) for r in sent]

@@ -378,7 +378,14 @@ impl RedisOptions {
                         return Err(bad("at least 0.01 seconds"));
                     }
                 }
-                "health_check_interval" => o.health_check_interval = secs()?,
+                "health_check_interval" => {
+                    o.health_check_interval = secs()?;
+                    o.notes.push(format!(
+                        "transport_options.{key}: no effect: the worker's \
+                        connections are checked by their own use (the fetcher's waits return \
+                        every polling_interval; pub/sub ends when its connection does)"
+                    ));
+                }
                 "unacked_key" => o.unacked_key = text()?,
                 "unacked_index_key" => o.unacked_index_key = text()?,
                 "unacked_mutex_key" => o.unacked_mutex_key = text()?,
@@ -407,7 +414,12 @@ impl RedisOptions {
                         .as_u64()
                         .filter(|n| *n >= 1)
                         .and_then(|n| u32::try_from(n).ok())
-                        .ok_or_else(|| bad("a whole number from 1 up"))?
+                        .ok_or_else(|| bad("a whole number from 1 up"))?;
+                    o.notes.push(format!(
+                        "transport_options.{key}: no effect: the worker \
+                        opens a fixed, small set of connections (commands, one per watched \
+                        list up to 8, pub/sub), not a pool"
+                    ));
                 }
                 "master_name" => o.master_name = Some(text()?),
                 "socket_connect_timeout" => o.socket_connect_timeout = Some(secs()?),

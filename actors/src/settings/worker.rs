@@ -168,6 +168,10 @@ pub struct WorkerSettings {
     pub async_threads: usize,
     /// `worker_prefetch_multiplier`: prefetch = concurrency × this. Default 4; 0 = unlimited.
     pub prefetch_multiplier: u16,
+    /// `worker_disable_prefetch` (`--disable-prefetch`, Redis brokers only, as Celery's): a
+    /// message is fetched only while fewer are held than there are pool processes (the
+    /// multiplier taken as 1). Default false.
+    pub disable_prefetch: bool,
     /// Queues to consume from (`-Q`), by name: a `[[task.queues]]` entry, or (with
     /// `task.create_missing_queues`) a queue declared as Celery declares a plain name (durable,
     /// bound to a durable direct exchange of the same name). Empty (the default): every
@@ -255,6 +259,7 @@ impl Default for WorkerSettings {
             pool: PoolKind::Prefork,
             async_threads: 1,
             prefetch_multiplier: 4,
+            disable_prefetch: false,
             queues: Vec::new(),
             exclude_queues: Vec::new(),
             loglevel: "info".to_owned(),
