@@ -88,12 +88,21 @@ pub fn start_worker_program(
     config: &str,
     flags: &[&str],
 ) -> Child {
+    start_worker_on(program, &amqp_url(), dir, queue, config, flags)
+}
+
+/// Starts `program` on the broker at `broker` (a Redis one, say), on `queue`, with extra
+/// TOML config and flags.
+pub fn start_worker_on(
+    program: &Path,
+    broker: &str,
+    dir: &Path,
+    queue: &str,
+    config: &str,
+    flags: &[&str],
+) -> Child {
     let path = dir.join("w.toml");
-    std::fs::write(
-        &path,
-        format!("[broker]\nurl = \"{}\"\n{config}\n", amqp_url()),
-    )
-    .unwrap();
+    std::fs::write(&path, format!("[broker]\nurl = \"{broker}\"\n{config}\n")).unwrap();
     let mut cmd = wrapped(program);
     cmd.arg("--config")
         .arg(&path)

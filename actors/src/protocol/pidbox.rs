@@ -9,6 +9,16 @@ pub const PIDBOX_EXCHANGE: &str = "celery.pidbox";
 /// The direct exchange replies come back on (`reply.celery.pidbox`).
 pub const REPLY_EXCHANGE: &str = "reply.celery.pidbox";
 
+/// The `expires` header of a request: when its replies stop being awaited (epoch seconds),
+/// or 0 for a request that wants none.
+pub fn request_expires(reply: bool, timeout: std::time::Duration) -> f64 {
+    if reply {
+        crate::protocol::time::epoch_f64(time::OffsetDateTime::now_utc()) + timeout.as_secs_f64()
+    } else {
+        0.0
+    }
+}
+
 /// `body` (method, arguments, destination, pattern, matcher) with the reply address Celery
 /// puts in a request that wants replies: a `ticket` and `reply_to`.
 pub fn with_reply(mut body: Map<String, Value>, ticket: &str, oid: &str) -> Map<String, Value> {

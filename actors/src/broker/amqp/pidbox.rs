@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use super::{Channel, Link, value};
 use crate::abort::AbortOnDrop;
 use crate::broker::BrokerError;
-use crate::protocol::pidbox::{PIDBOX_EXCHANGE, REPLY_EXCHANGE, with_reply};
+use crate::protocol::pidbox::{PIDBOX_EXCHANGE, REPLY_EXCHANGE, request_expires, with_reply};
 
 /// Publishes the request `body` and, when `reply`, hands each `(node, value)` to `on_reply`
 /// as it arrives, until `limit` replies or `timeout` without one.
@@ -71,11 +71,7 @@ pub async fn request(
         body = with_reply(body, &ticket, &oid);
     }
     let payload = serde_json::to_vec(&body).unwrap_or_default();
-    let expires = if reply {
-        crate::protocol::time::epoch_f64(time::OffsetDateTime::now_utc()) + timeout.as_secs_f64()
-    } else {
-        0.0
-    };
+    let expires = request_expires(reply, timeout);
     let mut headers = FieldTable::default();
     headers.insert("clock".into(), AMQPValue::LongLongInt(1));
     headers.insert("expires".into(), AMQPValue::Double(expires));

@@ -15,7 +15,7 @@ use super::link::{Link, Shared};
 use super::{RedisError, connect, envelope};
 use crate::abort::AbortOnDrop;
 use crate::broker::PidboxRequest;
-use crate::protocol::pidbox::{PIDBOX_EXCHANGE, REPLY_EXCHANGE, with_reply};
+use crate::protocol::pidbox::{PIDBOX_EXCHANGE, REPLY_EXCHANGE, request_expires, with_reply};
 
 /// A handle for what a Redis link does besides consuming (replies, requests, locks):
 /// Redis has no channels, so it is the link's connection, with what it holds.
@@ -167,12 +167,7 @@ impl Channel {
             body = with_reply(body, &ticket, &oid);
         }
         let payload = serde_json::to_vec(&body).unwrap_or_default();
-        let expires = if reply {
-            crate::protocol::time::epoch_f64(time::OffsetDateTime::now_utc())
-                + timeout.as_secs_f64()
-        } else {
-            0.0
-        };
+        let expires = request_expires(reply, timeout);
         let mut headers = Map::new();
         headers.insert("clock".into(), json!(1));
         headers.insert("expires".into(), json!(expires));
