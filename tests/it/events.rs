@@ -14,14 +14,20 @@ use crate::kit::{
 };
 
 /// Events captured by a Python receiver running in the background.
-struct Capture {
+pub(crate) struct Capture {
     child: std::process::Child,
     events: Arc<Mutex<Vec<Value>>>,
 }
 
 impl Capture {
     fn start(seconds: u32) -> Capture {
+        Capture::start_on(&crate::kit::python_amqp_url(), seconds)
+    }
+
+    /// A receiver on the broker at `url` (a Redis one, say).
+    pub(crate) fn start_on(url: &str, seconds: u32) -> Capture {
         let mut child = celery_client_command(&["events", "--seconds", &seconds.to_string()])
+            .env("AMQP_URL", url)
             .spawn()
             .expect("start the event receiver");
         let stdout = child.stdout.take().unwrap();
@@ -52,7 +58,7 @@ impl Capture {
             .collect()
     }
 
-    fn for_task(&self, id: &str) -> Vec<String> {
+    pub(crate) fn for_task(&self, id: &str) -> Vec<String> {
         let events = self.events.lock().unwrap();
         events
             .iter()
@@ -61,7 +67,7 @@ impl Capture {
             .collect()
     }
 
-    fn wait_for(&self, node: &str, kind: &str, what: &str) -> Value {
+    pub(crate) fn wait_for(&self, node: &str, kind: &str, what: &str) -> Value {
         eventually(Duration::from_secs(15), what, || {
             !self.of(node, kind).is_empty()
         });

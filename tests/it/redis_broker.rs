@@ -1,6 +1,7 @@
 //! celeryd on a Redis broker (kombu's redis transport, `redis-transport.md`), driven by the
 //! real Python Celery 5.7 client, its `celery` CLI and a real Python Celery worker on the
-//! same Redis. Each test has a Redis database of its own (10–14): `unacked` is per database.
+//! same Redis. Each test has a Redis database of its own (2, 10–15): `unacked` is per
+//! database.
 
 use std::process::Command;
 use std::time::Duration;
@@ -317,5 +318,28 @@ fn a_python_workers_restores_never_hand_out_a_task_celeryd_holds() {
             received, 1,
             "{id} ran once, not restored by the Python worker: {log}"
         );
+    }
+}
+
+#[test]
+fn events_reach_celerys_receiver_over_redis() {
+    let db = 2;
+    let url = redis_url(db);
+    let capture = super::events::Capture::start_on(&url, 60);
+    let queue = unique_queue("rev");
+    let w = Worker::builder(&queue).broker(&url).args(&["-E"]).start();
+    let node = w.nodename();
+    capture.wait_for(&node, "worker-online", "worker-online over Redis");
+    let done = celery_client_on(
+        &url,
+        &["call", "tasks.add", "--args", "[3, 4]", "--queue", &queue],
+    );
+    let id = done["id"].as_str().unwrap().to_owned();
+    eventually(Duration::from_secs(10), "the task's events", || {
+        capture.for_task(&id).contains(&"task-succeeded".to_owned())
+    });
+    let kinds = capture.for_task(&id);
+    for kind in ["task-received", "task-started", "task-succeeded"] {
+        assert!(kinds.iter().any(|k| k == kind), "{kind} missing: {kinds:?}");
     }
 }
