@@ -1,6 +1,6 @@
 //! celeryd on a Redis broker (kombu's redis transport, `redis-transport.md`), driven by the
 //! real Python Celery 5.7 client, its `celery` CLI and a real Python Celery worker on the
-//! same Redis. Each test has a Redis database of its own (2, 10–15): `unacked` is per
+//! same Redis. Each test has a Redis database of its own (1, 2, 10–15): `unacked` is per
 //! database.
 
 use std::process::Command;
@@ -87,15 +87,23 @@ fn rust_tasks_on_redis_with_results_priorities_and_nothing_left_unacked() {
     ] {
         redis_cli(db, &["lpush", &queue, item]);
     }
+    // An `unacked` record that is not [message, exchange, routing_key], long expired: the
+    // restore scan removes it with a log line.
+    redis_cli(db, &["hset", "unacked", "hostile-2", "not a list"]);
+    redis_cli(db, &["zadd", "unacked_index", "1", "hostile-2"]);
     let after = celery_client_on(
         &url,
         &["call", "tasks.add", "--args", "[4, 4]", "--queue", &queue],
     );
     assert_eq!(after["result"], 8, "{after}");
     w.wait_for_log("not a message", Duration::from_secs(5));
+    w.wait_for_log(
+        "is not [message, exchange, routing_key]",
+        Duration::from_secs(25),
+    );
     eventually(
         Duration::from_secs(5),
-        "the hostile record to be removed",
+        "the hostile records to be removed",
         || count(db, &["hlen", "unacked"]) == 0,
     );
     assert_eq!(count(db, &["llen", &queue]), 0, "nothing left in the queue");
@@ -342,4 +350,46 @@ fn events_reach_celerys_receiver_over_redis() {
     for kind in ["task-received", "task-started", "task-succeeded"] {
         assert!(kinds.iter().any(|k| k == kind), "{kind} missing: {kinds:?}");
     }
+}
+
+#[test]
+fn a_python_worker_and_celeryd_share_a_redis_queue_each_task_once() {
+    let db = 1;
+    let url = redis_url(db);
+    let queue = unique_queue("rfleet");
+    let env = [("AMQP_URL", url.clone())];
+    let py = PyWorker::start_app("proj", &queue, &["-P", "prefork", "-c", "2"], &env);
+    let w = Worker::builder(&queue)
+        .broker(&url)
+        .proj("redis://127.0.0.1:6379/5", "")
+        .concurrency(2)
+        .start();
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let n = 10_000;
+    let seen = proj_client(
+        &[
+            "mark",
+            "--queue",
+            &queue,
+            "--run",
+            &run,
+            "--count",
+            &n.to_string(),
+            "--timeout",
+            "300",
+        ],
+        &[("AMQP_URL", url.as_str())],
+    );
+    eprintln!("mixed fleet on Redis, {n} acks_late tasks on one queue: {seen}");
+    assert_eq!(seen["distinct"], n, "every task ran: {seen}");
+    assert_eq!(seen["runs"], n, "none ran twice: {seen}");
+    for node in [&py.nodename, &w.nodename()] {
+        assert!(
+            seen["by"][node.as_str()].as_u64().unwrap_or(0) > 0,
+            "{node} took a share: {seen}"
+        );
+    }
+    eventually(Duration::from_secs(10), "every ack of both workers", || {
+        count(db, &["hlen", "unacked"]) == 0
+    });
 }
