@@ -443,7 +443,7 @@ impl Consumer {
             ConsumerMessage::Requeue { reserved, reply } => {
                 state.flush_acks();
                 for r in reserved {
-                    state.settle(r.delivery, Settle::Requeue);
+                    state.settle(r.delivery, Settle::GiveBack);
                 }
                 let _ = reply.send(());
             }

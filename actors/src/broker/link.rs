@@ -189,6 +189,15 @@ impl Link {
         }
     }
 
+    /// Hands back an unstarted message at shutdown: requeued (AMQP), or put back at the
+    /// front of its queue (Redis, as kombu restores what a closing worker held).
+    pub fn give_back(&self, tag: u64) {
+        match self {
+            Link::Amqp(l) => l.reject(tag, true),
+            Link::Redis(l) => l.give_back(tag),
+        }
+    }
+
     /// Hands an rpc:// result to the outbox; returns it if it was refused.
     pub fn publish_result(
         &self,

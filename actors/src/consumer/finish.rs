@@ -22,6 +22,9 @@ pub enum Settle {
     Reject,
     /// Handed back to the broker (`basic.nack` with requeue).
     Requeue,
+    /// Handed back unstarted at shutdown: as `Requeue` on AMQP; on Redis put back at the
+    /// front of its queue (kombu's restore of what a closing worker held).
+    GiveBack,
     /// Leave it: it was settled already (acked when the task started).
     Leave,
 }
@@ -321,6 +324,14 @@ impl ConsumerState {
             Settle::Ack => self.ack(d),
             Settle::Reject => self.reject(d, false),
             Settle::Requeue => self.reject(d, true),
+            Settle::GiveBack => {
+                if let Some(link) = &mut self.link
+                    && d.generation == self.generation
+                    && link.acks.settled(d.tag)
+                {
+                    link.broker.give_back(d.tag);
+                }
+            }
             Settle::Leave => {}
         }
     }

@@ -178,6 +178,14 @@ impl Link {
         self.shared.wake.notify_one();
     }
 
+    /// Puts `tag` back at the front of its queue (a worker closing: it is fetched next).
+    pub fn give_back(&self, tag: u64) {
+        for held in self.take_held(tag, false) {
+            let _ = self.settle.send(Settle::Restore(held));
+        }
+        self.shared.wake.notify_one();
+    }
+
     fn take_held(&self, tag: u64, multiple: bool) -> Vec<Held> {
         let mut state = self.shared.state();
         if multiple {

@@ -30,6 +30,8 @@ pub(super) enum Settle {
     Ack(Vec<String>),
     /// Put the message back at the end of its queue.
     Requeue(Held),
+    /// Put the message back at the front of its queue.
+    Restore(Held),
 }
 
 /// Seconds since the epoch, as kombu scores its index.
@@ -45,11 +47,13 @@ pub(super) async fn settler(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver
     while let Some(first) = rx.recv().await {
         let mut acks = Vec::new();
         let mut requeues = Vec::new();
+        let mut restores = Vec::new();
         let mut next = Some(first);
         while let Some(s) = next {
             match s {
                 Settle::Ack(tags) => acks.extend(tags),
                 Settle::Requeue(h) => requeues.push(h),
+                Settle::Restore(h) => restores.push(h),
             }
             next = rx.try_recv().ok();
         }
@@ -59,9 +63,13 @@ pub(super) async fn settler(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver
             warn!(error = %e, count = acks.len(),
                 "Cannot ack on Redis now; the messages return after the visibility timeout.");
         }
-        for h in requeues {
-            if let Err(e) = restore(&shared, &h, true).await {
-                warn!(error = %e, "Cannot requeue a message now; it returns after the visibility timeout.");
+        for (h, back) in requeues
+            .into_iter()
+            .map(|h| (h, true))
+            .chain(restores.into_iter().map(|h| (h, false)))
+        {
+            if let Err(e) = restore(&shared, &h, back).await {
+                warn!(error = %e, "Cannot put a message back now; it returns after the visibility timeout.");
             }
         }
     }
