@@ -15,37 +15,20 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::process::Child;
+use std::time::Duration;
 
 use lapin::options::ConfirmSelectOptions;
 use time::OffsetDateTime;
 
 use celeryd_actors::broker::amqp::publish_task;
 use celeryd_actors::protocol::encode::{TaskCall, TaskMessage};
-use support::{cpu_seconds, env_or, process_tree, setup};
+use support::{cpu_seconds, env_or, process_tree, redis_cli, redis_pids, setup};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Subject {
     Celeryd,
     Celery,
-}
-
-fn redis_cli(db: u32, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-n", &db.to_string()])
-        .args(args)
-        .output()
-        .expect("redis-cli");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn redis_pids() -> Vec<u32> {
-    let out = Command::new("pgrep").arg("redis-server").output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
 }
 
 fn start(subject: Subject, queue: &str, dir: &Path, url: &str, python: &Path) -> Child {
@@ -91,25 +74,9 @@ async fn drain(subject: Subject, n: usize, db: u32, python: &Path) -> Run {
     let redis = redis_pids();
     let redis0 = cpu_seconds(&redis);
     let mut child = start(subject, &queue, dir.path(), &url, python);
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let count = || redis_cli(db, &["DBSIZE"]).parse::<usize>().unwrap_or(0);
-    let mut first = None;
-    loop {
-        let c = count();
-        if c > 0 {
-            first.get_or_insert_with(Instant::now);
-        }
-        if c >= n {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{subject:?}: {c} of {n} results after 600 s"
-        );
-        assert!(child.try_wait().unwrap().is_none(), "{subject:?} exited");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let end = Instant::now();
+    let what = format!("{subject:?}");
+    let (first, end) =
+        support::wait_for_results(&mut child, db, n, &what, Duration::from_secs(600)).await;
     let tree = process_tree(child.id());
     let cpu = cpu_seconds(&tree);
     let redis_cpu = cpu_seconds(&redis) - redis0;
@@ -118,7 +85,6 @@ async fn drain(subject: Subject, n: usize, db: u32, python: &Path) -> Run {
     let _ = child.wait();
     support::delete_queue(&ch, &queue).await;
     let _ = conn.close(200, "bye".into()).await;
-    let first = first.unwrap();
     Run {
         throughput: (n - 1) as f64 / (end - first).as_secs_f64().max(1e-9),
         cpu_us: cpu * 1e6 / n as f64,

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use lapin::options::QueueDeleteOptions;
 use lapin::{Channel, Connection, ConnectionProperties};
@@ -297,4 +298,52 @@ pub fn cpu_seconds(pids: &[u32]) -> f64 {
         })
         .sum();
     ticks as f64 / hz
+}
+
+/// `redis-cli -n db args…` on the local Redis, its output trimmed.
+pub fn redis_cli(db: u32, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-n", &db.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The local redis-server processes (their CPU time is Redis's share).
+pub fn redis_pids() -> Vec<u32> {
+    let out = Command::new("pgrep").arg("redis-server").output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Waits until Redis database `db` holds `n` keys (one result each) while `child` runs:
+/// when the first and the last were stored. Panics after `limit` or if `child` exits.
+pub async fn wait_for_results(
+    child: &mut Child,
+    db: u32,
+    n: usize,
+    what: &str,
+    limit: Duration,
+) -> (Instant, Instant) {
+    let deadline = Instant::now() + limit;
+    let count = || redis_cli(db, &["DBSIZE"]).parse::<usize>().unwrap_or(0);
+    let mut first = None;
+    loop {
+        let c = count();
+        if c > 0 {
+            first.get_or_insert_with(Instant::now);
+        }
+        if c >= n {
+            return (first.unwrap(), Instant::now());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {c} of {n} results after {limit:?}"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "{what} exited");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
