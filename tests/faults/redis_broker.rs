@@ -95,3 +95,84 @@ fn redis_restarted_five_times_under_load_loses_nothing_and_consuming_resumes() {
     );
     drop(redis);
 }
+
+#[test]
+fn kill_9_at_random_points_of_a_drain_loses_no_task() {
+    let _guard = serial();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start_in(port, dir.path(), false);
+    let url = redis.url();
+    let queue = unique_queue("redis-kill");
+    // `proj.mark` (acks_late) counts each run in Redis from inside the task: a task that ran
+    // is counted even when the worker is killed before anything else of it is written.
+    // Every held message is restored once the visibility timeout (2 s) has passed since its
+    // last lease; a task killed while it runs is run again (acks_late).
+    let options =
+        "[broker.transport_options]\nvisibility_timeout = 2\nunacked_restore_interval = 1\n";
+    let n = 10_000;
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let client = Command::new(python())
+        .current_dir(repo().join("tests/python"))
+        .arg("proj_client.py")
+        .args([
+            "mark",
+            "--queue",
+            &queue,
+            "--run",
+            &run,
+            "--count",
+            &n.to_string(),
+        ])
+        .args(["--timeout", "300"])
+        .env("AMQP_URL", &url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    let mut kills = Vec::new();
+    for _ in 0..5 {
+        let mut w = Worker::builder(&queue)
+            .broker(&url)
+            .proj("rpc://", "")
+            .config(options)
+            .concurrency(2)
+            .start();
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let after = Duration::from_millis(300 + (seed >> 33) % 1700);
+        std::thread::sleep(after);
+        w.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = w.wait_exit(Duration::from_secs(10));
+        kills.push(after);
+    }
+    eprintln!("killed after {kills:?}");
+    let last = Worker::builder(&queue)
+        .broker(&url)
+        .proj("rpc://", "")
+        .config(options)
+        .concurrency(2)
+        .start();
+    let out = client.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_str(text.lines().last().unwrap_or_default()).unwrap();
+    eprintln!("{n} acks_late tasks, 5 kill -9: {seen}");
+    assert_eq!(
+        seen["distinct"],
+        n,
+        "every task ran: {seen}\n{}",
+        last.log()
+    );
+    assert!(seen["runs"].as_u64().unwrap() >= n as u64, "{seen}");
+    drop(redis);
+}
