@@ -292,12 +292,14 @@ impl ConsumerState {
         }
     }
 
-    fn reject(&mut self, d: DeliveryRef, requeue: bool) {
+    /// Hands `d` back to the broker with `how` (a reject, a requeue, a give-back), if it is
+    /// of this connection and not settled yet.
+    fn hand_back(&mut self, d: DeliveryRef, how: impl FnOnce(&crate::broker::Link, u64)) {
         let Some(link) = &mut self.link else {
             return;
         };
         if d.generation == self.generation && link.acks.settled(d.tag) {
-            link.broker.reject(d.tag, requeue);
+            how(&link.broker, d.tag);
         }
     }
 
@@ -322,16 +324,9 @@ impl ConsumerState {
     pub(super) fn settle(&mut self, d: DeliveryRef, how: Settle) {
         match how {
             Settle::Ack => self.ack(d),
-            Settle::Reject => self.reject(d, false),
-            Settle::Requeue => self.reject(d, true),
-            Settle::GiveBack => {
-                if let Some(link) = &mut self.link
-                    && d.generation == self.generation
-                    && link.acks.settled(d.tag)
-                {
-                    link.broker.give_back(d.tag);
-                }
-            }
+            Settle::Reject => self.hand_back(d, |l, tag| l.reject(tag, false)),
+            Settle::Requeue => self.hand_back(d, |l, tag| l.reject(tag, true)),
+            Settle::GiveBack => self.hand_back(d, |l, tag| l.give_back(tag)),
             Settle::Leave => {}
         }
     }

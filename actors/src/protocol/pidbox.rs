@@ -9,6 +9,18 @@ pub const PIDBOX_EXCHANGE: &str = "celery.pidbox";
 /// The direct exchange replies come back on (`reply.celery.pidbox`).
 pub const REPLY_EXCHANGE: &str = "reply.celery.pidbox";
 
+/// Hands each `(node, value)` of a reply body (`{node: value, …}`) to `on_reply`; how many
+/// there were (0 for a body that is not such an object).
+pub fn hand_replies(body: &[u8], on_reply: &mut impl FnMut(&str, &Value)) -> usize {
+    let Ok(Value::Object(replies)) = serde_json::from_slice::<Value>(body) else {
+        return 0;
+    };
+    for (node, value) in &replies {
+        on_reply(node, value);
+    }
+    replies.len()
+}
+
 /// The `expires` header of a request: when its replies stop being awaited (epoch seconds),
 /// or 0 for a request that wants none.
 pub fn request_expires(reply: bool, timeout: std::time::Duration) -> f64 {

@@ -18,7 +18,9 @@ use serde_json::{Map, Value};
 use super::{Channel, Link, value};
 use crate::abort::AbortOnDrop;
 use crate::broker::BrokerError;
-use crate::protocol::pidbox::{PIDBOX_EXCHANGE, REPLY_EXCHANGE, request_expires, with_reply};
+use crate::protocol::pidbox::{
+    PIDBOX_EXCHANGE, REPLY_EXCHANGE, hand_replies, request_expires, with_reply,
+};
 
 /// Publishes the request `body` and, when `reply`, hands each `(node, value)` to `on_reply`
 /// as it arrives, until `limit` replies or `timeout` without one.
@@ -98,13 +100,7 @@ pub async fn request(
             if !ticket_matches(&delivery, &ticket) {
                 continue;
             }
-            let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(&delivery.data) else {
-                continue;
-            };
-            for (node, value) in &m {
-                on_reply(node, value);
-                got += 1;
-            }
+            got += hand_replies(&delivery.data, on_reply);
         }
     }
     Ok(())

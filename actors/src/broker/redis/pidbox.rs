@@ -15,7 +15,9 @@ use super::link::{Link, Shared};
 use super::{RedisError, connect, envelope};
 use crate::abort::AbortOnDrop;
 use crate::broker::PidboxRequest;
-use crate::protocol::pidbox::{PIDBOX_EXCHANGE, REPLY_EXCHANGE, request_expires, with_reply};
+use crate::protocol::pidbox::{
+    PIDBOX_EXCHANGE, REPLY_EXCHANGE, hand_replies, request_expires, with_reply,
+};
 
 /// A handle for what a Redis link does besides consuming (replies, requests, locks):
 /// Redis has no channels, so it is the link's connection, with what it holds.
@@ -201,13 +203,7 @@ impl Channel {
                 if theirs.is_some_and(|t| t != ticket) {
                     continue;
                 }
-                let Ok(Value::Object(replies)) = serde_json::from_slice::<Value>(&m.body) else {
-                    continue;
-                };
-                for (node, value) in &replies {
-                    on_reply(node, value);
-                    got += 1;
-                }
+                got += hand_replies(&m.body, on_reply);
             }
             Ok::<(), RedisError>(())
         };
